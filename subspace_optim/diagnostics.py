@@ -1,0 +1,107 @@
+"""The per-step record of :class:`~subspace_optim.SubspaceProjectedOptimizer`.
+
+Effective learning rates (Song, Ahn & Yun, 2025) decompose the realized update ``Δ`` along
+the dominant and bulk components of the gradient ``g``:
+
+.. math::
+
+    \\eta_{dom} = -\\frac{\\langle \\Delta, P g \\rangle}{\\lVert P g \\rVert^2}, \\qquad
+    \\eta_{bulk} = -\\frac{\\langle \\Delta, P^\\perp g \\rangle}{\\lVert P^\\perp g \\rVert^2}
+
+For plain SGD with learning rate ``η`` both equal ``η``. Summaries over a window use the
+ratio of sums (:func:`effective_lr_summary`): per-step ratios are too noisy.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["StepStats", "effective_lr_summary"]
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one optimizer step did; every field is a plain Python value (easy to log).
+
+    Attributes:
+        step: index of the step (0-based).
+        projected: the update was projected (Dom or Bulk) at this step.
+        refreshed: the basis was recomputed at this step (before the update).
+        gradient_source: ``"full"`` (the full-data gradient computed at the refresh),
+            ``"minibatch"`` (``p.grad``) or ``"none"``.
+        loss: full-data loss at the refresh, else ``nan``.
+        grad_alignment: χ_k(g) = ‖P g‖/‖g‖ for that gradient, else ``nan``.
+        update_alignment: ‖P Δ_base‖/‖Δ_base‖ of the *unprojected* base update: the
+            fraction of its norm that Dom keeps and Bulk removes.
+        eta_dom, eta_bulk: effective learning rates of the realized update.
+        dot_dom, dot_bulk, sq_dom, sq_bulk: ``−⟨Δ, P g⟩``, ``−⟨Δ, P⊥ g⟩``, ``‖P g‖²``,
+            ``‖P⊥ g‖²`` (the terms of the ratio-of-sums summary).
+        eigenvalues: tracked eigenvalues, descending (``k + num_extra`` of them).
+        refresh_matvecs, refresh_seconds: cost of this step's refresh.
+        refresh_converged: the eigensolver met its tolerance (``True`` when no refresh).
+        skipped: the step was undone to protect the parameters (non-finite update).
+        faults: cumulative count of numerical faults handled so far.
+    """
+
+    step: int
+    projected: bool
+    refreshed: bool
+    gradient_source: str
+    loss: float = math.nan
+    grad_alignment: float = math.nan
+    update_alignment: float = math.nan
+    eta_dom: float = math.nan
+    eta_bulk: float = math.nan
+    dot_dom: float = math.nan
+    dot_bulk: float = math.nan
+    sq_dom: float = math.nan
+    sq_bulk: float = math.nan
+    eigenvalues: tuple[float, ...] = field(default_factory=tuple)
+    refresh_matvecs: int = 0
+    refresh_seconds: float = 0.0
+    refresh_converged: bool = True
+    skipped: bool = False
+    faults: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """A flat dict (eigenvalues as ``eig_0, eig_1, …``) for CSV / TensorBoard / W&B."""
+        d = asdict(self)
+        eig = d.pop("eigenvalues")
+        d.update({f"eig_{i}": v for i, v in enumerate(eig)})
+        return d
+
+
+def effective_lr_summary(records: Iterable[StepStats | Mapping[str, Any]]) -> dict[str, float]:
+    """Window summary of effective learning rates as ratios of sums.
+
+    .. math:: \\bar\\eta_{dom} = \\frac{\\sum_t -\\langle \\Delta_t, P_t g_t\\rangle}
+                                       {\\sum_t \\lVert P_t g_t \\rVert^2}
+
+    (likewise for bulk), over the records whose terms are finite.
+
+    Example:
+        >>> from subspace_optim import StepStats, effective_lr_summary
+        >>> r = [StepStats(step=i, projected=False, refreshed=True, gradient_source="full",
+        ...                dot_dom=0.1, sq_dom=1.0, dot_bulk=0.2, sq_bulk=1.0) for i in range(3)]
+        >>> effective_lr_summary(r)
+        {'eta_dom': 0.1, 'eta_bulk': 0.2, 'ratio': 2.0, 'steps': 3}
+    """
+    num_d = den_d = num_b = den_b = 0.0
+    steps = 0
+    for r in records:
+        get = r.get if isinstance(r, Mapping) else lambda key, _r=r: getattr(_r, key)
+        terms = [float(get(key)) for key in ("dot_dom", "sq_dom", "dot_bulk", "sq_bulk")]
+        if not all(math.isfinite(x) for x in terms):
+            continue
+        num_d += terms[0]
+        den_d += terms[1]
+        num_b += terms[2]
+        den_b += terms[3]
+        steps += 1
+    eta_d = num_d / den_d if den_d > 0 else math.nan
+    eta_b = num_b / den_b if den_b > 0 else math.nan
+    ratio = eta_b / eta_d if eta_d not in (0.0,) and math.isfinite(eta_d) else math.nan
+    return {"eta_dom": round(eta_d, 12), "eta_bulk": round(eta_b, 12), "ratio": round(ratio, 12), "steps": steps}

@@ -1,0 +1,98 @@
+"""Shared machinery of the eigensolvers (private)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..operators.base import LinearOperator
+from ..subspace import orthonormalize
+from .base import EigenResult
+
+
+def random_block(n: int, m: int, op: LinearOperator, generator: torch.Generator) -> Tensor:
+    """Gaussian ``(n, m)`` block drawn from ``generator`` (on its own device), on ``op``'s device."""
+    if generator.device != op.device:
+        return torch.randn(n, m, dtype=op.dtype, device=generator.device, generator=generator).to(op.device)
+    return torch.randn(n, m, dtype=op.dtype, device=op.device, generator=generator)
+
+
+def start_block(op: LinearOperator, m: int, init: Tensor | None, generator: torch.Generator) -> Tensor:
+    """Orthonormal ``(n, m)`` start: the columns of ``init`` first, random columns after."""
+    n = op.shape[0]
+    if init is None:
+        X = random_block(n, m, op, generator)
+    elif init.shape[1] >= m:
+        X = init[:, :m].clone()
+    else:
+        X = torch.cat([init, random_block(n, m - init.shape[1], op, generator)], dim=1)
+    return orthonormalize(X, generator=generator)
+
+
+def order(values: Tensor, which: str) -> Tensor:
+    """Indices sorting ``values`` by ``which`` (descending algebraic or magnitude)."""
+    key = values if which == "LA" else values.abs()
+    return torch.argsort(key, descending=True)
+
+
+def rayleigh_ritz(X: Tensor, AX: Tensor, which: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Ritz pairs of the operator on ``span(X)`` (``X`` orthonormal), sorted by ``which``.
+
+    Returns ``(θ, X S, AX S)``.
+    """
+    T = X.T @ AX
+    T = (T + T.T) / 2
+    theta, S = torch.linalg.eigh(T)
+    idx = order(theta, which)
+    theta, S = theta[idx], S[:, idx]
+    return theta, X @ S, AX @ S
+
+
+def residual_norms(X: Tensor, AX: Tensor, theta: Tensor) -> Tensor:
+    return (AX - X * theta).norm(dim=0)
+
+
+def tolerance(theta: Tensor, tol: float) -> Tensor:
+    """Absolute residual target ``tol · |λ_1|`` (never below rounding)."""
+    scale = theta.abs().max()
+    floor = 10 * torch.finfo(theta.dtype).eps * scale
+    return torch.maximum(tol * scale, floor)
+
+
+def result(
+    solver: str,
+    theta: Tensor,
+    X: Tensor,
+    res: Tensor,
+    k: int,
+    tol: float,
+    iterations: int,
+    hint: str,
+) -> EigenResult:
+    """Assemble an :class:`EigenResult` for the first ``k`` pairs and say what happened."""
+    theta, X, res = theta[:k], X[:, :k], res[:k]
+    finite = bool(torch.isfinite(theta).all()) and bool(torch.isfinite(X).all())
+    target = tolerance(theta, tol) if finite else torch.tensor(0.0)
+    converged = finite and bool((res <= target).all())
+    if not finite:
+        status = (
+            f"{solver}: the operator produced non-finite values; check the model and data "
+            "for NaN/Inf (the loss may have diverged)"
+        )
+    elif converged:
+        status = f"{solver}: converged after {iterations} iterations"
+    else:
+        worst = float((res / theta.abs().max().clamp_min(torch.finfo(theta.dtype).tiny)).max())
+        status = (
+            f"{solver}: not converged after {iterations} iterations (worst relative residual "
+            f"{worst:.2e} > tol {tol:.1e}); {hint}"
+        )
+    return EigenResult(
+        eigenvalues=theta,
+        eigenvectors=X,
+        residual_norms=res,
+        num_matvecs=0,
+        num_iterations=iterations,
+        converged=converged,
+        status=status,
+    )

@@ -1,0 +1,144 @@
+"""The eigensolver interface: configured objects with one verb, returning a typed result."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .._utils import check_int, check_positive_float, choice
+from ..operators.base import LinearOperator
+
+__all__ = ["EigenResult", "Eigensolver", "EigensolverError"]
+
+
+class EigensolverError(RuntimeError):
+    """Raised by a solver configured with ``raise_on_failure=True`` that did not converge."""
+
+
+@dataclass(frozen=True)
+class EigenResult:
+    """Top eigenpairs of a symmetric operator.
+
+    Attributes:
+        eigenvalues: ``(k,)``, descending (largest algebraic first, or largest magnitude
+            first for ``which="LM"``).
+        eigenvectors: ``(n, k)``, orthonormal columns; column ``i`` pairs with
+            ``eigenvalues[i]``.
+        residual_norms: ``(k,)``, ``‖A v_i − λ_i v_i‖``.
+        num_matvecs: operator applications spent (a block of ``b`` counts ``b``).
+        num_iterations: outer iterations of the algorithm.
+        converged: every residual met the tolerance.
+        status: a human-readable message; when not converged, it says what to change.
+    """
+
+    eigenvalues: Tensor
+    eigenvectors: Tensor
+    residual_norms: Tensor
+    num_matvecs: int
+    num_iterations: int
+    converged: bool
+    status: str
+
+    @property
+    def k(self) -> int:
+        return int(self.eigenvalues.shape[0])
+
+    def relative_residuals(self) -> Tensor:
+        """``‖A v_i − λ_i v_i‖ / |λ_1|``, the quantity ``tol`` bounds."""
+        scale = self.eigenvalues.abs().max().clamp_min(torch.finfo(self.eigenvalues.dtype).tiny)
+        return self.residual_norms / scale
+
+
+class Eigensolver(ABC):
+    """Base class of all eigensolvers.
+
+    Hyperparameters are set and validated in the constructor; :meth:`solve` is the one
+    verb. Subclasses implement :meth:`_solve`.
+
+    Args:
+        tol: relative residual target, ``‖A v − λ v‖ <= tol · |λ_1|`` for each pair.
+        max_iter: cap on outer iterations.
+        which: ``"LA"`` (largest algebraic, default: Hessians are indefinite and the
+            dominant subspace is the top of the spectrum) or ``"LM"`` (largest magnitude).
+        raise_on_failure: raise :class:`EigensolverError` instead of returning the best
+            estimate with ``converged=False``.
+    """
+
+    #: capability flags, read by the contract tests and by ``solver="auto"``
+    supports_warm_start: bool = True
+    matrix_free: bool = True
+    #: smallest ``n - k`` the algorithm needs
+    min_gap_to_n: int = 1
+
+    def __init__(
+        self,
+        *,
+        tol: float = 1e-3,
+        max_iter: int = 100,
+        which: str = "LA",
+        raise_on_failure: bool = False,
+    ) -> None:
+        self.tol = check_positive_float("tol", tol)
+        self.max_iter = check_int("max_iter", max_iter, low=1)
+        self.which = choice("which", which, ("LA", "LM"))
+        self.raise_on_failure = bool(raise_on_failure)
+
+    def solve(
+        self,
+        op: LinearOperator,
+        k: int,
+        *,
+        init: Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> EigenResult:
+        """Compute the top-``k`` eigenpairs of ``op``.
+
+        Args:
+            op: symmetric operator of shape ``(n, n)``.
+            k: number of eigenpairs, ``1 <= k <= n - min_gap_to_n``.
+            init: warm start, shape ``(n, m)`` (a previous basis; ``m`` may differ from
+                ``k``), or ``None`` for a random start drawn from ``generator``.
+            generator: source of randomness for start vectors; ``None`` uses a fresh
+                generator seeded with 0, so results never depend on global RNG state.
+        """
+        if not isinstance(op, LinearOperator):
+            raise TypeError(
+                f"op must be a subspace_optim LinearOperator; got {type(op).__name__}. Wrap a "
+                "dense matrix in DenseOperator."
+            )
+        n = op.shape[0]
+        check_int("k", k, low=1)
+        if k > n - self.min_gap_to_n:
+            raise ValueError(
+                f"k={k} is too large for {type(self).__name__} on an operator of size {n} "
+                f"(at most {n - self.min_gap_to_n}); lower k or use Eigh for tiny operators"
+            )
+        if init is not None:
+            if init.ndim == 1:
+                init = init.unsqueeze(1)
+            if init.ndim != 2 or init.shape[0] != n:
+                raise ValueError(f"init must have shape ({n}, m); got {tuple(init.shape)}")
+            init = init.to(device=op.device, dtype=op.dtype)
+            if not torch.isfinite(init).all():
+                init = None  # a corrupted warm start is worthless: start cold
+        if generator is None:
+            generator = torch.Generator(device=op.device).manual_seed(0)
+        start = op.num_matvecs
+        result = self._solve(op, k, init, generator)
+        spent = op.num_matvecs - start
+        if result.num_matvecs != spent:
+            result = EigenResult(**{**result.__dict__, "num_matvecs": spent})
+        if self.raise_on_failure and not result.converged:
+            raise EigensolverError(result.status)
+        return result
+
+    @abstractmethod
+    def _solve(
+        self, op: LinearOperator, k: int, init: Tensor | None, generator: torch.Generator
+    ) -> EigenResult: ...
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(tol={self.tol}, max_iter={self.max_iter}, which={self.which!r})"

@@ -1,0 +1,103 @@
+"""The linear-operator protocol every eigensolver consumes.
+
+An operator is a symmetric linear map on the flat parameter space ``R^n``. Subclasses
+implement one method, :meth:`LinearOperator._matmat`, on a block of column vectors; the base
+class validates shapes, counts applications (the library's cost model) and offers
+``matvec``, ``@`` and ``to_dense``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import Tensor
+
+__all__ = ["LinearOperator"]
+
+
+class LinearOperator(ABC):
+    """A symmetric matrix-free operator ``A`` of shape ``(n, n)``.
+
+    Subclasses set :attr:`shape`, :attr:`dtype` and :attr:`device` and implement
+    :meth:`_matmat`. Every application is counted in :attr:`num_matvecs` (a block of ``b``
+    columns counts ``b``), which is what benchmarks and diagnostics read.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim import DenseOperator
+        >>> op = DenseOperator(torch.diag(torch.tensor([3.0, 1.0], dtype=torch.float64)))
+        >>> (op @ torch.ones(2, dtype=torch.float64)).tolist()
+        [3.0, 1.0]
+        >>> op.num_matvecs
+        1
+    """
+
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    device: torch.device
+
+    def __init__(self) -> None:
+        self.num_matvecs = 0
+
+    @abstractmethod
+    def _matmat(self, V: Tensor) -> Tensor:
+        """Apply the operator to a validated block ``V`` of shape ``(n, b)``."""
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """Apply the operator to the columns of ``V``.
+
+        Args:
+            V: block of vectors, shape ``(n, b)``, on :attr:`device` with :attr:`dtype`.
+
+        Returns:
+            ``A @ V``, shape ``(n, b)``.
+        """
+        n = self.shape[0]
+        if V.ndim != 2 or V.shape[0] != n:
+            raise ValueError(
+                f"matmat expects a block of shape ({n}, b); got {tuple(V.shape)}. "
+                "Stack vectors as columns."
+            )
+        if V.dtype != self.dtype:
+            raise TypeError(
+                f"matmat got dtype {V.dtype} but the operator works in {self.dtype}; "
+                f"convert with V.to({self.dtype})."
+            )
+        if V.shape[1] == 0:
+            return V.clone()
+        out = self._matmat(V)
+        self.num_matvecs += V.shape[1]
+        return out
+
+    def matvec(self, v: Tensor) -> Tensor:
+        """Apply the operator to one vector ``v`` of shape ``(n,)``."""
+        if v.ndim != 1:
+            raise ValueError(f"matvec expects a vector of shape ({self.shape[0]},); got {tuple(v.shape)}")
+        return self.matmat(v.unsqueeze(1)).squeeze(1)
+
+    def __matmul__(self, other: Tensor) -> Tensor:
+        return self.matvec(other) if other.ndim == 1 else self.matmat(other)
+
+    def to_dense(self, *, block_size: int = 64) -> Tensor:
+        """Materialize ``A`` as a dense ``(n, n)`` tensor (small operators only).
+
+        Built from ``n`` matvecs against identity columns, ``block_size`` at a time, and
+        symmetrized is *not* applied, so the result exposes any asymmetry of the operator.
+        """
+        n = self.shape[0]
+        if n > 20_000:
+            raise ValueError(
+                f"to_dense() on an operator of size {n} would need {n * n * 8 / 1e9:.1f} GB; "
+                "use an eigensolver instead."
+            )
+        cols = []
+        for start in range(0, n, block_size):
+            stop = min(n, start + block_size)
+            E = torch.zeros(n, stop - start, dtype=self.dtype, device=self.device)
+            E[torch.arange(start, stop), torch.arange(stop - start)] = 1
+            cols.append(self.matmat(E))
+        return torch.cat(cols, dim=1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"

@@ -1,0 +1,379 @@
+"""Matrix-free Hessian of a model's mean training loss over one batch or a whole dataset.
+
+.. math::
+
+    L(\\theta) = \\frac{1}{N} \\sum_{i=1}^{N} \\ell(f_\\theta(x_i), y_i), \\qquad
+    H(\\theta) = \\nabla^2_\\theta L(\\theta)
+
+over the flattened trainable parameters. ``loss_fn(outputs, targets)`` returns the *mean*
+loss of a batch; batches of unequal size are weighted by their number of examples, so the
+operator is the Hessian of the mean over all examples, whatever the batching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from .._utils import block_to_columns, check_int, choice, flatten, unflatten
+from .base import LinearOperator
+
+__all__ = ["HessianOperator", "HVP_METHODS"]
+
+#: HVP back ends: ``"autograd"`` (double backward, one forward and one gradient graph per
+#: micro-batch shared by the whole block), ``"func"`` (forward-over-reverse ``jvp∘grad`` from
+#: torch.func, ``vmap``-ed over the block) and ``"auto"``.
+HVP_METHODS = ("auto", "autograd", "func")
+
+Batch = tuple[Any, Tensor]
+
+
+def _batch_size(x: Any) -> int:
+    if isinstance(x, Tensor):
+        return x.shape[0] if x.ndim else 0
+    if isinstance(x, (tuple, list)) and x and isinstance(x[0], Tensor):
+        return x[0].shape[0]
+    raise TypeError(
+        f"inputs must be a Tensor or a tuple of Tensors; got {type(x).__name__}. "
+        "Wrap other input types in a module that takes a Tensor."
+    )
+
+
+def _is_single_batch(data: Any) -> bool:
+    return (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and isinstance(data[1], Tensor)
+        and (isinstance(data[0], Tensor) or (isinstance(data[0], (tuple, list)) and bool(data[0])
+                                             and all(isinstance(t, Tensor) for t in data[0])))
+    )
+
+
+def _check_batch(batch: Any, index: int) -> int:
+    if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+        raise TypeError(
+            f"batch {index} of data is a {type(batch).__name__}; each batch must be an "
+            "(inputs, targets) pair"
+        )
+    x, y = batch
+    if not isinstance(y, Tensor):
+        raise TypeError(f"batch {index}: targets must be a Tensor; got {type(y).__name__}")
+    nx, ny = _batch_size(x), (y.shape[0] if y.ndim else 0)
+    if nx != ny:
+        raise ValueError(
+            f"batch {index}: inputs hold {nx} examples but targets hold {ny}; "
+            "the first dimension of both must be the batch dimension"
+        )
+    for t in (x if isinstance(x, (tuple, list)) else (x,)):
+        if t.is_complex():
+            raise TypeError(f"batch {index}: complex inputs are not supported")
+    return nx
+
+
+def _split(x: Any, size: int) -> list[Any]:
+    if isinstance(x, Tensor):
+        return list(torch.split(x, size))
+    pieces = [torch.split(t, size) for t in x]
+    return [type(x)(p) for p in zip(*pieces)]
+
+
+def _to(x: Any, device: torch.device) -> Any:
+    if isinstance(x, Tensor):
+        return x.to(device, non_blocking=True)
+    return type(x)(t.to(device, non_blocking=True) for t in x)
+
+
+class HessianOperator(LinearOperator):
+    """Hessian of the mean loss of ``model`` over ``data``, as a matrix-free operator.
+
+    Products are evaluated at the parameters' *current* values, so one operator follows the
+    model through training. Parameters, buffers (BatchNorm running statistics) and ``.grad``
+    are left bit-for-bit unchanged by every product.
+
+    Args:
+        model: the network. Its parameters are read live; buffers are cloned for each pass.
+        loss_fn: ``loss_fn(outputs, targets)`` returning the mean loss of a batch (a scalar).
+        data: one ``(inputs, targets)`` batch, or a re-iterable of such batches (a list, a
+            ``DataLoader``): the whole training set, as in the paper. ``inputs`` is a Tensor
+            (or a tuple of Tensors passed as ``model(*inputs)``) whose first dimension is the
+            batch. A one-shot iterator (a generator) is refused, because every product
+            traverses the data again.
+        params: the parameters that span the flat space, in this order. Defaults to every
+            parameter of ``model`` with ``requires_grad``; tied parameters count once.
+        chunk_size: split batches into micro-batches of at most this many examples, so peak
+            memory is bounded by the chunk, not the batch (the result is the same).
+        method: ``"autograd"`` (double backward; works for every model, including
+            BatchNorm in train mode), ``"func"`` (torch.func ``jvp`` of ``grad``, ``vmap``-ed
+            over a block) or ``"auto"`` (see note).
+        train: evaluate the loss with the model in train (``True``) or eval (``False``) mode;
+            ``None`` uses whatever mode the model is in at each product. The mode is
+            restored afterwards.
+
+    Shapes:
+        ``matvec``: ``(n,) -> (n,)``; ``matmat``: ``(n, b) -> (n, b)`` with
+        ``n = sum(p.numel() for p in params)``.
+
+    .. note::
+        ``method="auto"`` picks double backward: on CPU it was measured 1.7–2.5× faster
+        than torch.func's ``jvp∘grad`` on the digits MLP (see ``benchmarks/``), it shares
+        one forward and one gradient graph across a whole block, and it supports
+        in-place buffer updates that torch.func rejects.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from subspace_optim import HessianOperator
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Linear(3, 1).double()
+        >>> X = torch.randn(20, 3, generator=g, dtype=torch.float64)
+        >>> y = torch.randn(20, 1, generator=g, dtype=torch.float64)
+        >>> H = HessianOperator(model, nn.MSELoss(), (X, y))
+        >>> H.shape
+        (4, 4)
+        >>> # least squares: H = (2/N) [X 1]ᵀ[X 1], exactly
+        >>> A = torch.cat([X, torch.ones(20, 1, dtype=torch.float64)], 1)
+        >>> torch.allclose(H.to_dense(), 2 * A.T @ A / 20)
+        True
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Tensor], Tensor],
+        data: Batch | Iterable[Batch],
+        *,
+        params: Iterable[Tensor] | None = None,
+        chunk_size: int | None = None,
+        method: str = "auto",
+        train: bool | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+        if not callable(loss_fn):
+            raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
+        self.model = model
+        self.loss_fn = loss_fn
+        self.method = choice("method", method, HVP_METHODS)
+        if chunk_size is not None:
+            check_int("chunk_size", chunk_size, low=1)
+        self.chunk_size = chunk_size
+        if train is not None and not isinstance(train, bool):
+            raise TypeError(f"train must be True, False or None; got {train!r}")
+        self.train = train
+
+        names = {id(p): name for name, p in model.named_parameters()}
+        if params is None:
+            chosen = [p for p in model.parameters() if p.requires_grad]
+        else:
+            if isinstance(params, Tensor):
+                params = [params]
+            chosen = []
+            seen: set[int] = set()
+            for p in params:
+                if not isinstance(p, Tensor):
+                    raise TypeError(f"params must be tensors; got {type(p).__name__}")
+                if id(p) not in names:
+                    raise ValueError(
+                        f"a tensor of shape {tuple(p.shape)} in params is not a parameter of "
+                        "the model; pass tensors from model.parameters()"
+                    )
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    chosen.append(p)
+        if not chosen:
+            raise ValueError(
+                "the model has no trainable parameters (none with requires_grad); pass params="
+            )
+        dtypes = {p.dtype for p in chosen}
+        devices = {p.device for p in chosen}
+        if len(dtypes) > 1:
+            raise TypeError(f"parameters mix dtypes {sorted(map(str, dtypes))}; use one dtype")
+        if len(devices) > 1:
+            raise ValueError(
+                f"parameters live on several devices {sorted(map(str, devices))}; move the "
+                "model to one device"
+            )
+        (dtype,) = dtypes
+        if not dtype.is_floating_point:
+            raise TypeError(f"parameters must be real floating point; got {dtype}")
+        self.params: list[Tensor] = chosen
+        self.param_names = [names[id(p)] for p in chosen]
+        n = sum(p.numel() for p in chosen)
+        self.shape = (n, n)
+        self.dtype = dtype
+        self.device = next(iter(devices))
+
+        if _is_single_batch(data):
+            self.data: Any = [tuple(data)]
+        else:
+            if isinstance(data, (str, bytes, Tensor)) or not isinstance(data, Iterable):
+                raise TypeError(
+                    "data must be one (inputs, targets) batch or an iterable of such batches; "
+                    f"got {type(data).__name__}"
+                )
+            if isinstance(data, Iterator):
+                raise TypeError(
+                    "data is a one-shot iterator (e.g. a generator): it would be exhausted "
+                    "after the first Hessian product. Pass a list of batches or a DataLoader."
+                )
+            self.data = data
+        self._validate_data()
+
+    # ------------------------------------------------------------------ data
+    def _validate_data(self) -> None:
+        if isinstance(self.data, Sequence):
+            batches: Iterable[Any] = self.data
+        else:  # only look at the first batch of a loader: a full pass could be expensive
+            first = next(iter(self.data), None)
+            batches = [] if first is None else [first]
+        total = 0
+        for i, batch in enumerate(batches):
+            total += _check_batch(batch, i)
+        if total == 0:
+            raise ValueError(
+                "data yields no examples; pass at least one non-empty (inputs, targets) batch"
+            )
+
+    def chunks(self) -> Iterator[tuple[Any, Tensor, int]]:
+        """Yield ``(inputs, targets, count)`` micro-batches on the operator's device."""
+        for i, batch in enumerate(self.data):
+            count = _check_batch(batch, i)
+            if count == 0:
+                continue
+            x, y = batch
+            if self.chunk_size is None or count <= self.chunk_size:
+                yield _to(x, self.device), y.to(self.device, non_blocking=True), count
+                continue
+            for xs, ys in zip(_split(x, self.chunk_size), torch.split(y, self.chunk_size)):
+                yield _to(xs, self.device), ys.to(self.device, non_blocking=True), ys.shape[0]
+
+    # ------------------------------------------------------- functional model
+    @contextlib.contextmanager
+    def _evaluation_context(self) -> Iterator[None]:
+        model = self.model
+        previous = model.training
+        if self.train is not None and self.train != previous:
+            model.train(self.train)
+        try:
+            device_type = self.device.type if self.device.type in ("cuda", "cpu") else "cpu"
+            with torch.enable_grad(), torch.autocast(device_type, enabled=False):
+                yield
+        finally:
+            if self.train is not None and self.train != previous:
+                model.train(previous)
+
+    def _loss(self, tensors: Sequence[Tensor], x: Any, y: Tensor) -> Tensor:
+        state: dict[str, Tensor] = dict(zip(self.param_names, tensors))
+        # buffers are cloned so that BatchNorm running statistics never move
+        for name, b in self.model.named_buffers():
+            state[name] = b.clone()
+        args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        out = functional_call(self.model, state, args, strict=False, tie_weights=True)
+        loss = self.loss_fn(out, y)
+        if not isinstance(loss, Tensor) or loss.ndim != 0:
+            raise ValueError(
+                "loss_fn must return a scalar (the mean loss of the batch); got "
+                f"{type(loss).__name__}{'' if not isinstance(loss, Tensor) else tuple(loss.shape)}"
+            )
+        return loss
+
+    def _leaves(self) -> list[Tensor]:
+        return [p.detach().requires_grad_(True) for p in self.params]
+
+    # -------------------------------------------------------------- products
+    def _resolved_method(self) -> str:
+        return "autograd" if self.method == "auto" else self.method
+
+    def _chunk_hvp_autograd(self, x: Any, y: Tensor, V: Tensor) -> Tensor:
+        leaves = self._leaves()
+        loss = self._loss(leaves, x, y)
+        grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+        live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        out = torch.zeros_like(V)
+        if not live:
+            return out
+        b = V.shape[1]
+        parts_V = unflatten(V, self.params)
+        cols: list[list[Tensor]] = []
+        for j in range(b):
+            hv = torch.autograd.grad(
+                [grads[i] for i in live],
+                leaves,
+                grad_outputs=[parts_V[i][j] for i in live],
+                retain_graph=j < b - 1,
+                allow_unused=True,
+            )
+            cols.append([torch.zeros_like(p) if h is None else h for h, p in zip(hv, self.params)])
+        return torch.stack([flatten(c) for c in cols], dim=1)
+
+    def _chunk_hvp_func(self, x: Any, y: Tensor, V: Tensor) -> Tensor:
+        primals = tuple(p.detach() for p in self.params)
+
+        def loss_of(tensors: tuple[Tensor, ...]) -> Tensor:
+            return self._loss(tensors, x, y)
+
+        grad_fn = torch.func.grad(loss_of)
+
+        def hvp(tangents: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            return torch.func.jvp(grad_fn, (primals,), (tangents,))[1]
+
+        b = V.shape[1]
+        parts = tuple(unflatten(V, self.params))
+        if b == 1:
+            hv = hvp(tuple(p[0] for p in parts))
+            return flatten(hv).unsqueeze(1)
+        return block_to_columns(torch.func.vmap(hvp)(parts), b)
+
+    def _local_matmat(self, V: Tensor) -> tuple[Tensor, int]:
+        """Unnormalized ``Σ_chunks count · H_chunk V`` and the number of examples."""
+        method = self._resolved_method()
+        total = torch.zeros_like(V)
+        count = 0
+        with self._evaluation_context():
+            for x, y, m in self.chunks():
+                hv = (self._chunk_hvp_autograd if method == "autograd" else self._chunk_hvp_func)(x, y, V)
+                total.add_(hv, alpha=m)
+                count += m
+        return total, count
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        total, count = self._local_matmat(V)
+        if count == 0:
+            raise ValueError("data yielded no examples during the Hessian product")
+        return total / count
+
+    # -------------------------------------------------------------- gradient
+    def _local_loss_and_grad(self) -> tuple[Tensor, Tensor, int]:
+        loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)
+        grad_sum = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
+        count = 0
+        with self._evaluation_context():
+            for x, y, m in self.chunks():
+                leaves = self._leaves()
+                loss = self._loss(leaves, x, y)
+                grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+                g = flatten([torch.zeros_like(p) if gi is None else gi for gi, p in zip(grads, self.params)])
+                grad_sum.add_(g, alpha=m)
+                loss_sum += loss.detach().to(self.dtype) * m
+                count += m
+        return loss_sum, grad_sum, count
+
+    def loss_and_grad(self) -> tuple[Tensor, Tensor]:
+        """Mean loss and its flat gradient ``∇L`` over all of ``data``, shapes ``()`` and ``(n,)``.
+
+        Does not touch ``.grad`` of the parameters.
+        """
+        loss_sum, grad_sum, count = self._local_loss_and_grad()
+        if count == 0:
+            raise ValueError("data yielded no examples")
+        return loss_sum / count, grad_sum / count
+
+    def flat_params(self) -> Tensor:
+        """The current parameters as one flat vector (a copy), shape ``(n,)``."""
+        return flatten(p.detach() for p in self.params)

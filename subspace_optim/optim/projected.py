@@ -1,0 +1,545 @@
+"""`SubspaceProjectedOptimizer`: any torch optimizer, its update projected onto or out of the
+dominant Hessian subspace (Dom-SGD / Bulk-SGD of Song, Ahn & Yun, 2025)."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .._utils import check_int, choice, flatten
+from ..diagnostics import StepStats
+from ..eigensolvers import EigenResult, Eigensolver, resolve_eigensolver
+from ..operators.base import LinearOperator
+from ..operators.hessian import HessianOperator
+from ..schedules import RefreshSchedule, resolve_schedule
+from ..subspace import orthonormalize
+
+__all__ = ["MODES", "ON_FAULT", "SubspaceProjectedOptimizer"]
+
+MODES = ("bulk", "dominant", "none")
+PROJECT = ("update", "gradient")
+ON_FAULT = ("keep", "cold", "raise")
+
+
+class SubspaceProjectedOptimizer(Optimizer):
+    """Wrap ``base`` so that each update is projected onto or out of the top-k Hessian subspace.
+
+    With ``U`` the ``(n, k)`` orthonormal top-k eigenvectors of the curvature operator and
+    ``Δ = θ_after − θ_before`` the update the unmodified base optimizer makes from the raw
+    gradient (``project="update"``, the paper's convention):
+
+    .. math::
+
+        \\theta_{t+1} = \\theta_t + \\begin{cases}
+            U U^\\top \\Delta & \\text{mode = "dominant" (Dom-SGD)} \\\\
+            \\Delta - U U^\\top \\Delta & \\text{mode = "bulk" (Bulk-SGD)} \\\\
+            \\Delta & \\text{mode = "none" (track only)}
+        \\end{cases}
+
+    The base optimizer's state (momentum, Adam moments) keeps accumulating unprojected
+    gradients. With ``project="gradient"`` the gradient is projected *before* the base step
+    instead. The projection is global over the flattened parameters (the Hessian couples
+    layers). The training loop is unchanged: ``zero_grad(); loss.backward(); step()``.
+
+    It is a real :class:`torch.optim.Optimizer`: ``param_groups`` and ``state`` are the base
+    optimizer's own (LR schedulers, hooks and trainers act on the base), step hooks fire,
+    ``step(closure)`` works, and :meth:`state_dict` holds the base state plus the subspace
+    (basis, eigenvalues, counters, schedule, generator) under ``"subspace"``, loadable with
+    ``torch.load(..., weights_only=True)``.
+
+    Args:
+        base: the optimizer to wrap (SGD, Adam, SAM, …), already constructed.
+        curvature: a symmetric operator over the base's parameters; usually
+            :class:`~subspace_optim.HessianOperator` over the training set. Its parameters
+            must be exactly the trainable parameters of ``base``.
+        k: dimension of the dominant subspace (the paper: number of classes). ``k = 0``
+            makes the wrapper a no-op.
+        mode: ``"bulk"``, ``"dominant"`` or ``"none"``.
+        eigensolver: a solver instance or a registered name (``"lanczos"``, ``"power"``,
+            ``"eigh"``, ...).
+        refresh: a :class:`~subspace_optim.RefreshSchedule`, ``"every"`` (default,
+            ``Every(1)``) or ``"switch"`` (``AlignmentSwitch()``).
+        project: ``"update"`` (default) or ``"gradient"``.
+        num_extra: track this many eigenpairs beyond ``k`` (e.g. to watch λ_{k+1} against
+            2/η at the Edge of Stability); they are not projected.
+        on_fault: what a failed refresh (non-finite HVPs or eigenpairs) does: ``"keep"``
+            the previous basis (default), retry ``"cold"`` from a random start, or
+            ``"raise"``. Either way a fault never puts NaN into the parameters: a step whose
+            projected update is not finite is undone and counted.
+        generator: randomness for eigensolver start vectors; default a private generator
+            seeded with 0 (the global RNG is never touched).
+
+    Attributes:
+        last_stats: :class:`~subspace_optim.StepStats` of the latest step.
+        basis: current ``(n, k + num_extra)`` eigenvector block, or ``None``.
+        eigenvalues: current ``(k + num_extra,)`` eigenvalues, descending, or ``None``.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> import subspace_optim as so
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+        >>> X, Y = torch.randn(32, 4, generator=g), torch.randn(32, 3, generator=g)
+        >>> loss_fn = nn.MSELoss()
+        >>> base = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> opt = so.SubspaceProjectedOptimizer(base, so.HessianOperator(model, loss_fn, (X, Y)), k=3)
+        >>> for _ in range(3):
+        ...     opt.zero_grad(); loss_fn(model(X), Y).backward(); opt.step()
+        >>> opt.last_stats.projected, len(opt.last_stats.eigenvalues)
+        (True, 3)
+    """
+
+    def __init__(
+        self,
+        base: Optimizer,
+        curvature: LinearOperator,
+        k: int = 10,
+        mode: str = "bulk",
+        *,
+        eigensolver: str | Eigensolver = "lanczos",
+        refresh: str | RefreshSchedule | None = None,
+        project: str = "update",
+        num_extra: int = 0,
+        on_fault: str = "keep",
+        generator: torch.Generator | None = None,
+    ) -> None:
+        # ---- validate everything before touching any state ----
+        if not isinstance(base, Optimizer):
+            raise TypeError(
+                f"base must be a torch.optim.Optimizer (e.g. torch.optim.SGD(model.parameters(), "
+                f"lr=0.1)); got {type(base).__name__}"
+            )
+        if isinstance(base, SubspaceProjectedOptimizer):
+            raise TypeError(
+                "base is already a SubspaceProjectedOptimizer; wrap the underlying optimizer "
+                "once (use num_extra or a second HessianOperator to track more directions)"
+            )
+        if not isinstance(curvature, LinearOperator):
+            raise TypeError(
+                "curvature must be a LinearOperator such as "
+                "subspace_optim.HessianOperator(model, loss_fn, data); got "
+                f"{type(curvature).__name__}"
+            )
+        self.mode = choice("mode", mode, MODES)
+        self.project_target = choice("project", project, PROJECT)
+        self.on_fault = choice("on_fault", on_fault, ON_FAULT)
+        n = curvature.shape[0]
+        self.k = check_int("k", k, low=0)
+        if self.k >= n:
+            raise ValueError(
+                f"k={k} must be smaller than the number of parameters ({n}); the paper uses k = "
+                "number of classes"
+            )
+        self.num_extra = check_int("num_extra", num_extra, low=0)
+        self.eigensolver = resolve_eigensolver(eigensolver)
+        if self.k > 0 and self.k + self.num_extra > n - self.eigensolver.min_gap_to_n:
+            raise ValueError(
+                f"k + num_extra = {self.k + self.num_extra} is too large for "
+                f"{type(self.eigensolver).__name__} on {n} parameters (at most "
+                f"{n - self.eigensolver.min_gap_to_n})"
+            )
+        self.schedule = resolve_schedule(refresh)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
+        self._params = self._check_coverage(base, curvature)
+        for p in self._params:
+            if p.is_complex():
+                raise TypeError("complex parameters are not supported")
+
+        self.base = base
+        self.curvature = curvature
+        super().__init__(base.param_groups, {})
+        # share (not copy) the base's groups and state: schedulers and hooks act on the base
+        self.param_groups = base.param_groups
+        self.state = base.state
+        self._ready = True
+        if generator is None:
+            generator = torch.Generator(device=curvature.device).manual_seed(0)
+        self.generator = generator
+        self.basis: Tensor | None = None
+        self.eigenvalues: Tensor | None = None
+        self.last_result: EigenResult | None = None
+        self.last_stats: StepStats | None = None
+        self._step = 0
+        self.counters: dict[str, float] = {
+            "refreshes": 0,
+            "matvecs": 0,
+            "refresh_seconds": 0.0,
+            "faults": 0,
+            "skipped_steps": 0,
+            "unconverged": 0,
+        }
+
+    # ------------------------------------------------------------ validation
+    @staticmethod
+    def _check_coverage(base: Optimizer, curvature: LinearOperator) -> list[Tensor]:
+        op_params = getattr(curvature, "params", None)
+        base_params = [p for g in base.param_groups for p in g["params"]]
+        if op_params is None:
+            n = curvature.shape[0]
+            total = sum(p.numel() for p in base_params if p.requires_grad)
+            if total != n:
+                raise ValueError(
+                    f"the curvature operator has size {n} but the optimizer's trainable "
+                    f"parameters hold {total} entries; they must be the same parameters"
+                )
+            return [p for p in base_params if p.requires_grad]
+        op_ids = {id(p) for p in op_params}
+        base_ids = {id(p) for p in base_params}
+        missing = [tuple(p.shape) for p in base_params if p.requires_grad and id(p) not in op_ids]
+        if missing:
+            raise ValueError(
+                f"the optimizer updates parameters the curvature operator does not cover "
+                f"(shapes {missing[:4]}); build the operator with "
+                "params=[p for g in base.param_groups for p in g['params']]"
+            )
+        extra = [tuple(p.shape) for p in op_params if id(p) not in base_ids]
+        if extra:
+            raise ValueError(
+                f"the curvature operator covers parameters the optimizer does not update "
+                f"(shapes {extra[:4]}); build the operator with params= the optimizer's parameters"
+            )
+        for p in base_params:
+            if p.requires_grad and p.grad is not None and p.grad.is_sparse:
+                raise TypeError("sparse gradients are not supported; use dense embeddings")
+        return list(op_params)
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer; its parameters must be covered by the operator."""
+        if not getattr(self, "_ready", False):  # from Optimizer.__init__: the base's own groups
+            super().add_param_group(param_group)
+            return
+        params = param_group["params"]
+        params = [params] if isinstance(params, Tensor) else list(params)
+        covered = {id(p) for p in self._params}
+        if any(id(p) not in covered for p in params):
+            raise ValueError(
+                "the new parameters are not covered by the curvature operator: the projection "
+                "is defined on the operator's parameter space. Build a new operator and wrapper."
+            )
+        self.base.add_param_group({**param_group, "params": params})
+        self.param_groups = self.base.param_groups
+
+    # ------------------------------------------------------------- refresh
+    @torch.no_grad()
+    def refresh(self) -> EigenResult | None:
+        """Recompute the basis at the current parameters now (warm-started), and return the
+        solver's result; on a fault, apply the ``on_fault`` policy and return ``None``."""
+        result, _, _ = self._refresh(compute_gradient=False)
+        return result
+
+    def _solve(self, init: Tensor | None) -> EigenResult:
+        return self.eigensolver.solve(
+            self.curvature, self.k + self.num_extra, init=init, generator=self.generator
+        )
+
+    def _refresh(self, compute_gradient: bool) -> tuple[EigenResult | None, Tensor | None, Tensor | None]:
+        t0 = time.perf_counter()
+        before = self.curvature.num_matvecs
+        loss = grad = None
+        result: EigenResult | None = None
+        error: Exception | None = None
+        try:
+            if compute_gradient and isinstance(self.curvature, HessianOperator):
+                loss, grad = self.curvature.loss_and_grad()
+            result = self._solve(self.basis)
+            if not self._usable(result) and self.on_fault == "cold" and self.basis is not None:
+                result = self._solve(None)
+        except (RuntimeError, ValueError) as exc:  # NaN-driven failures inside the solver
+            if self.on_fault == "raise":
+                raise
+            error = exc
+            result = None
+        if self.curvature.device.type == "cuda":
+            torch.cuda.synchronize(self.curvature.device)
+        seconds = time.perf_counter() - t0
+        self.counters["refreshes"] += 1
+        self.counters["matvecs"] += self.curvature.num_matvecs - before
+        self.counters["refresh_seconds"] += seconds
+        self._last_refresh_cost = (self.curvature.num_matvecs - before, seconds)
+        if result is None or not self._usable(result):
+            self.counters["faults"] += 1
+            msg = (
+                "subspace refresh failed"
+                + (f" ({error})" if error else f" ({result.status})" if result is not None else "")
+                + "; keeping the previous basis"
+            )
+            if self.on_fault == "raise":
+                raise FloatingPointError(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+            self._last_converged = False
+            return None, loss, grad
+        if not result.converged:
+            self.counters["unconverged"] += 1
+        self._last_converged = result.converged
+        U = result.eigenvectors
+        gram = U.T @ U
+        if float((gram - torch.eye(gram.shape[0], dtype=U.dtype, device=U.device)).abs().max()) > 1e-4:
+            U = orthonormalize(U, generator=self.generator)
+        self.basis = U.detach().clone()
+        self.eigenvalues = result.eigenvalues.detach().clone()
+        self.last_result = result
+        return result, loss, grad
+
+    @staticmethod
+    def _usable(result: EigenResult) -> bool:
+        return bool(torch.isfinite(result.eigenvalues).all()) and bool(
+            torch.isfinite(result.eigenvectors).all()
+        )
+
+    # ---------------------------------------------------------------- step
+    def _flat(self, tensors: list[Tensor | None]) -> Tensor:
+        return flatten(
+            torch.zeros_like(p) if t is None else t for t, p in zip(tensors, self._params)
+        )
+
+    def _write(self, vec: Tensor, *, add: bool) -> None:
+        offset = 0
+        for p in self._params:
+            m = p.numel()
+            piece = vec[offset : offset + m].view_as(p)
+            if add:
+                p.add_(piece)
+            else:
+                p.copy_(piece)
+            offset += m
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None) -> Tensor | None:  # type: ignore[override]
+        """Take one projected step.
+
+        Args:
+            closure: re-evaluates the model and returns the loss (passed to the base
+                optimizer, as SAM and LBFGS need); optional.
+        """
+        t = self._step
+        U_dim = self.k
+        decision = self.schedule.decide(t)
+        active = U_dim > 0
+        wants_projection = active and self.mode != "none" and decision.project
+        refreshed = False
+        loss_full = grad_full = None
+        matvecs, seconds = 0, 0.0
+        if active and (decision.refresh or (wants_projection and self.basis is None)):
+            result, loss_full, grad_full = self._refresh(compute_gradient=True)
+            refreshed = True
+            matvecs, seconds = self._last_refresh_cost
+        U = None if self.basis is None else self.basis[:, : self.k]
+        project_now = wants_projection and U is not None
+        if wants_projection and U is None:
+            # no basis could be computed: undo the step rather than take it unprojected
+            warnings.warn("no usable basis for a projected step; the step is skipped", RuntimeWarning, stacklevel=2)
+
+        need_flat = active
+        theta_old = flatten(p.detach() for p in self._params) if need_flat else None
+        g_mini = self._flat([p.grad for p in self._params]) if need_flat and closure is None else None
+
+        if project_now and self.project_target == "gradient":
+            if closure is not None:
+                with torch.enable_grad():
+                    closure()
+                closure = None
+                g_mini = self._flat([p.grad for p in self._params])
+            assert g_mini is not None and U is not None
+            coef = U.T @ g_mini
+            g_proj = U @ coef if self.mode == "dominant" else g_mini - U @ coef
+            offset = 0
+            for p in self._params:
+                m = p.numel()
+                if p.grad is not None:
+                    p.grad.copy_(g_proj[offset : offset + m].view_as(p))
+                offset += m
+
+        if closure is not None:
+            with torch.enable_grad():
+                loss = self.base.step(closure)
+        else:
+            loss = self.base.step()
+
+        stats = StepStats(step=t, projected=False, refreshed=refreshed, gradient_source="none")
+        skipped = False
+        if active:
+            assert theta_old is not None
+            if g_mini is None:  # closure path: the base refreshed .grad at θ_old
+                g_mini = self._flat([p.grad for p in self._params])
+            delta_base = flatten(p.detach() for p in self._params) - theta_old
+            delta = delta_base
+            if wants_projection and U is None:
+                self._write(theta_old, add=False)
+                delta = torch.zeros_like(delta_base)
+                skipped = True
+            elif project_now and self.project_target == "update":
+                assert U is not None
+                dom = U @ (U.T @ delta_base)
+                delta = dom if self.mode == "dominant" else delta_base - dom
+                if bool(torch.isfinite(delta).all()):
+                    if self.mode == "dominant":
+                        self._write(theta_old + dom, add=False)
+                    else:
+                        self._write(-dom, add=True)
+                else:
+                    self._write(theta_old, add=False)
+                    delta = torch.zeros_like(delta_base)
+                    skipped = True
+            if skipped:
+                self.counters["skipped_steps"] += 1
+                self.counters["faults"] += 1
+                warnings.warn(
+                    f"step {t}: the update was not finite or had no basis; parameters left unchanged",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+            stats = self._stats(
+                t, project_now and not skipped, refreshed, U, delta_base, delta,
+                grad_full if grad_full is not None else g_mini,
+                "full" if grad_full is not None else "minibatch",
+                loss_full, matvecs, seconds, skipped,
+            )
+            if refreshed:
+                self.schedule.observe(t, stats.grad_alignment if grad_full is not None else None)
+        self.last_stats = stats
+        self._step += 1
+        return loss
+
+    def _stats(
+        self,
+        t: int,
+        projected: bool,
+        refreshed: bool,
+        U: Tensor | None,
+        delta_base: Tensor,
+        delta: Tensor,
+        g: Tensor,
+        source: str,
+        loss_full: Tensor | None,
+        matvecs: int,
+        seconds: float,
+        skipped: bool,
+    ) -> StepStats:
+        eig: tuple[float, ...] = ()
+        if self.eigenvalues is not None:
+            eig = tuple(float(x) for x in self.eigenvalues.tolist())
+        if U is None:
+            return StepStats(
+                step=t, projected=projected, refreshed=refreshed, gradient_source=source,
+                eigenvalues=eig, refresh_matvecs=matvecs, refresh_seconds=seconds,
+                refresh_converged=getattr(self, "_last_converged", True) if refreshed else True,
+                skipped=skipped, faults=int(self.counters["faults"]),
+            )
+        cg = U.T @ g
+        cd = U.T @ delta
+        cb = U.T @ delta_base
+        sq_dom = cg @ cg
+        sq_bulk = (g @ g - sq_dom).clamp_min(0)
+        dot_dom = -(cd @ cg)
+        dot_bulk = -(delta @ g) - dot_dom
+        values = torch.stack([
+            sq_dom, sq_bulk, dot_dom, dot_bulk, g.norm(), cg.norm(), delta_base.norm(), cb.norm(),
+            loss_full if loss_full is not None else torch.full((), math.nan, dtype=g.dtype, device=g.device),
+        ]).tolist()
+        sqd, sqb, dd, db, gn, cgn, dn, cbn, lf = values
+        nan = math.nan
+        return StepStats(
+            step=t,
+            projected=projected,
+            refreshed=refreshed,
+            gradient_source=source,
+            loss=lf,
+            grad_alignment=cgn / gn if gn > 0 else nan,
+            update_alignment=cbn / dn if dn > 0 else nan,
+            eta_dom=dd / sqd if sqd > 0 else nan,
+            eta_bulk=db / sqb if sqb > 0 else nan,
+            dot_dom=dd,
+            dot_bulk=db,
+            sq_dom=sqd,
+            sq_bulk=sqb,
+            eigenvalues=eig,
+            refresh_matvecs=matvecs,
+            refresh_seconds=seconds,
+            refresh_converged=getattr(self, "_last_converged", True) if refreshed else True,
+            skipped=skipped,
+            faults=int(self.counters["faults"]),
+        )
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients of the base optimizer's parameters."""
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    # ---------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's ``state_dict()`` plus ``"subspace"``: basis, eigenvalues,
+        step, counters, schedule state and generator state (all ``weights_only``-safe)."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        sd = dict(self.base.state_dict())
+        sd["subspace"] = {
+            "k": self.k,
+            "num_extra": self.num_extra,
+            "mode": self.mode,
+            "n": self.curvature.shape[0],
+            "step": self._step,
+            "basis": None if self.basis is None else self.basis.clone(),
+            "eigenvalues": None if self.eigenvalues is None else self.eigenvalues.clone(),
+            "counters": dict(self.counters),
+            "schedule": self.schedule.state_dict(),
+            "generator": self.generator.get_state(),
+        }
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            out = post_hook(self, sd)
+            if out is not None:
+                sd = out
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`'s output; checked against this wrapper before any change."""
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            out = pre_hook(self, state_dict)
+            if out is not None:
+                state_dict = out
+        if "subspace" not in state_dict:
+            raise ValueError(
+                "state_dict has no 'subspace' entry: it was not saved by a "
+                "SubspaceProjectedOptimizer (load a base optimizer's state into opt.base instead)"
+            )
+        sub = state_dict["subspace"]
+        n = self.curvature.shape[0]
+        if sub["n"] != n:
+            raise ValueError(
+                f"state_dict is for a model with {sub['n']} parameters, this one has {n}"
+            )
+        if sub["k"] != self.k or sub["num_extra"] != self.num_extra:
+            raise ValueError(
+                f"state_dict was saved with k={sub['k']}, num_extra={sub['num_extra']}; this "
+                f"optimizer has k={self.k}, num_extra={self.num_extra}"
+            )
+        basis = sub["basis"]
+        if basis is not None and tuple(basis.shape) != (n, self.k + self.num_extra):
+            raise ValueError(f"saved basis has shape {tuple(basis.shape)}, expected ({n}, {self.k + self.num_extra})")
+        base_sd = {key: v for key, v in state_dict.items() if key != "subspace"}
+        self.base.load_state_dict(base_sd)
+        self.param_groups = self.base.param_groups
+        self.state = self.base.state
+        device, dtype = self.curvature.device, self.curvature.dtype
+        self.basis = None if basis is None else basis.to(device=device, dtype=dtype).clone()
+        eig = sub["eigenvalues"]
+        self.eigenvalues = None if eig is None else eig.to(device=device, dtype=dtype).clone()
+        self._step = int(sub["step"])
+        self.counters = dict(sub["counters"])
+        self.schedule.load_state_dict(sub["schedule"])
+        self.generator.set_state(sub["generator"])
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"SubspaceProjectedOptimizer(base={type(self.base).__name__}, k={self.k}, "
+            f"mode={self.mode!r}, eigensolver={self.eigensolver!r}, refresh={self.schedule!r})"
+        )

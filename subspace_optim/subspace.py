@@ -1,0 +1,150 @@
+"""Pure subspace math on orthonormal bases stored as columns ``(n, k)``.
+
+.. math::
+
+    P = U U^\\top, \\qquad P^\\perp = I - U U^\\top, \\qquad
+    \\chi_k(v) = \\frac{\\lVert P v \\rVert}{\\lVert v \\rVert}
+
+Every function accepts a vector ``(n,)`` or a block ``(n, b)`` where that makes sense and
+never modifies its inputs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "alignment",
+    "orthonormalize",
+    "principal_angles",
+    "project",
+    "project_out",
+    "subspace_distance",
+]
+
+
+def orthonormalize(V: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+    """Orthonormal basis of the column span of ``V`` with the same shape ``(n, m)``.
+
+    Two passes of Householder QR (stable to rounding). Columns that are numerically
+    dependent are replaced by random directions orthogonal to the rest, so the output always
+    has ``m`` orthonormal columns (``m <= n`` required).
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim import orthonormalize
+        >>> V = torch.tensor([[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]], dtype=torch.float64)
+        >>> Q = orthonormalize(V)
+        >>> torch.allclose(Q.T @ Q, torch.eye(2, dtype=torch.float64))
+        True
+    """
+    if V.ndim != 2:
+        raise ValueError(f"orthonormalize expects a block (n, m); got shape {tuple(V.shape)}")
+    n, m = V.shape
+    if m > n:
+        raise ValueError(f"cannot orthonormalize {m} columns in dimension {n}")
+    if m == 0:
+        return V.clone()
+    Q, R = torch.linalg.qr(V)
+    Q, R2 = torch.linalg.qr(Q)
+    diag = (R2 @ R).diagonal().abs()
+    scale = V.norm(dim=0).max().clamp_min(torch.finfo(V.dtype).tiny)
+    weak = diag <= 1e3 * torch.finfo(V.dtype).eps * scale
+    if bool(weak.any()):
+        g = generator
+        if g is not None and g.device != V.device:
+            fill = torch.randn(n, m, dtype=V.dtype, device=g.device, generator=g).to(V.device)
+        else:
+            fill = torch.randn(n, m, dtype=V.dtype, device=V.device, generator=g)
+        keep = ~weak
+        W = torch.where(keep.unsqueeze(0), Q, fill)
+        for _ in range(2):
+            Qk = W[:, keep]
+            W[:, weak] -= Qk @ (Qk.T @ W[:, weak])
+            W, _ = torch.linalg.qr(W)
+        Q = W
+    return Q
+
+
+def project(v: Tensor, U: Tensor) -> Tensor:
+    """``U Uᵀ v``: the component of ``v`` (``(n,)`` or ``(n, b)``) in ``span(U)``.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim import project
+        >>> U = torch.eye(3)[:, :1]
+        >>> project(torch.tensor([3.0, 4.0, 0.0]), U).tolist()
+        [3.0, 0.0, 0.0]
+    """
+    return U @ (U.T @ v)
+
+
+def project_out(v: Tensor, U: Tensor) -> Tensor:
+    """``v − U Uᵀ v``: the component of ``v`` orthogonal to ``span(U)``.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim import project_out
+        >>> project_out(torch.tensor([3.0, 4.0, 0.0]), torch.eye(3)[:, :1]).tolist()
+        [0.0, 4.0, 0.0]
+    """
+    return v - U @ (U.T @ v)
+
+
+def alignment(v: Tensor, U: Tensor) -> Tensor:
+    """χ(v) = ‖U Uᵀ v‖ / ‖v‖ in ``[0, 1]``: how much of ``v`` lies in ``span(U)``.
+
+    ``U`` must have orthonormal columns. Returns 0 for a zero vector. For a block, one
+    value per column.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim import alignment
+        >>> round(float(alignment(torch.tensor([3.0, 4.0]), torch.eye(2)[:, :1])), 6)
+        0.6
+    """
+    num = (U.T @ v).norm(dim=0)
+    den = v.norm(dim=0)
+    return torch.where(den > 0, num / den.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(den))
+
+
+def principal_angles(U: Tensor, W: Tensor) -> Tensor:
+    """Principal angles (radians, ascending) between ``span(U)`` and ``span(W)``.
+
+    Both bases need orthonormal columns; the result has ``min(k_U, k_W)`` entries. Angles
+    are computed from the singular values of ``Uᵀ W`` for small angles' accuracy via the
+    sine formula (Björck & Golub), so an exactly equal subspace gives angles near 0.
+
+    Example:
+        >>> import torch, math
+        >>> from subspace_optim import principal_angles
+        >>> U = torch.eye(3, dtype=torch.float64)[:, :2]
+        >>> W = torch.eye(3, dtype=torch.float64)[:, 1:]
+        >>> [round(a, 6) for a in principal_angles(U, W).tolist()]
+        [0.0, 1.570796]
+    """
+    if U.shape[0] != W.shape[0]:
+        raise ValueError(f"bases live in different dimensions: {U.shape[0]} and {W.shape[0]}")
+    if U.shape[1] > W.shape[1]:
+        U, W = W, U
+    cos = torch.linalg.svdvals(U.T @ W).clamp(0, 1)
+    # sines from the part of U outside span(W): accurate for small angles
+    R = U - W @ (W.T @ U)
+    sin = torch.linalg.svdvals(R).clamp(0, 1).flip(0)
+    angles_cos = torch.arccos(cos)
+    angles_sin = torch.arcsin(sin)
+    return torch.where(cos > 0.7071, angles_sin, angles_cos)
+
+
+def subspace_distance(U: Tensor, W: Tensor) -> Tensor:
+    """``sin θ_max``: sine of the largest principal angle (0 for equal subspaces, 1 when some
+    direction of the smaller subspace is orthogonal to the other).
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim import subspace_distance
+        >>> float(subspace_distance(torch.eye(3)[:, :2], torch.eye(3)[:, :2]))
+        0.0
+    """
+    return torch.sin(principal_angles(U, W).max())
