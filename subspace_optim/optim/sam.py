@@ -1,0 +1,296 @@
+"""Sharpness-Aware Minimization (Foret et al., 2021) as a wrapper around any torch optimizer."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .._utils import check_positive_float
+
+__all__ = ["SAM"]
+
+
+class SAM(Optimizer):
+    """Sharpness-Aware Minimization around an already-built base optimizer.
+
+    Each step evaluates the gradient at the worst-case point of a ball of radius ``ρ`` (to
+    first order) and hands *that* gradient to the base optimizer, which then updates the
+    original weights:
+
+    .. math::
+
+        \\varepsilon_t = \\rho\\, \\frac{T_t^2\\, g_t}{\\lVert T_t\\, g_t \\rVert_2}, \\qquad
+        \\tilde g_t = \\nabla L(\\theta_t + \\varepsilon_t), \\qquad
+        \\theta_{t+1} = \\mathrm{base.step}(\\theta_t, \\tilde g_t)
+
+    with ``g_t = ∇L(θ_t)`` and ``T_t = I`` (SAM) or, with ``adaptive=True`` (ASAM, Kwon et al.
+    2021), the element-wise scaling ``T_t = diag(|θ_t| + η)``. The norm is global over every
+    parameter of every group; ``rho`` may differ per parameter group (a ``"rho"`` key in the
+    group, which LR-scheduler-style code can change).
+
+    Two ways to call it:
+
+    * ``step(closure)``: ``closure()`` re-evaluates the loss and calls ``backward()``. If no
+      parameter has a ``.grad`` yet, the closure is first evaluated at ``θ_t``; otherwise the
+      gradient already in ``.grad`` (from the usual ``loss.backward()``) is used as ``g_t``.
+      Returns the closure's loss at the perturbed point (the SAM objective).
+    * ``first_step()`` / ``second_step()``, for loops that cannot pass a closure (gradient
+      accumulation, GradScaler):
+      ``loss.backward(); opt.first_step(zero_grad=True); loss_at_perturbed.backward();
+      opt.second_step(zero_grad=True)``.
+
+    ``param_groups`` and ``state`` *are* the base optimizer's (LR schedulers and
+    :class:`~subspace_optim.SubspaceProjectedOptimizer` act on the base through SAM), and
+    :meth:`state_dict` is the base optimizer's own ``state_dict`` (momentum buffers and Adam
+    moments included). Between full steps SAM itself holds no state, so a checkpoint taken
+    between steps resumes exactly.
+
+    Args:
+        base: the optimizer that takes the step with the perturbed gradient (SGD, Adam, ...),
+            already constructed over the parameters to train.
+        rho: radius ``ρ > 0`` of the perturbation (default 0.05, Foret et al.; ASAM
+            typically uses a larger radius such as 0.5–2).
+        adaptive: use ASAM's scale-invariant perturbation.
+        eta: ASAM's offset ``η >= 0`` in ``T = |θ| + η`` (ignored when ``adaptive=False``).
+
+    Raises:
+        TypeError: ``base`` is not a torch optimizer, or is a SAM or a projection wrapper
+            (wrap SAM inside :class:`~subspace_optim.SubspaceProjectedOptimizer`, not the
+            other way round).
+        ValueError: ``rho <= 0`` or not finite, ``eta < 0``.
+
+    .. note::
+        The ASAM perturbation follows Kwon et al. (2021) with ``T = |θ| + η`` and
+        ``η = 0.01`` by default; the popular ``davda54/sam`` port uses ``η = 0``. A parameter
+        whose gradient is ``None`` is neither perturbed nor counted in the norm. If the
+        gradient norm is not finite (an overflowing AMP step) no perturbation is applied,
+        so the non-finite gradient reaches the base step unchanged and GradScaler's inf
+        check sees it as usual.
+
+    Example:
+        >>> import torch
+        >>> from torch import nn
+        >>> from subspace_optim import SAM
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Linear(3, 1)
+        >>> X, y = torch.randn(16, 3, generator=g), torch.randn(16, 1, generator=g)
+        >>> opt = SAM(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), rho=0.05)
+        >>> def closure():
+        ...     opt.zero_grad()
+        ...     loss = nn.functional.mse_loss(model(X), y)
+        ...     loss.backward()
+        ...     return loss
+        >>> losses = [float(opt.step(closure)) for _ in range(20)]
+        >>> losses[-1] < losses[0]
+        True
+        >>> "momentum_buffer" in opt.state_dict()["state"][0]
+        True
+    """
+
+    def __init__(
+        self,
+        base: Optimizer,
+        rho: float = 0.05,
+        adaptive: bool = False,
+        *,
+        eta: float = 0.01,
+    ) -> None:
+        if not isinstance(base, Optimizer):
+            raise TypeError(
+                "base must be a torch.optim.Optimizer, e.g. SAM(torch.optim.SGD(model.parameters(), "
+                f"lr=0.1), rho=0.05); got {type(base).__name__}"
+            )
+        if isinstance(base, SAM):
+            raise TypeError("base is already a SAM; wrap the underlying optimizer once")
+        if hasattr(base, "curvature") and hasattr(base, "base"):  # a projection wrapper
+            raise TypeError(
+                f"base is a {type(base).__name__}; put SAM inside it instead: "
+                "SubspaceProjectedOptimizer(SAM(torch.optim.SGD(...)), curvature, ...)"
+            )
+        rho = check_positive_float("rho", rho)
+        if not isinstance(adaptive, bool):
+            raise TypeError(f"adaptive must be True or False; got {adaptive!r}")
+        eta = check_positive_float("eta", eta, allow_zero=True)
+        for group in base.param_groups:
+            if "rho" in group:
+                check_positive_float("rho of a parameter group", group["rho"])
+        self.base = base
+        # Optimizer.__init__ fills rho/adaptive/eta into the base's groups where missing
+        super().__init__(base.param_groups, {"rho": rho, "adaptive": adaptive, "eta": eta})
+        self.param_groups = base.param_groups
+        self.state = base.state
+        self._ready = True
+        # perturbation bookkeeping between first_step and second_step (never checkpointed)
+        self._saved: dict[Tensor, Tensor] = {}
+        self._perturbed = False
+
+    # ------------------------------------------------------------------ groups
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        """Add a group to the base optimizer (``rho``/``adaptive``/``eta`` default to SAM's)."""
+        if not getattr(self, "_ready", False):  # from Optimizer.__init__: the base's own groups
+            super().add_param_group(param_group)
+            return
+        if "rho" in param_group:
+            check_positive_float("rho of a parameter group", param_group["rho"])
+        group = dict(param_group)
+        for key, value in self.defaults.items():
+            group.setdefault(key, value)
+        self.base.add_param_group(group)
+        self.param_groups = self.base.param_groups
+
+    # -------------------------------------------------------------------- math
+    def _grad_norm(self) -> Tensor | None:
+        norms = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                g = p.grad
+                if group["adaptive"]:
+                    g = g * (p.abs() + group["eta"])
+                norms.append(torch.linalg.vector_norm(g, dtype=torch.float32))
+        if not norms:
+            return None
+        return torch.linalg.vector_norm(torch.stack(norms))
+
+    @torch.no_grad()
+    def first_step(self, zero_grad: bool = False) -> None:
+        """Move the parameters to ``θ + ε`` using the gradient currently in ``.grad``.
+
+        Args:
+            zero_grad: clear the gradients afterwards (set them to ``None``), ready for the
+                backward pass at the perturbed point.
+
+        Raises:
+            RuntimeError: called twice without :meth:`second_step` in between, or no
+                parameter has a gradient (call ``loss.backward()`` first).
+        """
+        if self._perturbed:
+            raise RuntimeError(
+                "first_step() was already called; call second_step() before the next first_step()"
+            )
+        norm = self._grad_norm()
+        if norm is None:
+            raise RuntimeError(
+                "no parameter has a gradient: call loss.backward() before first_step(), or "
+                "use step(closure)"
+            )
+        finite = math.isfinite(float(norm))
+        self._saved = {}
+        for group in self.param_groups:
+            scale = group["rho"] / (float(norm) + 1e-12) if finite else 0.0
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                self._saved[p] = p.detach().clone()
+                if scale == 0.0:
+                    continue
+                e = p.grad * scale
+                if group["adaptive"]:
+                    e = e * (p.abs() + group["eta"]).pow(2)
+                p.add_(e.to(p.dtype))
+        self._perturbed = True
+        if zero_grad:
+            self.base.zero_grad(set_to_none=True)
+
+    @torch.no_grad()
+    def second_step(self, zero_grad: bool = False) -> None:
+        """Restore ``θ`` exactly and let the base optimizer step with the gradient at ``θ + ε``.
+
+        Args:
+            zero_grad: clear the gradients after the base step.
+
+        Raises:
+            RuntimeError: :meth:`first_step` was not called before.
+        """
+        if not self._perturbed:
+            raise RuntimeError("second_step() needs a first_step() before it")
+        for p, saved in self._saved.items():
+            p.copy_(saved)
+        self._saved = {}
+        self._perturbed = False
+        self.base.step()
+        if zero_grad:
+            self.base.zero_grad(set_to_none=True)
+
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One SAM step; ``closure`` re-evaluates the loss and calls ``backward()``.
+
+        Args:
+            closure: required. It should zero the gradients (or let this method do it),
+                compute the loss and call ``backward()``; it is called once at ``θ + ε``,
+                and once more at ``θ`` first if no parameter has a gradient yet.
+
+        Returns:
+            The closure's loss at the perturbed point ``θ + ε``.
+
+        Raises:
+            ValueError: ``closure`` is ``None`` (use ``first_step``/``second_step`` then).
+        """
+        if closure is None:
+            raise ValueError(
+                "SAM.step needs a closure that recomputes the loss and calls backward(), e.g. "
+                "opt.step(lambda: (opt.zero_grad(), loss_fn(model(x), y).backward())); loops "
+                "that cannot pass one use opt.first_step() / opt.second_step()"
+            )
+        if self._perturbed:
+            raise RuntimeError("step() called between first_step() and second_step()")
+        if all(p.grad is None for group in self.param_groups for p in group["params"]):
+            with torch.enable_grad():
+                closure()
+        self.first_step(zero_grad=True)
+        try:
+            with torch.enable_grad():
+                loss = closure()
+        except BaseException:
+            # leave the parameters where they were
+            with torch.no_grad():
+                for p, saved in self._saved.items():
+                    p.copy_(saved)
+            self._saved = {}
+            self._perturbed = False
+            raise
+        self.second_step()
+        return loss
+
+    # -------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict[str, Any]:
+        """The base optimizer's ``state_dict()`` (its state and param_groups, with ``rho``)."""
+        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
+            pre_hook(self)
+        sd = self.base.state_dict()
+        for post_hook in self._optimizer_state_dict_post_hooks.values():
+            out = post_hook(self, sd)
+            if out is not None:
+                sd = out
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load a :meth:`state_dict` (or the base optimizer's own) into the base optimizer."""
+        if self._perturbed:
+            raise RuntimeError("cannot load a state_dict between first_step() and second_step()")
+        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
+            out = pre_hook(self, state_dict)
+            if out is not None:
+                state_dict = out
+        self.base.load_state_dict(state_dict)
+        self.param_groups = self.base.param_groups
+        self.state = self.base.state
+        for group in self.param_groups:
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
+        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
+            post_hook(self)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Clear the gradients of the base optimizer's parameters."""
+        self.base.zero_grad(set_to_none=set_to_none)
+
+    def __repr__(self) -> str:
+        rho = self.defaults["rho"]
+        return f"SAM(base={type(self.base).__name__}, rho={rho}, adaptive={self.defaults['adaptive']})"
