@@ -20,7 +20,7 @@ from .eigensolvers import (
     resolve_eigensolver,
 )
 from .operators import DenseOperator, HessianOperator, LinearOperator
-from .optim import SubspaceProjectedOptimizer
+from .optim import SAM, SubspaceProjectedOptimizer
 from .schedules import AlignmentSwitch, AtSteps, Decision, Every, RefreshSchedule, resolve_schedule
 from .subspace import (
     alignment,
@@ -48,6 +48,7 @@ __all__ = [
     "LinearOperator",
     "PowerIteration",
     "RefreshSchedule",
+    "SAM",
     "StepStats",
     "SubspaceProjectedOptimizer",
     "__version__",
