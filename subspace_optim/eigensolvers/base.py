@@ -110,12 +110,7 @@ class Eigensolver(ABC):
                 "dense matrix in DenseOperator."
             )
         n = op.shape[0]
-        check_int("k", k, low=1)
-        if k > n - self.min_gap_to_n:
-            raise ValueError(
-                f"k={k} is too large for {type(self).__name__} on an operator of size {n} "
-                f"(at most {n - self.min_gap_to_n}); lower k or use Eigh for tiny operators"
-            )
+        self.check_k(n, k)
         if init is not None:
             if init.ndim == 1:
                 init = init.unsqueeze(1)
@@ -134,6 +129,34 @@ class Eigensolver(ABC):
         if self.raise_on_failure and not result.converged:
             raise EigensolverError(result.status)
         return result
+
+    def check_k(self, n: int, k: int) -> None:
+        """Raise a clear error if this solver cannot compute ``k`` eigenpairs of an ``(n, n)``
+        operator: ``k < 1``, ``k > n - min_gap_to_n``, or a ``block_size`` narrower than ``k``.
+
+        :meth:`solve` calls it, and so does
+        :class:`~subspace_optim.SubspaceProjectedOptimizer` at construction, so a bad
+        configuration fails before training starts rather than at the first refresh.
+
+        Example:
+            >>> from subspace_optim import PowerIteration
+            >>> PowerIteration(block_size=2).check_k(100, 3)
+            Traceback (most recent call last):
+            ...
+            ValueError: block_size=2 of PowerIteration is narrower than k=3; set block_size >= 3 or leave it None for the default width
+        """
+        check_int("k", k, low=1)
+        if k > n - self.min_gap_to_n:
+            raise ValueError(
+                f"k={k} is too large for {type(self).__name__} on an operator of size {n} "
+                f"(at most {n - self.min_gap_to_n}); lower k or use Eigh for tiny operators"
+            )
+        block = getattr(self, "block_size", None)
+        if isinstance(block, int) and block < k:
+            raise ValueError(
+                f"block_size={block} of {type(self).__name__} is narrower than k={k}; set "
+                f"block_size >= {k} or leave it None for the default width"
+            )
 
     @abstractmethod
     def _solve(
