@@ -19,7 +19,13 @@ from .eigensolvers import (
     register_eigensolver,
     resolve_eigensolver,
 )
-from .operators import DenseOperator, HessianOperator, LinearOperator
+from .operators import (
+    DenseOperator,
+    DistributedHessianError,
+    DistributedHessianOperator,
+    HessianOperator,
+    LinearOperator,
+)
 from .optim import SAM, SubspaceProjectedOptimizer
 from .schedules import AlignmentSwitch, AtSteps, Decision, Every, RefreshSchedule, resolve_schedule
 from .subspace import (
@@ -38,6 +44,8 @@ __all__ = [
     "AtSteps",
     "Decision",
     "DenseOperator",
+    "DistributedHessianError",
+    "DistributedHessianOperator",
     "EigenResult",
     "Eigensolver",
     "EigensolverError",

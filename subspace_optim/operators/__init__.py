@@ -2,6 +2,14 @@
 
 from .base import LinearOperator
 from .dense import DenseOperator
+from .distributed import DistributedHessianError, DistributedHessianOperator
 from .hessian import HVP_METHODS, HessianOperator
 
-__all__ = ["HVP_METHODS", "DenseOperator", "HessianOperator", "LinearOperator"]
+__all__ = [
+    "HVP_METHODS",
+    "DenseOperator",
+    "DistributedHessianError",
+    "DistributedHessianOperator",
+    "HessianOperator",
+    "LinearOperator",
+]

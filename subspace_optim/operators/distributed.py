@@ -1,0 +1,362 @@
+"""Data-parallel Hessian of the global mean loss over the shards of every rank (torch.distributed).
+
+Each rank holds its own shard of the training set. A product ``H V`` evaluates, on every
+rank, the *unnormalized* local sum ``Σ_chunks count · H_chunk V`` and its example count,
+all-reduces both in one flat buffer, and divides by the global count:
+
+.. math::
+
+    H V = \\frac{1}{\\sum_r N_r} \\sum_{r} \\sum_{i \\in \\mathcal{D}_r}
+          \\nabla^2_\\theta \\ell_i(\\theta)\\, V
+
+so the operator is the Hessian of the mean loss over the union of the shards, whatever
+their sizes (uneven and empty shards are weighted correctly). Every rank receives the same
+bits, so eigensolvers run in lockstep on all ranks from the same generator seed and end
+with the same basis; :meth:`DistributedHessianOperator.broadcast_result` then copies rank
+0's result to every rank, which makes the agreement bit-for-bit even where ranks would
+round differently (different CPUs or BLAS builds).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from .hessian import Batch, HessianOperator, _check_batch
+
+if TYPE_CHECKING:  # the eigensolvers import the operators: avoid a cycle at run time
+    from ..eigensolvers.base import EigenResult
+
+__all__ = ["DistributedHessianError", "DistributedHessianOperator"]
+
+_DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
+
+
+class DistributedHessianError(RuntimeError):
+    """A rank failed inside a distributed Hessian product or gradient.
+
+    Raised on *every* rank of the group at the same collective (never a hang): the failing
+    rank packs a failure flag into the reduction buffer, every rank sees it, and the error
+    messages are exchanged so each rank reports which rank failed and why.
+
+    Attributes:
+        ranks: the ranks (in the operator's group) that failed.
+        messages: ``"ExceptionType: message"`` of each failing rank, in the order of ``ranks``.
+    """
+
+    def __init__(self, message: str, ranks: Sequence[int], messages: Sequence[str]) -> None:
+        super().__init__(message)
+        self.ranks = list(ranks)
+        self.messages = list(messages)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module under DistributedDataParallel / DataParallel wrappers.
+
+    DDP's hooks do not fire for double backward or torch.func transforms, and its forward
+    may broadcast buffers (a collective that only rank 0 would enter inside an HVP), so the
+    products run on the plain module. Its parameters are the very tensors DDP trains.
+    """
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+class DistributedHessianOperator(HessianOperator):
+    """Hessian of the global mean loss over every rank's data shard, as a matrix-free operator.
+
+    Construct it on every rank of ``group`` (like DistributedDataParallel), each with its own
+    shard in ``data``. Every product and :meth:`loss_and_grad` is a collective: all ranks
+    must call them in the same order, which they do when they run the same solver and
+    optimizer code (the subspace optimizer does).
+
+    .. math::
+
+        H = \\frac{1}{N} \\sum_{r=0}^{R-1} \\sum_{i \\in \\mathcal{D}_r}
+            \\nabla^2_\\theta \\ell(f_\\theta(x_i), y_i), \\qquad N = \\sum_r |\\mathcal{D}_r|
+
+    One product is one pass over the local shard in micro-batches of at most ``chunk_size``
+    examples (peak memory is bounded by the chunk) followed by **one** all-reduce of a flat
+    buffer of ``n·b + 3R`` numbers: the block ``Σ count · H_chunk V``, then each rank's
+    example count, failure flag and a checksum of its input block ``V``. From the tail every
+    rank learns the global count, whether any rank failed (then all raise
+    :class:`DistributedHessianError`), and whether the ranks' inputs diverged (then all
+    raise ``RuntimeError`` instead of silently mixing different vectors).
+
+    Args:
+        model: the network, or the ``DistributedDataParallel`` wrapping it (products run on
+            ``model.module``). Parameters must be the same on every rank, as DDP keeps them.
+        loss_fn: ``loss_fn(outputs, targets)`` returning the mean loss of a batch.
+        data: this rank's shard: one ``(inputs, targets)`` batch or a re-iterable of
+            batches (a list, a ``DataLoader`` with a ``DistributedSampler``). It may be
+            empty on some ranks, and shards may be uneven: examples are weighted by count.
+        params, chunk_size, method, train: as in :class:`HessianOperator`.
+        group: the process group (default: the world group of ``torch.distributed``).
+        check_consistency: compare a checksum of the input block across ranks at every
+            product (free: it rides in the same all-reduce). Turn off only if the ranks feed
+            deliberately different vectors, which makes the product meaningless.
+
+    Raises:
+        RuntimeError: ``torch.distributed`` is not initialized, or the ranks' models differ
+            in size or dtype (checked with one collective at construction).
+        ValueError: an NCCL group with parameters on the CPU.
+
+    Shapes:
+        ``matvec``: ``(n,) -> (n,)``; ``matmat``: ``(n, b) -> (n, b)``, identical on every
+        rank.
+
+    .. note::
+        The paper computes the Hessian on one device with scipy's ``eigsh``. Here the
+        eigensolver runs redundantly on every rank (its dense work is ``O(n k^2)``, small
+        next to the HVPs) so that no rank idles while serving products; see
+        :meth:`broadcast_result` for how the ranks are made to agree bit for bit.
+
+    Example:
+        A one-process gloo group (what ``torchrun --nproc_per_node 1`` gives); with more
+        ranks the same code sees every rank's shard.
+
+        >>> import os, tempfile, torch
+        >>> import torch.distributed as dist
+        >>> from torch import nn
+        >>> from subspace_optim import DistributedHessianOperator, HessianOperator
+        >>> store = os.path.join(tempfile.mkdtemp(), "store")
+        >>> dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Linear(3, 2).double()
+        >>> X = torch.randn(10, 3, generator=g, dtype=torch.float64)
+        >>> Y = torch.randn(10, 2, generator=g, dtype=torch.float64)
+        >>> H = DistributedHessianOperator(model, nn.MSELoss(), [(X[:4], Y[:4]), (X[4:], Y[4:])])
+        >>> ref = HessianOperator(model, nn.MSELoss(), (X, Y))
+        >>> v = torch.randn(8, generator=g, dtype=torch.float64)
+        >>> torch.allclose(H @ v, ref @ v)
+        True
+        >>> H.last_counts
+        [10]
+        >>> dist.destroy_process_group()
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Tensor], Tensor],
+        data: Batch | Iterable[Batch],
+        *,
+        params: Iterable[Tensor] | None = None,
+        chunk_size: int | None = None,
+        method: str = "auto",
+        train: bool | None = None,
+        group: Any = None,
+        check_consistency: bool = True,
+    ) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "torch.distributed is not initialized: call "
+                "torch.distributed.init_process_group(...) on every rank first (torchrun sets "
+                "the environment for init_method='env://'), or use HessianOperator in a "
+                "single process"
+            )
+        if not isinstance(check_consistency, bool):
+            raise TypeError(f"check_consistency must be True or False; got {check_consistency!r}")
+        super().__init__(
+            _unwrap(model),
+            loss_fn,
+            data,
+            params=params,
+            chunk_size=chunk_size,
+            method=method,
+            train=train,
+        )
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        if self.rank < 0:
+            raise ValueError("this process is not a member of the given process group")
+        backend = str(dist.get_backend(group)).lower()
+        if backend == "nccl" and self.device.type != "cuda":
+            raise ValueError(
+                "the NCCL backend reduces CUDA tensors only, but the model's parameters are on "
+                f"{self.device}; move the model to this rank's GPU or use the gloo backend"
+            )
+        self.backend = backend
+        self.check_consistency = check_consistency
+        #: example count of each rank in the latest reduction (index = rank in ``group``)
+        self.last_counts: list[int] = []
+        self._handshake()
+
+    # ------------------------------------------------------------------ setup
+    def _validate_data(self) -> None:
+        # unlike the single-process operator, an empty shard is fine: another rank has data
+        if isinstance(self.data, Sequence):
+            batches: Iterable[Any] = self.data
+        else:
+            first = next(iter(self.data), None)
+            batches = [] if first is None else [first]
+        for i, batch in enumerate(batches):
+            _check_batch(batch, i)
+
+    def _handshake(self) -> None:
+        """One collective that refuses mismatched models before any product can hang."""
+        code = _DTYPE_CODES.get(self.dtype, 0)
+        mine = torch.tensor([self.shape[0], code], dtype=torch.float64)
+        both = torch.cat([mine, -mine]).to(self.device)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
+        hi, lo = both[:2].tolist(), (-both[2:]).tolist()
+        if hi != lo:
+            raise RuntimeError(
+                f"the ranks' models differ: parameter counts range over [{int(lo[0])}, "
+                f"{int(hi[0])}] (rank {self.rank} has {self.shape[0]}) or their dtypes differ; "
+                "build the same model on every rank (DistributedDataParallel requires it too)"
+            )
+
+    # -------------------------------------------------------------- reduction
+    def _tail_dtype(self) -> torch.dtype:
+        # counts and checksums must be exact: half precision cannot hold counts above 2048
+        return self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float64
+
+    def _allreduce(self, payload: Tensor | None, size: int, count: int,
+                   failure: BaseException | None, checksum: Tensor | None) -> Tensor:
+        """All-reduce ``payload`` (``size`` numbers) with the bookkeeping tail; return the sum.
+
+        Raises the same error on every rank if any rank failed or the inputs diverged.
+        """
+        R = self.world_size
+        inline = self._tail_dtype() == self.dtype
+        buf = torch.zeros(size + (3 * R if inline else 0), dtype=self.dtype, device=self.device)
+        if payload is not None and failure is None:
+            buf[:size] = payload.reshape(-1)
+        tail = buf[size:] if inline else torch.zeros(3 * R, dtype=torch.float64, device=self.device)
+        tail = tail.view(3, R)
+        tail[0, self.rank] = count
+        tail[1, self.rank] = 1.0 if failure is not None else 0.0
+        if checksum is not None:
+            tail[2, self.rank] = checksum.to(tail.dtype)
+        dist.all_reduce(buf, group=self.group)
+        if not inline:
+            dist.all_reduce(tail, group=self.group)
+        counts, failed, sums = tail.tolist()  # the one host read per product
+        if any(failed):
+            ranks = [r for r in range(R) if failed[r]]
+            text = None if failure is None else f"{type(failure).__name__}: {failure}"
+            gathered: list[Any] = [None] * R
+            dist.all_gather_object(gathered, text, group=self.group)
+            messages = [str(gathered[r]) for r in ranks]
+            detail = "; ".join(f"rank {r}: {m}" for r, m in zip(ranks, messages))
+            error = DistributedHessianError(
+                f"distributed Hessian computation failed on rank(s) {ranks} (seen from rank "
+                f"{self.rank}): {detail}",
+                ranks,
+                messages,
+            )
+            if failure is not None:
+                raise error from failure
+            raise error
+        if checksum is not None:
+            ref = sums[0]
+            if any(s != ref and not (s != s and ref != ref) for s in sums):
+                raise RuntimeError(
+                    f"the ranks called the distributed Hessian with different vectors "
+                    f"(checksums {sums}); every rank must run the same solver with the same "
+                    "generator seed and warm start. If ranks run on different hardware, their "
+                    "rounding can differ: use solvers without data-dependent branching or "
+                    "broadcast the start block from rank 0"
+                )
+        self.last_counts = [int(round(c)) for c in counts]
+        return buf[:size]
+
+    @staticmethod
+    def _checksum(V: Tensor) -> Tensor:
+        # position-weighted, so permuted or sign-flipped columns differ too
+        w = torch.arange(1, V.shape[1] + 1, dtype=V.dtype, device=V.device)
+        return (torch.nan_to_num(V, nan=0.0, posinf=0.0, neginf=0.0) @ w).sum() + V.shape[1]
+
+    def _global_count(self) -> int:
+        total = sum(self.last_counts)
+        if total == 0:
+            raise ValueError(
+                f"no rank has any examples (counts per rank: {self.last_counts}); give at "
+                "least one rank a non-empty shard"
+            )
+        return total
+
+    # -------------------------------------------------------------- products
+    def _matmat(self, V: Tensor) -> Tensor:
+        local: Tensor | None = None
+        count = 0
+        failure: BaseException | None = None
+        try:
+            local, count = self._local_matmat(V)
+        except Exception as exc:  # surfaced on every rank by _allreduce
+            failure = exc
+        checksum = self._checksum(V) if self.check_consistency else None
+        total = self._allreduce(local, V.numel(), count, failure, checksum)
+        return total.view(V.shape) / self._global_count()
+
+    def loss_and_grad(self) -> tuple[Tensor, Tensor]:
+        """Global mean loss and its flat gradient ``∇L`` over all ranks' shards.
+
+        A collective; shapes ``()`` and ``(n,)``, identical on every rank. Does not touch
+        ``.grad``.
+        """
+        n = self.shape[0]
+        payload: Tensor | None = None
+        count = 0
+        failure: BaseException | None = None
+        try:
+            loss_sum, grad_sum, count = self._local_loss_and_grad()
+            payload = torch.cat([loss_sum.reshape(1).to(self.dtype), grad_sum])
+        except Exception as exc:
+            failure = exc
+        total = self._allreduce(payload, n + 1, count, failure, None)
+        N = self._global_count()
+        return total[0] / N, total[1:] / N
+
+    # -------------------------------------------------------------- agreement
+    def broadcast_result(self, result: EigenResult, src: int = 0) -> EigenResult:
+        """Give every rank rank ``src``'s eigenpairs, bit for bit (one broadcast).
+
+        Lockstep solves already agree when the ranks round identically; this makes the
+        agreement exact regardless, so projected updates, and therefore DDP's replicas,
+        stay identical. Eigenvalues, residual norms, eigenvectors and the converged flag
+        are taken from ``src``; counters and status stay local.
+
+        Args:
+            result: this rank's result, with eigenvectors of shape ``(n, k)``.
+            src: the rank (in the operator's group) whose result wins.
+
+        Returns:
+            An :class:`~subspace_optim.EigenResult` identical on every rank.
+        """
+        if self.world_size == 1:
+            return result
+        k = result.eigenvalues.shape[0]
+        dtype, device = result.eigenvectors.dtype, result.eigenvectors.device
+        buf = torch.cat([
+            result.eigenvalues.to(dtype).reshape(-1),
+            result.residual_norms.to(dtype).reshape(-1),
+            torch.tensor([1.0 if result.converged else 0.0], dtype=dtype, device=device),
+            result.eigenvectors.reshape(-1),
+        ]).contiguous()
+        if buf.device != self.device:
+            buf = buf.to(self.device)
+        dist.broadcast(buf, src=dist.get_global_rank(self.group, src) if self.group is not None else src,
+                       group=self.group)
+        buf = buf.to(device)
+        return replace(
+            result,
+            eigenvalues=buf[:k].to(result.eigenvalues.dtype),
+            residual_norms=buf[k : 2 * k].to(result.residual_norms.dtype),
+            converged=bool(buf[2 * k] != 0),
+            eigenvectors=buf[2 * k + 1 :].view(result.eigenvectors.shape).clone(),
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device}, "
+            f"rank={self.rank}, world_size={self.world_size}, backend={self.backend!r})"
+        )
