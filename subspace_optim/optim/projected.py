@@ -258,6 +258,10 @@ class SubspaceProjectedOptimizer(Optimizer):
                 raise
             error = exc
             result = None
+        agree = getattr(self.curvature, "broadcast_result", None)
+        if result is not None and agree is not None:
+            # data-parallel operators: every rank takes rank 0's basis bit for bit
+            result = agree(result)
         if self.curvature.device.type == "cuda":
             torch.cuda.synchronize(self.curvature.device)
         seconds = time.perf_counter() - t0
