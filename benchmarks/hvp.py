@@ -1,0 +1,302 @@
+"""HVP back ends side by side: what one Hessian-vector product costs, per column of a block.
+
+Every row evaluates products with the full-batch Hessian of the same model on the same data,
+at the same parameters, in one process; the rows are timed round-robin (one repeat of each
+row, then the next repeat) so that load on the machine hits them alike. Per-column time is
+the median over repeats of ``block time / b``. Accuracy is the largest entry-wise error
+against a float64 eager double-backward reference at the same parameters, relative to the
+largest entry of the reference.
+
+Rows:
+
+* ``paper``: double backward with a fresh forward and gradient graph per vector (what the
+  paper's code did), the baseline of every ratio;
+* ``autograd``: :class:`~subspace_optim.HessianOperator` ``method="autograd"``: one forward
+  and one gradient graph shared by the whole block (a loop of backward passes);
+* ``autograd-batched``: one forward and gradient graph, the block in one
+  ``torch.autograd.grad(..., is_grads_batched=True)`` call (vmap over the backward);
+* ``func``: ``method="func"``, torch.func ``jvp`` of ``grad``, ``vmap``-ed over the block;
+* ``func-compiled``: the same function through ``torch.compile`` (compile time reported
+  separately, output checked against eager);
+* float32 and float64 of each.
+
+Run::
+
+    OMP_NUM_THREADS=2 python benchmarks/hvp.py            # full (a few minutes)
+    python benchmarks/hvp.py --quick --out /tmp/hvp        # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from projected_training import (  # noqa: E402
+    RESULTS,
+    machine_info,
+    make_setup,
+    markdown_table,
+    synchronize,
+    write_performance_doc,
+)
+
+from subspace_optim import HessianOperator  # noqa: E402
+from subspace_optim._utils import block_to_columns, flatten, unflatten  # noqa: E402
+
+
+def paper_hvp_block(model: nn.Module, loss_fn: Callable, X: Tensor, Y: Tensor, V: Tensor) -> Tensor:
+    """Double backward, one fresh graph per column (the paper's HVP)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    cols = []
+    for j in range(V.shape[1]):
+        loss = loss_fn(model(X), Y)
+        grads = torch.autograd.grad(loss, params, create_graph=True)
+        hv = torch.autograd.grad(grads, params, grad_outputs=unflatten(V[:, j], params))
+        cols.append(flatten(hv))
+    return torch.stack(cols, dim=1)
+
+
+def batched_autograd_hvp_block(
+    model: nn.Module, loss_fn: Callable, X: Tensor, Y: Tensor, V: Tensor
+) -> Tensor:
+    """One forward and gradient graph; the block in one ``is_grads_batched`` backward."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    loss = loss_fn(model(X), Y)
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    hv = torch.autograd.grad(grads, params, grad_outputs=unflatten(V, params), is_grads_batched=True)
+    return block_to_columns(hv, V.shape[1])
+
+
+def func_hvp_fn(model: nn.Module, loss_fn: Callable, X: Tensor, Y: Tensor) -> Callable:
+    """``f(primals, tangent_parts) -> hv_parts``: jvp∘grad vmapped over the block."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+
+    def loss_of(tensors: tuple[Tensor, ...]) -> Tensor:
+        return loss_fn(functional_call(model, dict(zip(names, tensors)), (X,)), Y)
+
+    grad_fn = torch.func.grad(loss_of)
+
+    def block(primals: tuple[Tensor, ...], parts: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+        def hvp(tangents: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+            return torch.func.jvp(grad_fn, (primals,), (tangents,))[1]
+
+        return torch.func.vmap(hvp)(parts)
+
+    return block
+
+
+def build_rows(
+    setup: str, dtype: torch.dtype, device: torch.device, block: int, compile_: bool
+) -> tuple[list[dict[str, Any]], Tensor, Tensor, dict[str, Any]]:
+    """Callables for every back end on one setup and dtype; returns rows, V, reference."""
+    s = make_setup(setup, device=device, dtype=dtype)
+    model, loss_fn, X, Y = s.model, s.loss_fn, s.X, s.Y
+    params = [p for p in model.parameters() if p.requires_grad]
+    n = sum(p.numel() for p in params)
+    g = torch.Generator().manual_seed(1)
+    V64 = torch.randn(n, block, generator=g, dtype=torch.float64)
+    V = V64.to(device=device, dtype=dtype)
+
+    # float64 reference at the same parameters
+    s64 = make_setup(setup, device=device, dtype=torch.float64)
+    with torch.no_grad():
+        for p64, p in zip(s64.model.parameters(), params):
+            p64.copy_(p.to(torch.float64))
+    reference = paper_hvp_block(s64.model, s64.loss_fn, s64.X, s64.Y, V64.to(device))
+
+    op_autograd = HessianOperator(model, loss_fn, (X, Y), method="autograd")
+    op_func = HessianOperator(model, loss_fn, (X, Y), method="func")
+    block_fn = func_hvp_fn(model, loss_fn, X, Y)
+
+    def primals() -> tuple[Tensor, ...]:
+        return tuple(p.detach() for p in params)
+
+    def func_eager(W: Tensor) -> Tensor:
+        return block_to_columns(block_fn(primals(), tuple(unflatten(W, params))), W.shape[1])
+
+    rows: list[dict[str, Any]] = []
+    for b in (1, block):
+        rows += [
+            {"backend": "paper", "b": b, "fn": lambda W: paper_hvp_block(model, loss_fn, X, Y, W)},
+            {"backend": "autograd", "b": b, "fn": op_autograd.matmat},
+            {
+                "backend": "autograd-batched",
+                "b": b,
+                "fn": lambda W: batched_autograd_hvp_block(model, loss_fn, X, Y, W),
+            },
+            {"backend": "func", "b": b, "fn": op_func.matmat},
+        ]
+    info: dict[str, Any] = {"n": n, "examples": int(X.shape[0])}
+    if compile_:
+        compiled = torch.compile(block_fn, dynamic=False)
+        for b in (1, block):
+            t0 = time.perf_counter()
+            note = ""
+            try:
+                W = V[:, :b]
+                out = block_to_columns(compiled(primals(), tuple(unflatten(W, params))), b)
+                synchronize(device)
+                ok = bool(torch.isfinite(out).all())
+            except Exception as exc:  # a back end that fails is a result, not a crash
+                ok, note = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+            info[f"compile_seconds_b{b}"] = time.perf_counter() - t0
+            if ok:
+                rows.append(
+                    {
+                        "backend": "func-compiled",
+                        "b": b,
+                        "fn": lambda W, bb=b: block_to_columns(
+                            compiled(primals(), tuple(unflatten(W, params))), bb
+                        ),
+                        "eager": func_eager,
+                    }
+                )
+            else:
+                info[f"compile_failure_b{b}"] = note
+    return rows, V, reference, info
+
+
+def time_rows(rows: list[dict[str, Any]], V: Tensor, repeats: int, device: torch.device) -> None:
+    for row in rows:  # warm-up (allocator, lazy init, compiled graph guards)
+        row["fn"](V[:, : row["b"]])
+    times: dict[int, list[float]] = {i: [] for i in range(len(rows))}
+    for _ in range(repeats):
+        for i, row in enumerate(rows):
+            W = V[:, : row["b"]]
+            synchronize(device)
+            t0 = time.perf_counter()
+            row["fn"](W)
+            synchronize(device)
+            times[i].append(time.perf_counter() - t0)
+    for i, row in enumerate(rows):
+        row["ms_per_column"] = 1e3 * statistics.median(times[i]) / row["b"]
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    device = torch.device(args.device)
+    results: dict[str, Any] = {"machine": machine_info(device), "block": args.block, "rows": []}
+    for setup in args.setups:
+        for dtype in (torch.float32, torch.float64):
+            rows, V, reference, info = build_rows(setup, dtype, device, args.block, args.compile)
+            time_rows(rows, V, args.repeats, device)
+            base = {r["b"]: r["ms_per_column"] for r in rows if r["backend"] == "paper"}
+            paper_b1 = base[1]
+            for row in rows:
+                W = V[:, : row["b"]]
+                out = row["fn"](W).to(torch.float64)
+                ref = reference[:, : row["b"]]
+                err = float((out - ref).abs().max() / ref.abs().max())
+                record = {
+                    "setup": setup,
+                    "n": info["n"],
+                    "dtype": str(dtype).replace("torch.", ""),
+                    "backend": row["backend"],
+                    "b": row["b"],
+                    "ms_per_column": row["ms_per_column"],
+                    "speedup_vs_paper": paper_b1 / row["ms_per_column"],
+                    "rel_error_vs_float64": err,
+                }
+                if "eager" in row:
+                    eager = row["eager"](W).to(torch.float64)
+                    record["compiled_vs_eager"] = float(
+                        (out - eager).abs().max() / eager.abs().max().clamp_min(1e-300)
+                    )
+                results["rows"].append(record)
+            for key, value in info.items():
+                if key.startswith("compile"):
+                    results.setdefault("compile", {})[f"{setup}/{dtype}/{key}"] = value
+            print(f"[hvp] {setup} {dtype}: done", flush=True)
+    return results
+
+
+def to_markdown(results: dict[str, Any], command: str) -> str:
+    m = results["machine"]
+    lines = [
+        "## Hessian-vector products: back ends",
+        "",
+        f"Machine: {m['description']}. Command: `{command}`.",
+        "",
+        "Full-batch Hessian (all training examples), one row per back end, dtype and block "
+        f"size `b` (1 or {results['block']} columns). `speedup` is relative to the paper's "
+        "HVP (`paper`, b = 1) in the same dtype; `error` is the largest entry-wise difference "
+        "from a float64 reference, relative to its largest entry.",
+        "",
+    ]
+    header = ["setup", "dtype", "back end", "b", "ms / column", "speedup", "error"]
+    table = []
+    for r in results["rows"]:
+        err = f"{r['rel_error_vs_float64']:.1e}"
+        if "compiled_vs_eager" in r:
+            err += f" (vs eager {r['compiled_vs_eager']:.1e})"
+        table.append(
+            [
+                f"{r['setup']} (n={r['n']:,})",
+                r["dtype"],
+                r["backend"],
+                str(r["b"]),
+                f"{r['ms_per_column']:.2f}",
+                f"{r['speedup_vs_paper']:.2f}×",
+                err,
+            ]
+        )
+    lines.append(markdown_table(header, table))
+    compile_info = results.get("compile", {})
+    if compile_info:
+        lines += ["", "torch.compile (first call, includes compilation):", ""]
+        for key, value in compile_info.items():
+            shown = f"{value:.1f} s" if isinstance(value, float) else str(value)
+            lines.append(f"* `{key}`: {shown}")
+    return "\n".join(lines) + "\n"
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--setups", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    p.add_argument("--block", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--no-compile", dest="compile", action="store_false")
+    p.add_argument("--quick", action="store_true", help="tiny settings for the smoke test")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--docs", type=Path, default=None, help="write docs/performance.md here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.block, args.repeats, args.compile = min(args.block, 4), 2, False
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    command = "python benchmarks/hvp.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results = run(args)
+    results["command"] = command.strip()
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.device == "cpu" else f"_{torch.device(args.device).type}"
+    (args.out / f"hvp{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
+    md = to_markdown(results, results["command"])
+    (args.out / f"hvp{suffix}.md").write_text(md)
+    print(md)
+    if args.docs is not None:
+        write_performance_doc(args.out, args.docs)
+    return results
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
+
+
+__all__ = ["main", "math"]

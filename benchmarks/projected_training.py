@@ -1,0 +1,560 @@
+"""Dom/Bulk training side by side: the paper's protocol against this library's default.
+
+On the digits setup (1000 examples, the 8,970-parameter MLP, the paper's ``0.5·Σ(f−y)²``
+loss, SGD lr 0.1 batch 50, k = 10) and on a small CNN over the same digits as 1×8×8 images,
+plain SGD runs to the switch step; from that one snapshot, with the same mini-batches, run:
+
+* ``sgd``: plain SGD;
+* ``reference``: the paper's protocol: before every step a *cold* scipy ``eigsh`` with
+  default settings (``which="LM"``, ``tol=0``, ``ncv=max(2k+1, 20)``) on double-backward
+  full-batch HVPs written here as the paper's code did; the SGD update is then projected
+  onto (Dom) or out of (Bulk) the k eigenvectors;
+* ``default``: :class:`~subspace_optim.SubspaceProjectedOptimizer` around the same SGD with
+  :class:`~subspace_optim.HessianOperator` over the training set, *every other argument left
+  at its default*: whatever the library's default solver, refresh schedule and HVP back end
+  are when the script runs (the table prints them);
+* lever rows (Bulk only): the default with one choice changed (each registered
+  eigensolver, each HVP back end, float64), to show what each lever is worth.
+
+Each row reports the wall time of a whole projected step (mini-batch gradient, refresh,
+projection and the library's per-step diagnostics), the Hessian-vector products per step,
+the accuracy of the basis actually used (``sin θ_max`` against the exact top-k at the same
+parameters, computed offline in float64 with scipy ``eigsh(which="LA", tol=1e-10)`` on a
+sample of steps, excluded from the timings) and the final full-batch loss.
+
+Run (about 8 minutes on a quiet 2-core CPU)::
+
+    OMP_NUM_THREADS=2 python benchmarks/projected_training.py --docs docs/performance.md
+    python benchmarks/projected_training.py --device cuda     # adds *_cuda results
+    python benchmarks/projected_training.py --quick --out /tmp/pt   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+import subspace_optim as so
+from subspace_optim._utils import flatten, unflatten
+from subspace_optim.experiments import half_sum_mse, load_digits, mlp
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "performance.md"
+
+TARGET_SPEEDUP = 10.0
+TARGET_SIN = 0.05
+TARGET_LOSS = 0.02
+
+
+# --------------------------------------------------------------------------- setups
+def digits_cnn(*, generator: torch.Generator, dtype: torch.dtype = torch.float32) -> nn.Sequential:
+    """Two tanh conv layers (8 and 16 channels, 3×3) with average pooling on 1×8×8 digits.
+
+    Input: the flat ``(N, 64)`` digits features; output ``(N, 10)``. 1,898 parameters,
+    initialised like PyTorch's default (uniform ±1/√fan_in) from ``generator``.
+    """
+    model = nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    ).to(dtype)
+    with torch.no_grad():
+        for layer in model:
+            if isinstance(layer, (nn.Conv2d, nn.Linear)):
+                fan_in = layer.weight[0].numel()
+                for p in (layer.weight, layer.bias):
+                    u = torch.rand(p.shape, generator=generator, dtype=torch.float64)
+                    p.copy_((2 * u - 1) / math.sqrt(fan_in))
+    return model
+
+
+@dataclass
+class Setup:
+    """One training problem: model, loss, full training set and the SGD protocol."""
+
+    name: str
+    model: nn.Module
+    loss_fn: Callable[[Tensor, Tensor], Tensor]
+    X: Tensor
+    Y: Tensor
+    lr: float = 0.1
+    batch: int = 50
+    k: int = 10
+
+
+def make_setup(
+    name: str,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    examples: int = 1000,
+) -> Setup:
+    """``"mlp"`` (the digits MLP, 8,970 parameters) or ``"cnn"`` (:func:`digits_cnn`)."""
+    X, Y, _ = load_digits(examples, dtype=dtype, device=device)
+    g = torch.Generator().manual_seed(0)
+    if name == "mlp":
+        model = mlp(generator=g, dtype=dtype)
+    elif name == "cnn":
+        model = digits_cnn(generator=g, dtype=dtype)
+    else:
+        raise ValueError(f"unknown setup {name!r}; valid: 'mlp', 'cnn'")
+    return Setup(name, model.to(device), half_sum_mse, X, Y)
+
+
+# --------------------------------------------------------------------------- helpers
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on, including the load (other processes) at the time."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": str(device),
+        "load_average_at_start": os.getloadavg() if hasattr(os, "getloadavg") else None,
+    }
+    desc = f"{cpu}, {info['cpu_count']} cores, torch {torch.__version__} with {info['torch_threads']} threads"
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        desc = f"{info['gpu']} (host: {desc})"
+    load = info["load_average_at_start"]
+    if load is not None:
+        desc += f", load average {load[0]:.1f} at start"
+    info["description"] = desc
+    return info
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def batch_schedule(n: int, batch: int, steps: int, seed: int = 0) -> list[Tensor]:
+    """Index sets of ``steps`` mini-batches: reshuffled epochs, drawn from a private generator."""
+    g = torch.Generator().manual_seed(seed)
+    out: list[Tensor] = []
+    while len(out) < steps:
+        perm = torch.randperm(n, generator=g)
+        out += [perm[i : i + batch] for i in range(0, n - batch + 1, batch)]
+    return out[:steps]
+
+
+def params_of(model: nn.Module) -> list[Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def write_flat(params: list[Tensor], vec: Tensor) -> None:
+    with torch.no_grad():
+        for p, piece in zip(params, unflatten(vec, params)):
+            p.copy_(piece)
+
+
+@torch.no_grad()
+def full_loss(s: Setup) -> float:
+    return float(s.loss_fn(s.model(s.X), s.Y))
+
+
+# ------------------------------------------------------------------ reference protocol
+class PaperEigsh:
+    """The paper's refresh: cold scipy ``eigsh`` (default settings) on double-backward HVPs.
+
+    Every HVP builds a fresh forward and gradient graph over the full batch, as the paper's
+    code did; vectors go through NumPy (ARPACK) on every product.
+    """
+
+    def __init__(self, s: Setup) -> None:
+        self.s = s
+        self.params = params_of(s.model)
+        self.n = sum(p.numel() for p in self.params)
+        self.matvecs = 0
+
+    def hvp(self, v: np.ndarray) -> np.ndarray:
+        self.matvecs += 1
+        p0 = self.params[0]
+        vt = torch.from_numpy(np.ascontiguousarray(v).reshape(-1)).to(p0.device, p0.dtype)
+        with torch.enable_grad():
+            loss = self.s.loss_fn(self.s.model(self.s.X), self.s.Y)
+            grads = torch.autograd.grad(loss, self.params, create_graph=True)
+            hv = torch.autograd.grad(grads, self.params, grad_outputs=unflatten(vt, self.params))
+        return flatten(hv).detach().cpu().numpy()
+
+    def top_k(self, k: int) -> tuple[Tensor, Tensor]:
+        from scipy.sparse.linalg import LinearOperator, eigsh
+
+        np_dtype = np.float32 if self.params[0].dtype == torch.float32 else np.float64
+        op = LinearOperator((self.n, self.n), matvec=self.hvp, dtype=np_dtype)
+        vals, vecs = eigsh(op, k=k)  # the defaults: which="LM", tol=0, ncv=max(2k+1, 20)
+        order = np.argsort(vals)[::-1].copy()
+        p0 = self.params[0]
+        U = torch.from_numpy(np.ascontiguousarray(vecs[:, order])).to(p0.device, p0.dtype)
+        return torch.from_numpy(vals[order].copy()), U
+
+
+def exact_top_k(name: str, theta: Tensor, k: int, examples: int) -> tuple[Tensor, Tensor]:
+    """Top ``k + 1`` eigenpairs of the float64 Hessian at ``theta`` (scipy, ``tol=1e-10``)."""
+    from scipy.sparse.linalg import LinearOperator, eigsh
+
+    s = make_setup(name, dtype=torch.float64, device="cpu", examples=examples)
+    params = params_of(s.model)
+    write_flat(params, theta.detach().to("cpu", torch.float64))
+    op = so.HessianOperator(s.model, s.loss_fn, (s.X, s.Y))
+    n = op.shape[0]
+
+    def mv(v: np.ndarray) -> np.ndarray:
+        return op.matvec(torch.from_numpy(np.ascontiguousarray(v).reshape(-1))).numpy()
+
+    g = np.random.default_rng(0)
+    vals, vecs = eigsh(
+        LinearOperator((n, n), matvec=mv, dtype=np.float64),
+        k=k + 1,
+        which="LA",
+        tol=1e-10,
+        v0=g.standard_normal(n),
+    )
+    order = np.argsort(vals)[::-1].copy()
+    return torch.from_numpy(vals[order].copy()), torch.from_numpy(vecs[:, order].copy())
+
+
+# ------------------------------------------------------------------------- the runs
+@dataclass
+class RunSpec:
+    """One training run from the switch snapshot."""
+
+    label: str
+    kind: str  # "sgd" | "reference" | "library"
+    mode: str = "none"  # "dominant" | "bulk" | "none"
+    optimizer_kwargs: dict[str, Any] | None = None
+    operator_kwargs: dict[str, Any] | None = None
+    dtype: torch.dtype | None = None  # None: the setup's dtype
+
+
+def run_one(
+    spec: RunSpec,
+    snapshot: Setup,
+    batches: list[Tensor],
+    sample_at: set[int],
+    device: torch.device,
+) -> dict[str, Any]:
+    s = copy.deepcopy(snapshot)
+    if spec.dtype is not None:
+        s.model = s.model.to(spec.dtype)
+        s.X, s.Y = s.X.to(spec.dtype), s.Y.to(spec.dtype)
+    params = params_of(s.model)
+    base = torch.optim.SGD(params, lr=s.lr)
+    opt: torch.optim.Optimizer = base
+    paper = PaperEigsh(s) if spec.kind == "reference" else None
+    op = None
+    config = "SGD"
+    if spec.kind == "library":
+        op = so.HessianOperator(s.model, s.loss_fn, (s.X, s.Y), **(spec.operator_kwargs or {}))
+        opt = so.SubspaceProjectedOptimizer(base, op, k=s.k, mode=spec.mode, **(spec.optimizer_kwargs or {}))
+        resolved = op.method if op.method != "auto" else f"auto→{op._resolved_method()}"
+        config = f"{opt!r}; HVP method={resolved}, {str(params[0].dtype).replace('torch.', '')}"
+    elif spec.kind == "reference":
+        config = f"cold scipy eigsh (which='LM', tol=0, ncv={max(2 * s.k + 1, 20)}), double-backward HVP"
+    step_seconds: list[float] = []
+    step_matvecs: list[int] = []
+    samples: list[tuple[int, Tensor, Tensor]] = []
+    for t, idx in enumerate(batches):
+        xb, yb = s.X[idx], s.Y[idx]
+        sampled = t in sample_at and spec.kind != "sgd"
+        theta_t = flatten(p.detach() for p in params).clone() if sampled else None
+        before = op.num_matvecs if op is not None else paper.matvecs if paper is not None else 0
+        synchronize(device)
+        t0 = time.perf_counter()
+        U = None
+        if paper is not None:
+            theta_old = flatten(p.detach() for p in params)
+            _, U = paper.top_k(s.k)
+        opt.zero_grad()
+        loss = s.loss_fn(s.model(xb), yb)
+        loss.backward()
+        opt.step()
+        if paper is not None:
+            assert U is not None
+            with torch.no_grad():
+                delta = flatten(p.detach() for p in params) - theta_old
+                dom = U @ (U.T @ delta)
+                write_flat(params, theta_old + (dom if spec.mode == "dominant" else delta - dom))
+        synchronize(device)
+        step_seconds.append(time.perf_counter() - t0)
+        after = op.num_matvecs if op is not None else paper.matvecs if paper is not None else 0
+        step_matvecs.append(after - before)
+        if sampled:
+            if isinstance(opt, so.SubspaceProjectedOptimizer):
+                assert opt.basis is not None
+                U = opt.basis[:, : s.k]
+            assert U is not None and theta_t is not None
+            samples.append((t, theta_t.cpu(), U.detach().to("cpu", torch.float64).clone()))
+    final = full_loss(s)
+    return {
+        "label": spec.label,
+        "kind": spec.kind,
+        "mode": spec.mode,
+        "config": config,
+        "dtype": str(params[0].dtype).replace("torch.", ""),
+        "steps": len(batches),
+        "ms_per_step_mean": 1e3 * statistics.fmean(step_seconds),
+        "ms_per_step_median": 1e3 * statistics.median(step_seconds),
+        "ms_first_step": 1e3 * step_seconds[0],
+        "matvecs_per_step": statistics.fmean(step_matvecs),
+        "matvecs_total": int(sum(step_matvecs)),
+        "final_loss": final,
+        "_samples": samples,
+    }
+
+
+def lever_specs(quick: bool) -> list[RunSpec]:
+    """Bulk runs with one choice changed from the default (solvers from the registry)."""
+    specs: list[RunSpec] = []
+    for name in so.available_eigensolvers():
+        solver = so.resolve_eigensolver(name)
+        if not getattr(solver, "matrix_free", True) or not getattr(solver, "supports_warm_start", True):
+            continue
+        if type(solver).__module__.split(".")[0] != "subspace_optim":
+            continue
+        specs.append(RunSpec(f"bulk, eigensolver={name!r}", "library", "bulk", {"eigensolver": name}))
+    for method in so.operators.hessian.HVP_METHODS:
+        if method != "auto":
+            specs.append(RunSpec(f"bulk, HVP method={method!r}", "library", "bulk", None, {"method": method}))
+    specs.append(RunSpec("bulk, float64 model", "library", "bulk", dtype=torch.float64))
+    return specs[:2] if quick else specs
+
+
+def accuracy(name: str, record: dict[str, Any], k: int, examples: int) -> None:
+    """Fill in the sin θ_max of the sampled bases against the exact subspace (offline)."""
+    sins, gaps = [], []
+    for _, theta, U in record.pop("_samples"):
+        vals, W = exact_top_k(name, theta, k, examples)
+        sins.append(float(so.subspace_distance(so.orthonormalize(U), W[:, :k])))
+        gaps.append(float(vals[k - 1] / vals[k]))
+    record["sin_max"] = max(sins) if sins else math.nan
+    record["sin_median"] = statistics.median(sins) if sins else math.nan
+    record["sampled_steps"] = len(sins)
+    record["min_gap_ratio"] = min(gaps) if gaps else math.nan
+
+
+def run_setup(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    s = make_setup(name, device=device, examples=args.examples)
+    n = sum(p.numel() for p in params_of(s.model))
+    batches = batch_schedule(s.X.shape[0], s.batch, args.switch + args.steps)
+    base = torch.optim.SGD(params_of(s.model), lr=s.lr)
+    for idx in batches[: args.switch]:
+        base.zero_grad()
+        s.loss_fn(s.model(s.X[idx]), s.Y[idx]).backward()
+        base.step()
+    loss_at_switch = full_loss(s)
+    after = batches[args.switch :]
+    sample_at = {int(i) for i in np.linspace(0, args.steps - 1, args.samples).round()}
+    specs = [RunSpec("SGD", "sgd")]
+    for mode in ("dominant", "bulk"):
+        specs.append(RunSpec(f"{'Dom' if mode == 'dominant' else 'Bulk'}-SGD, paper protocol", "reference", mode))
+        specs.append(RunSpec(f"{'Dom' if mode == 'dominant' else 'Bulk'}-SGD, library default", "library", mode))
+    if args.levers:
+        specs += lever_specs(args.quick)
+    records = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        rec = run_one(spec, s, after, sample_at, device)
+        rec["run_seconds"] = time.perf_counter() - t0
+        accuracy(name, rec, s.k, args.examples)
+        records.append(rec)
+        print(
+            f"[{name}] {spec.label}: {rec['ms_per_step_mean']:.1f} ms/step, "
+            f"{rec['matvecs_per_step']:.1f} HVP/step, sin {rec['sin_max']:.2e}, loss {rec['final_loss']:.4f}",
+            flush=True,
+        )
+    ref = {r["mode"]: r for r in records if r["kind"] == "reference"}
+    for r in records:
+        if r["mode"] in ref:
+            r["speedup_vs_reference"] = ref[r["mode"]]["ms_per_step_mean"] / r["ms_per_step_mean"]
+            r["loss_vs_reference"] = (r["final_loss"] - ref[r["mode"]]["final_loss"]) / ref[r["mode"]]["final_loss"]
+    return {
+        "setup": name,
+        "n": n,
+        "examples": int(s.X.shape[0]),
+        "k": s.k,
+        "lr": s.lr,
+        "batch": s.batch,
+        "switch": args.switch,
+        "steps": args.steps,
+        "loss_at_switch": loss_at_switch,
+        "runs": records,
+        "verdict": verdict(records),
+    }
+
+
+def verdict(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's targets, checked for the library default in each mode."""
+    out: dict[str, Any] = {}
+    for r in records:
+        if r["kind"] == "library" and r["label"].endswith("library default"):
+            out[r["mode"]] = {
+                "speedup": r["speedup_vs_reference"],
+                "sin_max": r["sin_max"],
+                "loss_vs_reference": r["loss_vs_reference"],
+                "speedup_met": r["speedup_vs_reference"] >= TARGET_SPEEDUP,
+                "sin_met": r["sin_max"] <= TARGET_SIN,
+                "loss_met": abs(r["loss_vs_reference"]) <= TARGET_LOSS,
+            }
+    return out
+
+
+# -------------------------------------------------------------------------- output
+def _fmt(x: float, spec: str) -> str:
+    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        "## Projected training: the paper's protocol against the library default",
+        "",
+        f"Machine: {m['description']}. Command: `{results['command']}`.",
+        "",
+        "Per projected step: wall time of the whole step (mini-batch gradient, refresh, "
+        "projection, diagnostics), mean and median; `speedup` is the paper protocol's mean "
+        "over this row's mean, in the same mode; `HVP/step` counts Hessian-vector products "
+        "(a block of b counts b); `sin θ` is the largest and median sine of the largest "
+        "principal angle between the basis used at a sampled step and the exact top-k there "
+        "(float64, offline); `gap` is the smallest λ_k/λ_{k+1} over the samples; "
+        "`Δloss` is the final full-batch loss relative to the paper-protocol run in the same mode.",
+        "",
+    ]
+    for block in results["setups"]:
+        lines += [
+            f"### {block['setup']}: {block['n']:,} parameters, {block['examples']} examples, "
+            f"k = {block['k']}, SGD lr {block['lr']} batch {block['batch']}, switch at step "
+            f"{block['switch']}, {block['steps']} projected steps (loss at switch "
+            f"{block['loss_at_switch']:.4f})",
+            "",
+        ]
+        header = ["run", "ms/step mean", "median", "speedup", "HVP/step", "sin θ max", "sin θ median", "gap", "final loss", "Δloss"]
+        rows = []
+        for r in block["runs"]:
+            rows.append(
+                [
+                    r["label"],
+                    _fmt(r["ms_per_step_mean"], ".1f"),
+                    _fmt(r["ms_per_step_median"], ".1f"),
+                    _fmt(r.get("speedup_vs_reference", math.nan), ".1f") + ("×" if "speedup_vs_reference" in r else ""),
+                    _fmt(r["matvecs_per_step"], ".1f"),
+                    _fmt(r["sin_max"], ".1e"),
+                    _fmt(r["sin_median"], ".1e"),
+                    _fmt(r["min_gap_ratio"], ".2f"),
+                    _fmt(r["final_loss"], ".4f"),
+                    _fmt(100 * r.get("loss_vs_reference", math.nan), "+.2f") + ("%" if "loss_vs_reference" in r else ""),
+                ]
+            )
+        lines.append(markdown_table(header, rows))
+        lines += ["", "Configurations:", ""]
+        for r in block["runs"]:
+            lines.append(f"* {r['label']}: `{r['config']}`")
+        lines += ["", "Targets for the library default (speedup ≥ 10×, sin θ ≤ 0.05, |Δloss| ≤ 2%):", ""]
+        for mode, v in block["verdict"].items():
+            lines.append(
+                f"* {mode}: speedup {v['speedup']:.1f}× ({'met' if v['speedup_met'] else 'missed'}), "
+                f"sin θ max {v['sin_max']:.1e} ({'met' if v['sin_met'] else 'missed'}), "
+                f"Δloss {100 * v['loss_vs_reference']:+.2f}% ({'met' if v['loss_met'] else 'missed'})"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def write_performance_doc(results_dir: Path, path: Path) -> None:
+    """Assemble ``docs/performance.md`` from the markdown results in ``results_dir``."""
+    parts = [
+        "# Performance",
+        "",
+        "Generated by `benchmarks/projected_training.py` and `benchmarks/hvp.py` from the "
+        "results in `benchmarks/results/`; no number on this page is typed by hand. Each table "
+        "names the machine and the command that produced it. Timings are ratios measured side "
+        "by side in one process; absolute times depend on the machine and its load.",
+        "",
+    ]
+    for stem in ("projected_training", "projected_training_cuda", "hvp", "hvp_cuda"):
+        f = results_dir / f"{stem}.md"
+        if f.exists():
+            parts += [f.read_text().replace("\n## ", "\n## ", 1), ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(parts).rstrip() + "\n")
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--setups", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
+    p.add_argument("--examples", type=int, default=1000)
+    p.add_argument("--switch", type=int, default=100)
+    p.add_argument("--steps", type=int, default=None, help="projected steps (default 200 MLP; see --cnn-steps)")
+    p.add_argument("--samples", type=int, default=6, help="steps whose basis is checked against the exact one")
+    p.add_argument("--no-levers", dest="levers", action="store_false")
+    p.add_argument("--quick", action="store_true", help="tiny settings for the smoke test")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--docs", type=Path, default=None, help="also write docs/performance.md here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.examples, args.switch, args.samples = 150, 4, 2
+        args.steps = args.steps or 3
+    if args.steps is None:
+        args.steps = 200
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    device = torch.device(args.device)
+    command = "python benchmarks/projected_training.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    results: dict[str, Any] = {"machine": machine_info(device), "command": command.strip(), "setups": []}
+    for name in args.setups:
+        results["setups"].append(run_setup(name, args, device))
+    results["machine"]["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    args.out.mkdir(parents=True, exist_ok=True)
+    suffix = "" if device.type == "cpu" else f"_{device.type}"
+    (args.out / f"projected_training{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
+    md = to_markdown(results)
+    (args.out / f"projected_training{suffix}.md").write_text(md)
+    print(md)
+    if args.docs is not None:
+        write_performance_doc(args.out, args.docs)
+    return results
+
+
+if __name__ == "__main__":
+    main()
