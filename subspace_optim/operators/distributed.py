@@ -219,8 +219,14 @@ class DistributedHessianOperator(HessianOperator):
         # counts and checksums must be exact: half precision cannot hold counts above 2048
         return self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float64
 
-    def _allreduce(self, payload: Tensor | None, size: int, count: int,
-                   failure: BaseException | None, checksum: Tensor | None) -> Tensor:
+    def _allreduce(
+        self,
+        payload: Tensor | None,
+        size: int,
+        count: int,
+        failure: BaseException | None,
+        checksum: Tensor | None,
+    ) -> Tensor:
         """All-reduce ``payload`` (``size`` numbers) with the bookkeeping tail; return the sum.
 
         Raises the same error on every rank if any rank failed or the inputs diverged.
@@ -266,7 +272,7 @@ class DistributedHessianOperator(HessianOperator):
                     "rounding can differ: use solvers without data-dependent branching or "
                     "broadcast the start block from rank 0"
                 )
-        self.last_counts = [int(round(c)) for c in counts]
+        self.last_counts = [round(c) for c in counts]
         return buf[:size]
 
     @staticmethod
@@ -336,16 +342,21 @@ class DistributedHessianOperator(HessianOperator):
             return result
         k = result.eigenvalues.shape[0]
         dtype, device = result.eigenvectors.dtype, result.eigenvectors.device
-        buf = torch.cat([
-            result.eigenvalues.to(dtype).reshape(-1),
-            result.residual_norms.to(dtype).reshape(-1),
-            torch.tensor([1.0 if result.converged else 0.0], dtype=dtype, device=device),
-            result.eigenvectors.reshape(-1),
-        ]).contiguous()
+        buf = torch.cat(
+            [
+                result.eigenvalues.to(dtype).reshape(-1),
+                result.residual_norms.to(dtype).reshape(-1),
+                torch.tensor([1.0 if result.converged else 0.0], dtype=dtype, device=device),
+                result.eigenvectors.reshape(-1),
+            ]
+        ).contiguous()
         if buf.device != self.device:
             buf = buf.to(self.device)
-        dist.broadcast(buf, src=dist.get_global_rank(self.group, src) if self.group is not None else src,
-                       group=self.group)
+        dist.broadcast(
+            buf,
+            src=dist.get_global_rank(self.group, src) if self.group is not None else src,
+            group=self.group,
+        )
         buf = buf.to(device)
         return replace(
             result,

@@ -1,0 +1,361 @@
+"""DistributedHessianOperator on a real 2-process gloo group against single-process float64 references.
+
+The expensive part (spawning 2 processes, importing torch twice) happens once: a
+module-scoped fixture runs every distributed scenario in one spawn, each rank writes what it
+measured to a file, and the tests below compare those measurements with references computed
+here in the parent process. A deadline kills the workers, so a hang fails the test instead
+of blocking the suite; collectives also carry a process-group timeout.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+import traceback
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.func import functional_call
+
+import subspace_optim as so
+from subspace_optim import (
+    DistributedHessianError,
+    DistributedHessianOperator,
+    HessianOperator,
+    Lanczos,
+    SubspaceProjectedOptimizer,
+)
+
+WORLD = 2
+N_EXAMPLES = 37
+DEADLINE_S = 150  # spawn + all scenarios take ~10-20 s; a hang is killed at this point
+STEPS, RESUME_AT, LR, K = 20, 10, 0.2, 3
+SOLVER_TOL = 1e-10
+
+
+# ----------------------------------------------------------------- shared problem
+def problem() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """float64 MLP (57 parameters) and 37 examples, identical in every process."""
+    g = torch.Generator().manual_seed(7)
+    model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.6)
+    X = torch.randn(N_EXAMPLES, 5, generator=g, dtype=torch.float64)
+    Y = torch.randn(N_EXAMPLES, 3, generator=g, dtype=torch.float64)
+    return model, X, Y
+
+
+def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return ((out - target) ** 2).mean()
+
+
+def uneven_shard(rank: int, X, Y):
+    """rank 0: 12 examples in two batches; rank 1: 25 examples in one batch."""
+    if rank == 0:
+        return [(X[:5], Y[:5]), (X[5:12], Y[5:12])]
+    return [(X[12:], Y[12:])]
+
+
+def global_batch(step: int) -> torch.Tensor:
+    """Indices of the 8-example global batch of a training step (half per rank)."""
+    return (torch.arange(8) + 8 * step) % N_EXAMPLES
+
+
+def probe_block() -> torch.Tensor:
+    g = torch.Generator().manual_seed(99)
+    return torch.randn(57, 3, generator=g, dtype=torch.float64)
+
+
+def make_optimizer(model: nn.Module, curvature) -> SubspaceProjectedOptimizer:
+    base = torch.optim.SGD(model.parameters(), lr=LR)
+    return SubspaceProjectedOptimizer(
+        base, curvature, k=K, mode="bulk", eigensolver=Lanczos(tol=SOLVER_TOL)
+    )
+
+
+def flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+# ----------------------------------------------------------------------- worker
+def _gather(t: torch.Tensor) -> list[torch.Tensor]:
+    out = [torch.empty_like(t) for _ in range(WORLD)]
+    dist.all_gather(out, t.contiguous())
+    return out
+
+
+def _scenarios(rank: int, out_dir: Path) -> dict:
+    torch.set_num_threads(1)
+    res: dict = {}
+    model, X, Y = problem()
+    V = probe_block()
+
+    # 1. products and gradient with uneven shards (and micro-batching on rank 1)
+    op = DistributedHessianOperator(
+        model, mse, uneven_shard(rank, X, Y), chunk_size=4 if rank else None
+    )
+    res["HV"] = op.matmat(V)
+    res["counts"] = torch.tensor(op.last_counts)
+    res["loss"], res["grad"] = op.loss_and_grad()
+
+    # 2. an empty shard: rank 1 holds no data at all
+    empty = DistributedHessianOperator(model, mse, [(X, Y)] if rank == 0 else [])
+    res["HV_empty"] = empty.matmat(V)
+    res["counts_empty"] = torch.tensor(empty.last_counts)
+
+    # 3. eigenpairs in lockstep; the result must be bit-identical across ranks
+    result = op.broadcast_result(Lanczos(tol=SOLVER_TOL).solve(op, 4))
+    res["eigenvalues"], res["eigenvectors"] = result.eigenvalues, result.eigenvectors
+    gathered = _gather(result.eigenvectors)
+    res["bases_identical"] = all(torch.equal(gathered[0], b) for b in gathered)
+
+    # 4. 20 steps of Bulk-SGD under DDP, the refresh on all ranks' shards; checkpoint at 10
+    model, X, Y = problem()
+    ddp = nn.parallel.DistributedDataParallel(model)
+    curvature = DistributedHessianOperator(ddp, mse, uneven_shard(rank, X, Y))
+    opt = make_optimizer(ddp, curvature)
+    for step in range(STEPS):
+        if step == RESUME_AT and rank == 0:
+            torch.save(
+                {"model": model.state_dict(), "optimizer": opt.state_dict()},
+                out_dir / "checkpoint.pt",
+            )
+        idx = global_batch(step)[rank * 4 : (rank + 1) * 4]
+        opt.zero_grad()
+        mse(ddp(X[idx]), Y[idx]).backward()
+        opt.step()
+    res["ddp_params"] = flat(model)
+    res["ddp_basis"] = opt.basis
+    res["ddp_params_identical"] = all(
+        torch.equal(res["ddp_params"], p) for p in _gather(flat(model))
+    )
+    res["ddp_bases_identical"] = all(torch.equal(opt.basis, b) for b in _gather(opt.basis))
+    res["ddp_refreshes"] = opt.counters["refreshes"]
+
+    # 5. an exception inside one rank's HVP surfaces on every rank, and the group survives
+    def failing_loss(out, target):
+        if rank == 1:
+            raise ValueError("boom on purpose")
+        return mse(out, target)
+
+    model, X, Y = problem()
+    bad = DistributedHessianOperator(model, failing_loss, uneven_shard(rank, X, Y))
+    try:
+        bad.matvec(V[:, 0])
+        res["failure"] = None
+    except DistributedHessianError as exc:
+        res["failure"] = {"message": str(exc), "ranks": exc.ranks, "messages": exc.messages}
+    try:
+        bad.loss_and_grad()
+        res["failure_grad"] = None
+    except DistributedHessianError as exc:
+        res["failure_grad"] = str(exc)
+    alive = torch.ones(1)
+    dist.all_reduce(alive)
+    res["alive_after_failure"] = float(alive)
+
+    # 6. ranks feeding different vectors are caught, not silently mixed
+    try:
+        op.matvec(V[:, rank])
+        res["divergence"] = None
+    except RuntimeError as exc:
+        res["divergence"] = str(exc)
+
+    # 7. models of different sizes are refused at construction, on every rank
+    other = nn.Linear(5, 3 + rank).double()
+    try:
+        DistributedHessianOperator(other, mse, (X, Y[:, : 3 + rank]))
+        res["mismatch"] = None
+    except RuntimeError as exc:
+        res["mismatch"] = str(exc)
+    return res
+
+
+def _worker(rank: int, store: str, out_dir: str) -> None:
+    out = Path(out_dir)
+    try:
+        dist.init_process_group(
+            "gloo",
+            init_method=f"file://{store}",
+            rank=rank,
+            world_size=WORLD,
+            timeout=datetime.timedelta(seconds=60),
+        )
+        try:
+            res = _scenarios(rank, out)
+        finally:
+            dist.destroy_process_group()
+        torch.save(res, out / f"rank{rank}.pt")
+    except BaseException:
+        (out / f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("ddp")
+    env_threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        ctx = mp.start_processes(
+            _worker,
+            args=(str(tmp / "store"), str(tmp)),
+            nprocs=WORLD,
+            join=False,
+            start_method="spawn",
+        )
+    finally:
+        if env_threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = env_threads
+    deadline = time.monotonic() + DEADLINE_S
+    try:
+        while not ctx.join(timeout=1):
+            if time.monotonic() > deadline:
+                pytest.fail(f"distributed workers did not finish within {DEADLINE_S} s (hang?)")
+    except mp.ProcessRaisedException:
+        errors = "\n".join(p.read_text() for p in sorted(tmp.glob("rank*.error")))
+        pytest.fail(f"a distributed worker raised:\n{errors}")
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+    out = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    out[0]["checkpoint"] = torch.load(tmp / "checkpoint.pt", weights_only=True)
+    return out
+
+
+# ------------------------------------------------------------ float64 references
+def dense_hessian(model: nn.Module, X, Y) -> torch.Tensor:
+    """Hessian of the mean loss over all 37 examples, by torch.autograd.functional.hessian."""
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [p.shape for p in model.parameters()]
+    sizes = [p.numel() for p in model.parameters()]
+
+    def f(theta):
+        state = {n: t.view(s) for n, t, s in zip(names, torch.split(theta, sizes), shapes)}
+        return mse(functional_call(model, state, (X,)), Y)
+
+    return torch.autograd.functional.hessian(f, flat(model))
+
+
+def reference_training(
+    start: int = 0, checkpoint: dict | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Single-process Bulk-SGD on the full global batches (the same 8 examples per step)."""
+    model, X, Y = problem()
+    opt = make_optimizer(model, HessianOperator(model, mse, (X, Y)))
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        opt.load_state_dict(checkpoint["optimizer"])
+    for step in range(start, STEPS):
+        idx = global_batch(step)
+        opt.zero_grad()
+        mse(model(X[idx]), Y[idx]).backward()
+        opt.step()
+    return flat(model), opt.basis
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm())
+
+
+# --------------------------------------------------------------------- the tests
+def test_matmat_equals_full_data_product_with_uneven_shards(runs):
+    model, X, Y = problem()
+    H = dense_hessian(model, X, Y)
+    ref = H @ probe_block()
+    for r, res in enumerate(runs):
+        assert res["counts"].tolist() == [12, 25]
+        assert rel(res["HV"], ref) < 1e-6, f"rank {r}"
+        assert torch.equal(res["HV"], runs[0]["HV"]), "ranks received different products"
+
+
+def test_empty_shard_is_weighted_correctly(runs):
+    model, X, Y = problem()
+    ref = dense_hessian(model, X, Y) @ probe_block()
+    for res in runs:
+        assert res["counts_empty"].tolist() == [N_EXAMPLES, 0]
+        assert rel(res["HV_empty"], ref) < 1e-6
+
+
+def test_loss_and_grad_is_the_global_mean(runs):
+    model, X, Y = problem()
+    loss = mse(model(X), Y)
+    grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
+    for res in runs:
+        assert abs(float(res["loss"]) - float(loss.detach())) < 1e-12
+        assert rel(res["grad"], grad) < 1e-10
+
+
+def test_eigenpairs_agree_with_dense_reference_and_across_ranks(runs):
+    model, X, Y = problem()
+    lam, Q = torch.linalg.eigh(dense_hessian(model, X, Y))
+    lam, Q = lam.flip(0)[:4], Q.flip(1)[:, :4]
+    for res in runs:
+        assert res["bases_identical"]
+        assert torch.allclose(res["eigenvalues"], lam, rtol=1e-8, atol=1e-10)
+        U = res["eigenvectors"]  # sign-invariant: compare projectors
+        assert float((U @ U.T - Q @ Q.T).norm()) < 1e-6
+
+
+def test_bulk_sgd_under_ddp_matches_single_process(runs):
+    ref_params, ref_basis = reference_training()
+    for r, res in enumerate(runs):
+        assert res["ddp_params_identical"] and res["ddp_bases_identical"], f"rank {r}"
+        assert res["ddp_refreshes"] == STEPS
+        assert rel(res["ddp_params"], ref_params) < 1e-9
+        U = res["ddp_basis"][:, :K]
+        V = ref_basis[:, :K]
+        assert float((U @ U.T - V @ V.T).norm()) < 1e-6
+    # the projection did something: plain SGD on the same batches ends elsewhere
+    model, X, Y = problem()
+    sgd = torch.optim.SGD(model.parameters(), lr=LR)
+    for step in range(STEPS):
+        idx = global_batch(step)
+        sgd.zero_grad()
+        mse(model(X[idx]), Y[idx]).backward()
+        sgd.step()
+    assert rel(flat(model), ref_params) > 1e-4
+
+
+def test_checkpoint_from_two_ranks_resumes_in_one_process(runs):
+    resumed, _ = reference_training(start=RESUME_AT, checkpoint=runs[0]["checkpoint"])
+    assert rel(resumed, runs[0]["ddp_params"]) < 1e-9
+
+
+def test_exception_on_one_rank_raises_on_every_rank(runs):
+    for r, res in enumerate(runs):
+        failure = res["failure"]
+        assert failure is not None, f"rank {r} did not raise"
+        assert failure["ranks"] == [1]
+        assert "boom on purpose" in failure["message"] and "rank 1" in failure["message"]
+        assert failure["messages"] == ["ValueError: boom on purpose"]
+        assert res["failure_grad"] is not None and "boom on purpose" in res["failure_grad"]
+        assert res["alive_after_failure"] == WORLD
+
+
+def test_diverging_inputs_and_mismatched_models_are_refused(runs):
+    for res in runs:
+        assert res["divergence"] is not None and "different vectors" in res["divergence"]
+        assert res["mismatch"] is not None and "models differ" in res["mismatch"]
+
+
+# ----------------------------------------------------------- single-process checks
+def test_requires_initialized_process_group():
+    model, X, Y = problem()
+    assert not dist.is_initialized()
+    with pytest.raises(RuntimeError, match="init_process_group"):
+        DistributedHessianOperator(model, mse, (X, Y))
+
+
+def test_exported():
+    assert so.DistributedHessianOperator is DistributedHessianOperator
+    assert issubclass(DistributedHessianOperator, HessianOperator)
