@@ -15,13 +15,17 @@ from torch.optim import Optimizer
 
 from .._utils import check_int, choice, flatten
 from ..diagnostics import StepStats
-from ..eigensolvers import EigenResult, Eigensolver, resolve_eigensolver
+from ..eigensolvers import EigenResult, Eigensolver, EigensolverError, resolve_eigensolver
 from ..operators.base import LinearOperator
 from ..operators.hessian import HessianOperator
 from ..schedules import RefreshSchedule, resolve_schedule
 from ..subspace import orthonormalize
 
 __all__ = ["MODES", "ON_FAULT", "SubspaceProjectedOptimizer"]
+
+#: exceptions a refresh treats as numerical faults (handled by ``on_fault``). Anything else (a
+#: bug, a ``loss_fn`` of the wrong shape, data that ran dry) propagates, parameters untouched.
+NUMERICAL_ERRORS = (torch.linalg.LinAlgError, EigensolverError, FloatingPointError)
 
 MODES = ("bulk", "dominant", "none")
 PROJECT = ("update", "gradient")
@@ -140,19 +144,26 @@ class SubspaceProjectedOptimizer(Optimizer):
             )
         self.num_extra = check_int("num_extra", num_extra, low=0)
         self.eigensolver = resolve_eigensolver(eigensolver)
-        if self.k > 0 and self.k + self.num_extra > n - self.eigensolver.min_gap_to_n:
-            raise ValueError(
-                f"k + num_extra = {self.k + self.num_extra} is too large for "
-                f"{type(self.eigensolver).__name__} on {n} parameters (at most "
-                f"{n - self.eigensolver.min_gap_to_n})"
-            )
+        if self.k > 0:  # k + num_extra too large for the solver, or wider than its block
+            self.eigensolver.check_k(n, self.k + self.num_extra)
         self.schedule = resolve_schedule(refresh)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
         self._params = self._check_coverage(base, curvature)
         for p in self._params:
             if p.is_complex():
-                raise TypeError("complex parameters are not supported")
+                raise TypeError(
+                    "complex parameters are not supported: the Hessian subspace is defined over "
+                    "real parameters; store complex weights as real pairs (torch.view_as_real)"
+                )
+        devices = {p.device for p in self._params}
+        if devices != {curvature.device}:
+            raise ValueError(
+                f"the parameters live on {sorted(map(str, devices))} but the curvature operator "
+                f"works on {curvature.device}; move the model to one device before building "
+                "the operator and the optimizer"
+            )
+        self._check_finite_params(when="at construction")
 
         self.base = base
         self.curvature = curvature
@@ -176,6 +187,7 @@ class SubspaceProjectedOptimizer(Optimizer):
             "faults": 0,
             "skipped_steps": 0,
             "unconverged": 0,
+            "reorthonormalized": 0,
         }
 
     # ------------------------------------------------------------ validation
@@ -211,6 +223,16 @@ class SubspaceProjectedOptimizer(Optimizer):
             if p.requires_grad and p.grad is not None and p.grad.is_sparse:
                 raise TypeError("sparse gradients are not supported; use dense embeddings")
         return list(op_params)
+
+    def _check_finite_params(self, *, when: str) -> None:
+        bad = [i for i, p in enumerate(self._params) if not bool(torch.isfinite(p.detach()).all())]
+        if bad:
+            raise ValueError(
+                f"parameters hold NaN/Inf {when} (tensors {bad[:4]} of {len(self._params)}, "
+                f"shapes {[tuple(self._params[i].shape) for i in bad[:4]]}): the model has "
+                "already diverged or was initialised badly. Restore it from a checkpoint (and "
+                "lower the learning rate) before stepping"
+            )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the base optimizer; its parameters must be covered by the operator."""
@@ -251,13 +273,13 @@ class SubspaceProjectedOptimizer(Optimizer):
             if compute_gradient and isinstance(self.curvature, HessianOperator):
                 loss, grad = self.curvature.loss_and_grad()
             result = self._solve(self.basis)
-            if not self._usable(result) and self.on_fault == "cold" and self.basis is not None:
-                result = self._solve(None)
-        except (RuntimeError, ValueError) as exc:  # NaN-driven failures inside the solver
-            if self.on_fault == "raise":
-                raise
-            error = exc
-            result = None
+        except NUMERICAL_ERRORS as exc:  # NaN-driven failures inside the solver
+            error, result = exc, None
+        if (result is None or not self._usable(result)) and self.on_fault == "cold" and self.basis is not None:
+            try:  # the warm start may be what went wrong: retry from a random block
+                result, error = self._solve(None), None
+            except NUMERICAL_ERRORS as exc:
+                error, result = exc, None
         agree = getattr(self.curvature, "broadcast_result", None)
         if result is not None and agree is not None:
             # data-parallel operators: every rank takes rank 0's basis bit for bit
@@ -277,7 +299,7 @@ class SubspaceProjectedOptimizer(Optimizer):
                 + "; keeping the previous basis"
             )
             if self.on_fault == "raise":
-                raise FloatingPointError(msg)
+                raise FloatingPointError(msg) from error
             warnings.warn(msg, RuntimeWarning, stacklevel=3)
             self._last_converged = False
             return None, loss, grad
@@ -287,7 +309,8 @@ class SubspaceProjectedOptimizer(Optimizer):
         U = result.eigenvectors
         gram = U.T @ U
         if float((gram - torch.eye(gram.shape[0], dtype=U.dtype, device=U.device)).abs().max()) > 1e-4:
-            U = orthonormalize(U, generator=self.generator)
+            U = orthonormalize(U, generator=self.generator)  # the solver's basis lost orthonormality
+            self.counters["reorthonormalized"] += 1
         self.basis = U.detach().clone()
         self.eigenvalues = result.eigenvalues.detach().clone()
         self.last_result = result
@@ -325,26 +348,63 @@ class SubspaceProjectedOptimizer(Optimizer):
                 optimizer, as SAM and LBFGS need); optional.
         """
         t = self._step
-        U_dim = self.k
+        active = self.k > 0
+        theta_old = g_mini = None
+        grad_finite = True
+        if active:
+            # bad input and gradient faults are caught here, before any state changes
+            theta_old = flatten(p.detach() for p in self._params)
+            if not bool(torch.isfinite(theta_old).all()):
+                self._check_finite_params(when=f"before step {t}")
+            if closure is None:
+                self._check_dense_grads()
+                g_mini = self._flat([p.grad for p in self._params])
+                grad_finite = bool(torch.isfinite(g_mini).all())
+                if not grad_finite and self.on_fault == "raise":
+                    raise FloatingPointError(
+                        f"step {t}: the gradient holds NaN/Inf (on_fault='raise'); parameters "
+                        "and optimizer state are unchanged. Check the loss of this batch"
+                    )
         decision = self.schedule.decide(t)
-        active = U_dim > 0
         wants_projection = active and self.mode != "none" and decision.project
         refreshed = False
         loss_full = grad_full = None
         matvecs, seconds = 0, 0.0
         if active and (decision.refresh or (wants_projection and self.basis is None)):
-            result, loss_full, grad_full = self._refresh(compute_gradient=True)
+            _, loss_full, grad_full = self._refresh(compute_gradient=True)
             refreshed = True
             matvecs, seconds = self._last_refresh_cost
         U = None if self.basis is None else self.basis[:, : self.k]
         project_now = wants_projection and U is not None
-        if wants_projection and U is None:
-            # no basis could be computed: undo the step rather than take it unprojected
-            warnings.warn("no usable basis for a projected step; the step is skipped", RuntimeWarning, stacklevel=2)
 
-        need_flat = active
-        theta_old = flatten(p.detach() for p in self._params) if need_flat else None
-        g_mini = self._flat([p.grad for p in self._params]) if need_flat and closure is None else None
+        skip = None
+        if not grad_finite:
+            skip = "the gradient holds NaN/Inf"
+        elif wants_projection and U is None:
+            skip = "no usable basis for a projected step"
+        if skip is not None:
+            # skipped like torch.amp.GradScaler does: the base optimizer is not stepped, so
+            # neither the parameters nor its state (momentum, Adam moments) see the fault
+            assert theta_old is not None
+            loss = None
+            if closure is not None:
+                with torch.enable_grad():
+                    loss = closure()
+            if g_mini is None:
+                g_mini = self._flat([p.grad for p in self._params])
+            zero = torch.zeros_like(theta_old)
+            self._count_skip(t, skip)
+            stats = self._stats(
+                t, False, refreshed, U, zero, zero,
+                grad_full if grad_full is not None else g_mini,
+                "full" if grad_full is not None else "minibatch",
+                loss_full, matvecs, seconds, True,
+            )
+            if refreshed:
+                self.schedule.observe(t, stats.grad_alignment if grad_full is not None else None)
+            self.last_stats = stats
+            self._step += 1
+            return loss
 
         if project_now and self.project_target == "gradient":
             if closure is not None:
@@ -376,31 +436,22 @@ class SubspaceProjectedOptimizer(Optimizer):
                 g_mini = self._flat([p.grad for p in self._params])
             delta_base = flatten(p.detach() for p in self._params) - theta_old
             delta = delta_base
-            if wants_projection and U is None:
-                self._write(theta_old, add=False)
-                delta = torch.zeros_like(delta_base)
-                skipped = True
-            elif project_now and self.project_target == "update":
+            dom = None
+            if project_now and self.project_target == "update":
                 assert U is not None
                 dom = U @ (U.T @ delta_base)
                 delta = dom if self.mode == "dominant" else delta_base - dom
-                if bool(torch.isfinite(delta).all()):
-                    if self.mode == "dominant":
-                        self._write(theta_old + dom, add=False)
-                    else:
-                        self._write(-dom, add=True)
+            if not bool(torch.isfinite(delta).all()):
+                # e.g. a closure whose loss was NaN: never write NaN into the parameters
+                self._write(theta_old, add=False)
+                delta = torch.zeros_like(delta_base)
+                skipped = True
+                self._count_skip(t, "the update was not finite")
+            elif dom is not None:
+                if self.mode == "dominant":
+                    self._write(theta_old + dom, add=False)
                 else:
-                    self._write(theta_old, add=False)
-                    delta = torch.zeros_like(delta_base)
-                    skipped = True
-            if skipped:
-                self.counters["skipped_steps"] += 1
-                self.counters["faults"] += 1
-                warnings.warn(
-                    f"step {t}: the update was not finite or had no basis; parameters left unchanged",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
+                    self._write(-dom, add=True)
             stats = self._stats(
                 t, project_now and not skipped, refreshed, U, delta_base, delta,
                 grad_full if grad_full is not None else g_mini,
@@ -412,6 +463,23 @@ class SubspaceProjectedOptimizer(Optimizer):
         self.last_stats = stats
         self._step += 1
         return loss
+
+    def _check_dense_grads(self) -> None:
+        for p in self._params:
+            if p.grad is not None and p.grad.is_sparse:
+                raise TypeError(
+                    f"a parameter of shape {tuple(p.shape)} has a sparse gradient: the projection "
+                    "needs dense gradients. Build embeddings with sparse=False"
+                )
+
+    def _count_skip(self, t: int, reason: str) -> None:
+        self.counters["skipped_steps"] += 1
+        self.counters["faults"] += 1
+        warnings.warn(
+            f"step {t}: {reason}; the step was skipped and the parameters left unchanged",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
     def _stats(
         self,
@@ -489,6 +557,7 @@ class SubspaceProjectedOptimizer(Optimizer):
             "num_extra": self.num_extra,
             "mode": self.mode,
             "n": self.curvature.shape[0],
+            "shapes": [list(p.shape) for g in self.base.param_groups for p in g["params"]],
             "step": self._step,
             "basis": None if self.basis is None else self.basis.clone(),
             "eigenvalues": None if self.eigenvalues is None else self.eigenvalues.clone(),
@@ -524,19 +593,52 @@ class SubspaceProjectedOptimizer(Optimizer):
                 f"state_dict was saved with k={sub['k']}, num_extra={sub['num_extra']}; this "
                 f"optimizer has k={self.k}, num_extra={self.num_extra}"
             )
-        basis = sub["basis"]
-        if basis is not None and tuple(basis.shape) != (n, self.k + self.num_extra):
-            raise ValueError(f"saved basis has shape {tuple(basis.shape)}, expected ({n}, {self.k + self.num_extra})")
+        shapes = [list(p.shape) for g in self.base.param_groups for p in g["params"]]
+        saved_shapes = sub.get("shapes")
+        if saved_shapes is not None and [list(s) for s in saved_shapes] != shapes:
+            saved = [tuple(s) for s in saved_shapes]
+            here = [tuple(s) for s in shapes]
+            raise ValueError(
+                f"state_dict is for a different model: its parameter shapes are {saved[:6]}"
+                f"{' ...' if len(saved) > 6 else ''}, this optimizer's are {here[:6]}"
+                f"{' ...' if len(here) > 6 else ''}; load the checkpoint into the architecture "
+                "it was saved from"
+            )
+        width = self.k + self.num_extra
+        basis, eig = sub["basis"], sub["eigenvalues"]
+        if basis is not None and tuple(basis.shape) != (n, width):
+            raise ValueError(f"saved basis has shape {tuple(basis.shape)}, expected ({n}, {width})")
+        if eig is not None and tuple(eig.shape) != (width,):
+            raise ValueError(f"saved eigenvalues have shape {tuple(eig.shape)}, expected ({width},)")
+        if (basis is None) != (eig is None):
+            raise ValueError("state_dict holds a basis without eigenvalues (or the reverse)")
+        if basis is not None and not (bool(torch.isfinite(basis).all()) and bool(torch.isfinite(eig).all())):
+            raise ValueError(
+                "the saved basis or eigenvalues hold NaN/Inf: the checkpoint is corrupted. Set "
+                "state_dict['subspace']['basis'] and ['eigenvalues'] to None to recompute them "
+                "at the next step"
+            )
+        try:  # validate the generator state on a scratch generator before changing anything
+            torch.Generator(device=self.generator.device).set_state(sub["generator"])
+        except (RuntimeError, TypeError) as exc:
+            raise ValueError(
+                f"state_dict['subspace']['generator'] is not a valid state for a generator on "
+                f"{self.generator.device} ({exc})"
+            ) from exc
         base_sd = {key: v for key, v in state_dict.items() if key != "subspace"}
         self.base.load_state_dict(base_sd)
         self.param_groups = self.base.param_groups
         self.state = self.base.state
         device, dtype = self.curvature.device, self.curvature.dtype
-        self.basis = None if basis is None else basis.to(device=device, dtype=dtype).clone()
-        eig = sub["eigenvalues"]
+        if basis is not None:
+            basis = basis.to(device=device, dtype=dtype).clone()
+            gram = basis.T @ basis
+            if float((gram - torch.eye(width, dtype=dtype, device=device)).abs().max()) > 1e-4:
+                basis = orthonormalize(basis, generator=self.generator)
+        self.basis = basis
         self.eigenvalues = None if eig is None else eig.to(device=device, dtype=dtype).clone()
         self._step = int(sub["step"])
-        self.counters = dict(sub["counters"])
+        self.counters = {**self.counters, **sub["counters"]}
         self.schedule.load_state_dict(sub["schedule"])
         self.generator.set_state(sub["generator"])
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
