@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -36,7 +37,7 @@ def mlp(
     if activation not in _ACTIVATIONS:
         raise ValueError(f"unknown activation {activation!r}; valid: {sorted(_ACTIVATIONS)}")
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+    for i, (a, b) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(a, b, dtype=dtype))
         if i < len(widths) - 2:
             layers.append(_ACTIVATIONS[activation]())

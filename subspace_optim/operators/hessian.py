@@ -23,7 +23,7 @@ from torch.func import functional_call
 from .._utils import block_to_columns, check_int, choice, flatten, unflatten
 from .base import LinearOperator
 
-__all__ = ["HessianOperator", "HVP_METHODS"]
+__all__ = ["HVP_METHODS", "HessianOperator"]
 
 #: HVP back ends: ``"autograd"`` (double backward, one forward and one gradient graph per
 #: micro-batch shared by the whole block), ``"func"`` (forward-over-reverse ``jvp∘grad`` from
@@ -31,6 +31,12 @@ __all__ = ["HessianOperator", "HVP_METHODS"]
 HVP_METHODS = ("auto", "autograd", "func")
 
 Batch = tuple[Any, Tensor]
+
+_RAN_DRY = (
+    "data yielded no examples although it was not empty at construction: it is probably a "
+    "one-shot iterable (its __iter__ returns an exhausted iterator). Pass a list of batches "
+    "or a DataLoader"
+)
 
 
 def _batch_size(x: Any) -> int:
@@ -107,8 +113,8 @@ class HessianOperator(LinearOperator):
             parameter of ``model`` with ``requires_grad``; tied parameters count once.
         chunk_size: split batches into micro-batches of at most this many examples, so peak
             memory is bounded by the chunk, not the batch (the result is the same).
-        method: ``"autograd"`` (double backward; works for every model, including
-            BatchNorm in train mode), ``"func"`` (torch.func ``jvp`` of ``grad``, ``vmap``-ed
+        method: ``"autograd"`` (double backward; works for every model and loss),
+            ``"func"`` (torch.func ``jvp`` of ``grad``, ``vmap``-ed
             over a block) or ``"auto"`` (see note).
         train: evaluate the loss with the model in train (``True``) or eval (``False``) mode;
             ``None`` uses whatever mode the model is in at each product. The mode is
@@ -119,10 +125,11 @@ class HessianOperator(LinearOperator):
         ``n = sum(p.numel() for p in params)``.
 
     .. note::
-        ``method="auto"`` picks double backward: on CPU it was measured 1.7–2.5× faster
-        than torch.func's ``jvp∘grad`` on the digits MLP (see ``benchmarks/``), it shares
-        one forward and one gradient graph across a whole block, and it supports
-        in-place buffer updates that torch.func rejects.
+        ``method="auto"`` picks double backward: in our CPU measurements
+        (``benchmarks/hvp.py``) it was faster than torch.func's ``jvp∘grad`` on MLPs, it
+        shares one forward pass and one gradient graph across a whole block of vectors, and
+        it works for every model and loss (in torch 2.13, ``F.mse_loss`` breaks torch.func's
+        forward-over-reverse with "ZeroTensors are immutable").
 
     Example:
         >>> import torch
@@ -202,6 +209,18 @@ class HessianOperator(LinearOperator):
         (dtype,) = dtypes
         if not dtype.is_floating_point:
             raise TypeError(f"parameters must be real floating point; got {dtype}")
+        chosen_ids = {id(p) for p in chosen}
+        for mod_name, module in model.named_modules():
+            if (
+                isinstance(module, (nn.Embedding, nn.EmbeddingBag))
+                and module.sparse
+                and id(module.weight) in chosen_ids
+            ):
+                raise TypeError(
+                    f"module {mod_name!r} is an {type(module).__name__} with sparse=True: sparse "
+                    "gradients can be neither differentiated twice nor projected. Build it "
+                    "with sparse=False"
+                )
         self.params: list[Tensor] = chosen
         self.param_names = [names[id(p)] for p in chosen]
         n = sum(p.numel() for p in chosen)
@@ -337,7 +356,17 @@ class HessianOperator(LinearOperator):
         count = 0
         with self._evaluation_context():
             for x, y, m in self.chunks():
-                hv = (self._chunk_hvp_autograd if method == "autograd" else self._chunk_hvp_func)(x, y, V)
+                if method == "autograd":
+                    hv = self._chunk_hvp_autograd(x, y, V)
+                else:
+                    try:
+                        hv = self._chunk_hvp_func(x, y, V)
+                    except RuntimeError as exc:
+                        raise RuntimeError(
+                            f"method='func' (torch.func jvp of grad) failed on this model/loss: "
+                            f"{exc}. Use method='autograd' (the default), which supports every "
+                            "model (in torch 2.13, F.mse_loss breaks forward-over-reverse)."
+                        ) from exc
                 total.add_(hv, alpha=m)
                 count += m
         return total, count
@@ -345,7 +374,7 @@ class HessianOperator(LinearOperator):
     def _matmat(self, V: Tensor) -> Tensor:
         total, count = self._local_matmat(V)
         if count == 0:
-            raise ValueError("data yielded no examples during the Hessian product")
+            raise ValueError(_RAN_DRY)
         return total / count
 
     # -------------------------------------------------------------- gradient
@@ -371,7 +400,7 @@ class HessianOperator(LinearOperator):
         """
         loss_sum, grad_sum, count = self._local_loss_and_grad()
         if count == 0:
-            raise ValueError("data yielded no examples")
+            raise ValueError(_RAN_DRY)
         return loss_sum / count, grad_sum / count
 
     def flat_params(self) -> Tensor:

@@ -1,0 +1,82 @@
+"""Shared fixtures: small models of every kind the Hessian operator must handle."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from torch import nn
+
+# keep the suite predictable on small CI machines
+torch.set_num_threads(max(1, min(2, int(os.environ.get("OMP_NUM_THREADS", "2")))))
+
+
+class TiedAutoencoder(nn.Module):
+    """Decoder reuses the encoder's weight (tied parameters)."""
+
+    def __init__(self, d: int = 5) -> None:
+        super().__init__()
+        self.enc = nn.Linear(d, d)
+        self.dec = nn.Linear(d, d)
+        self.dec.weight = self.enc.weight  # one Parameter registered under two names
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dec(torch.tanh(self.enc(x)))
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, padding=1)
+        self.head = nn.Linear(3 * 4 * 4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.conv(x))
+        h = nn.functional.avg_pool2d(h, 2)
+        return self.head(h.flatten(1))
+
+
+def make_case(name: str, generator: torch.Generator):
+    """(model, loss_fn, data) in float64 for a named architecture."""
+    g = generator
+
+    def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        # written out: F.mse_loss breaks torch.func forward-over-reverse in torch 2.13
+        return ((out - target) ** 2).mean()
+
+    if name == "mlp":
+        model = nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 3))
+        X, Y = torch.randn(24, 4, generator=g), torch.randn(24, 3, generator=g)
+    elif name == "layernorm":
+        model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Tanh(), nn.Linear(6, 3))
+        X, Y = torch.randn(24, 4, generator=g), torch.randn(24, 3, generator=g)
+    elif name in ("batchnorm_train", "batchnorm_eval"):
+        model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Tanh(), nn.Linear(5, 3))
+        X, Y = torch.randn(24, 4, generator=g), torch.randn(24, 3, generator=g)
+        model.train(name == "batchnorm_train")
+        with torch.no_grad():  # non-trivial running statistics
+            model[1].running_mean.uniform_(-0.5, 0.5, generator=g)
+            model[1].running_var.uniform_(0.5, 2.0, generator=g)
+    elif name == "cnn":
+        model = SmallCNN()
+        X, Y = torch.randn(10, 1, 8, 8, generator=g), torch.randn(10, 4, generator=g)
+    elif name == "tied":
+        model = TiedAutoencoder()
+        X = torch.randn(16, 5, generator=g)
+        Y = X.clone()
+    else:  # pragma: no cover
+        raise KeyError(name)
+    model = model.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+    return model, mse, (X.double(), Y.double())
+
+
+CASES = ["mlp", "layernorm", "batchnorm_train", "batchnorm_eval", "cnn", "tied"]
+
+
+@pytest.fixture
+def generator() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)
