@@ -26,7 +26,17 @@ from .operators import (
     HessianOperator,
     LinearOperator,
 )
-from .optim import SAM, SubspaceProjectedOptimizer
+from .optim import (
+    SAM,
+    EdgeOfStabilityWarning,
+    LearningRatePick,
+    SharpnessRecord,
+    SharpnessTracker,
+    SubspaceProjectedOptimizer,
+    choose_k,
+    pick_learning_rate,
+    stability_threshold,
+)
 from .schedules import AlignmentSwitch, AtSteps, Decision, Every, RefreshSchedule, resolve_schedule
 from .subspace import (
     alignment,
@@ -40,12 +50,14 @@ from .subspace import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "SAM",
     "AlignmentSwitch",
     "AtSteps",
     "Decision",
     "DenseOperator",
     "DistributedHessianError",
     "DistributedHessianOperator",
+    "EdgeOfStabilityWarning",
     "EigenResult",
     "Eigensolver",
     "EigensolverError",
@@ -53,22 +65,27 @@ __all__ = [
     "Every",
     "HessianOperator",
     "Lanczos",
+    "LearningRatePick",
     "LinearOperator",
     "PowerIteration",
     "RefreshSchedule",
-    "SAM",
+    "SharpnessRecord",
+    "SharpnessTracker",
     "StepStats",
     "SubspaceProjectedOptimizer",
     "__version__",
     "alignment",
     "available_eigensolvers",
+    "choose_k",
     "effective_lr_summary",
     "orthonormalize",
+    "pick_learning_rate",
     "principal_angles",
     "project",
     "project_out",
     "register_eigensolver",
     "resolve_eigensolver",
     "resolve_schedule",
+    "stability_threshold",
     "subspace_distance",
 ]

@@ -20,6 +20,7 @@ from ..operators.base import LinearOperator
 from ..operators.hessian import HessianOperator
 from ..schedules import RefreshSchedule, resolve_schedule
 from ..subspace import orthonormalize
+from .eos import EdgeOfStabilityWarning, choose_k, stability_threshold
 
 __all__ = ["MODES", "ON_FAULT", "SubspaceProjectedOptimizer"]
 
@@ -72,11 +73,29 @@ class SubspaceProjectedOptimizer(Optimizer):
             ``Every(1)``) or ``"switch"`` (``AlignmentSwitch()``).
         project: ``"update"`` (default) or ``"gradient"``.
         num_extra: track this many eigenpairs beyond ``k`` (e.g. to watch λ_{k+1} against
-            2/η at the Edge of Stability); they are not projected.
-        on_fault: what a failed refresh (non-finite HVPs or eigenpairs) does: ``"keep"``
-            the previous basis (default), retry ``"cold"`` from a random start, or
-            ``"raise"``. Either way a fault never puts NaN into the parameters: a step whose
-            projected update is not finite is undone and counted.
+            2/η at the Edge of Stability); they are not projected. In ``"bulk"`` mode, when
+            the base optimizer has a stability threshold (SGD, momentum, Nesterov, SAM(SGD);
+            see :func:`~subspace_optim.stability_threshold`) and λ_{k+1} exceeds it, an
+            :class:`~subspace_optim.EdgeOfStabilityWarning` is issued (once per episode) and
+            ``counters["unstable_refreshes"]`` counts such refreshes: Bulk dynamics are then
+            unstable (``docs/eos_findings.md``).
+        adaptive_k: a fraction ``c`` in ``(0, 1]``: at each refresh project onto (or out of)
+            every eigen-direction whose eigenvalue is at least ``c`` times the stability
+            threshold, at most ``k`` of them (``k`` becomes the cap; ``active_k`` holds the
+            current count, which may be 0). Needs a base optimizer with a stability
+            threshold.
+        on_fault: what a failed refresh (non-finite HVPs or eigenpairs, or a
+            ``torch.linalg.LinAlgError`` / :class:`~subspace_optim.EigensolverError` inside
+            the solver) does: ``"keep"`` the previous basis (default), retry ``"cold"`` from
+            a random start (then keep), or ``"raise"`` :class:`FloatingPointError`. A
+            minibatch gradient holding NaN/Inf skips the step before the base optimizer
+            runs (its state never sees the fault; ``"raise"`` raises instead), and an update
+            that comes out non-finite is undone; each is counted in ``counters`` and
+            ``last_stats``. Non-numerical errors (a bug, a wrong ``loss_fn``) propagate with
+            the parameters untouched. An eigensolver that stops short of its tolerance is
+            not a fault: its best estimate is used and counted in
+            ``counters["unconverged"]``; build it with ``raise_on_failure=True`` to treat
+            that as a fault too.
         generator: randomness for eigensolver start vectors; default a private generator
             seeded with 0 (the global RNG is never touched).
 
@@ -114,6 +133,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         num_extra: int = 0,
         on_fault: str = "keep",
         generator: torch.Generator | None = None,
+        adaptive_k: float | None = None,
     ) -> None:
         # ---- validate everything before touching any state ----
         if not isinstance(base, Optimizer):
@@ -147,6 +167,18 @@ class SubspaceProjectedOptimizer(Optimizer):
         if self.k > 0:  # k + num_extra too large for the solver, or wider than its block
             self.eigensolver.check_k(n, self.k + self.num_extra)
         self.schedule = resolve_schedule(refresh)
+        if adaptive_k is not None:
+            if isinstance(adaptive_k, bool) or not isinstance(adaptive_k, (int, float)) or not (
+                0 < adaptive_k <= 1
+            ):
+                raise ValueError(f"adaptive_k is a fraction of 2/η in (0, 1]; got {adaptive_k!r}")
+            if stability_threshold(base) is None:
+                raise ValueError(
+                    f"adaptive_k needs a stability threshold, which {type(base).__name__} does not "
+                    "define (only SGD, with momentum/Nesterov, or SAM around SGD); pass a fixed k"
+                )
+        self.adaptive_k = None if adaptive_k is None else float(adaptive_k)
+        self.active_k = self.k
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
         self._params = self._check_coverage(base, curvature)
@@ -188,6 +220,8 @@ class SubspaceProjectedOptimizer(Optimizer):
             "skipped_steps": 0,
             "unconverged": 0,
             "reorthonormalized": 0,
+            "cold_restarts": 0,
+            "unstable_refreshes": 0,
         }
 
     # ------------------------------------------------------------ validation
@@ -276,6 +310,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         except NUMERICAL_ERRORS as exc:  # NaN-driven failures inside the solver
             error, result = exc, None
         if (result is None or not self._usable(result)) and self.on_fault == "cold" and self.basis is not None:
+            self.counters["cold_restarts"] += 1
             try:  # the warm start may be what went wrong: retry from a random block
                 result, error = self._solve(None), None
             except NUMERICAL_ERRORS as exc:
@@ -374,7 +409,9 @@ class SubspaceProjectedOptimizer(Optimizer):
             _, loss_full, grad_full = self._refresh(compute_gradient=True)
             refreshed = True
             matvecs, seconds = self._last_refresh_cost
-        U = None if self.basis is None else self.basis[:, : self.k]
+        if refreshed:
+            self._check_stability(t)
+        U = None if self.basis is None else self.basis[:, : self.active_k]
         project_now = wants_projection and U is not None
 
         skip = None
@@ -439,7 +476,7 @@ class SubspaceProjectedOptimizer(Optimizer):
             dom = None
             if project_now and self.project_target == "update":
                 assert U is not None
-                dom = U @ (U.T @ delta_base)
+                dom = self._mask_no_grad(U @ (U.T @ delta_base))
                 delta = dom if self.mode == "dominant" else delta_base - dom
             if not bool(torch.isfinite(delta).all()):
                 # e.g. a closure whose loss was NaN: never write NaN into the parameters
@@ -463,6 +500,48 @@ class SubspaceProjectedOptimizer(Optimizer):
         self.last_stats = stats
         self._step += 1
         return loss
+
+    def _mask_no_grad(self, vec: Tensor) -> Tensor:
+        """Zero the entries of parameters without a gradient: torch leaves those untouched,
+        and so does the projection (frozen layers stay frozen)."""
+        if all(p.grad is not None for p in self._params):
+            return vec
+        offset = 0
+        for p in self._params:
+            m = p.numel()
+            if p.grad is None:
+                vec[offset : offset + m] = 0
+            offset += m
+        return vec
+
+    def _check_stability(self, t: int) -> None:
+        """After a refresh: pick ``active_k`` (``adaptive_k``) and compare the top eigenvalue
+        the projected update still moves along with the base's stability threshold."""
+        if self.eigenvalues is None:
+            return
+        threshold = stability_threshold(self.base)
+        if threshold is None:
+            return
+        eig = self.eigenvalues
+        if self.adaptive_k is not None:
+            self.active_k = choose_k(eig, threshold, self.adaptive_k, self.k)
+        j = self.active_k  # λ_{k+1}, 0-based
+        if self.mode != "bulk" or j >= eig.shape[0]:
+            return
+        lam = float(eig[j])
+        unstable = lam > threshold
+        if unstable:
+            self.counters["unstable_refreshes"] = self.counters.get("unstable_refreshes", 0) + 1
+            if not getattr(self, "_unstable", False):
+                warnings.warn(
+                    f"step {t}: λ_{j + 1} = {lam:.4g} exceeds the stability threshold "
+                    f"{threshold:.4g} (2/η for SGD): Bulk dynamics are unstable along directions "
+                    "the projection no longer removes, and the loss may rise. Raise k (or use "
+                    "adaptive_k), lower the learning rate, or use mode='none'",
+                    EdgeOfStabilityWarning,
+                    stacklevel=4,
+                )
+        self._unstable = unstable
 
     def _check_dense_grads(self) -> None:
         for p in self._params:
@@ -559,6 +638,7 @@ class SubspaceProjectedOptimizer(Optimizer):
             "n": self.curvature.shape[0],
             "shapes": [list(p.shape) for g in self.base.param_groups for p in g["params"]],
             "step": self._step,
+            "active_k": self.active_k,
             "basis": None if self.basis is None else self.basis.clone(),
             "eigenvalues": None if self.eigenvalues is None else self.eigenvalues.clone(),
             "counters": dict(self.counters),
@@ -638,6 +718,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         self.basis = basis
         self.eigenvalues = None if eig is None else eig.to(device=device, dtype=dtype).clone()
         self._step = int(sub["step"])
+        self.active_k = int(sub.get("active_k", self.k))
         self.counters = {**self.counters, **sub["counters"]}
         self.schedule.load_state_dict(sub["schedule"])
         self.generator.set_state(sub["generator"])
