@@ -148,6 +148,10 @@ class HessianOperator(LinearOperator):
         True
     """
 
+    #: whether this process's data may hold no examples (a data-parallel subclass: another
+    #: rank has data); the single-process operator refuses empty data at construction
+    _allow_empty_data = False
+
     def __init__(
         self,
         model: nn.Module,
@@ -249,12 +253,22 @@ class HessianOperator(LinearOperator):
         if isinstance(self.data, Sequence):
             batches: Iterable[Any] = self.data
         else:  # only look at the first batch of a loader: a full pass could be expensive
-            first = next(iter(self.data), None)
+            iterator = iter(self.data)
+            if iterator is self.data or (
+                not isinstance(self.data, torch.utils.data.DataLoader)  # persistent workers reuse
+                and iter(self.data) is iterator
+            ):
+                raise TypeError(
+                    f"data ({type(self.data).__name__}) hands out the same iterator every time: "
+                    "it would be exhausted after the first Hessian product. Pass a list of "
+                    "batches or a DataLoader"
+                )
+            first = next(iterator, None)
             batches = [] if first is None else [first]
         total = 0
         for i, batch in enumerate(batches):
             total += _check_batch(batch, i)
-        if total == 0:
+        if total == 0 and not self._allow_empty_data:
             raise ValueError(
                 "data yields no examples; pass at least one non-empty (inputs, targets) batch"
             )

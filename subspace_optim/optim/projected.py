@@ -28,6 +28,10 @@ __all__ = ["MODES", "ON_FAULT", "SubspaceProjectedOptimizer"]
 #: bug, a ``loss_fn`` of the wrong shape, data that ran dry) propagates, parameters untouched.
 NUMERICAL_ERRORS = (torch.linalg.LinAlgError, EigensolverError, FloatingPointError)
 
+class _NonFiniteGradient(Exception):
+    """Raised inside a guarded closure to stop the base step before it updates anything."""
+
+
 MODES = ("bulk", "dominant", "none")
 PROJECT = ("update", "gradient")
 ON_FAULT = ("keep", "cold", "raise")
@@ -419,17 +423,51 @@ class SubspaceProjectedOptimizer(Optimizer):
             skip = "the gradient holds NaN/Inf"
         elif wants_projection and U is None:
             skip = "no usable basis for a projected step"
-        if skip is not None:
-            # skipped like torch.amp.GradScaler does: the base optimizer is not stepped, so
-            # neither the parameters nor its state (momentum, Adam moments) see the fault
+        loss = None
+        try:
+            if skip is not None:
+                # skipped like torch.amp.GradScaler does: the base optimizer is not stepped, so
+                # neither the parameters nor its state (momentum, Adam moments) see the fault
+                if closure is not None:
+                    with torch.enable_grad():
+                        loss = closure()
+            else:
+                if closure is not None and active:
+                    closure = self._guarded(closure)
+                if project_now and self.project_target == "gradient":
+                    if closure is not None:
+                        with torch.enable_grad():
+                            closure()
+                        closure = None
+                        g_mini = self._flat([p.grad for p in self._params])
+                    assert g_mini is not None and U is not None
+                    coef = U.T @ g_mini
+                    g_proj = U @ coef if self.mode == "dominant" else g_mini - U @ coef
+                    offset = 0
+                    for p in self._params:
+                        m = p.numel()
+                        if p.grad is not None:
+                            p.grad.copy_(g_proj[offset : offset + m].view_as(p))
+                        offset += m
+
+                if closure is not None:
+                    with torch.enable_grad():
+                        loss = self.base.step(closure)
+                else:
+                    loss = self.base.step()
+        except _NonFiniteGradient:
             assert theta_old is not None
-            loss = None
-            if closure is not None:
-                with torch.enable_grad():
-                    loss = closure()
+            self._write(theta_old, add=False)  # e.g. SAM moved θ before calling the closure
+            if self.on_fault == "raise":
+                raise FloatingPointError(
+                    f"step {t}: the closure's loss or gradient holds NaN/Inf (on_fault='raise'); "
+                    "the base optimizer was stopped before its update and the parameters restored"
+                ) from None
+            skip = "the closure's loss or gradient holds NaN/Inf"
+        if skip is not None:
             if g_mini is None:
                 g_mini = self._flat([p.grad for p in self._params])
-            zero = torch.zeros_like(theta_old)
+            zero = torch.zeros_like(g_mini)
             self._count_skip(t, skip)
             stats = self._stats(
                 t, False, refreshed, U, zero, zero,
@@ -442,28 +480,6 @@ class SubspaceProjectedOptimizer(Optimizer):
             self.last_stats = stats
             self._step += 1
             return loss
-
-        if project_now and self.project_target == "gradient":
-            if closure is not None:
-                with torch.enable_grad():
-                    closure()
-                closure = None
-                g_mini = self._flat([p.grad for p in self._params])
-            assert g_mini is not None and U is not None
-            coef = U.T @ g_mini
-            g_proj = U @ coef if self.mode == "dominant" else g_mini - U @ coef
-            offset = 0
-            for p in self._params:
-                m = p.numel()
-                if p.grad is not None:
-                    p.grad.copy_(g_proj[offset : offset + m].view_as(p))
-                offset += m
-
-        if closure is not None:
-            with torch.enable_grad():
-                loss = self.base.step(closure)
-        else:
-            loss = self.base.step()
 
         stats = StepStats(step=t, projected=False, refreshed=refreshed, gradient_source="none")
         skipped = False
@@ -550,6 +566,21 @@ class SubspaceProjectedOptimizer(Optimizer):
                     f"a parameter of shape {tuple(p.shape)} has a sparse gradient: the projection "
                     "needs dense gradients. Build embeddings with sparse=False"
                 )
+
+    def _guarded(self, closure: Callable[[], Tensor]) -> Callable[[], Tensor]:
+        """``closure`` that stops the base step (before its update) when the loss or the
+        gradient it produced is not finite."""
+
+        def guarded() -> Tensor:
+            loss = closure()
+            finite = [torch.isfinite(p.grad).all() for p in self._params if p.grad is not None]
+            if isinstance(loss, Tensor):
+                finite.append(torch.isfinite(loss).all())
+            if finite and not bool(torch.stack(finite).all()):
+                raise _NonFiniteGradient
+            return loss
+
+        return guarded
 
     def _count_skip(self, t: int, reason: str) -> None:
         self.counters["skipped_steps"] += 1
