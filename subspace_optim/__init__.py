@@ -9,15 +9,19 @@ Wrap the optimizer you already have in one line::
 
 from .diagnostics import StepStats, effective_lr_summary
 from .eigensolvers import (
+    LOBPCG,
+    AutoEigensolver,
     EigenResult,
     Eigensolver,
     EigensolverError,
     Eigh,
     Lanczos,
     PowerIteration,
+    WarmRefresh,
     available_eigensolvers,
     register_eigensolver,
     resolve_eigensolver,
+    top_k_eigenpairs,
 )
 from .operators import (
     DenseOperator,
@@ -50,9 +54,11 @@ from .subspace import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "LOBPCG",
     "SAM",
     "AlignmentSwitch",
     "AtSteps",
+    "AutoEigensolver",
     "Decision",
     "DenseOperator",
     "DistributedHessianError",
@@ -73,6 +79,7 @@ __all__ = [
     "SharpnessTracker",
     "StepStats",
     "SubspaceProjectedOptimizer",
+    "WarmRefresh",
     "__version__",
     "alignment",
     "available_eigensolvers",
@@ -88,4 +95,5 @@ __all__ = [
     "resolve_schedule",
     "stability_threshold",
     "subspace_distance",
+    "top_k_eigenpairs",
 ]

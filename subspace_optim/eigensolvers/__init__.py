@@ -3,35 +3,53 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
+from .auto import AutoEigensolver, top_k_eigenpairs
 from .base import EigenResult, Eigensolver, EigensolverError
 from .eigh import Eigh
 from .lanczos import Lanczos
+from .lobpcg import LOBPCG
 from .power import PowerIteration
+from .scipy_adapters import ScipyEigsh, ScipyLOBPCG
+from .warm import WarmRefresh
 
 __all__ = [
+    "LOBPCG",
+    "AutoEigensolver",
     "EigenResult",
     "Eigensolver",
     "EigensolverError",
     "Eigh",
     "Lanczos",
     "PowerIteration",
+    "ScipyEigsh",
+    "ScipyLOBPCG",
+    "WarmRefresh",
     "available_eigensolvers",
     "register_eigensolver",
     "resolve_eigensolver",
+    "top_k_eigenpairs",
 ]
 
-_REGISTRY: dict[str, Callable[[], Eigensolver]] = {
+_REGISTRY: dict[str, Callable[..., Eigensolver]] = {
+    "auto": AutoEigensolver,
     "eigh": Eigh,
     "lanczos": Lanczos,
+    "lobpcg": LOBPCG,
     "power": PowerIteration,
+    "scipy_eigsh": ScipyEigsh,
+    "scipy_lobpcg": ScipyLOBPCG,
+    "warm": WarmRefresh,
 }
 
 
-def register_eigensolver(name: str, factory: Callable[[], Eigensolver]) -> None:
-    """Make ``factory()`` available under ``name`` wherever a solver name is accepted."""
+def register_eigensolver(name: str, factory: Callable[..., Eigensolver]) -> None:
+    """Make ``factory(**options)`` available under ``name`` wherever a solver name is accepted."""
     if not isinstance(name, str) or not name:
         raise ValueError("eigensolver names are non-empty strings")
+    if not callable(factory):
+        raise TypeError("factory must be callable and return an Eigensolver")
     _REGISTRY[name.lower()] = factory
 
 
@@ -40,18 +58,37 @@ def available_eigensolvers() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def resolve_eigensolver(spec: str | Eigensolver) -> Eigensolver:
-    """Turn a name (``"lanczos"``, ``"power"``, ``"eigh"``, …) or a solver into a solver.
+def resolve_eigensolver(spec: str | Eigensolver, **options: Any) -> Eigensolver:
+    """Turn a name (``"lanczos"``, ``"lobpcg"``, ``"warm"``, …) or a solver into a solver.
+
+    Args:
+        spec: a registered name (case-insensitive) or an :class:`Eigensolver`, returned as is.
+        **options: constructor arguments for a named solver (``tol=``, ``which=``, …);
+            ``None`` values are ignored.
 
     Example:
         >>> from subspace_optim import resolve_eigensolver
         >>> resolve_eigensolver("lanczos")
         Lanczos(tol=0.001, max_iter=200, which='LA')
+        >>> resolve_eigensolver("lobpcg", tol=1e-6).tol
+        1e-06
     """
+    options = {key: value for key, value in options.items() if value is not None}
     if isinstance(spec, Eigensolver):
+        if options:
+            raise ValueError("options configure a solver given by name; set them on the instance")
         return spec
     if isinstance(spec, str) and spec.lower() in _REGISTRY:
-        return _REGISTRY[spec.lower()]()
+        factory = _REGISTRY[spec.lower()]
+        try:
+            solver = factory(**options)
+        except TypeError as exc:
+            raise TypeError(
+                f"eigensolver {spec!r} does not accept {sorted(options)}: {exc}"
+            ) from exc
+        if not isinstance(solver, Eigensolver):
+            raise TypeError(f"the factory registered as {spec!r} returned {type(solver).__name__}")
+        return solver
     raise ValueError(
         f"unknown eigensolver {spec!r}; valid names are {', '.join(map(repr, available_eigensolvers()))}, "
         "or pass an Eigensolver instance"

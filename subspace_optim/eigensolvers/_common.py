@@ -13,11 +13,15 @@ from .base import EigenResult
 def random_block(n: int, m: int, op: LinearOperator, generator: torch.Generator) -> Tensor:
     """Gaussian ``(n, m)`` block drawn from ``generator`` (on its own device), on ``op``'s device."""
     if generator.device != op.device:
-        return torch.randn(n, m, dtype=op.dtype, device=generator.device, generator=generator).to(op.device)
+        return torch.randn(n, m, dtype=op.dtype, device=generator.device, generator=generator).to(
+            op.device
+        )
     return torch.randn(n, m, dtype=op.dtype, device=op.device, generator=generator)
 
 
-def start_block(op: LinearOperator, m: int, init: Tensor | None, generator: torch.Generator) -> Tensor:
+def start_block(
+    op: LinearOperator, m: int, init: Tensor | None, generator: torch.Generator
+) -> Tensor:
     """Orthonormal ``(n, m)`` start: the columns of ``init`` first, random columns after."""
     n = op.shape[0]
     if init is None:

@@ -164,4 +164,6 @@ class Eigensolver(ABC):
     ) -> EigenResult: ...
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(tol={self.tol}, max_iter={self.max_iter}, which={self.which!r})"
+        return (
+            f"{type(self).__name__}(tol={self.tol}, max_iter={self.max_iter}, which={self.which!r})"
+        )
