@@ -77,7 +77,10 @@ def _check_batch(batch: Any, index: int) -> int:
         )
     for t in (x if isinstance(x, (tuple, list)) else (x,)):
         if t.is_complex():
-            raise TypeError(f"batch {index}: complex inputs are not supported")
+            raise TypeError(
+                f"batch {index}: complex inputs are not supported; pass real tensors (e.g. "
+                "torch.view_as_real(x))"
+            )
     return nx
 
 
@@ -229,7 +232,9 @@ class HessianOperator(LinearOperator):
         self.param_names = [names[id(p)] for p in chosen]
         n = sum(p.numel() for p in chosen)
         self.shape = (n, n)
-        self.dtype = dtype
+        self.param_dtype = dtype
+        # half-precision parameters: products (hence the basis and the eigensolve) in float32
+        self.dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
         self.device = next(iter(devices))
 
         if _is_single_batch(data):
@@ -305,8 +310,10 @@ class HessianOperator(LinearOperator):
         state: dict[str, Tensor] = dict(zip(self.param_names, tensors))
         # buffers are cloned so that BatchNorm running statistics never move
         for name, b in self.model.named_buffers():
-            state[name] = b.clone()
+            state[name] = self._upcast(b) if self._upcasting else b.clone()
         args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        if self._upcasting:
+            args, y = tuple(self._upcast(a) for a in args), self._upcast(y)
         out = functional_call(self.model, state, args, strict=False, tie_weights=True)
         loss = self.loss_fn(out, y)
         if not isinstance(loss, Tensor) or loss.ndim != 0:
@@ -316,8 +323,16 @@ class HessianOperator(LinearOperator):
             )
         return loss
 
+    @property
+    def _upcasting(self) -> bool:
+        return self.dtype != self.param_dtype
+
+    def _upcast(self, t: Tensor) -> Tensor:
+        """Half-precision parameters: evaluate in :attr:`dtype` (a copy of ``t``)."""
+        return t.to(self.dtype) if t.is_floating_point() else t.clone()
+
     def _leaves(self) -> list[Tensor]:
-        return [p.detach().requires_grad_(True) for p in self.params]
+        return [p.detach().to(self.dtype).requires_grad_(True) for p in self.params]
 
     # -------------------------------------------------------------- products
     def _resolved_method(self) -> str:
@@ -342,11 +357,11 @@ class HessianOperator(LinearOperator):
                 retain_graph=j < b - 1,
                 allow_unused=True,
             )
-            cols.append([torch.zeros_like(p) if h is None else h for h, p in zip(hv, self.params)])
+            cols.append([torch.zeros_like(p, dtype=self.dtype) if h is None else h for h, p in zip(hv, self.params)])
         return torch.stack([flatten(c) for c in cols], dim=1)
 
     def _chunk_hvp_func(self, x: Any, y: Tensor, V: Tensor) -> Tensor:
-        primals = tuple(p.detach() for p in self.params)
+        primals = tuple(p.detach().to(self.dtype) for p in self.params)
 
         def loss_of(tensors: tuple[Tensor, ...]) -> Tensor:
             return self._loss(tensors, x, y)
@@ -401,7 +416,7 @@ class HessianOperator(LinearOperator):
                 leaves = self._leaves()
                 loss = self._loss(leaves, x, y)
                 grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-                g = flatten([torch.zeros_like(p) if gi is None else gi for gi, p in zip(grads, self.params)])
+                g = flatten([torch.zeros_like(p, dtype=self.dtype) if gi is None else gi for gi, p in zip(grads, self.params)])
                 grad_sum.add_(g, alpha=m)
                 loss_sum += loss.detach().to(self.dtype) * m
                 count += m

@@ -365,7 +365,7 @@ class SubspaceProjectedOptimizer(Optimizer):
     def _flat(self, tensors: list[Tensor | None]) -> Tensor:
         return flatten(
             torch.zeros_like(p) if t is None else t for t, p in zip(tensors, self._params)
-        )
+        ).to(self.curvature.dtype)  # half-precision parameters: project in float32
 
     def _write(self, vec: Tensor, *, add: bool) -> None:
         offset = 0
@@ -392,7 +392,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         grad_finite = True
         if active:
             # bad input and gradient faults are caught here, before any state changes
-            theta_old = flatten(p.detach() for p in self._params)
+            theta_old = flatten(p.detach() for p in self._params).to(self.curvature.dtype)
             if not bool(torch.isfinite(theta_old).all()):
                 self._check_finite_params(when=f"before step {t}")
             if closure is None:
@@ -487,7 +487,7 @@ class SubspaceProjectedOptimizer(Optimizer):
             assert theta_old is not None
             if g_mini is None:  # closure path: the base refreshed .grad at θ_old
                 g_mini = self._flat([p.grad for p in self._params])
-            delta_base = flatten(p.detach() for p in self._params) - theta_old
+            delta_base = flatten(p.detach() for p in self._params).to(theta_old.dtype) - theta_old
             delta = delta_base
             dom = None
             if project_now and self.project_target == "update":
@@ -697,12 +697,14 @@ class SubspaceProjectedOptimizer(Optimizer):
         n = self.curvature.shape[0]
         if sub["n"] != n:
             raise ValueError(
-                f"state_dict is for a model with {sub['n']} parameters, this one has {n}"
+                f"state_dict is for a model with {sub['n']} parameters, this one has {n}; load "
+                "the checkpoint into the model it was saved from"
             )
         if sub["k"] != self.k or sub["num_extra"] != self.num_extra:
             raise ValueError(
                 f"state_dict was saved with k={sub['k']}, num_extra={sub['num_extra']}; this "
-                f"optimizer has k={self.k}, num_extra={self.num_extra}"
+                f"optimizer has k={self.k}, num_extra={self.num_extra}; build the optimizer with "
+                "the same k and num_extra to resume"
             )
         shapes = [list(p.shape) for g in self.base.param_groups for p in g["params"]]
         saved_shapes = sub.get("shapes")
