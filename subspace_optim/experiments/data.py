@@ -2,10 +2,31 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import torch
 from torch import Tensor
 
-__all__ = ["load_digits"]
+__all__ = ["DataUnavailableError", "load_cifar10", "load_digits", "load_mnist", "standardize"]
+
+
+class DataUnavailableError(RuntimeError):
+    """A data set is not installed or downloaded; the message says how to get it."""
+
+
+def standardize(X: Tensor) -> Tensor:
+    """Centre and scale each feature (column) over the rows; constant features stay 0.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim.experiments.data import standardize
+        >>> standardize(torch.tensor([[1.0, 5.0], [3.0, 5.0]])).tolist()
+        [[-0.7071067690849304, 0.0], [0.7071067690849304, 0.0]]
+    """
+    X = X.to(torch.float64)
+    mean, std = X.mean(0), X.std(0)
+    return ((X - mean) / torch.where(std > 0, std, torch.ones_like(std))).to(torch.float32)
 
 
 def load_digits(
@@ -44,3 +65,85 @@ def load_digits(
     labels = torch.tensor(target[:n], dtype=torch.long)
     Y = torch.nn.functional.one_hot(labels, 10).to(torch.float64)
     return X.to(dtype=dtype, device=device), Y.to(dtype=dtype, device=device), labels.to(device)
+
+
+def _torchvision(name: str, data_dir: str | Path, download: bool) -> Any:
+    flag = "--download" if download is False else ""
+    try:
+        import torchvision
+    except ImportError:
+        raise DataUnavailableError(
+            f"{name} loads through torchvision, which is not installed. Install the build that "
+            f"matches your torch (pip install torchvision; see pytorch.org), then rerun with "
+            f"--download to fetch {name} into --data-dir ({data_dir}), or use the offline "
+            "default setup (digits)."
+        ) from None
+    cls = getattr(torchvision.datasets, name)
+    root = Path(data_dir).expanduser()
+    try:
+        return cls(root=str(root), train=True, download=download)
+    except (RuntimeError, OSError) as exc:
+        raise DataUnavailableError(
+            f"{name} was not found under {str(root)!r} ({exc}). Rerun with {flag or '--download'} "
+            "to fetch it (about 50-170 MB), or point --data-dir at the folder that holds it "
+            f"(torchvision's layout: {name}/raw or cifar-10-batches-py)."
+        ) from None
+
+
+def _one_hot(labels: Tensor, device: str | torch.device, dtype: torch.dtype) -> Tensor:
+    return torch.nn.functional.one_hot(labels, 10).to(dtype=dtype, device=device)
+
+
+def load_mnist(
+    n: int = 5000,
+    *,
+    data_dir: str | Path = "data",
+    download: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """MNIST's first ``n`` training images, flattened to 784 features, each pixel centred and
+    standardized over those ``n`` images (constant pixels stay 0); one-hot targets.
+
+    Needs torchvision and the data under ``data_dir`` (or ``download=True``); raises
+    :class:`DataUnavailableError` with instructions otherwise.
+
+    Returns:
+        ``(X, Y, labels)`` with shapes ``(n, 784)``, ``(n, 10)`` and ``(n,)``.
+    """
+    if not 1 <= n <= 60000:
+        raise ValueError(f"MNIST has 60,000 training images; n must be in [1, 60000], got {n}")
+    ds = _torchvision("MNIST", data_dir, download)
+    images = torch.as_tensor(ds.data[:n]).reshape(n, -1).to(torch.float64) / 255.0
+    labels = torch.as_tensor(ds.targets[:n]).long()
+    X = standardize(images).to(dtype=dtype, device=device)
+    return X, _one_hot(labels, device, dtype), labels.to(device)
+
+
+def load_cifar10(
+    n: int = 5000,
+    *,
+    data_dir: str | Path = "data",
+    download: bool = False,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """CIFAR-10's first ``n`` training images as ``(n, 3, 32, 32)``, each of the 3,072
+    features centred and standardized over those ``n`` images; one-hot targets.
+
+    Needs torchvision and the data under ``data_dir`` (or ``download=True``); raises
+    :class:`DataUnavailableError` with instructions otherwise.
+
+    Returns:
+        ``(X, Y, labels)`` with shapes ``(n, 3, 32, 32)``, ``(n, 10)`` and ``(n,)``.
+    """
+    if not 1 <= n <= 50000:
+        raise ValueError(f"CIFAR-10 has 50,000 training images; n must be in [1, 50000], got {n}")
+    ds = _torchvision("CIFAR10", data_dir, download)
+    images = torch.as_tensor(ds.data[:n])  # (n, 32, 32, 3) uint8
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"unexpected CIFAR-10 array of shape {tuple(images.shape)}")
+    images = images.permute(0, 3, 1, 2).reshape(n, -1).to(torch.float64) / 255.0
+    labels = torch.as_tensor(list(ds.targets[:n])).long()
+    X = standardize(images).reshape(n, 3, 32, 32).to(dtype=dtype, device=device)
+    return X, _one_hot(labels, device, dtype), labels.to(device)

@@ -1,0 +1,362 @@
+"""``subspace-optim`` / ``python -m subspace_optim``: the command line.
+
+``subspace-optim reproduce`` runs the paper's Dom / Bulk experiments (offline by default, on
+scikit-learn's digits) and writes a table, CSV/JSON metrics and figures; see
+``subspace-optim reproduce --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+_SETUP_HELP = (
+    "digits (default; offline, scikit-learn), mnist-5k-mlp, cifar10-5k-cnn (torchvision), or "
+    "your own setup as module:function or path/to/file.py:function returning a "
+    "subspace_optim.experiments.Setup"
+)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _switch(text: str) -> float | int:
+    try:
+        if any(c in text for c in ".eE"):
+            value: float | int = float(text)
+            if not (math.isfinite(value) and 0 < value <= 1):
+                raise argparse.ArgumentTypeError(
+                    f"a switch threshold is an alignment in (0, 1]; got {text} (give a whole "
+                    "number such as 100 for a fixed switch step)"
+                )
+            return value
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a χ_k threshold such as 0.95 or a step such as 100; got {text!r}"
+        ) from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"a switch step must be >= 0; got {value}")
+    return value
+
+
+def _lr(text: str) -> float | dict[str, float]:
+    def number(s: str) -> float:
+        try:
+            v = float(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a learning rate: {s!r}") from None
+        if not (math.isfinite(v) and v > 0):
+            raise argparse.ArgumentTypeError(f"a learning rate must be a positive number; got {s}")
+        return v
+
+    if "=" not in text:
+        return number(text)
+    out: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(
+                f"expected NAME=LR pairs such as sgd=0.1,adam=1e-3; got {item!r}"
+            )
+        out[name.strip().lower()] = number(value)
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    parser = argparse.ArgumentParser(
+        prog="subspace-optim",
+        description="Dom/Bulk-projected optimizers and dominant Hessian subspaces for PyTorch.",
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"subspace-optim {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    rep = sub.add_parser(
+        "reproduce",
+        help="run the paper's Dom/Bulk experiments and write a table, metrics and figures",
+        description=(
+            "For each optimizer family, train with the unmodified optimizer until the switch "
+            "(the EMA of χ_k passes a threshold, or a fixed step), then run the base optimizer, "
+            "its Dom variant (update projected onto the top-k Hessian eigenvectors) and its Bulk "
+            "variant (that component removed) from the same point and minibatches. Flags "
+            "override the setup's suggested settings."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    rep.add_argument("--setup", default="digits", help=_SETUP_HELP)
+    rep.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short digits run of every family (under a minute; used by the tests)",
+    )
+    rep.add_argument(
+        "--optimizers",
+        default=None,
+        help="comma-separated families: sgd, gd-eos, sam, momentum, adam, or all (default: all)",
+    )
+    rep.add_argument(
+        "--steps",
+        type=_positive_int,
+        default=None,
+        help="optimizer steps per run, from initialization",
+    )
+    rep.add_argument(
+        "--switch",
+        type=_switch,
+        default=None,
+        help="χ_k threshold in (0, 1] (e.g. 0.95, the paper's protocol) or a fixed "
+        "switch step (e.g. 100)",
+    )
+    rep.add_argument(
+        "--switch-by",
+        type=_positive_int,
+        default=None,
+        help="with a threshold, force the switch at this step if it was not reached",
+    )
+    rep.add_argument(
+        "--k",
+        type=_positive_int,
+        default=None,
+        help="dimension of the dominant subspace (the paper: number of classes)",
+    )
+    rep.add_argument(
+        "--lr",
+        type=_lr,
+        default=None,
+        help="learning rate for every family, or NAME=LR pairs (sgd=0.1,adam=1e-3); "
+        "default: per family (GD at EoS: 0.82·2/λ_1 at initialization)",
+    )
+    rep.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="minibatch size of the stochastic families",
+    )
+    rep.add_argument(
+        "--solver",
+        default=None,
+        help="eigensolver for the refreshes (see subspace_optim.available_eigensolvers(); "
+        "default: the library's)",
+    )
+    rep.add_argument(
+        "--refresh",
+        type=_positive_int,
+        default=None,
+        help="refresh the top-k basis every N steps after the switch (the paper: 1)",
+    )
+    rep.add_argument(
+        "--check-every",
+        type=_positive_int,
+        default=None,
+        help="measure χ_k every N steps before the switch",
+    )
+    rep.add_argument(
+        "--track-every",
+        type=_positive_int,
+        default=None,
+        help="the base run measures χ_k and the spectrum every N steps after the switch",
+    )
+    rep.add_argument(
+        "--num-extra",
+        type=_nonnegative_int,
+        default=None,
+        help="eigenvalues tracked beyond k (λ_{k+1}… against 2/η)",
+    )
+    rep.add_argument(
+        "--eval-every",
+        type=_positive_int,
+        default=None,
+        help="evaluate the full-batch training loss every N steps",
+    )
+    rep.add_argument(
+        "--chunk-size",
+        type=_positive_int,
+        default=None,
+        help="micro-batch size for Hessian products and loss evaluation",
+    )
+    rep.add_argument(
+        "--seed",
+        type=_nonnegative_int,
+        default=0,
+        help="seed of the initialization, minibatch order and solver start vectors",
+    )
+    rep.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
+    rep.add_argument(
+        "--out",
+        default=None,
+        help="run folder to create (default: ./runs/<timestamp>); must not exist",
+    )
+    rep.add_argument("--data-dir", default="data", help="where torchvision data sets live")
+    rep.add_argument(
+        "--download",
+        action="store_true",
+        help="let torchvision download MNIST / CIFAR-10 into --data-dir",
+    )
+    rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
+    rep.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    return parser
+
+
+_FLAG_FIELDS = (
+    "optimizers",
+    "steps",
+    "switch",
+    "switch_by",
+    "k",
+    "lr",
+    "batch_size",
+    "solver",
+    "refresh",
+    "check_every",
+    "track_every",
+    "num_extra",
+    "eval_every",
+    "chunk_size",
+)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _default_out() -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path("runs") / stamp
+    i = 1
+    while out.exists():
+        out = Path("runs") / f"{stamp}-{i}"
+        i += 1
+    return out
+
+
+def _settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, Any]:
+    settings = dict(defaults)
+    for name in _FLAG_FIELDS:
+        value = getattr(args, name)
+        if value is not None:
+            settings[name] = value
+    # a fixed switch step needs no fallback; a flag-given threshold keeps the setup's fallback
+    if isinstance(settings.get("switch"), int) and args.switch_by is None:
+        settings.pop("switch_by", None)
+    settings["seed"] = args.seed
+    return settings
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .experiments import RunConfig, run
+    from .experiments.report import format_table, write_report
+    from .experiments.setups import SETUPS, DataUnavailableError, SetupError, load_setup
+
+    setup_name = args.setup
+    if args.quick:
+        if setup_name not in ("digits", "digits-quick") and setup_name in SETUPS:
+            raise _UsageError(
+                f"--quick is a short digits run; for {setup_name} shorten the run with --steps "
+                "(and --switch)"
+            )
+        if setup_name == "digits":
+            setup_name = "digits-quick"
+    elif setup_name not in SETUPS and ":" not in setup_name:
+        raise _UsageError(
+            f"unknown setup {setup_name!r}; choose one of {', '.join(SETUPS)} or give your own "
+            "as module:function"
+        )
+    out = Path(args.out) if args.out is not None else _default_out()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise _UsageError(
+            f"--out {str(out)!r} already exists and is not empty; choose another folder"
+        )
+
+    # check the flags against the built-in defaults before loading any data
+    static = {
+        "digits": "DIGITS_DEFAULTS",
+        "digits-quick": "QUICK_DEFAULTS",
+        "mnist-5k-mlp": "MNIST_DEFAULTS",
+        "cifar10-5k-cnn": "CIFAR_DEFAULTS",
+    }
+    from .experiments import setups as setups_module
+
+    if setup_name in static:
+        RunConfig(**_settings(args, dict(getattr(setups_module, static[setup_name]))))
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    try:
+        setup = load_setup(
+            setup_name,
+            seed=args.seed,
+            data_dir=args.data_dir,
+            download=args.download,
+            quick=args.quick,
+            device=args.device,
+        )
+    except (SetupError, DataUnavailableError) as exc:
+        raise _UsageError(str(exc)) from None
+    config = RunConfig(**_settings(args, dict(setup.defaults)))
+    log(f"setup {setup.name}: {setup.description or type(setup.model).__name__}")
+    result = run(
+        setup.model,
+        setup.loss_fn,
+        setup.train_data,
+        config,
+        device=args.device,
+        setup=setup.name,
+        progress=not args.quiet,
+        log=log,
+    )
+    path = write_report(result, out, figures=not args.no_figures)
+    print(format_table(result))
+    print(
+        f"\nwrote {path}/ (summary.md, metrics.csv, metrics.json, summary.json"
+        + ("" if args.no_figures else ", loss.png, alignment.png, eigenvalues.png")
+        + f") in {result.seconds:.0f} s"
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``subspace-optim`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return _reproduce(args)
+    except (_UsageError, ValueError, TypeError, FileExistsError) as exc:
+        print(f"subspace-optim reproduce: error: {exc}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"subspace-optim reproduce: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("subspace-optim reproduce: interrupted; no run folder was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Tables and files of a reproduction run.
+
+:func:`format_table` gives the terminal table (one row per optimizer family);
+:func:`write_report` writes a run folder atomically: it is filled under a temporary name
+and renamed at the end, so an interrupted or failed write leaves no half-written folder.
+
+Files written:
+
+* ``metrics.csv`` and ``metrics.json``: one row per step per run (``family``, ``variant``,
+  ``phase``, ``step``, full-batch ``loss``, ``batch_loss`` and every
+  :class:`~subspace_optim.StepStats` field: χ_k, ``eig_0, eig_1, …``, effective-LR terms,
+  refresh cost); non-finite numbers are empty cells in the CSV and ``null`` in the JSON;
+* ``summary.json``: settings, machine, per-family and per-run summaries;
+* ``loss.png``, ``alignment.png``, ``eigenvalues.png`` (see :mod:`.plots`);
+* ``summary.md``: the table, the notes and links to the figures.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .results import ExperimentResult, FamilyResult
+
+__all__ = ["format_table", "table_rows", "write_report"]
+
+_HEADERS = (
+    "optimizer",
+    "lr",
+    "switch",
+    "χ_k",
+    "L switch",
+    "base",
+    "Dom",
+    "Bulk",
+    "Dom/Bulk progress",
+    "removed",
+    "η_b/η_d",
+    "matvecs/refresh",
+    "s/refresh",
+)
+
+
+def _f(x: float, digits: int = 4) -> str:
+    if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return "—"
+    return f"{x:.{digits}g}"
+
+
+def _final(fam: FamilyResult, variant: str) -> str:
+    run = fam.runs[variant]
+    if run.status == "diverged":
+        return f"diverged@{run.diverged_at}"
+    mark = "↑" if run.status == "loss rose" else ""
+    return _f(run.final_loss) + mark
+
+
+def _cost(fam: FamilyResult) -> tuple[float, float]:
+    projected = [fam.runs[v] for v in ("dom", "bulk")]
+    refreshes = sum(r.refreshes for r in projected)
+    if refreshes == 0:
+        return math.nan, math.nan
+    return (
+        sum(r.matvecs for r in projected) / refreshes,
+        sum(r.refresh_seconds for r in projected) / refreshes,
+    )
+
+
+def table_rows(result: ExperimentResult) -> list[list[str]]:
+    """The table as strings, one list per family, in the order of :data:`_HEADERS`."""
+    out = []
+    for fam in result.families:
+        matvecs, seconds = _cost(fam)
+        switch = (
+            f"{fam.switch_step}" + {"threshold": "", "forced": "*", "fixed": ""}[fam.switch_reason]
+        )
+        out.append(
+            [
+                fam.family,
+                _f(fam.lr, 3),
+                switch,
+                _f(fam.chi_at_switch if math.isfinite(fam.chi_at_switch) else fam.alignment_ema, 2),
+                _f(fam.loss_at_switch),
+                _final(fam, "base"),
+                _final(fam, "dom"),
+                _final(fam, "bulk"),
+                f"{_f(fam.runs['dom'].progress, 2)} / {_f(fam.runs['bulk'].progress, 2)}",
+                _f(fam.runs["bulk"].removed_fraction, 2),
+                _f(fam.eta.get("ratio", math.nan), 3),
+                _f(matvecs, 3),
+                _f(seconds, 2),
+            ]
+        )
+    return out
+
+
+def _legend(result: ExperimentResult) -> list[str]:
+    cfg = result.config
+    k = cfg["k"]
+    lines = [
+        f"L switch: full-batch training loss at the switch; base / Dom / Bulk: after step {cfg['steps']} "
+        "(↑: above the loss at the switch).",
+        "Dom/Bulk progress: (L_switch − L_variant)/(L_switch − L_base): ≈0 is a plateau, ≈1 trains like the base.",
+        f"χ_k: ‖P_k∇L‖/‖∇L‖ of the full-batch gradient at the switch (k = {k}); "
+        "removed: mean ‖P_kΔ‖/‖Δ‖ of the base update that Bulk removes.",
+        "η_b/η_d: effective learning rates of the base run, ratio of sums over its full-gradient steps.",
+        f"matvecs/refresh, s/refresh: eigensolver cost per basis refresh in the Dom and Bulk runs "
+        f"(refreshed every {cfg['refresh']} step(s)).",
+    ]
+    if any(f.switch_reason == "forced" for f in result.families):
+        lines.append(
+            f"*: χ_k's EMA never reached the threshold {cfg['switch']}; the switch was forced at "
+            f"step {cfg.get('switch_by')}."
+        )
+    return lines
+
+
+def format_table(result: ExperimentResult, *, markdown: bool = False) -> str:
+    """The summary table (plus legend and notes) as text or GitHub markdown."""
+    rows = table_rows(result)
+    lines: list[str] = []
+    if markdown:
+        lines.append("| " + " | ".join(_HEADERS) + " |")
+        lines.append("|" + "|".join("---" for _ in _HEADERS) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        lines.append("")
+        lines += [f"- {s}" for s in _legend(result)]
+    else:
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS)]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(_HEADERS, widths)))
+        lines.append("  ".join("-" * w for w in widths))
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines.append("")
+        lines += _legend(result)
+    notes = [(f.family, n) for f in result.families for n in f.notes()]
+    if notes:
+        lines.append("")
+        lines.append("Notes:" if not markdown else "**Notes**")
+        lines += [("- " if markdown else "  ") + f"{fam}: {n}" for fam, n in notes]
+    return "\n".join(lines)
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    cols: dict[str, None] = {}
+    for r in rows:
+        for key in r:
+            if not key.startswith("eig_"):
+                cols.setdefault(key, None)
+    eig = sorted({k for r in rows for k in r if k.startswith("eig_")}, key=lambda s: int(s[4:]))
+    return list(cols) + eig
+
+
+def _summary_md(result: ExperimentResult, figures: dict[str, Path]) -> str:
+    cfg, mach = result.config, result.machine
+    switch = (
+        f"fixed at step {cfg['switch']}"
+        if cfg["switch_mode"] == "fixed step"
+        else f"when the EMA of χ_k passes {cfg['switch']} (forced at step {cfg['switch_by']})"
+    )
+    parts = [
+        f"# subspace-optim reproduce: {result.setup}",
+        "",
+        f"{cfg['num_examples']} training examples, {cfg['num_params']:,} parameters, k = {cfg['k']}, "
+        f"{cfg['steps']} steps per run, switch {switch}; basis refreshed every {cfg['refresh']} "
+        f"step(s) after the switch (solver: {cfg['solver'] or 'library default'}); seed {cfg['seed']}.",
+        "",
+        f"Machine: {mach['platform']}, {mach['cpu_count']} CPUs, Python {mach['python']}, torch "
+        f"{mach['torch']} ({mach['torch_threads']} threads), device {mach['device']}"
+        + (f" ({mach['gpu']})" if "gpu" in mach else "")
+        + f". Wall time {result.seconds:.0f} s.",
+        "",
+        format_table(result, markdown=True),
+        "",
+        "## Figures",
+        "",
+        "Training loss (log scale), base vs Dom vs Bulk:",
+        "",
+        f"![training loss]({figures['loss'].name})",
+        "",
+        "χ_k of the full-batch gradient:",
+        "",
+        f"![alignment]({figures['alignment'].name})",
+        "",
+        "Top Hessian eigenvalues and the stability threshold:",
+        "",
+        f"![eigenvalues]({figures['eigenvalues'].name})",
+        "",
+        "Per-step metrics: [metrics.csv](metrics.csv), [metrics.json](metrics.json); "
+        "summary: [summary.json](summary.json).",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def write_report(result: ExperimentResult, out: str | Path, *, figures: bool = True) -> Path:
+    """Write the run folder ``out`` (which must not exist or be empty); returns its path."""
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(
+            f"{out} already exists and is not an empty folder; choose another --out"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        rows = result.rows()
+        cols = _columns(rows)
+        with open(tmp / "metrics.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.DictWriter(fh, fieldnames=cols, restval="")
+            writer.writeheader()
+            for r in rows:
+                writer.writerow(
+                    {
+                        k: ("" if isinstance(v, float) and not math.isfinite(v) else v)
+                        for k, v in r.items()
+                    }
+                )
+        (tmp / "metrics.json").write_text(
+            json.dumps(_clean(rows), allow_nan=False), encoding="utf-8"
+        )
+        summary = {**result.summary(), "table": table_rows(result)}
+        (tmp / "summary.json").write_text(
+            json.dumps(_clean(summary), indent=2, allow_nan=False, ensure_ascii=False),
+            encoding="utf-8",
+        )
+        paths: dict[str, Path] = {}
+        if figures:
+            from .plots import save_figures
+
+            paths = save_figures(result, tmp)
+        else:
+            paths = {name: Path(f"{name}.png") for name in ("loss", "alignment", "eigenvalues")}
+        (tmp / "summary.md").write_text(_summary_md(result, paths), encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

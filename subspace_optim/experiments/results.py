@@ -1,0 +1,190 @@
+"""Typed records of a reproduction run: one per run (base / Dom / Bulk), one per family, one
+for the whole experiment. Every field is a plain Python value, so the records serialize to
+JSON as they are."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = ["VARIANTS", "ExperimentResult", "FamilyResult", "RunSummary", "progress_ratio"]
+
+#: The three runs of a family after the switch: the unmodified optimizer, its Dom variant
+#: (update projected onto the top-k subspace) and its Bulk variant (top-k component removed).
+VARIANTS = ("base", "dom", "bulk")
+
+
+def progress_ratio(loss_at_switch: float, final: float, base_final: float) -> float:
+    """Progress after the switch relative to the unprojected run,
+    ``(L_switch − L_variant) / (L_switch − L_base)``: about 0 for a plateau (Dom), about 1
+    when the variant trains as well as the base (Bulk); ``nan`` when the base made no progress.
+
+    Example:
+        >>> from subspace_optim.experiments.results import progress_ratio
+        >>> round(progress_ratio(0.17, 0.123, 0.122), 3), round(progress_ratio(0.17, 0.171, 0.122), 3)
+        (0.979, -0.021)
+    """
+    gain = loss_at_switch - base_final
+    if not (math.isfinite(gain) and gain > 0 and math.isfinite(final)):
+        return math.nan
+    return (loss_at_switch - final) / gain
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What one run after the switch did.
+
+    Attributes:
+        variant: ``"base"``, ``"dom"`` or ``"bulk"``.
+        final_loss: full-batch training loss after the last step (``nan`` if it diverged).
+        progress: :func:`progress_ratio` against the base run (1.0 for the base itself).
+        status: ``"ok"``; ``"loss rose"`` (final loss above the loss at the switch);
+            ``"diverged"`` (the loss became non-finite or exploded and the run was stopped).
+        diverged_at: the step at which a diverged run was stopped.
+        steps_run: optimizer steps taken after the switch.
+        removed_fraction: mean over projected steps of ``‖P Δ‖ / ‖Δ‖`` for the unprojected
+            base update ``Δ``: the fraction of the update's norm inside the dominant subspace,
+            which Bulk removes and Dom keeps (``nan`` for the base run).
+        refreshes, matvecs, refresh_seconds: eigensolver cost of this run after the switch.
+        watched_eigenvalue: which tracked eigenvalue is compared with the stability limit:
+            ``"λ_1"`` for base and Dom, ``"λ_{k+1}"`` for Bulk (the largest curvature Bulk
+            still steps along).
+        max_watched: its largest value after the switch.
+        limit_crossed_at: first step at which it exceeded the stability limit ``2(1+β)/η``
+            (``None`` if never, or for adaptive optimizers). For Bulk this is the condition
+            under which its dynamics are unstable (``docs/eos_findings.md``).
+        faults, skipped_steps: numerical faults handled by the wrapper (failed refreshes,
+            undone non-finite steps).
+        seconds: wall time of the run.
+        warnings: distinct warning messages raised during the run.
+    """
+
+    variant: str
+    final_loss: float
+    progress: float
+    status: str
+    diverged_at: int | None
+    steps_run: int
+    removed_fraction: float
+    refreshes: int
+    matvecs: int
+    refresh_seconds: float
+    watched_eigenvalue: str
+    max_watched: float
+    limit_crossed_at: int | None
+    faults: int
+    skipped_steps: int
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class FamilyResult:
+    """One optimizer family: the shared run up to the switch and the three runs after it.
+
+    Attributes:
+        family, label: the family's key and human name.
+        lr: learning rate used (for GD at the Edge of Stability, derived from λ_1(θ_0)).
+        batch_size: minibatch size, or ``None`` for full-batch GD.
+        stability_limit: the base optimizer's stability threshold, ``2/η`` for (S)GD and
+            SAM, ``2(1+β)/η`` with momentum (:func:`~subspace_optim.stability_threshold`);
+            ``nan`` for adaptive optimizers (Adam).
+        initial_sharpness: λ_1 at initialization when it was measured, else ``nan``.
+        switch_step: the step at which Dom / Bulk projection starts.
+        switch_reason: ``"threshold"`` (the EMA of χ_k reached the threshold),
+            ``"forced"`` (it did not by the fallback step) or ``"fixed"`` (``--switch STEP``).
+        alignment_ema: the EMA of χ_k at the switch (``nan`` for a fixed switch before any
+            measurement).
+        chi_at_switch: χ_k of the full-batch gradient measured at the switch.
+        initial_loss, loss_at_switch: full-batch training loss at step 0 and at the switch.
+        eta: effective learning rates of the base run as ratios of sums over every step with
+            a full-batch gradient (:func:`~subspace_optim.effective_lr_summary`).
+        runs: ``{"base": RunSummary, "dom": ..., "bulk": ...}``.
+        prefix_seconds: wall time of the shared run up to the switch.
+        rows: one dict per step per run (the CSV / JSON metrics).
+    """
+
+    family: str
+    label: str
+    lr: float
+    batch_size: int | None
+    stability_limit: float
+    initial_sharpness: float
+    switch_step: int
+    switch_reason: str
+    alignment_ema: float
+    chi_at_switch: float
+    initial_loss: float
+    loss_at_switch: float
+    eta: dict[str, float]
+    runs: dict[str, RunSummary]
+    prefix_seconds: float
+    rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def notes(self) -> list[str]:
+        """Human-readable remarks: forced switches, instabilities, faults."""
+        out: list[str] = []
+        if self.switch_reason == "forced":
+            out.append(
+                f"χ_k EMA reached only {self.alignment_ema:.2f} (below the threshold): "
+                f"switch forced at step {self.switch_step}"
+            )
+        limit = self.stability_limit
+        for name, r in self.runs.items():
+            if r.status == "diverged":
+                out.append(f"{name}: diverged, stopped at step {r.diverged_at}")
+            elif r.status == "loss rose":
+                out.append(
+                    f"{name}: loss rose from {self.loss_at_switch:.4g} to {r.final_loss:.4g}"
+                )
+            if r.limit_crossed_at is not None:
+                out.append(
+                    f"{name}: {r.watched_eigenvalue} passed the stability threshold "
+                    f"{limit:.3g} at step {r.limit_crossed_at} (max {r.max_watched:.3g})"
+                )
+            if r.faults or r.skipped_steps:
+                out.append(
+                    f"{name}: {r.faults} numerical fault(s) handled, {r.skipped_steps} step(s) undone"
+                )
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """Everything but the per-step rows, JSON-ready."""
+        d = asdict(self)
+        d.pop("rows")
+        d["notes"] = self.notes()
+        return d
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    """A whole reproduction: the configuration, the machine and one result per family.
+
+    Attributes:
+        setup: the setup's name (``"digits"``, ``"mnist-5k-mlp"``, a user's module, ...).
+        config: the run's settings (steps, switch, k, solver, ...), JSON-ready.
+        machine: platform, Python, torch, threads and device.
+        families: one :class:`FamilyResult` per optimizer family, in the order run.
+        seconds: total wall time.
+    """
+
+    setup: str
+    config: dict[str, Any]
+    machine: dict[str, Any]
+    families: list[FamilyResult]
+    seconds: float
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every per-step row of every run (one row per step per run)."""
+        return [row for f in self.families for row in f.rows]
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready summary without the per-step rows."""
+        return {
+            "setup": self.setup,
+            "config": self.config,
+            "machine": self.machine,
+            "seconds": self.seconds,
+            "families": [f.as_dict() for f in self.families],
+        }

@@ -1,0 +1,588 @@
+"""The paper's experiment on any model: train, switch to Dom / Bulk, compare.
+
+For each optimizer family the runner
+
+1. trains the unmodified optimizer from the model's initial weights, measuring χ_k of the
+   full-batch gradient every ``check_every`` steps, until the switch (the paper's protocol:
+   the EMA of χ_k passes a threshold, or a fixed step);
+2. snapshots the model and the optimizer state (momentum, Adam moments, the basis) there;
+3. runs the base optimizer, its Dom variant and its Bulk variant from that same snapshot
+   with the same minibatch sequence, refreshing the top-k basis of the full training-set
+   Hessian every ``refresh`` steps (the paper: every step).
+
+The unprojected prefix is shared by the three runs, so a family costs one prefix plus three
+runs after the switch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..diagnostics import effective_lr_summary
+from ..operators.hessian import HessianOperator
+from ..optim.eos import pick_learning_rate, stability_threshold
+from ..optim.projected import SubspaceProjectedOptimizer
+from ..schedules import AlignmentSwitch, Every
+from .config import RunConfig
+from .families import EOS_FRACTION, Family
+from .results import VARIANTS, ExperimentResult, FamilyResult, RunSummary, progress_ratio
+
+__all__ = ["run"]
+
+_MODES = {"base": "none", "dom": "dominant", "bulk": "bulk"}
+#: a run whose full-batch loss exceeds this multiple of the initial loss is stopped
+_BLOWUP = 10.0
+
+
+def _check_data(train_data: Any) -> tuple[Tensor, Tensor]:
+    if not (
+        isinstance(train_data, (tuple, list))
+        and len(train_data) == 2
+        and all(isinstance(t, Tensor) for t in train_data)
+    ):
+        raise TypeError(
+            "train_data must be an (inputs, targets) pair of tensors holding the whole training "
+            f"set (e.g. the first 1000 examples); got {type(train_data).__name__}"
+        )
+    X, Y = train_data
+    if X.ndim == 0 or Y.ndim == 0 or X.shape[0] != Y.shape[0]:
+        raise ValueError(
+            f"inputs and targets must share their first (example) dimension; got shapes "
+            f"{tuple(X.shape)} and {tuple(Y.shape)}"
+        )
+    if X.shape[0] == 0:
+        raise ValueError("train_data holds no examples")
+    if X.is_floating_point() and not bool(torch.isfinite(X).all()):
+        raise ValueError("the inputs contain NaN or inf; clean or standardize the data first")
+    return X, Y
+
+
+def _resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        return p.device if p is not None else torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:0'") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            f"device {device!r} was requested but CUDA is not available; use --device cpu"
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"device {device!r} was requested but MPS is not available; use --device cpu"
+        )
+    return dev
+
+
+def machine_info(device: torch.device) -> dict[str, Any]:
+    """Platform, Python, torch, CPU count, threads and device, for reports."""
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+class _Context:
+    """Shared, read-only state of one call to :func:`run`."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Tensor], Tensor],
+        X: Tensor,
+        Y: Tensor,
+        config: RunConfig,
+        device: torch.device,
+        progress: bool,
+        log: Callable[[str], None],
+    ) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.X, self.Y = X, Y
+        self.config = config
+        self.device = device
+        self.progress = progress
+        self.log = log
+        n = X.shape[0]
+        # one shared minibatch sequence: epochs of random permutations, private generator
+        g = torch.Generator().manual_seed(config.seed + 1)
+        bs = min(config.batch_size, n)
+        per_epoch = n // bs
+        epochs = -(-config.steps // per_epoch)
+        order = torch.cat([torch.randperm(n, generator=g)[: per_epoch * bs] for _ in range(epochs)])
+        self.batches = order[: config.steps * bs].view(config.steps, bs).to(device)
+
+    def solver_kwargs(self) -> dict[str, Any]:
+        return {} if self.config.solver is None else {"eigensolver": self.config.solver}
+
+    def generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
+
+    def operator(self, model: nn.Module) -> HessianOperator:
+        return HessianOperator(
+            model, self.loss_fn, (self.X, self.Y), chunk_size=self.config.chunk_size
+        )
+
+    @torch.no_grad()
+    def full_loss(self, model: nn.Module) -> float:
+        buffers = {name: b.clone() for name, b in model.named_buffers()}
+        chunk = self.config.chunk_size or self.X.shape[0]
+        total, count = 0.0, 0
+        for xs, ys in zip(torch.split(self.X, chunk), torch.split(self.Y, chunk)):
+            total += float(self.loss_fn(model(xs), ys)) * xs.shape[0]
+            count += xs.shape[0]
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
+        return total / count
+
+
+def _trainable(model: nn.Module) -> list[Tensor]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def _bar(ctx: _Context, total: int, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        total=total,
+        desc=desc,
+        disable=not ctx.progress,
+        file=sys.stderr,
+        leave=True,
+        dynamic_ncols=True,
+        unit="step",
+    )
+
+
+def _step(
+    ctx: _Context, family: Family, model: nn.Module, opt: SubspaceProjectedOptimizer, t: int
+) -> float:
+    if family.full_batch:
+        xb, yb = ctx.X, ctx.Y
+    else:
+        idx = ctx.batches[t]
+        xb, yb = ctx.X[idx], ctx.Y[idx]
+
+    def closure() -> Tensor:
+        opt.zero_grad()
+        loss = ctx.loss_fn(model(xb), yb)
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        loss = closure()
+    opt.step(closure if family.needs_closure else None)
+    return float(loss)
+
+
+def _row(
+    family: Family,
+    variant: str,
+    phase: str,
+    t: int,
+    loss: float,
+    batch_loss: float,
+    opt: SubspaceProjectedOptimizer | None,
+) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "family": family.name,
+        "variant": variant,
+        "phase": phase,
+        "step": t,
+        "loss": loss,
+        "batch_loss": batch_loss,
+    }
+    if opt is not None and opt.last_stats is not None:
+        stats = opt.last_stats.as_dict()
+        stats.pop("step")
+        row.update(stats)
+    return row
+
+
+def _train(
+    ctx: _Context,
+    family: Family,
+    model: nn.Module,
+    opt: SubspaceProjectedOptimizer,
+    start: int,
+    stop: Callable[[int], bool],
+    variant: str,
+    phase: str,
+    rows: list[dict[str, Any]],
+    bar: Any,
+    blowup: float,
+    messages: dict[str, None],
+) -> tuple[int, int | None]:
+    """Steps ``start, start+1, ...`` until ``stop(t)``; returns ``(t, diverged_at)``."""
+    t = start
+    while not stop(t):
+        loss = ctx.full_loss(model) if (t - start) % ctx.config.eval_every == 0 else math.nan
+        if (t - start) % ctx.config.eval_every == 0 and not (math.isfinite(loss) and loss < blowup):
+            rows.append(_row(family, variant, phase, t, loss, math.nan, None))
+            return t, t
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            batch_loss = _step(ctx, family, model, opt, t)
+        for w in caught:
+            messages[str(w.message)] = None
+        rows.append(_row(family, variant, phase, t, loss, batch_loss, opt))
+        t += 1
+        bar.update(1)
+        if math.isfinite(loss):
+            bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+    return t, None
+
+
+def _summarize(
+    family: Family,
+    variant: str,
+    rows: list[dict[str, Any]],
+    k: int,
+    limit: float,
+    loss_at_switch: float,
+    final: float,
+    diverged_at: int | None,
+    steps_run: int,
+    seconds: float,
+    messages: dict[str, None],
+    base_final: float,
+) -> RunSummary:
+    refreshed = [r for r in rows if r.get("refreshed")]
+    projected = [r for r in rows if r.get("projected")]
+    index = k if variant == "bulk" else 0
+    key = f"eig_{index}"
+    watched = [(r["step"], r[key]) for r in refreshed if key in r and math.isfinite(r[key])]
+    crossed = next((s for s, v in watched if math.isfinite(limit) and v > limit), None)
+    fractions = [r["update_alignment"] for r in projected if math.isfinite(r["update_alignment"])]
+    if diverged_at is not None:
+        status = "diverged"
+    elif final > loss_at_switch:
+        status = "loss rose"
+    else:
+        status = "ok"
+    last = rows[-1] if rows else {}
+    return RunSummary(
+        variant=variant,
+        final_loss=final,
+        progress=1.0 if variant == "base" else progress_ratio(loss_at_switch, final, base_final),
+        status=status,
+        diverged_at=diverged_at,
+        steps_run=steps_run,
+        removed_fraction=sum(fractions) / len(fractions) if fractions else math.nan,
+        refreshes=len(refreshed),
+        matvecs=int(sum(r["refresh_matvecs"] for r in refreshed)),
+        refresh_seconds=float(sum(r["refresh_seconds"] for r in refreshed)),
+        watched_eigenvalue="λ_{k+1}" if variant == "bulk" else "λ_1",
+        max_watched=max((v for _, v in watched), default=math.nan),
+        limit_crossed_at=crossed,
+        faults=int(last.get("faults", 0) or 0),
+        skipped_steps=sum(1 for r in rows if r.get("skipped")),
+        seconds=seconds,
+        warnings=tuple(messages),
+    )
+
+
+def _run_family(ctx: _Context, family: Family) -> FamilyResult:
+    cfg = ctx.config
+    model = copy.deepcopy(ctx.model).to(ctx.device)
+    initial_loss = ctx.full_loss(model)
+    sharpness = math.nan
+    lr = cfg.lr_for(family)
+    if lr is None:
+        try:
+            pick = pick_learning_rate(
+                ctx.operator(model), EOS_FRACTION, eigensolver=cfg.solver, generator=ctx.generator()
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"{family.name}: cannot derive an Edge-of-Stability learning rate ({exc}); "
+                f"pass one with --lr {family.name}=VALUE"
+            ) from None
+        lr, sharpness = pick.lr, pick.sharpness
+        ctx.log(f"{family.name}: λ_1(θ_0) = {sharpness:.4g}, lr = {EOS_FRACTION}·2/λ_1 = {lr:.4g}")
+    threshold = stability_threshold(family.build([torch.zeros(1, requires_grad=True)], lr))
+    limit = math.nan if threshold is None else float(threshold)
+    blowup = _BLOWUP * initial_loss if initial_loss > 0 else math.inf
+
+    # ---- 1. the shared unprojected prefix, until the switch
+    fixed = cfg.switch_step
+    if fixed is None:
+        schedule: Any = AlignmentSwitch(
+            threshold=float(cfg.switch), ema=0.9**cfg.check_every, check_every=cfg.check_every
+        )
+    else:
+        schedule = Every(cfg.check_every, start=0)
+    prefix_opt = SubspaceProjectedOptimizer(
+        family.build(_trainable(model), lr),
+        ctx.operator(model),
+        cfg.k,
+        "none",
+        refresh=schedule,
+        num_extra=cfg.num_extra,
+        generator=ctx.generator(),
+        **ctx.solver_kwargs(),
+    )
+    rows: list[dict[str, Any]] = []
+    messages: dict[str, None] = {}
+    reason = "fixed"
+
+    def stop_prefix(t: int) -> bool:
+        nonlocal reason
+        if fixed is not None:
+            return t >= fixed
+        if schedule.switched_at is not None and t >= schedule.switched_at:
+            reason = "threshold"
+            return True
+        if t >= cfg.fallback_step:
+            reason = "forced"
+            return True
+        return False
+
+    t0 = time.perf_counter()
+    bar = _bar(ctx, cfg.steps, f"{family.name}: to switch")
+    switch, diverged_at = _train(
+        ctx,
+        family,
+        model,
+        prefix_opt,
+        0,
+        stop_prefix,
+        "base",
+        "prefix",
+        rows,
+        bar,
+        blowup,
+        messages,
+    )
+    prefix_seconds = time.perf_counter() - t0
+    if diverged_at is not None:
+        bar.close()
+        raise FloatingPointError(
+            f"{family.name}: the unprojected run diverged at step {diverged_at} before the switch "
+            f"(lr {lr:.4g}); lower the learning rate with --lr {family.name}=VALUE"
+        )
+    measured = [r for r in rows if r.get("gradient_source") == "full"]
+    chi_ema = math.nan
+    for r in measured:
+        chi = r["grad_alignment"]
+        if math.isfinite(chi):
+            beta = 0.9**cfg.check_every
+            chi_ema = chi if not math.isfinite(chi_ema) else beta * chi_ema + (1 - beta) * chi
+    if fixed is None and schedule.value is not None:
+        chi_ema = float(schedule.value)
+    snapshot_model = copy.deepcopy(model)
+    snapshot_opt = copy.deepcopy(prefix_opt.state_dict())
+    loss_at_switch = ctx.full_loss(snapshot_model)
+    del prefix_opt, model
+
+    # ---- 2. base / Dom / Bulk from the same snapshot and minibatch sequence
+    remaining = cfg.steps - switch
+    bar.total = switch + len(VARIANTS) * remaining
+    bar.refresh()
+    run_rows: dict[str, list[dict[str, Any]]] = {}
+    finals: dict[str, tuple[float, int | None, int, float, dict[str, None]]] = {}
+    chi_at_switch = math.nan
+    for variant in VARIANTS:
+        bar.set_description(f"{family.name}: {variant}")
+        m = copy.deepcopy(snapshot_model)
+        every = cfg.track_every if variant == "base" else cfg.refresh
+        opt = SubspaceProjectedOptimizer(
+            family.build(_trainable(m), lr),
+            ctx.operator(m),
+            cfg.k,
+            _MODES[variant],
+            refresh=Every(every, start=switch),
+            num_extra=cfg.num_extra,
+            generator=ctx.generator(),
+            **ctx.solver_kwargs(),
+        )
+        opt.load_state_dict(copy.deepcopy(snapshot_opt))  # base state, warm basis, step count
+        vrows: list[dict[str, Any]] = []
+        vmessages: dict[str, None] = {}
+        t1 = time.perf_counter()
+        end, div = _train(
+            ctx,
+            family,
+            m,
+            opt,
+            switch,
+            lambda t: t >= cfg.steps,
+            variant,
+            "after switch",
+            vrows,
+            bar,
+            blowup,
+            vmessages,
+        )
+        if div is None:
+            final = ctx.full_loss(m)
+            vrows.append(_row(family, variant, "after switch", end, final, math.nan, None))
+            if not math.isfinite(final):
+                div = end
+        else:
+            final = math.nan
+            bar.update(cfg.steps - end)
+        if vrows and vrows[0].get("refreshed") and variant == "base":
+            chi_at_switch = float(vrows[0].get("grad_alignment", math.nan))
+        run_rows[variant] = vrows
+        finals[variant] = (final, div, end - switch, time.perf_counter() - t1, vmessages)
+        del m, opt
+    bar.close()
+    for msg in messages:
+        finals["base"][4].setdefault(msg, None)
+
+    base_final = finals["base"][0]
+    runs = {
+        v: _summarize(
+            family,
+            v,
+            run_rows[v],
+            cfg.k,
+            limit,
+            loss_at_switch,
+            finals[v][0],
+            finals[v][1],
+            finals[v][2],
+            finals[v][3],
+            finals[v][4],
+            base_final,
+        )
+        for v in VARIANTS
+    }
+    base_measured = measured + [r for r in run_rows["base"] if r.get("gradient_source") == "full"]
+    return FamilyResult(
+        family=family.name,
+        label=family.label,
+        lr=lr,
+        batch_size=None if family.full_batch else min(cfg.batch_size, ctx.X.shape[0]),
+        stability_limit=limit,
+        initial_sharpness=sharpness,
+        switch_step=switch,
+        switch_reason=reason,
+        alignment_ema=chi_ema,
+        chi_at_switch=chi_at_switch,
+        initial_loss=initial_loss,
+        loss_at_switch=loss_at_switch,
+        eta=effective_lr_summary(base_measured),
+        runs=runs,
+        prefix_seconds=prefix_seconds,
+        rows=rows + [r for v in VARIANTS for r in run_rows[v]],
+    )
+
+
+def run(
+    model: nn.Module,
+    loss_fn: Callable[[Any, Tensor], Tensor],
+    train_data: tuple[Tensor, Tensor],
+    config: RunConfig | None = None,
+    *,
+    device: str | torch.device | None = None,
+    setup: str = "custom",
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    **settings: Any,
+) -> ExperimentResult:
+    """Run the paper's Dom / Bulk experiment on your own model and data.
+
+    For every optimizer family, trains ``model`` (a private copy; your model is not
+    modified) from its current weights with the unmodified optimizer until the switch,
+    then runs the base optimizer, its Dom variant and its Bulk variant from that same point
+    with the same minibatches, the top-k basis of the full training-set Hessian refreshed
+    every ``refresh`` steps.
+
+    Args:
+        model: the network at initialization.
+        loss_fn: ``loss_fn(model(inputs), targets)`` returning the mean loss of a batch
+            (the paper: :func:`~subspace_optim.experiments.half_sum_mse` on one-hot targets).
+        train_data: ``(inputs, targets)``, the whole training set as two tensors; Hessians,
+            χ_k and the reported losses are full-batch over it.
+        config: a :class:`~subspace_optim.experiments.RunConfig`; or pass its fields as
+            keyword arguments (``steps=300, switch=100, optimizers="sgd,adam", ...``).
+        device: where to train (default: the model's device).
+        setup: a name recorded in the result.
+        progress: show tqdm progress bars (on stderr).
+        log: receives one-line messages (default: printed to stderr when ``progress``).
+
+    Returns:
+        An :class:`~subspace_optim.experiments.ExperimentResult`; write it with
+        :func:`~subspace_optim.experiments.write_report`.
+
+    Raises:
+        TypeError, ValueError: bad settings or data, before any training.
+        FloatingPointError: an unprojected run diverged before the switch (lower the
+            learning rate). Instabilities *after* the switch are reported, not raised.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim.experiments import run, mlp, half_sum_mse
+        >>> g = torch.Generator().manual_seed(0)
+        >>> X = torch.randn(64, 4, generator=g)
+        >>> Y = torch.nn.functional.one_hot(torch.arange(64) % 3, 3).float()
+        >>> result = run(mlp((4, 8, 3), generator=g), half_sum_mse, (X, Y), optimizers="sgd",
+        ...              steps=12, switch=4, k=2, batch_size=16, progress=False)
+        >>> fam = result.families[0]
+        >>> fam.switch_step, sorted(fam.runs), fam.runs["base"].steps_run
+        (4, ['base', 'bulk', 'dom'], 8)
+    """
+    if config is None:
+        config = RunConfig(**settings)
+    elif settings:
+        raise TypeError(
+            f"pass either config or keyword settings, not both (got {sorted(settings)})"
+        )
+    if not isinstance(config, RunConfig):
+        raise TypeError(f"config must be a RunConfig; got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
+    if not callable(loss_fn):
+        raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
+    if not _trainable(model):
+        raise ValueError("the model has no trainable parameters")
+    X, Y = _check_data(train_data)
+    dev = _resolve_device(device, model)
+    n_params = sum(p.numel() for p in _trainable(model))
+    if config.k + config.num_extra >= n_params:
+        raise ValueError(
+            f"k + num_extra = {config.k + config.num_extra} must be smaller than the number of "
+            f"trainable parameters ({n_params})"
+        )
+    if log is None:
+
+        def log(msg: str) -> None:
+            if progress:
+                print(msg, file=sys.stderr)
+
+    dtype = next(iter(_trainable(model))).dtype
+    X = X.to(device=dev, dtype=dtype if X.is_floating_point() else X.dtype)
+    Y = Y.to(device=dev, dtype=dtype if Y.is_floating_point() else Y.dtype)
+    ctx = _Context(model, loss_fn, X, Y, config, dev, progress, log)
+    start = time.perf_counter()
+    families = [_run_family(ctx, f) for f in config.families]
+    return ExperimentResult(
+        setup=setup,
+        config={**config.as_dict(), "num_examples": int(X.shape[0]), "num_params": n_params},
+        machine=machine_info(dev),
+        families=families,
+        seconds=time.perf_counter() - start,
+    )

@@ -1,0 +1,267 @@
+"""Named experimental setups (model + loss + training set + suggested settings), and the
+loader for a user's own setup given as ``module:function``.
+
+Built-in setups:
+
+* ``digits`` (default, offline): scikit-learn's handwritten digits, first 1000 examples,
+  standardized; MLP 64-64-64-10 with tanh; the paper's ``0.5·Σ(f−y)²`` on one-hot targets.
+* ``digits-quick``: the same data and network family at a size that runs every optimizer
+  family in well under a minute (``reproduce --quick``).
+* ``mnist-5k-mlp``: MNIST, first 5,000 training examples, MLP 784-200-200-10 with tanh,
+  SGD lr 0.01, batch 50, 20,000 steps, k = 10 (the paper's setting).
+* ``cifar10-5k-cnn``: CIFAR-10, first 5,000 training examples, two 3×3 conv layers of 32
+  channels with max pooling and a linear head, batch 50, k = 10.
+
+MNIST and CIFAR-10 load through torchvision (``--data-dir``, ``--download``).
+
+A user's setup is any function ``f(**kwargs)`` that returns a :class:`Setup` (or a
+``(model, loss_fn, train_data)`` tuple); it receives those of ``seed``, ``device``,
+``data_dir``, ``download`` and ``quick`` that it declares::
+
+    # mysetup.py
+    from subspace_optim.experiments import Setup, half_sum_mse
+    def make(seed: int = 0):
+        model, X, Y = ...
+        return Setup("mine", model, half_sum_mse, (X, Y), defaults={"steps": 500, "k": 5})
+
+    $ subspace-optim reproduce --setup mysetup:make      # or --setup path/to/mysetup.py:make
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .data import DataUnavailableError, load_cifar10, load_digits, load_mnist
+from .models import cnn, half_sum_mse, mlp
+
+__all__ = ["SETUPS", "Setup", "SetupError", "load_setup"]
+
+
+class SetupError(ValueError):
+    """An unknown setup name, or a user setup that could not be loaded or returned junk."""
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What :func:`~subspace_optim.experiments.run` needs, plus suggested settings.
+
+    Attributes:
+        name: recorded in the results.
+        model: the network at initialization.
+        loss_fn: ``loss_fn(outputs, targets)``, the mean loss of a batch.
+        train_data: ``(inputs, targets)``: the whole training set.
+        defaults: :class:`~subspace_optim.experiments.RunConfig` fields this setup suggests
+            (``steps``, ``lr``, ``k``, ...); command-line flags override them.
+        description: one line for listings and reports.
+    """
+
+    name: str
+    model: nn.Module
+    loss_fn: Callable[[Any, Tensor], Tensor]
+    train_data: tuple[Tensor, Tensor]
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def digits(*, seed: int = 0) -> Setup:
+    """scikit-learn digits (1000 examples), MLP 64-64-64-10: the default, offline setup."""
+    X, Y, _ = load_digits(1000)
+    return Setup(
+        "digits",
+        mlp((64, 64, 64, 10), generator=_generator(seed)),
+        half_sum_mse,
+        (X, Y),
+        defaults=dict(DIGITS_DEFAULTS),
+        description="scikit-learn digits, 1000 examples, MLP 64-64-64-10 (tanh), MSE, k=10",
+    )
+
+
+def digits_quick(*, seed: int = 0) -> Setup:
+    """A smaller digits run for ``--quick`` and the tests."""
+    X, Y, _ = load_digits(QUICK_EXAMPLES)
+    return Setup(
+        "digits-quick",
+        mlp(QUICK_WIDTHS, generator=_generator(seed)),
+        half_sum_mse,
+        (X, Y),
+        defaults=dict(QUICK_DEFAULTS),
+        description=f"scikit-learn digits, {QUICK_EXAMPLES} examples, MLP "
+        f"{'-'.join(map(str, QUICK_WIDTHS))} (tanh), MSE, k=10, short run",
+    )
+
+
+def mnist_5k_mlp(*, seed: int = 0, data_dir: str | Path = "data", download: bool = False) -> Setup:
+    """MNIST (first 5,000), MLP 784-200-200-10 (tanh), SGD lr 0.01, batch 50, 20,000 steps."""
+    X, Y, _ = load_mnist(5000, data_dir=data_dir, download=download)
+    return Setup(
+        "mnist-5k-mlp",
+        mlp((784, 200, 200, 10), generator=_generator(seed)),
+        half_sum_mse,
+        (X, Y),
+        defaults=dict(MNIST_DEFAULTS),
+        description="MNIST, 5,000 examples, MLP 784-200-200-10 (tanh), MSE, k=10",
+    )
+
+
+def cifar10_5k_cnn(
+    *, seed: int = 0, data_dir: str | Path = "data", download: bool = False
+) -> Setup:
+    """CIFAR-10 (first 5,000), two 3×3 conv layers of 32 channels, max pooling, linear head."""
+    X, Y, _ = load_cifar10(5000, data_dir=data_dir, download=download)
+    return Setup(
+        "cifar10-5k-cnn",
+        cnn(generator=_generator(seed)),
+        half_sum_mse,
+        (X, Y),
+        defaults=dict(CIFAR_DEFAULTS),
+        description="CIFAR-10, 5,000 examples, CNN 2×(conv3×3·32, tanh, maxpool) + linear, MSE, k=10",
+    )
+
+
+#: Suggested settings of the built-in setups (flags override them).
+DIGITS_DEFAULTS: dict[str, Any] = {
+    "steps": 300,
+    "switch": 0.95,
+    "switch_by": 100,
+    "k": 10,
+    "batch_size": 50,
+}
+QUICK_EXAMPLES = 500
+QUICK_WIDTHS = (64, 32, 32, 10)
+QUICK_DEFAULTS: dict[str, Any] = {
+    "steps": 100,
+    "switch": 0.95,
+    "switch_by": 40,
+    "k": 10,
+    "batch_size": 50,
+    "check_every": 5,
+}
+MNIST_DEFAULTS: dict[str, Any] = {
+    "steps": 20000,
+    "switch": 0.95,
+    "switch_by": 2000,
+    "k": 10,
+    "batch_size": 50,
+    "lr": {"sgd": 0.01, "sam": 0.01},
+    "chunk_size": 1000,
+    "eval_every": 10,
+    "track_every": 50,
+    "check_every": 10,
+}
+CIFAR_DEFAULTS: dict[str, Any] = {
+    "steps": 20000,
+    "switch": 0.95,
+    "switch_by": 2000,
+    "k": 10,
+    "batch_size": 50,
+    "lr": {"sgd": 0.01, "sam": 0.01},
+    "chunk_size": 1000,
+    "eval_every": 10,
+    "track_every": 50,
+    "check_every": 10,
+}
+
+#: name -> builder(**kwargs) -> Setup
+SETUPS: dict[str, Callable[..., Setup]] = {
+    "digits": digits,
+    "digits-quick": digits_quick,
+    "mnist-5k-mlp": mnist_5k_mlp,
+    "cifar10-5k-cnn": cifar10_5k_cnn,
+}
+
+
+def _import_function(spec: str) -> Callable[..., Any]:
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise SetupError(
+            f"unknown setup {spec!r}; built-in setups: {', '.join(SETUPS)}; or give your own as "
+            "module:function or path/to/file.py:function"
+        )
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target).expanduser()
+        if not path.is_file():
+            raise SetupError(f"setup file {str(path)!r} does not exist")
+        module_name = f"_subspace_optim_setup_{path.stem}"
+        loader = importlib.util.spec_from_file_location(module_name, path)
+        if loader is None or loader.loader is None:
+            raise SetupError(f"cannot import {str(path)!r} as a Python module")
+        module = importlib.util.module_from_spec(loader)
+        sys.modules[module_name] = module
+        try:
+            loader.loader.exec_module(module)
+        except Exception:
+            sys.modules.pop(module_name, None)
+            raise
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise SetupError(
+                f"cannot import module {target!r} for --setup {spec!r} ({exc}); run from the "
+                "folder that holds it, add it to PYTHONPATH, or pass path/to/file.py:function"
+            ) from None
+    fn = getattr(module, attr, None)
+    if not callable(fn):
+        raise SetupError(f"{target!r} has no function {attr!r} (from --setup {spec!r})")
+    return fn
+
+
+def _coerce(spec: str, value: Any) -> Setup:
+    if isinstance(value, Setup):
+        return value
+    if isinstance(value, (tuple, list)) and len(value) == 3:
+        model, loss_fn, data = value
+        return Setup(spec, model, loss_fn, tuple(data) if isinstance(data, list) else data)
+    raise SetupError(
+        f"the setup function {spec!r} returned {type(value).__name__}; return a "
+        "subspace_optim.experiments.Setup or a (model, loss_fn, (inputs, targets)) tuple"
+    )
+
+
+def load_setup(spec: str, **kwargs: Any) -> Setup:
+    """Build a named setup or a user's ``module:function`` setup.
+
+    Keyword arguments (``seed``, ``data_dir``, ``download``, ``quick``, ``device``) are passed
+    to the builder when it declares them (or takes ``**kwargs``).
+
+    Raises:
+        SetupError: unknown name, import failure, bad return value.
+        DataUnavailableError: the data set is not available (with instructions).
+
+    Example:
+        >>> from subspace_optim.experiments.setups import load_setup
+        >>> s = load_setup("digits-quick", seed=0)
+        >>> s.name, tuple(s.train_data[0].shape), sum(p.numel() for p in s.model.parameters())
+        ('digits-quick', (500, 64), 3466)
+    """
+    if not isinstance(spec, str) or not spec:
+        raise SetupError("setup must be a name or module:function")
+    fn = SETUPS.get(spec) or _import_function(spec)
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        params = {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    accepted = {k: v for k, v in kwargs.items() if var_kw or k in params}
+    value = fn(**accepted)
+    setup = _coerce(spec, value)
+    if not isinstance(setup.model, nn.Module):
+        raise SetupError(f"setup {spec!r}: model must be a torch.nn.Module")
+    return setup
+
+
+__all__ += ["DataUnavailableError"]
