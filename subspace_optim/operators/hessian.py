@@ -171,6 +171,11 @@ class HessianOperator(LinearOperator):
             raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         if not callable(loss_fn):
             raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
+        orig = getattr(model, "_orig_mod", None)
+        if isinstance(orig, nn.Module):
+            # a torch.compile'd model: products run on the eager module underneath (it shares
+            # the parameters; aot_autograd has no double backward, and the solve stays eager)
+            model = orig
         self.model = model
         self.loss_fn = loss_fn
         self.method = choice("method", method, HVP_METHODS)
