@@ -359,3 +359,32 @@ def test_requires_initialized_process_group():
 def test_exported():
     assert so.DistributedHessianOperator is DistributedHessianOperator
     assert issubclass(DistributedHessianOperator, HessianOperator)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+def test_half_precision_parameters_use_float32_products_and_basis(half):
+    """Parameters in bfloat16/float16: products, basis and eigensolve in float32, evaluated
+    at the half-precision values (a float32 copy of the model is the reference)."""
+    model, X, Y = problem()
+    model = model.to(half)
+    ref_model = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3))
+    ref_model.load_state_dict({k: v.float() for k, v in model.state_dict().items()})
+    Xh, Yh = X.to(half), Y.to(half)
+    op = HessianOperator(model, mse, (Xh, Yh), chunk_size=16)
+    ref = HessianOperator(ref_model, mse, (Xh.float(), Yh.float()))
+    assert op.dtype == torch.float32 and op.param_dtype == half
+    V = probe_block().float()
+    assert rel(op.matmat(V), ref.matmat(V)) < 1e-5
+
+    base = torch.optim.SGD(model.parameters(), lr=LR)
+    opt = SubspaceProjectedOptimizer(base, op, k=K, mode="bulk", eigensolver="eigh")
+    before = flat(model).float()
+    opt.zero_grad()
+    mse(model(Xh), Yh).backward()
+    opt.step()
+    assert all(p.dtype == half for p in model.parameters())
+    assert opt.basis.dtype == torch.float32 and opt.eigenvalues.dtype == torch.float32
+    lam = torch.linalg.eigvalsh(ref.to_dense().double()).flip(0)[:K]
+    assert torch.allclose(opt.eigenvalues.double(), lam, rtol=1e-4, atol=1e-5)
+    delta = flat(model).float() - before
+    assert bool(torch.isfinite(delta).all()) and float(delta.norm()) > 0

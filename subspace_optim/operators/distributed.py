@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .hessian import Batch, HessianOperator, _check_batch
+from .hessian import Batch, HessianOperator
 
 if TYPE_CHECKING:  # the eigensolvers import the operators: avoid a cycle at run time
     from ..eigensolvers.base import EigenResult
@@ -141,6 +141,8 @@ class DistributedHessianOperator(HessianOperator):
         >>> dist.destroy_process_group()
     """
 
+    _allow_empty_data = True  # an empty shard is fine: other ranks have data
+
     def __init__(
         self,
         model: nn.Module,
@@ -190,16 +192,6 @@ class DistributedHessianOperator(HessianOperator):
         self._handshake()
 
     # ------------------------------------------------------------------ setup
-    def _validate_data(self) -> None:
-        # unlike the single-process operator, an empty shard is fine: another rank has data
-        if isinstance(self.data, Sequence):
-            batches: Iterable[Any] = self.data
-        else:
-            first = next(iter(self.data), None)
-            batches = [] if first is None else [first]
-        for i, batch in enumerate(batches):
-            _check_batch(batch, i)
-
     def _handshake(self) -> None:
         """One collective that refuses mismatched models before any product can hang."""
         code = _DTYPE_CODES.get(self.dtype, 0)
