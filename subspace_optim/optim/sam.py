@@ -36,8 +36,11 @@ class SAM(Optimizer):
     Two ways to call it:
 
     * ``step(closure)``: ``closure()`` re-evaluates the loss and calls ``backward()``. If no
-      parameter has a ``.grad`` yet, the closure is first evaluated at ``θ_t``; otherwise the
-      gradient already in ``.grad`` (from the usual ``loss.backward()``) is used as ``g_t``.
+      fresh gradient is in ``.grad``, the closure is first evaluated at ``θ_t``; otherwise the
+      gradient already there (from the usual ``loss.backward()``) is used as ``g_t``. A
+      gradient is fresh if a backward pass wrote it after the previous SAM step (the
+      perturbed gradient that step leaves in ``.grad`` is not), so both
+      ``loss.backward(); opt.step(closure)`` and LBFGS-style ``opt.step(closure)`` work.
       Returns the closure's loss at the perturbed point (the SAM objective).
     * ``first_step()`` / ``second_step()``, for loops that cannot pass a closure (gradient
       accumulation, GradScaler):
@@ -85,7 +88,7 @@ class SAM(Optimizer):
         ...     loss = nn.functional.mse_loss(model(X), y)
         ...     loss.backward()
         ...     return loss
-        >>> losses = [float(opt.step(closure)) for _ in range(20)]
+        >>> losses = [opt.step(closure).item() for _ in range(20)]
         >>> losses[-1] < losses[0]
         True
         >>> "momentum_buffer" in opt.state_dict()["state"][0]
@@ -128,6 +131,8 @@ class SAM(Optimizer):
         # perturbation bookkeeping between first_step and second_step (never checkpointed)
         self._saved: dict[Tensor, Tensor] = {}
         self._perturbed = False
+        # the gradients second_step left in .grad (tensor, version): stale until a backward
+        self._left: list[tuple[Tensor, Tensor, int]] = []
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -153,7 +158,10 @@ class SAM(Optimizer):
                 g = p.grad
                 if group["adaptive"]:
                     g = g * (p.abs() + group["eta"])
-                norms.append(torch.linalg.vector_norm(g, dtype=torch.float32))
+                # at least float32 (half-precision gradients), never narrower than g
+                norms.append(
+                    torch.linalg.vector_norm(g, dtype=torch.promote_types(g.dtype, torch.float32))
+                )
         if not norms:
             return None
         return torch.linalg.vector_norm(torch.stack(norms))
@@ -217,6 +225,22 @@ class SAM(Optimizer):
         self.base.step()
         if zero_grad:
             self.base.zero_grad(set_to_none=True)
+        self._left = [
+            (p, p.grad, p.grad._version)
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+
+    def _has_fresh_gradient(self) -> bool:
+        """Some ``.grad`` was produced (or accumulated into) after the last second_step."""
+        grads = [p.grad for group in self.param_groups for p in group["params"]]
+        if all(g is None for g in grads):
+            return False
+        if not self._left:
+            return True
+        stale = all(p.grad is g and g._version == v for p, g, v in self._left)
+        return not (stale and sum(g is not None for g in grads) == len(self._left))
 
     def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
         """One SAM step; ``closure`` re-evaluates the loss and calls ``backward()``.
@@ -224,7 +248,7 @@ class SAM(Optimizer):
         Args:
             closure: required. It should zero the gradients (or let this method do it),
                 compute the loss and call ``backward()``; it is called once at ``θ + ε``,
-                and once more at ``θ`` first if no parameter has a gradient yet.
+                and once more at ``θ`` first if no fresh gradient is in ``.grad``.
 
         Returns:
             The closure's loss at the perturbed point ``θ + ε``.
@@ -240,7 +264,7 @@ class SAM(Optimizer):
             )
         if self._perturbed:
             raise RuntimeError("step() called between first_step() and second_step()")
-        if all(p.grad is None for group in self.param_groups for p in group["params"]):
+        if not self._has_fresh_gradient():
             with torch.enable_grad():
                 closure()
         self.first_step(zero_grad=True)
@@ -293,4 +317,6 @@ class SAM(Optimizer):
 
     def __repr__(self) -> str:
         rho = self.defaults["rho"]
-        return f"SAM(base={type(self.base).__name__}, rho={rho}, adaptive={self.defaults['adaptive']})"
+        return (
+            f"SAM(base={type(self.base).__name__}, rho={rho}, adaptive={self.defaults['adaptive']})"
+        )

@@ -87,9 +87,12 @@ def train(
     seed: int = 0,
     before_step: Callable[[int], None] | None = None,
     check_finite: bool = True,
+    closure: bool = False,
 ) -> None:
     """Minibatch training; the batch of step ``t`` depends only on ``(seed, t)``, so a run
-    resumed at any step sees the same batches as the uninterrupted one.
+    resumed at any step sees the same batches as the uninterrupted one. ``closure=True``
+    also passes the batch as ``step(closure)``, as SAM needs (after a first backward pass
+    at the current parameters, as in the usual SAM loop).
 
     Raises:
         AssertionError: if ``check_finite`` and a parameter became non-finite.
@@ -97,12 +100,18 @@ def train(
     X, Y = data
     for t in range(steps) if isinstance(steps, int) else steps:
         g = torch.Generator().manual_seed(seed * 100_003 + t)
-        idx = torch.randint(0, X.shape[0], (batch,), generator=g)
-        opt.zero_grad()
-        loss_fn(model(X[idx]), Y[idx]).backward()
+        idx = torch.randint(0, X.shape[0], (min(batch, X.shape[0]),), generator=g)
+
+        def evaluate(idx: Tensor = idx) -> Tensor:
+            opt.zero_grad()
+            loss = loss_fn(model(X[idx]), Y[idx])
+            loss.backward()
+            return loss
+
+        evaluate()  # SAM-style loops backpropagate at θ_t before step(closure) too
         if before_step is not None:
             before_step(t)
-        opt.step()
+        opt.step(evaluate if closure else None)
         if check_finite and not all_finite(model.parameters()):
             raise AssertionError(f"a parameter became non-finite at step {t}")
 

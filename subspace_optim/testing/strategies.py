@@ -1,0 +1,249 @@
+"""Hypothesis strategies for fuzzing projected training: model shapes, dtypes, ``k``, modes,
+schedules, eigensolvers and optimizer families.
+
+A drawn :class:`TrainingSetup` is plain data (it prints as a readable failing example) and
+:meth:`TrainingSetup.build` turns it into a model, data and a wrapped optimizer, identically
+every time, so one setup can be built twice to compare two runs.
+
+Needs ``hypothesis`` (``pip install subspace-optim[test]``).
+
+Example:
+    >>> from hypothesis import given, settings
+    >>> from subspace_optim.testing.strategies import training_setups
+    >>> @settings(max_examples=3, deadline=None, derandomize=True)
+    ... @given(training_setups())
+    ... def check(setup):
+    ...     model, loss_fn, data, opt = setup.build()
+    ...     assert opt.k == setup.k
+    >>> check()
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from ..eigensolvers import (
+    Eigensolver,
+    Lanczos,
+    PowerIteration,
+    available_eigensolvers,
+    resolve_eigensolver,
+)
+from ..operators.hessian import HessianOperator
+from ..optim.projected import MODES, SubspaceProjectedOptimizer
+from ..optim.sam import SAM
+from ..schedules import AlignmentSwitch, AtSteps, Every, RefreshSchedule
+
+try:
+    from hypothesis import strategies as st
+except ImportError as exc:  # pragma: no cover - exercised only without the test extra
+    raise ImportError(
+        "subspace_optim.testing.strategies needs hypothesis: pip install 'subspace-optim[test]'"
+    ) from exc
+
+__all__ = [
+    "FAMILIES",
+    "SOLVERS",
+    "MLPSpec",
+    "TrainingSetup",
+    "build_optimizer",
+    "build_schedule",
+    "mlp_specs",
+    "schedule_specs",
+    "training_setups",
+]
+
+#: optimizer families and their learning rates (stable on the small MLPs drawn here)
+FAMILIES: dict[str, Callable[[Any], Optimizer]] = {
+    "sgd": lambda p: torch.optim.SGD(p, lr=0.05),
+    "momentum": lambda p: torch.optim.SGD(p, lr=0.02, momentum=0.9),
+    "nesterov": lambda p: torch.optim.SGD(p, lr=0.02, momentum=0.9, nesterov=True),
+    "adam": lambda p: torch.optim.Adam(p, lr=1e-2),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=1e-2, weight_decay=0.01),
+    "rmsprop": lambda p: torch.optim.RMSprop(p, lr=1e-3),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.05),
+    "sam": lambda p: SAM(torch.optim.SGD(p, lr=0.05), rho=0.05),
+}
+
+#: eigensolvers drawn by the strategies (those registered in this installation)
+SOLVERS: tuple[str, ...] = tuple(
+    s for s in ("lanczos", "power", "eigh", "lobpcg") if s in available_eigensolvers()
+)
+
+_ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "softplus": nn.Softplus,
+}
+
+
+@dataclass(frozen=True)
+class MLPSpec:
+    """An MLP ``in_dim -> hidden... -> out_dim`` and a regression data set."""
+
+    in_dim: int
+    hidden: tuple[int, ...]
+    out_dim: int
+    activation: str
+    dtype: str
+    examples: int
+    seed: int
+
+    @property
+    def num_params(self) -> int:
+        dims = (self.in_dim, *self.hidden, self.out_dim)
+        return sum((a + 1) * b for a, b in itertools.pairwise(dims))
+
+    def build(self) -> tuple[nn.Module, Callable[[Tensor, Tensor], Tensor], tuple[Tensor, Tensor]]:
+        dtype = getattr(torch, self.dtype)
+        g = torch.Generator().manual_seed(self.seed)
+        dims = (self.in_dim, *self.hidden, self.out_dim)
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(itertools.pairwise(dims)):
+            layers.append(nn.Linear(a, b))
+            if i < len(dims) - 2:
+                layers.append(_ACTIVATIONS[self.activation]())
+        model = nn.Sequential(*layers).to(dtype)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * 0.5)
+        X = torch.randn(self.examples, self.in_dim, generator=g, dtype=dtype)
+        Y = torch.randn(self.examples, self.out_dim, generator=g, dtype=dtype)
+
+        def loss_fn(out: Tensor, y: Tensor) -> Tensor:
+            return ((out - y) ** 2).mean()
+
+        return model, loss_fn, (X, Y)
+
+
+def mlp_specs(*, max_hidden_layers: int = 2, max_width: int = 6) -> st.SearchStrategy[MLPSpec]:
+    """Small MLPs (2 to a few hundred parameters) in float32 or float64."""
+    return st.builds(
+        MLPSpec,
+        in_dim=st.integers(1, 5),
+        hidden=st.lists(st.integers(1, max_width), max_size=max_hidden_layers).map(tuple),
+        out_dim=st.integers(1, 4),
+        activation=st.sampled_from(sorted(_ACTIVATIONS)),
+        dtype=st.sampled_from(["float32", "float64"]),
+        examples=st.integers(4, 24),
+        seed=st.integers(0, 2**16),
+    )
+
+
+def schedule_specs() -> st.SearchStrategy[tuple[Any, ...]]:
+    """``("every", n, start)``, ``("at", steps)`` or ``("switch", threshold)``."""
+    return st.one_of(
+        st.tuples(st.just("every"), st.integers(1, 3), st.integers(0, 2)),
+        st.tuples(st.just("at"), st.lists(st.integers(0, 4), min_size=1, max_size=3).map(tuple)),
+        st.tuples(st.just("switch"), st.floats(0.05, 1.0)),
+    )
+
+
+def build_schedule(spec: tuple[Any, ...]) -> RefreshSchedule:
+    """The schedule a :func:`schedule_specs` tuple describes."""
+    if spec[0] == "every":
+        return Every(spec[1], start=spec[2])
+    if spec[0] == "at":
+        return AtSteps(spec[1])
+    return AlignmentSwitch(threshold=spec[1], ema=0.5, max_steps=3)
+
+
+def build_optimizer(family: str, params: Any) -> Optimizer:
+    """A base optimizer of ``family`` (a key of :data:`FAMILIES`)."""
+    return FAMILIES[family](params)
+
+
+def _solver(name: str) -> Eigensolver:
+    # loose tolerances and few iterations: the fuzzing checks invariants, not accuracy
+    if name == "lanczos":
+        return Lanczos(max_iter=20)
+    if name == "power":
+        return PowerIteration(max_iter=20)
+    return resolve_eigensolver(name)
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """Everything one fuzzed training run needs; :meth:`build` is deterministic."""
+
+    model: MLPSpec
+    family: str
+    k: int
+    num_extra: int
+    mode: str
+    solver: str
+    schedule: tuple[Any, ...]
+    project: str
+    seed: int
+
+    @property
+    def uses_closure(self) -> bool:
+        """SAM needs ``step(closure)``."""
+        return self.family == "sam"
+
+    def build(
+        self, **overrides: Any
+    ) -> tuple[
+        nn.Module,
+        Callable[[Tensor, Tensor], Tensor],
+        tuple[Tensor, Tensor],
+        SubspaceProjectedOptimizer,
+    ]:
+        """``(model, loss_fn, data, optimizer)``; ``overrides`` replace wrapper arguments."""
+        model, loss_fn, data = self.model.build()
+        kwargs: dict[str, Any] = {
+            "k": self.k,
+            "mode": self.mode,
+            "num_extra": self.num_extra,
+            "eigensolver": _solver(self.solver),
+            "refresh": build_schedule(self.schedule),
+            "project": self.project,
+            "generator": torch.Generator().manual_seed(self.seed),
+        }
+        kwargs.update(overrides)
+        opt = SubspaceProjectedOptimizer(
+            build_optimizer(self.family, model.parameters()),
+            HessianOperator(model, loss_fn, data),
+            **kwargs,
+        )
+        return model, loss_fn, data, opt
+
+
+@st.composite
+def training_setups(
+    draw: st.DrawFn,
+    *,
+    families: tuple[str, ...] | None = None,
+    modes: tuple[str, ...] = MODES,
+    projects: tuple[str, ...] = ("update", "gradient"),
+    max_k: int = 4,
+) -> TrainingSetup:
+    """A model, an optimizer family, a valid ``k`` (and ``num_extra``) for the drawn
+    eigensolver, a mode, a schedule and a projection target."""
+    spec = draw(mlp_specs().filter(lambda s: s.num_params >= 3))
+    n = spec.num_params
+    solver = draw(st.sampled_from(SOLVERS))
+    k = draw(st.integers(1, min(max_k, n - 2)))
+    num_extra = draw(st.integers(0, 1))
+    try:
+        _solver(solver).check_k(n, k + num_extra)
+    except ValueError:
+        solver = "eigh"  # always fits k + num_extra <= n
+    return TrainingSetup(
+        model=spec,
+        family=draw(st.sampled_from(families or tuple(FAMILIES))),
+        k=k,
+        num_extra=num_extra,
+        mode=draw(st.sampled_from(modes)),
+        solver=solver,
+        schedule=draw(schedule_specs()),
+        project=draw(st.sampled_from(projects)),
+        seed=draw(st.integers(0, 2**16)),
+    )

@@ -1,0 +1,106 @@
+"""Bad input: every case of the catalogue raises the documented error, with a message that
+says what to do, before any state changes (parameters, gradients, optimizer state)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import subspace_optim as so
+from subspace_optim.testing import StateSnapshot
+from subspace_optim.testing.scenarios import (
+    BAD_INPUTS,
+    BadInput,
+    Trial,
+    mse,
+    run_bad_input,
+    tiny_problem,
+    train,
+)
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c.name)
+def test_bad_input_is_refused_clearly_and_changes_nothing(case):
+    outcome = run_bad_input(case)
+    assert outcome.raised == case.expected.__name__, outcome.message
+    assert outcome.matched, f"message {outcome.message!r} does not match {case.match!r}"
+    assert outcome.state_unchanged, outcome.differences
+    assert outcome.ok
+
+
+def test_the_unchanged_check_can_fail():
+    """run_bad_input notices an action that changes state before raising."""
+    model, _, _ = tiny_problem()
+    base = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+
+    def action():
+        with torch.no_grad():
+            model[0].bias.add_(1.0)
+        raise ValueError("changed something first")
+
+    case = BadInput(
+        "mutating action",
+        "self-test",
+        ValueError,
+        "changed",
+        lambda: Trial(list(model.parameters()), [base], action),
+    )
+    outcome = run_bad_input(case)
+    assert not outcome.state_unchanged and not outcome.ok
+    assert outcome.differences == ("params[1]: tensor changed",)
+
+
+def test_snapshot_sees_optimizer_state_and_grads():
+    w = nn.Parameter(torch.ones(3))
+    opt = torch.optim.SGD([w], lr=0.1, momentum=0.9)
+    before = StateSnapshot.take([w], [opt])
+    w.grad = torch.ones(3)
+    opt.step()
+    diffs = StateSnapshot.take([w], [opt]).differences(before)
+    assert "params[0]: tensor changed" in diffs
+    assert "grads[0]: NoneType became Tensor" in diffs
+    assert any(d.startswith("optimizers[0]['state']") for d in diffs)
+
+
+def test_reiterable_loaders_are_accepted():
+    """The one-shot check refuses iterators, not re-iterable loaders."""
+    model, loss_fn, (X, Y) = tiny_problem()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=8)
+
+    class Loader:
+        def __iter__(self):
+            return iter([(X[:16], Y[:16]), (X[16:], Y[16:])])
+
+    H_dl = so.HessianOperator(model, loss_fn, loader)
+    H_custom = so.HessianOperator(model, loss_fn, Loader())
+    H_full = so.HessianOperator(model, loss_fn, (X, Y))
+    v = torch.randn(
+        H_full.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    for H in (H_dl, H_custom):
+        for _ in range(2):  # a second pass sees the same data
+            torch.testing.assert_close(H @ v, H_full @ v)
+
+
+def test_nan_params_before_step_leave_everything_unchanged_and_training_can_resume():
+    """After the refusal the user restores the parameters and training goes on."""
+    model, loss_fn, data = tiny_problem()
+    opt = so.SubspaceProjectedOptimizer(
+        torch.optim.Adam(model.parameters(), lr=0.01), so.HessianOperator(model, loss_fn, data), k=3
+    )
+    train(opt, model, loss_fn, data, 2)
+    good = [p.detach().clone() for p in model.parameters()]
+    with torch.no_grad():
+        model[0].weight[1, 1] = float("nan")
+    opt.zero_grad()
+    mse(model(data[0]), data[1]).backward()
+    before = StateSnapshot.take([], [opt])
+    with pytest.raises(ValueError, match="Restore it from a checkpoint"):
+        opt.step()
+    assert not StateSnapshot.take([], [opt]).differences(before)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), good):
+            p.copy_(q)
+    train(opt, model, loss_fn, data, range(2, 4))
+    assert opt.last_stats.step == 3 and not opt.last_stats.skipped
