@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -44,7 +43,7 @@ from torch.func import functional_call
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from projected_training import (  # noqa: E402
+from projected_training import (
     RESULTS,
     machine_info,
     make_setup,
@@ -53,8 +52,8 @@ from projected_training import (  # noqa: E402
     write_performance_doc,
 )
 
-from subspace_optim import HessianOperator  # noqa: E402
-from subspace_optim._utils import block_to_columns, flatten, unflatten  # noqa: E402
+from subspace_optim import HessianOperator
+from subspace_optim._utils import block_to_columns, flatten, unflatten
 
 
 def paper_hvp_block(model: nn.Module, loss_fn: Callable, X: Tensor, Y: Tensor, V: Tensor) -> Tensor:
@@ -76,7 +75,9 @@ def batched_autograd_hvp_block(
     params = [p for p in model.parameters() if p.requires_grad]
     loss = loss_fn(model(X), Y)
     grads = torch.autograd.grad(loss, params, create_graph=True)
-    hv = torch.autograd.grad(grads, params, grad_outputs=unflatten(V, params), is_grads_batched=True)
+    hv = torch.autograd.grad(
+        grads, params, grad_outputs=unflatten(V, params), is_grads_batched=True
+    )
     return block_to_columns(hv, V.shape[1])
 
 
@@ -296,7 +297,3 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)
-
-
-__all__ = ["main", "math"]

@@ -1,0 +1,96 @@
+"""Smoke tests of the benchmarks' ``--quick`` modes: they run, their outputs parse, and the
+fields are sane. No timing is asserted (timings belong in the benchmarks themselves)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+pytest.importorskip("scipy")
+pytest.importorskip("sklearn")
+
+
+@pytest.fixture(scope="module")
+def bench():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        yield importlib.import_module("projected_training"), importlib.import_module("hvp")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_projected_training_quick(bench, tmp_path):
+    pt, _ = bench
+    results = pt.main(
+        [
+            "--quick",
+            "--setups",
+            "mlp",
+            "cnn",
+            "--out",
+            str(tmp_path),
+            "--docs",
+            str(tmp_path / "perf.md"),
+        ]
+    )
+    saved = json.loads((tmp_path / "projected_training.json").read_text())
+    assert saved["command"].startswith("python benchmarks/projected_training.py")
+    assert saved["machine"]["device"] == "cpu" and saved["machine"]["description"]
+    assert [b["setup"] for b in saved["setups"]] == ["mlp", "cnn"]
+    for block in results["setups"]:
+        runs = {r["label"]: r for r in block["runs"]}
+        kinds = {r["kind"] for r in block["runs"]}
+        assert {"sgd", "reference", "library"} <= kinds
+        for r in block["runs"]:
+            assert r["steps"] == 3 and r["ms_per_step_mean"] > 0 and math.isfinite(r["final_loss"])
+            if r["kind"] == "sgd":
+                assert r["matvecs_per_step"] == 0
+                continue
+            assert r["matvecs_per_step"] >= block["k"]  # a refresh needs at least k products
+            assert r["sampled_steps"] == 2 and 0 <= r["sin_max"] <= 1
+            assert r["speedup_vs_reference"] > 0
+        # every projected run starts from the same snapshot on the same mini-batches and
+        # uses an accurate basis, so its loss matches the paper protocol's closely
+        for mode in ("Dom", "Bulk"):
+            ref = runs[f"{mode}-SGD, paper protocol"]
+            lib = runs[f"{mode}-SGD, library default"]
+            assert ref["speedup_vs_reference"] == pytest.approx(1.0)
+            assert abs(lib["loss_vs_reference"]) < 0.02
+            assert ref["sin_max"] < 1e-2  # cold eigsh to tol=0 is essentially exact
+        assert set(block["verdict"]) == {"dominant", "bulk"}
+    md = (tmp_path / "projected_training.md").read_text()
+    assert "paper protocol" in md and "library default" in md and saved["machine"]["cpu"] in md
+    assert (tmp_path / "perf.md").read_text().startswith("# Performance")
+
+
+def test_hvp_quick(bench, tmp_path):
+    _, hvp = bench
+    results = hvp.main(["--quick", "--setups", "mlp", "cnn", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "hvp.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(results["rows"]))
+    backends = {r["backend"] for r in results["rows"]}
+    assert {"paper", "autograd", "autograd-batched", "func"} <= backends
+    for r in results["rows"]:
+        assert r["ms_per_column"] > 0 and r["speedup_vs_paper"] > 0
+        # every back end computes the same product as the float64 double-backward reference
+        bound = 1e-4 if r["dtype"] == "float32" else 1e-10
+        assert r["rel_error_vs_float64"] < bound, r
+    assert {r["dtype"] for r in results["rows"]} == {"float32", "float64"}
+    assert "| setup |" in (tmp_path / "hvp.md").read_text()
+
+
+def test_cnn_setup_shape(bench):
+    pt, _ = bench
+    s = pt.make_setup("cnn", examples=20)
+    assert sum(p.numel() for p in s.model.parameters()) == 1898
+    assert s.model(s.X).shape == (20, 10)
+    again = pt.make_setup("cnn", examples=20)
+    assert all(torch.equal(a, b) for a, b in zip(s.model.parameters(), again.model.parameters()))
