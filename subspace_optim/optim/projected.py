@@ -32,8 +32,10 @@ class _NonFiniteGradient(Exception):
     """Raised inside a guarded closure to stop the base step before it updates anything."""
 
 
+#: the valid ``mode`` values: ``"bulk"``, ``"dominant"`` and ``"none"``
 MODES = ("bulk", "dominant", "none")
 PROJECT = ("update", "gradient")
+#: the valid ``on_fault`` policies: ``"keep"``, ``"cold"`` and ``"raise"``
 ON_FAULT = ("keep", "cold", "raise")
 
 
