@@ -142,9 +142,14 @@ def test_fault_in_a_custom_operator():
 
 # ------------------------------------------------------------------------- determinism
 CONFIGS = [
-    ("adam", lambda: so.Every(2, start=1), "lanczos", False),
-    ("momentum", lambda: so.AlignmentSwitch(threshold=0.3, ema=0.5, max_steps=3), "power", False),
-    ("sam", lambda: so.Every(1), "lanczos", True),
+    ("adam", lambda: so.Every(2, start=1), so.Lanczos(ncv=8), False),
+    (
+        "momentum",
+        lambda: so.AlignmentSwitch(threshold=0.3, ema=0.5, max_steps=3),
+        so.PowerIteration(max_iter=3),
+        False,
+    ),
+    ("sam", lambda: so.Every(1), so.Lanczos(ncv=8), True),
 ]
 STEPS = 6
 
