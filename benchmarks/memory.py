@@ -215,9 +215,12 @@ Reading the table:
   a time): the peak falls with the chunk until the `(n, b)` blocks dominate; the result is
   the same for every chunk size.
 * `method="autograd"` evaluates the columns of a block one after another on one shared
-  gradient graph, so its peak grows with `b` only through the `(n, b)` blocks.
+  gradient graph, so its peak grows with `b` through the `(n, b)` blocks and per-column
+  gradient vectors (a few `n`-vectors per column), not through the activations.
   `method="func"` `vmap`s over the block, so its activation memory is multiplied by `b`:
   with it, a wide block needs a small `chunk_size`.
+* Times are wall-clock seconds of that one product on a shared machine (other jobs were
+  running); `benchmarks/hvp.py` is the place for speed comparisons.
 * `DistributedHessianOperator` adds one flat all-reduce buffer of `n·b + 3·world_size`
   numbers per product.
 """
