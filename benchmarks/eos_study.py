@@ -135,7 +135,8 @@ def plot(args, trace, runs):
     steps = [args.switch + t for t in range(args.post)]
     for name, r in runs.items():
         ax[0].semilogy(steps, r["loss"], label=name, lw=1)
-    ax[0].set_title("Loss after the switch")
+    ax[0].set_ylim(1e-2, 1e2)
+    ax[0].set_title("Loss after the switch (clipped at 100)")
     ax[0].set_xlabel("step")
     ax[0].legend(fontsize=8)
     for name in ("Bulk-GD (k=10)", "Bulk-GD (adaptive k)"):
@@ -145,6 +146,7 @@ def plot(args, trace, runs):
         ax[1].semilogy(steps, lam_top, lw=1, label=f"{name}: λ_1")
         ax[1].semilogy(steps, lam_next, lw=1, ls="--", label=f"{name}: λ_(k+1)")
     ax[1].axhline(2 / args.lr, color="k", ls=":", lw=1, label="2/η")
+    ax[1].set_ylim(1, 1e3)
     ax[1].set_title("Removed (λ_1) vs kept (λ_(k+1)) curvature")
     ax[1].set_xlabel("step")
     ax[1].legend(fontsize=7)
@@ -182,8 +184,8 @@ def report(args, trace, runs, machine: str) -> str:
         "",
         "## Dom-GD and Bulk-GD at the edge",
         "",
-        "| run | loss at switch | final loss | progress ratio | max λ_1 | max λ_(k+1) | first EoS warning | NaN in params |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | loss at switch | +50 | +100 | +150 | final | progress ratio | max λ_1 | max λ_(k+1) | first EoS warning | NaN in params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs.items():
         ratio = (L_s - r["final_loss"]) / (L_s - L_b) if L_s != L_b else math.nan
@@ -193,9 +195,11 @@ def report(args, trace, runs, machine: str) -> str:
             if r["eig"] and r["eig"][0]
             else []
         )
+        at = [r["loss"][j] if j < len(r["loss"]) else math.nan for j in (50, 100, 150)]
         lines.append(
-            f"| {name} | {L_s:.4f} | {r['final_loss']:.4f} | {ratio:.2f} | {lam1:.2f} | "
-            f"{max(nxt) if nxt else math.nan:.2f} | {r['warned_at'] if r['warned_at'] is not None else '-'} | "
+            f"| {name} | {L_s:.4f} | {at[0]:.3g} | {at[1]:.3g} | {at[2]:.3g} | "
+            f"{r['final_loss']:.3g} | {ratio:.3g} | {lam1:.3g} | "
+            f"{max(nxt) if nxt else math.nan:.3g} | {r['warned_at'] if r['warned_at'] is not None else '-'} | "
             f"{'yes' if r['nonfinite_params'] else 'no'} |"
         )
     ad = runs["Bulk-GD (adaptive k)"]["active_k"]
@@ -216,22 +220,46 @@ def report(args, trace, runs, machine: str) -> str:
 
 
 def findings(runs, L_s, L_b, thr):
+    gd = runs["GD"]["loss"]
     out = []
     for name, r in runs.items():
         if name == "GD":
             continue
+        loss = r["loss"]
+        best = min(range(len(loss)), key=lambda j: loss[j])
+        ahead = [j for j in range(len(loss)) if loss[j] <= gd[j]]
+        blow = next((j for j in range(len(loss)) if loss[j] > 2 * L_s), None)
         ratio = (L_s - r["final_loss"]) / (L_s - L_b)
-        if r["final_loss"] > L_s:
-            verdict = "the loss ends *above* its value at the switch (the run destabilizes)"
-        elif ratio < 0.5:
-            verdict = f"makes {ratio:.0%} of GD's progress"
+        text = (
+            f"* **{name}**: lowest loss {loss[best]:.4f} at +{best}; "
+            f"at or below GD's loss on {len(ahead)} of {len(loss)} steps"
+        )
+        if blow is None:
+            text += f"; ends with {ratio:.0%} of GD's progress."
         else:
-            verdict = f"trains: {ratio:.0%} of GD's progress"
-        out.append(f"* **{name}**: {verdict}.")
+            text += (
+                f"; the loss first exceeds twice its value at the switch at +{blow} and the run "
+                f"diverges (final loss {r['final_loss']:.3g}). λ_(k+1) was above 2/η after "
+                f"{int(r['counters'].get('unstable_refreshes', 0))} of {len(loss)} refreshes."
+            )
+        out.append(text)
     out += [
-        "* In Bulk mode the wrapper compares λ_(k+1) with 2/η after every refresh and issues",
-        "  `EdgeOfStabilityWarning` the first time it is exceeded (column *first EoS warning*,",
-        "  in steps after the switch); the parameters never receive NaN.",
+        "",
+        "Reading (this run; see the figures): Dom-GD stalls, close to the paper's plateau.",
+        "Bulk-GD with the paper's fixed k = 10 does *not* train at the edge on this problem: the",
+        "removed top directions are no longer held at 2/η by the edge's self-stabilization (their",
+        "eigenvalues grow far above it), λ_(k+1) passes 2/η within a few steps, and the loss",
+        "rises and finally diverges. With k chosen adaptively (every eigenvalue above 0.9 · 2/η,",
+        "at most 30) k reaches its cap almost at once; Bulk-GD then trains faster than GD for",
+        "about 100 steps (the paper's Figures 9–10 report Bulk-GD training well at the edge),",
+        "even after λ_31 passed 2/η and the wrapper warned, and then destabilizes as well.",
+        "The warning comes tens of steps before the loss rises: early enough to act on (stop,",
+        "raise the cap, lower η).",
+        "",
+        "Caveats: one seed, one architecture, one η; the basis comes from 3 warm block-power",
+        "iterations per step (not fully converged at the edge, where the top of the spectrum is",
+        "clustered). The parameters never held NaN (the wrapper undoes non-finite updates), but",
+        "the wrapper does not stop a finite divergence: that is the user's call after the warning.",
     ]
     return out
 
@@ -248,6 +276,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--track-every", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="switch 60, 30 steps: a smoke run")
+    p.add_argument(
+        "--from-json", action="store_true", help="rewrite figures and report from eos_study.json"
+    )
     args = p.parse_args(argv)
     args.argv = argv if argv is not None else __import__("sys").argv[1:]
     if args.quick:
@@ -255,6 +286,19 @@ def main(argv: list[str] | None = None) -> None:
     args.findings = findings
     torch.set_num_threads(1)
     STATIC.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        saved = json.loads((STATIC / "eos_study.json").read_text())
+        for key, value in saved["args"].items():
+            if key not in ("argv", "from_json"):
+                setattr(args, key, value)
+        args.argv = saved["args"]["argv"]
+        if isinstance(args.argv, str):
+            args.argv = []
+        plot(args, saved["gd_trace"], saved["runs"])
+        (ROOT / "docs" / "eos_findings.md").write_text(
+            report(args, saved["gd_trace"], saved["runs"], saved.get("machine", "see header"))
+        )
+        return
     X, Y, _ = load_digits()
     t0 = time.perf_counter()
     trace, snapshot, mv = gd_phase(args, X, Y)
@@ -283,6 +327,7 @@ def main(argv: list[str] | None = None) -> None:
                 "args": {k: v for k, v in vars(args).items() if k not in ("findings",)},
                 "gd_trace": trace,
                 "runs": runs,
+                "machine": machine,
             },
             default=str,
         )
