@@ -39,6 +39,16 @@ def order(values: Tensor, which: str) -> Tensor:
     return torch.argsort(key, descending=True)
 
 
+def safe_eigh(T: Tensor) -> tuple[Tensor, Tensor]:
+    """:func:`torch.linalg.eigh` of a small symmetric matrix; NaN pairs instead of an error
+    when ``T`` holds NaN/Inf (the operator failed), so the caller can report it."""
+    if not bool(torch.isfinite(T).all()):
+        m = T.shape[0]
+        nan = torch.full((m,), float("nan"), dtype=T.dtype, device=T.device)
+        return nan, torch.eye(m, dtype=T.dtype, device=T.device)
+    return torch.linalg.eigh(T)
+
+
 def rayleigh_ritz(X: Tensor, AX: Tensor, which: str) -> tuple[Tensor, Tensor, Tensor]:
     """Ritz pairs of the operator on ``span(X)`` (``X`` orthonormal), sorted by ``which``.
 
@@ -46,10 +56,40 @@ def rayleigh_ritz(X: Tensor, AX: Tensor, which: str) -> tuple[Tensor, Tensor, Te
     """
     T = X.T @ AX
     T = (T + T.T) / 2
-    theta, S = torch.linalg.eigh(T)
+    theta, S = safe_eigh(T)
     idx = order(theta, which)
     theta, S = theta[idx], S[:, idx]
     return theta, X @ S, AX @ S
+
+
+def lower_end(op: LinearOperator, steps: int, generator: torch.Generator) -> Tensor:
+    """Estimate of the smallest eigenvalue from ``steps`` Lanczos steps (``steps`` matvecs).
+
+    Returns the smallest Ritz value minus its residual norm ``|β_m s_{m,1}|``, a margin that
+    makes the estimate fall at or below ``λ_min`` in practice (a Ritz value is within its
+    residual of an eigenvalue, and the extreme Ritz value converges first).
+    """
+    n = op.shape[0]
+    m = min(n, steps)
+    V = torch.zeros(n, m, dtype=op.dtype, device=op.device)
+    T = torch.zeros(m, m, dtype=op.dtype, device=op.device)
+    v = random_block(n, 1, op, generator)[:, 0]
+    V[:, 0] = v / v.norm()
+    beta = torch.zeros((), dtype=op.dtype, device=op.device)
+    for j in range(m):
+        w = op.matvec(V[:, j])
+        Vj = V[:, : j + 1]
+        for _ in range(2):
+            h = Vj.T @ w
+            w = w - Vj @ h
+            T[: j + 1, j] += h
+        T[j, : j + 1] = T[: j + 1, j].clone()
+        beta = w.norm()
+        if j + 1 < m:
+            V[:, j + 1] = w / beta.clamp_min(torch.finfo(op.dtype).tiny)
+            T[j + 1, j] = T[j, j + 1] = beta
+    theta, S = safe_eigh(T)
+    return theta[0] - (beta * S[m - 1, 0]).abs()
 
 
 def residual_norms(X: Tensor, AX: Tensor, theta: Tensor) -> Tensor:

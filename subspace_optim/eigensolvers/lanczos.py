@@ -30,6 +30,11 @@ class Lanczos(Eigensolver):
             counts restarts.
 
     .. note::
+        Single-vector Lanczos sees one direction of each eigenspace in exact arithmetic, so
+        a multiple eigenvalue may be returned fewer times than its multiplicity (rounding
+        usually, not always, reveals the copies; ARPACK shares this limitation). For spectra
+        with exactly repeated top eigenvalues use :class:`LOBPCG` or :class:`WarmRefresh`.
+
         A warm start ``init`` of several columns is folded into one start vector (their
         sum), which carries every previous eigendirection; Lanczos cannot use a block
         directly. For warm refreshes during training prefer the block solvers.
@@ -107,6 +112,11 @@ class Lanczos(Eigensolver):
                 V[:, j + 1] = w / beta.clamp_min(torch.finfo(op.dtype).tiny)
                 if j + 1 < m:
                     T[j + 1, j] = T[j, j + 1] = beta
+            if not bool(torch.isfinite(T).all()):  # NaN/Inf products: report, do not raise
+                theta = torch.full((m,), float("nan"), dtype=op.dtype, device=op.device)
+                S = torch.eye(m, dtype=op.dtype, device=op.device)
+                res = theta.clone()
+                break
             theta, S = torch.linalg.eigh(T)
             idx = _common.order(theta, self.which)
             theta, S = theta[idx], S[:, idx]

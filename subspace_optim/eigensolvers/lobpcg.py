@@ -53,11 +53,11 @@ def _gram_eigh(G: Tensor, M: Tensor, drop: float) -> tuple[Tensor, Tensor]:
 
     Returns ``(θ, C)`` with ``Cᵀ M C = I`` over the numerically independent part of ``M``.
     """
-    d, V = torch.linalg.eigh((M + M.T) / 2)
+    d, V = _common.safe_eigh((M + M.T) / 2)
     keep = d > drop * d.max()
     T = V[:, keep] / d[keep].sqrt()
     H = T.T @ G @ T
-    theta, Y = torch.linalg.eigh((H + H.T) / 2)
+    theta, Y = _common.safe_eigh((H + H.T) / 2)
     return theta, T @ Y
 
 
@@ -153,7 +153,7 @@ def lobpcg_iterations(
         MCx = M @ Cx
         Cp = Cp - Cx @ (MCx.T @ Cp)
         Cp = Cp - Cx @ (MCx.T @ Cp)
-        d, V = torch.linalg.eigh(Cp.T @ M @ Cp)
+        d, V = _common.safe_eigh(Cp.T @ M @ Cp)
         keep = d > drop * d.max().clamp_min(torch.finfo(d.dtype).tiny)
         Cp = Cp @ (V[:, keep] / d[keep].sqrt()) if bool(keep.any()) else Cp[:, :0]
         theta = theta_all[idx]

@@ -32,14 +32,28 @@ class PowerIteration(Eigensolver):
         block_size: columns of the iterated block, ``>= k`` (default ``k + max(2, k // 2)``).
         variant: ``"block"`` (subspace iteration, default) or ``"deflation"`` (one vector at
             a time, deflating the converged ones: the form PyHessian uses; slower).
+        shift_steps: Lanczos steps spent estimating the lower end of the spectrum for the
+            ``which="LA"`` shift (default 20; 0 disables the shift).
         tol, max_iter, which, raise_on_failure: see :class:`Eigensolver`.
 
     .. note::
         Power iteration converges to the eigenvalues of largest *magnitude*. With
-        ``which="LA"`` the operator is shifted, :math:`A + \\sigma I` with
-        :math:`\\sigma = \\max(0, -\\theta_{\\min})` from the block's smallest Ritz value, so
-        large negative eigenvalues seen by the block do not win; when the negative end
-        of the spectrum is far larger in magnitude than the top, prefer Lanczos.
+        ``which="LA"`` it iterates :math:`A + \\sigma I` with the shift that maps the
+        unwanted interval :math:`[\\lambda_{\\min}, \\theta_b]` symmetrically around 0,
+
+        .. math::
+
+            \\sigma = -\\tfrac{1}{2}(\\hat\\lambda_{\\min} + \\theta_b),
+
+        where :math:`\\theta_b` is the block's smallest Ritz value and
+        :math:`\\hat\\lambda_{\\min}` a lower-end estimate from ``shift_steps`` Lanczos steps
+        (spent once per solve). Then no eigenvalue outside the block can dominate a wanted
+        one, even when the negative end of the spectrum is larger in magnitude than the top,
+        and for a nearly positive spectrum the (negative) shift speeds convergence up:
+        the rate of pair ``i`` is :math:`(\\lambda_{b+1} + \\sigma)/(\\lambda_i + \\sigma)`.
+        The earlier rule :math:`\\sigma = \\max(0, -\\theta_{\\min})` from the block alone
+        cannot see eigenvalues below the block and let them win. ``shift_steps=0`` turns
+        the shift off (plain power iteration, as PyHessian).
 
     Example:
         >>> import torch
@@ -55,6 +69,7 @@ class PowerIteration(Eigensolver):
         *,
         block_size: int | None = None,
         variant: str = "block",
+        shift_steps: int = 20,
         tol: float = 1e-3,
         max_iter: int = 100,
         which: str = "LA",
@@ -65,6 +80,18 @@ class PowerIteration(Eigensolver):
             check_int("block_size", block_size, low=1)
         self.block_size = block_size
         self.variant = choice("variant", variant, ("block", "deflation"))
+        self.shift_steps = check_int("shift_steps", shift_steps, low=0)
+
+    def _lower_end(self, op: LinearOperator, generator: torch.Generator) -> Tensor | None:
+        if self.which != "LA" or self.shift_steps == 0:
+            return None
+        return _common.lower_end(op, self.shift_steps, generator)
+
+    @staticmethod
+    def _shift(low: Tensor | None, theta_b: Tensor) -> Tensor | float:
+        if low is None:
+            return 0.0
+        return -(torch.minimum(low, theta_b) + theta_b) / 2
 
     def _width(self, n: int, k: int) -> int:
         if self.block_size is not None:
@@ -80,6 +107,7 @@ class PowerIteration(Eigensolver):
             return self._deflation(op, k, init, generator)
         n = op.shape[0]
         b = self._width(n, k)
+        low = self._lower_end(op, generator)
         X = _common.start_block(op, b, init, generator)
         AX = op.matmat(X)
         iterations = 0
@@ -92,7 +120,7 @@ class PowerIteration(Eigensolver):
             target = _common.tolerance(theta[:k], self.tol)
             if bool((res[:k] <= target).all()) or iterations >= self.max_iter:
                 break
-            shift = (-theta.min()).clamp_min(0) if self.which == "LA" else 0.0
+            shift = self._shift(low, theta.min())
             X = orthonormalize(AX + shift * X, generator=generator)
             AX = op.matmat(X)
         return _common.result(
@@ -110,6 +138,7 @@ class PowerIteration(Eigensolver):
         self, op: LinearOperator, k: int, init: Tensor | None, generator: torch.Generator
     ) -> EigenResult:
         n = op.shape[0]
+        low = self._lower_end(op, generator)
         found: list[Tensor] = []
         values: list[Tensor] = []
         residuals: list[Tensor] = []
@@ -135,7 +164,9 @@ class PowerIteration(Eigensolver):
                 scale = max(abs(float(theta)), abs(float(values[0])) if values else 0.0)
                 if not torch.isfinite(theta) or float(res) <= self.tol * scale:
                     break
-                v = Av
+                # shifted step: θ estimates the wanted end, so the unwanted interval is
+                # [λ_min, θ] at worst
+                v = Av + self._shift(low, theta) * v
             found.append(v)
             values.append(theta)
             residuals.append(res)

@@ -10,8 +10,7 @@ from .._utils import check_int
 from ..operators.base import LinearOperator
 from . import _common
 from .base import EigenResult, Eigensolver
-from .lanczos import Lanczos
-from .lobpcg import lobpcg_iterations
+from .lobpcg import LOBPCG, lobpcg_iterations
 
 __all__ = ["WarmRefresh"]
 
@@ -50,7 +49,8 @@ class WarmRefresh(Eigensolver):
         tol: relative residual target (default ``3e-3``).
         max_iter: LOBPCG iterations before escalating (default 6).
         cold: the solver for the first call and for escalation (default
-            ``Lanczos(tol=tol)``); any :class:`Eigensolver`.
+            ``LOBPCG(tol=tol)``, which, unlike single-vector Lanczos, finds every copy of a
+            repeated eigenvalue); any :class:`Eigensolver`.
         which, raise_on_failure: see :class:`Eigensolver`.
 
     The cost of every call is in the returned :class:`EigenResult` (``num_matvecs``,
@@ -68,7 +68,8 @@ class WarmRefresh(Eigensolver):
         >>> from subspace_optim import DenseOperator, WarmRefresh
         >>> g = torch.Generator().manual_seed(0)
         >>> Q, _ = torch.linalg.qr(torch.randn(300, 300, generator=g, dtype=torch.float64))
-        >>> lam = torch.linspace(-1, 5, 300, dtype=torch.float64)
+        >>> top = torch.tensor([9.0, 8.5, 8.0, 7.5, 7.0, 6.5, 6.2], dtype=torch.float64)
+        >>> lam = torch.cat([top, torch.linspace(-1, 5, 293, dtype=torch.float64)])
         >>> warm = WarmRefresh(tol=1e-6)
         >>> first = warm.solve(DenseOperator.from_spectrum(lam, Q), 4)
         >>> # the operator moves a little: the refresh starts from the previous basis
@@ -92,7 +93,7 @@ class WarmRefresh(Eigensolver):
         super().__init__(tol=tol, max_iter=max_iter, which=which, raise_on_failure=raise_on_failure)
         self.extra = check_int("extra", extra, low=0)
         if cold is None:
-            cold = Lanczos(tol=tol, which=which)
+            cold = LOBPCG(tol=tol, which=which)
         if not isinstance(cold, Eigensolver) or isinstance(cold, WarmRefresh):
             raise TypeError(
                 "cold must be an Eigensolver other than WarmRefresh (e.g. Lanczos() or LOBPCG())"

@@ -1,0 +1,289 @@
+"""Contract suite of the eigensolvers: one table of solvers with capability flags, checked
+against dense float64 references (``torch.linalg.eigh``) on spectra chosen to be hard."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from subspace_optim import (
+    LOBPCG,
+    AutoEigensolver,
+    DenseOperator,
+    Eigensolver,
+    EigensolverError,
+    Eigh,
+    Lanczos,
+    PowerIteration,
+    WarmRefresh,
+    available_eigensolvers,
+    resolve_eigensolver,
+    subspace_distance,
+    top_k_eigenpairs,
+)
+from subspace_optim.eigensolvers import ScipyEigsh, ScipyLOBPCG
+
+F64 = torch.float64
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    make: Callable[..., Eigensolver]  # make(tol=..., which=...)
+    lm: bool = True  # supports which="LM"
+    clusters: bool = True  # converges on tiny gaps within a small iteration budget
+    warm: bool = True  # a warm start reduces matvecs
+
+
+SOLVERS = [
+    # Lanczos folds a block warm start into one vector: no saving is guaranteed
+    Spec("lanczos", lambda **kw: Lanczos(max_iter=500, **kw), warm=False),
+    Spec("lobpcg", lambda **kw: LOBPCG(max_iter=1000, **kw)),
+    Spec("power", lambda **kw: PowerIteration(max_iter=3000, **kw), clusters=False),
+    Spec(
+        "power_deflation",
+        lambda **kw: PowerIteration(variant="deflation", max_iter=3000, **kw),
+        clusters=False,
+    ),
+    Spec("warm", lambda **kw: WarmRefresh(max_iter=50, **kw)),
+    Spec("auto", lambda **kw: AutoEigensolver(**kw), warm=False),
+    Spec("eigh", lambda tol, **kw: Eigh(**kw), warm=False),
+    Spec("scipy_eigsh", lambda **kw: ScipyEigsh(**kw), warm=False),
+    Spec("scipy_lobpcg", lambda **kw: ScipyLOBPCG(max_iter=2000, **kw), lm=False, warm=False),
+]
+IDS = [s.name for s in SOLVERS]
+
+
+def rotation(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    return Q
+
+
+def spectrum(kind: str, n: int = 150) -> torch.Tensor:
+    bulk = torch.linspace(-1.0, 2.0, n, dtype=F64)
+    top = {
+        "separated": [10.0, 8.0, 6.0, 5.0],
+        "repeated": [6.0, 6.0, 6.0, 4.0],  # a triple eigenvalue inside the top k
+        "negative": [5.0, 4.0, 3.5, 3.0, -30.0, -25.0],  # larger magnitude at the bottom
+        "tiny_gap": [5.0, 4.99, 4.0, 3.999],  # tiny gaps inside the top k, clear gap after
+    }[kind]
+    lam = torch.cat([torch.tensor(top, dtype=F64), bulk[: n - len(top)]])
+    return lam
+
+
+def reference(lam: torch.Tensor, k: int, which: str = "LA") -> torch.Tensor:
+    key = lam if which == "LA" else lam.abs()
+    return lam[torch.argsort(key, descending=True)[:k]]
+
+
+def check_pairs(op: DenseOperator, res, lam: torch.Tensor, k: int, tol: float, which="LA"):
+    A = op.A.to(F64)
+    V = res.eigenvectors.to(F64)
+    theta = res.eigenvalues.to(F64)
+    assert V.shape == (A.shape[0], k) and theta.shape == (k,)
+    scale = lam.abs().max() if which == "LM" else reference(lam, 1, which).abs()[0]
+    true_res = (A @ V - V * theta).norm(dim=0)
+    # residual bound, recomputed from scratch (not the solver's bookkeeping)
+    assert float(true_res.max()) <= 2 * tol * float(scale) + 1e-10
+    # reported residuals are honest
+    torch.testing.assert_close(
+        res.residual_norms.to(F64), true_res, atol=1e-6 * float(scale), rtol=1e-2
+    )
+    # orthonormal columns
+    ortho = 1e-8 if res.eigenvectors.dtype == F64 else 2e-5
+    torch.testing.assert_close(V.T @ V, torch.eye(k, dtype=F64), atol=ortho, rtol=0)
+    # eigenvalues: a Ritz value with residual r lies within r of an eigenvalue (and, for
+    # converged extreme pairs, of the matching one)
+    ref = reference(lam, k, which)
+    assert float((theta - ref).abs().max()) <= 2 * tol * float(scale) + 1e-9
+
+
+@pytest.mark.parametrize("kind", ["separated", "repeated", "negative", "tiny_gap"])
+@pytest.mark.parametrize("spec", SOLVERS, ids=IDS)
+def test_top_k_matches_dense_eigh(spec: Spec, kind: str) -> None:
+    if kind == "tiny_gap" and not spec.clusters:
+        pytest.skip("capability: no fast convergence inside tight clusters")
+    lam = spectrum(kind)
+    op = DenseOperator.from_spectrum(lam, rotation(lam.shape[0], 1))
+    k, tol = 4, 1e-7
+    res = spec.make(tol=tol).solve(op, k, generator=torch.Generator().manual_seed(3))
+    assert res.converged, res.status
+    check_pairs(op, res, lam, k, tol)
+    # the top-4 subspace is well separated from the rest in every spectrum: rotation-
+    # invariant check against the exact eigenvectors
+    exact = torch.linalg.eigh(op.A).eigenvectors[
+        :, torch.argsort(torch.linalg.eigh(op.A).eigenvalues, descending=True)[:k]
+    ]
+    assert float(subspace_distance(res.eigenvectors.to(F64), exact)) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "spec", [s for s in SOLVERS if s.lm], ids=[s.name for s in SOLVERS if s.lm]
+)
+def test_largest_magnitude(spec: Spec) -> None:
+    lam = spectrum("negative")
+    op = DenseOperator.from_spectrum(lam, rotation(lam.shape[0], 2))
+    res = spec.make(tol=1e-7, which="LM").solve(op, 3)
+    assert res.converged, res.status
+    check_pairs(op, res, lam, 3, 1e-7, which="LM")
+    assert res.eigenvalues.tolist()[:2] == pytest.approx([-30.0, -25.0])
+
+
+@pytest.mark.parametrize(
+    "spec", [s for s in SOLVERS if s.clusters], ids=[s.name for s in SOLVERS if s.clusters]
+)
+def test_float32(spec: Spec) -> None:
+    lam = spectrum("separated", 120)
+    op64 = DenseOperator.from_spectrum(lam, rotation(120, 4))
+    op = DenseOperator(op64.A.float())
+    res = spec.make(tol=1e-4).solve(op, 3)
+    assert res.eigenvalues.dtype == torch.float32 and res.eigenvectors.dtype == torch.float32
+    assert res.converged, res.status
+    check_pairs(op, res, lam, 3, 1e-4)
+
+
+@pytest.mark.parametrize(
+    "spec", [s for s in SOLVERS if s.warm], ids=[s.name for s in SOLVERS if s.warm]
+)
+def test_warm_start_reduces_matvecs(spec: Spec) -> None:
+    lam = spectrum("separated", 200)
+    Q = rotation(200, 5)
+    op = DenseOperator.from_spectrum(lam, Q)
+    solver = spec.make(tol=1e-6)
+    cold = solver.solve(op, 4, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    E = torch.randn(200, 200, generator=g, dtype=F64)
+    moved = DenseOperator(op.A + 1e-3 * (E + E.T) / 2)
+    if isinstance(solver, WarmRefresh):
+        solver.reset()  # compare the same first call, cold vs warm, without kept guards
+    re_cold = spec.make(tol=1e-6).solve(moved, 4, generator=torch.Generator().manual_seed(0))
+    warm = solver.solve(
+        moved, 4, init=cold.eigenvectors, generator=torch.Generator().manual_seed(0)
+    )
+    assert warm.converged and re_cold.converged
+    assert warm.num_matvecs < re_cold.num_matvecs, (warm.num_matvecs, re_cold.num_matvecs)
+    check_pairs(moved, warm, torch.linalg.eigvalsh(moved.A), 4, 1e-6)
+
+
+# ------------------------------------------------------------------- properties
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(
+    top=st.lists(st.floats(1.0, 10.0), min_size=3, max_size=3),
+    gap=st.floats(0.05, 1.0),
+    negative=st.floats(0.0, 20.0),
+    seed=st.integers(0, 2**16),
+)
+def test_hypothesis_spectra(top: list[float], gap: float, negative: float, seed: int) -> None:
+    """Random top-3 values (possibly repeated), a controlled gap to the bulk, and a negative
+    end up to twice the top in magnitude: the block solvers find the top 3, and so does
+    single-vector Lanczos when the top values are simple (see the Lanczos note)."""
+    n, k = 60, 3
+    top_t = torch.tensor(sorted(top, reverse=True), dtype=F64)
+    bulk_hi = float(top_t.min()) - gap * float(top_t.max())
+    bulk = torch.linspace(-negative, bulk_hi, n - k, dtype=F64)
+    lam = torch.cat([top_t, bulk])
+    op = DenseOperator.from_spectrum(lam, rotation(n, seed))
+    solvers: list[Eigensolver] = [LOBPCG(tol=1e-8, max_iter=2000), WarmRefresh(tol=1e-8)]
+    if float(torch.diff(top_t).abs().min()) > 1e-3:
+        solvers.append(Lanczos(tol=1e-8))
+    for solver in solvers:
+        res = solver.solve(op, k, generator=torch.Generator().manual_seed(seed))
+        assert res.converged, res.status
+        check_pairs(op, res, lam, k, 1e-8)
+
+
+# ------------------------------------------------------------- status, errors
+@pytest.mark.parametrize("name", ["lanczos", "lobpcg", "power", "warm"])
+def test_not_converged_returns_best_estimate_with_advice(name: str) -> None:
+    lam = spectrum("tiny_gap", 300)
+    op = DenseOperator.from_spectrum(lam, rotation(300, 6))
+    solver = resolve_eigensolver(name, tol=1e-12, max_iter=1)
+    if isinstance(solver, WarmRefresh):
+        solver = WarmRefresh(tol=1e-12, max_iter=1, cold=Lanczos(tol=1e-12, max_iter=1))
+        res = solver.solve(op, 4, init=torch.eye(300, dtype=F64)[:, :4])
+    else:
+        res = solver.solve(op, 4)
+    assert not res.converged
+    assert "not converged" in res.status and "raise max_iter" in res.status
+    assert torch.isfinite(res.eigenvalues).all() and res.num_matvecs > 0
+    assert res.relative_residuals().max() > 1e-12
+
+
+def test_raise_on_failure() -> None:
+    op = DenseOperator.from_spectrum(spectrum("tiny_gap"), rotation(150, 7))
+    with pytest.raises(EigensolverError, match="not converged"):
+        LOBPCG(tol=1e-12, max_iter=1, raise_on_failure=True).solve(op, 4)
+
+
+def test_non_finite_operator_reports_instead_of_raising() -> None:
+    A = torch.eye(50, dtype=F64)
+    A[3, 4] = A[4, 3] = float("nan")
+    op = DenseOperator(A, check_symmetric=False)
+    for solver in (Lanczos(), LOBPCG(), PowerIteration(), WarmRefresh()):
+        res = solver.solve(op, 2)
+        assert not res.converged
+        assert "non-finite" in res.status
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: LOBPCG(tol=-1.0), "tol"),
+        (lambda: LOBPCG(block_size=0), "block_size"),
+        (lambda: WarmRefresh(extra=-1), "extra"),
+        (lambda: WarmRefresh(cold=WarmRefresh()), "cold"),
+        (lambda: WarmRefresh(cold=Lanczos(which="LM")), "which"),
+        (lambda: PowerIteration(shift_steps=-1), "shift_steps"),
+        (lambda: ScipyLOBPCG(which="LM"), "largest algebraic"),
+        (lambda: resolve_eigensolver("nope"), "valid names"),
+        (lambda: resolve_eigensolver("eigh", tol=1e-3), "does not accept"),
+    ],
+)
+def test_bad_configuration_is_refused(make, match: str) -> None:
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_bad_calls_are_refused_before_any_matvec() -> None:
+    op = DenseOperator.from_spectrum(spectrum("separated", 40))
+    with pytest.raises(ValueError, match="block_size"):
+        LOBPCG(block_size=2).solve(op, 3)
+    with pytest.raises(ValueError, match="init must have shape"):
+        LOBPCG().solve(op, 3, init=torch.ones(7, 2, dtype=F64))
+    with pytest.raises(ValueError, match="too large"):
+        WarmRefresh().solve(op, 40)
+    assert op.num_matvecs == 0
+
+
+def test_registry_and_top_k() -> None:
+    assert {"auto", "lanczos", "lobpcg", "power", "eigh", "warm", "scipy_eigsh"} <= set(
+        available_eigensolvers()
+    )
+    small = DenseOperator.from_spectrum(spectrum("separated", 50))
+    large = DenseOperator.from_spectrum(spectrum("separated", 2000))
+    auto = AutoEigensolver()
+    assert isinstance(auto.choose(small, 3), Eigh)
+    assert isinstance(auto.choose(large, 3), Lanczos)
+    assert isinstance(auto.choose(large, 3, torch.zeros(2000, 3, dtype=F64)), LOBPCG)
+    res = top_k_eigenpairs(large, 2, tol=1e-8)
+    assert res.eigenvalues.tolist() == pytest.approx([10.0, 8.0])
+    assert top_k_eigenpairs(
+        large, 1, solver="lobpcg", which="LM"
+    ).eigenvalues.tolist() == pytest.approx([10.0])
+    with pytest.raises(ValueError, match="instance"):
+        top_k_eigenpairs(large, 1, solver=Lanczos(), tol=1e-4)
+
+
+def test_results_do_not_depend_on_global_rng() -> None:
+    op = DenseOperator.from_spectrum(spectrum("separated", 100), rotation(100, 8))
+    torch.manual_seed(0)
+    a = LOBPCG(tol=1e-3).solve(op, 3)
+    torch.manual_seed(123)
+    b = LOBPCG(tol=1e-3).solve(op, 3)
+    assert torch.equal(a.eigenvectors, b.eigenvectors) and a.num_matvecs == b.num_matvecs
