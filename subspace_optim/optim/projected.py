@@ -56,7 +56,8 @@ class SubspaceProjectedOptimizer(Optimizer):
 
     The base optimizer's state (momentum, Adam moments) keeps accumulating unprojected
     gradients. With ``project="gradient"`` the gradient is projected *before* the base step
-    instead. The projection is global over the flattened parameters (the Hessian couples
+    instead (with ``step(closure)``, every gradient the closure produces: SAM's gradient at
+    the perturbed point, each LBFGS evaluation). The projection is global over the flattened parameters (the Hessian couples
     layers). The training loop is unchanged: ``zero_grad(); loss.backward(); step()``.
 
     It is a real :class:`torch.optim.Optimizer`: ``param_groups`` and ``state`` are the base
@@ -436,25 +437,22 @@ class SubspaceProjectedOptimizer(Optimizer):
             else:
                 if closure is not None and active:
                     closure = self._guarded(closure)
+                raw: list[Tensor] = []  # the first unprojected closure gradient, for the record
                 if project_now and self.project_target == "gradient":
-                    if closure is not None:
-                        with torch.enable_grad():
-                            closure()
-                        closure = None
-                        g_mini = self._flat([p.grad for p in self._params])
-                    assert g_mini is not None and U is not None
-                    coef = U.T @ g_mini
-                    g_proj = U @ coef if self.mode == "dominant" else g_mini - U @ coef
-                    offset = 0
-                    for p in self._params:
-                        m = p.numel()
-                        if p.grad is not None:
-                            p.grad.copy_(g_proj[offset : offset + m].view_as(p))
-                        offset += m
+                    assert U is not None
+                    if closure is None:
+                        assert g_mini is not None
+                        self._project_grads(g_mini, U)
+                    else:
+                        # every gradient the closure produces is projected, however often the
+                        # base evaluates it (SAM at θ + ε, LBFGS line searches)
+                        closure = self._projecting(closure, U, raw)
 
                 if closure is not None:
                     with torch.enable_grad():
                         loss = self.base.step(closure)
+                    if raw and g_mini is None:
+                        g_mini = raw[0]
                 else:
                     loss = self.base.step()
         except _NonFiniteGradient:
@@ -583,6 +581,30 @@ class SubspaceProjectedOptimizer(Optimizer):
             return loss
 
         return guarded
+
+    def _project_grads(self, g: Tensor, U: Tensor) -> None:
+        """Overwrite ``.grad`` with the Dom (``U Uᵀ g``) or Bulk (``g − U Uᵀ g``) part of ``g``."""
+        coef = U.T @ g
+        g_proj = U @ coef if self.mode == "dominant" else g - U @ coef
+        offset = 0
+        for p in self._params:
+            m = p.numel()
+            if p.grad is not None:
+                p.grad.copy_(g_proj[offset : offset + m].view_as(p))
+            offset += m
+
+    def _projecting(
+        self, closure: Callable[[], Tensor], U: Tensor, raw: list[Tensor]
+    ) -> Callable[[], Tensor]:
+        def projecting() -> Tensor:
+            loss = closure()
+            g = self._flat([p.grad for p in self._params])
+            if not raw:
+                raw.append(g)
+            self._project_grads(g, U)
+            return loss
+
+        return projecting
 
     def _count_skip(self, t: int, reason: str) -> None:
         self.counters["skipped_steps"] += 1
