@@ -65,7 +65,7 @@ def test_projected_training_quick(bench, tmp_path):
             assert ref["speedup_vs_reference"] == pytest.approx(1.0)
             assert abs(lib["loss_vs_reference"]) < 0.02
             assert ref["sin_max"] < 1e-2  # cold eigsh to tol=0 is essentially exact
-        assert set(block["verdict"]) == {"dominant", "bulk"}
+        assert {"dominant", "bulk"} <= set(block["verdict"])
     md = (tmp_path / "projected_training.md").read_text()
     assert "paper protocol" in md and "library default" in md and saved["machine"]["cpu"] in md
     assert (tmp_path / "perf.md").read_text().startswith("# Performance")
