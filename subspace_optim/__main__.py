@@ -304,6 +304,12 @@ def _reproduce(args: argparse.Namespace) -> int:
 
     if setup_name in static:
         RunConfig(**_settings(args, dict(getattr(setups_module, static[setup_name]))))
+    if args.device is not None:
+        import torch
+
+        from .experiments.runner import _resolve_device
+
+        _resolve_device(args.device, torch.nn.Linear(1, 1))
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     try:
         setup = load_setup(

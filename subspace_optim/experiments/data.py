@@ -26,7 +26,8 @@ def standardize(X: Tensor) -> Tensor:
     """
     X = X.to(torch.float64)
     mean, std = X.mean(0), X.std(0)
-    return ((X - mean) / torch.where(std > 0, std, torch.ones_like(std))).to(torch.float32)
+    scaled = (X - mean) / torch.where(std > 0, std, torch.ones_like(std))
+    return torch.where(std > 0, scaled, torch.zeros_like(scaled)).to(torch.float32)
 
 
 def load_digits(
@@ -90,6 +91,14 @@ def _torchvision(name: str, data_dir: str | Path, download: bool) -> Any:
         ) from None
 
 
+def _check_size(name: str, ds: Any, n: int) -> None:
+    if len(ds.data) < n:
+        raise DataUnavailableError(
+            f"the {name} copy found holds only {len(ds.data)} training images; {n} are needed. "
+            "Point --data-dir at a complete copy or rerun with --download"
+        )
+
+
 def _one_hot(labels: Tensor, device: str | torch.device, dtype: torch.dtype) -> Tensor:
     return torch.nn.functional.one_hot(labels, 10).to(dtype=dtype, device=device)
 
@@ -114,6 +123,7 @@ def load_mnist(
     if not 1 <= n <= 60000:
         raise ValueError(f"MNIST has 60,000 training images; n must be in [1, 60000], got {n}")
     ds = _torchvision("MNIST", data_dir, download)
+    _check_size("MNIST", ds, n)
     images = torch.as_tensor(ds.data[:n]).reshape(n, -1).to(torch.float64) / 255.0
     labels = torch.as_tensor(ds.targets[:n]).long()
     X = standardize(images).to(dtype=dtype, device=device)
@@ -140,6 +150,7 @@ def load_cifar10(
     if not 1 <= n <= 50000:
         raise ValueError(f"CIFAR-10 has 50,000 training images; n must be in [1, 50000], got {n}")
     ds = _torchvision("CIFAR10", data_dir, download)
+    _check_size("CIFAR10", ds, n)
     images = torch.as_tensor(ds.data[:n])  # (n, 32, 32, 3) uint8
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"unexpected CIFAR-10 array of shape {tuple(images.shape)}")

@@ -21,6 +21,11 @@ __all__ = ["COLORS", "plot_alignment", "plot_eigenvalues", "plot_loss", "save_fi
 #: one colour per run, the same in every figure
 COLORS = {"base": "#222222", "dom": "#d62728", "bulk": "#1f77b4"}
 _LABELS = {"base": "base", "dom": "Dom", "bulk": "Bulk"}
+_NAMES = {
+    "base": "base optimizer",
+    "dom": "Dom (update projected onto the top-k subspace)",
+    "bulk": "Bulk (top-k component removed)",
+}
 
 
 def _figure(n: int, height: float = 3.0) -> tuple[Any, list[Any]]:
@@ -59,45 +64,59 @@ def _series(
 
 
 def _switch_line(ax: Any, fam: FamilyResult) -> None:
-    ax.axvline(fam.switch_step, color="0.6", lw=0.8, ls="--", zorder=0)
+    ax.axvline(fam.switch_step, color="0.6", lw=0.8, ls="--", zorder=0, label="switch")
 
 
 def _title(ax: Any, fam: FamilyResult) -> None:
-    ax.set_title(f"{fam.label}, lr {fam.lr:.3g}", fontsize=10)
+    trouble = [f"{_LABELS[v]} {r.status}" for v, r in fam.runs.items() if r.status == "diverged"]
+    trouble += [f"{_LABELS[v]}: loss rose" for v, r in fam.runs.items() if r.status == "loss rose"]
+    extra = f"  [{', '.join(trouble)}]" if trouble else ""
+    ax.set_title(f"{fam.label}, lr {fam.lr:.3g}{extra}", fontsize=10)
     ax.set_xlabel("step")
+
+
+def _legend(fig: Any, axes: list[Any]) -> None:
+    """One legend for the whole figure, above the panels (the colours mean the same
+    everywhere), so that no panel's data hides behind a legend box."""
+    seen: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    if seen:
+        fig.legend(
+            list(seen.values()),
+            list(seen),
+            loc="outside lower center",
+            ncols=min(len(seen), 6),
+            fontsize=9,
+            frameon=False,
+        )
 
 
 def plot_loss(result: ExperimentResult) -> Any:
     """Training loss (log scale) of base / Dom / Bulk per family; returns the Figure."""
+    from matplotlib.ticker import FormatStrFormatter
+
     fig, axes = _figure(len(result.families))
+    styles = {"base": ("-", 1.8), "dom": ("-", 1.3), "bulk": ("--", 1.5)}
     for ax, fam in zip(axes, result.families):
         for variant in ("base", "dom", "bulk"):
             xs, ys = _series(fam.rows, variant, "loss")
             pos = [(x, y) for x, y in zip(xs, ys) if y > 0]
             if pos:
-                ax.plot(
-                    *zip(*pos),
-                    color=COLORS[variant],
-                    lw=1.3 if variant == "base" else 1.1,
-                    label=_LABELS[variant] + _status(fam, variant),
-                )
+                ls, lw = styles[variant]
+                ax.plot(*zip(*pos), color=COLORS[variant], ls=ls, lw=lw, label=_NAMES[variant])
         _switch_line(ax, fam)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
+        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("training loss (full batch)")
         _title(ax, fam)
-        ax.legend(fontsize=8, loc="upper right")
         ax.grid(True, which="both", alpha=0.25)
-    fig.suptitle(
-        f"{result.setup}: base vs Dom (update onto top-{result.config['k']}) vs Bulk "
-        "(top-k removed); dashed: switch",
-        fontsize=11,
-    )
+    fig.suptitle(f"{result.setup}: training loss, k = {result.config['k']}", fontsize=11)
+    _legend(fig, axes)
     return fig
-
-
-def _status(fam: FamilyResult, variant: str) -> str:
-    status = fam.runs[variant].status
-    return "" if status == "ok" else f" ({status})"
 
 
 def plot_alignment(result: ExperimentResult) -> Any:
@@ -109,27 +128,23 @@ def plot_alignment(result: ExperimentResult) -> Any:
             xs, ys = _series(fam.rows, variant, "grad_alignment", only_full=True)
             if xs:
                 ax.plot(
-                    xs,
-                    ys,
-                    color=COLORS[variant],
-                    lw=1.0,
-                    marker="." if len(xs) < 80 else None,
-                    ms=3,
-                    label=_LABELS[variant],
+                    xs, ys, color=COLORS[variant], lw=1.1, marker=".", ms=3, label=_LABELS[variant]
                 )
         if isinstance(threshold, float):
-            ax.axhline(threshold, color="0.4", lw=0.8, ls=":", label=f"threshold {threshold:g}")
+            ax.axhline(
+                threshold, color="0.4", lw=0.8, ls=":", label=f"switch threshold {threshold:g}"
+            )
         _switch_line(ax, fam)
         ax.set_ylim(0, 1.02)
-        ax.set_ylabel(f"χ_{result.config['k']}(∇L)")
+        ax.set_ylabel(f"$\\chi_{{{result.config['k']}}}(\\nabla L)$")
         _title(ax, fam)
-        ax.legend(fontsize=8, loc="lower right")
         ax.grid(True, alpha=0.25)
     fig.suptitle(
         f"{result.setup}: alignment of the full-batch gradient with the top-{result.config['k']} "
         "Hessian subspace",
         fontsize=11,
     )
+    _legend(fig, axes)
     return fig
 
 
@@ -139,68 +154,51 @@ def plot_eigenvalues(result: ExperimentResult) -> Any:
     k = int(result.config["k"])
     m = k + int(result.config.get("num_extra", 0))
     for ax, fam in zip(axes, result.families):
+        peak = -math.inf
         for i in range(m):
             xs, ys = _series(fam.rows, "base", f"eig_{i}", only_full=True)
             if not xs:
                 continue
+            peak = max(peak, *ys)
             if i == 0:
-                ax.plot(xs, ys, color=COLORS["base"], lw=1.4, label="λ_1 (base)")
+                ax.plot(xs, ys, color=COLORS["base"], lw=1.6, label="$\\lambda_1$ (base run)")
             else:
-                ax.plot(
-                    xs,
-                    ys,
-                    color="0.55" if i < k else "#2ca02c",
-                    lw=0.6,
-                    label=f"λ_2…λ_{k} (base)"
-                    if i == 1
-                    else (f"λ_{k + 1}… (base)" if i == k else None),
-                )
+                label = None
+                if i == 1:
+                    label = f"$\\lambda_2 \\ldots \\lambda_{{{k}}}$ (base run)"
+                elif i == k:
+                    label = f"$\\lambda_{{{k + 1}}}, \\ldots$ (base run)"
+                ax.plot(xs, ys, color="0.6" if i < k else "#2ca02c", lw=0.7, label=label)
         if m > k:
             xs, ys = _series(fam.rows, "bulk", f"eig_{k}", only_full=True)
             if xs:
+                peak = max(peak, *ys)
                 ax.plot(
-                    xs, ys, color=COLORS["bulk"], lw=1.2, ls="--", label=f"λ_{k + 1} (Bulk run)"
+                    xs,
+                    ys,
+                    color=COLORS["bulk"],
+                    lw=1.4,
+                    ls="--",
+                    label=f"$\\lambda_{{{k + 1}}}$ of the Bulk run",
                 )
-        if math.isfinite(fam.stability_limit):
-            ax.axhline(
-                fam.stability_limit,
-                color="#ff7f0e",
-                lw=1.2,
-                label=f"stability threshold {fam.stability_limit:.3g}",
-            )
-            top = max(
-                [fam.stability_limit]
-                + [r.max_watched for r in fam.runs.values() if math.isfinite(r.max_watched)]
-            )
-            if fam.stability_limit > 5 * top / 1.05:  # far above the spectrum: say so, don't squash
-                ax.lines[-1].remove()
-                ax.text(
-                    0.02,
-                    0.97,
-                    f"2/η-type threshold {fam.stability_limit:.3g} (off scale)",
-                    transform=ax.transAxes,
-                    fontsize=8,
-                    va="top",
-                    color="#ff7f0e",
-                )
+        limit = fam.stability_limit
+        if not math.isfinite(limit):
+            note = "Adam: no 2/η stability threshold"
+        elif math.isfinite(peak) and limit > 2.5 * peak:  # far above the spectrum: don't squash it
+            note = f"stability threshold {limit:.3g}: far above (off scale)"
         else:
-            ax.text(
-                0.02,
-                0.97,
-                "adaptive optimizer: no 2/η threshold",
-                transform=ax.transAxes,
-                fontsize=8,
-                va="top",
-                color="0.3",
-            )
+            note = ""
+            ax.axhline(limit, color="#ff7f0e", lw=1.4, label="stability threshold (2/η, 2(1+β)/η)")
+        if note:
+            ax.text(0.02, 0.97, note, transform=ax.transAxes, fontsize=8, va="top", color="#b35900")
         _switch_line(ax, fam)
         ax.set_ylabel("Hessian eigenvalue")
         _title(ax, fam)
-        ax.legend(fontsize=7, loc="lower right")
         ax.grid(True, alpha=0.25)
     fig.suptitle(
         f"{result.setup}: top Hessian eigenvalues against the stability threshold", fontsize=11
     )
+    _legend(fig, axes)
     return fig
 
 

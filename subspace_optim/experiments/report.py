@@ -25,9 +25,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .results import ExperimentResult, FamilyResult
+from .results import ExperimentResult, FamilyResult, RunSummary
 
-__all__ = ["format_table", "table_rows", "write_report"]
+__all__ = ["format_table", "read_report", "table_rows", "write_report"]
 
 _HEADERS = (
     "optimizer",
@@ -50,6 +50,13 @@ def _f(x: float, digits: int = 4) -> str:
     if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
         return "—"
     return f"{x:.{digits}g}"
+
+
+def _p(x: float) -> str:
+    """Fractions and ratios near 1: two decimals."""
+    if x is None or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return "—"
+    return f"{x:.2f}".replace("-0.00", "0.00")
 
 
 def _final(fam: FamilyResult, variant: str) -> str:
@@ -84,13 +91,13 @@ def table_rows(result: ExperimentResult) -> list[list[str]]:
                 fam.family,
                 _f(fam.lr, 3),
                 switch,
-                _f(fam.chi_at_switch if math.isfinite(fam.chi_at_switch) else fam.alignment_ema, 2),
+                _p(fam.chi_at_switch if math.isfinite(fam.chi_at_switch) else fam.alignment_ema),
                 _f(fam.loss_at_switch),
                 _final(fam, "base"),
                 _final(fam, "dom"),
                 _final(fam, "bulk"),
-                f"{_f(fam.runs['dom'].progress, 2)} / {_f(fam.runs['bulk'].progress, 2)}",
-                _f(fam.runs["bulk"].removed_fraction, 2),
+                f"{_p(fam.runs['dom'].progress)} / {_p(fam.runs['bulk'].progress)}",
+                _p(fam.runs["bulk"].removed_fraction),
                 _f(fam.eta.get("ratio", math.nan), 3),
                 _f(matvecs, 3),
                 _f(seconds, 2),
@@ -104,7 +111,7 @@ def _legend(result: ExperimentResult) -> list[str]:
     k = cfg["k"]
     lines = [
         f"L switch: full-batch training loss at the switch; base / Dom / Bulk: after step {cfg['steps']} "
-        "(↑: above the loss at the switch).",
+        "(↑: more than 5 % above the loss at the switch).",
         "Dom/Bulk progress: (L_switch − L_variant)/(L_switch − L_base): ≈0 is a plateau, ≈1 trains like the base.",
         f"χ_k: ‖P_k∇L‖/‖∇L‖ of the full-batch gradient at the switch (k = {k}); "
         "removed: mean ‖P_kΔ‖/‖Δ‖ of the base update that Bulk removes.",
@@ -252,3 +259,44 @@ def write_report(result: ExperimentResult, out: str | Path, *, figures: bool = T
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _nan(x: Any) -> Any:
+    return math.nan if x is None else x
+
+
+def read_report(folder: str | Path) -> ExperimentResult:
+    """Load a run folder written by :func:`write_report` back into an
+    :class:`~subspace_optim.experiments.ExperimentResult` (e.g. to re-plot or compare runs).
+    """
+    folder = Path(folder)
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    rows = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    rows = [{k: _nan(v) for k, v in r.items()} for r in rows]
+    families = []
+    for fam in summary["families"]:
+        runs = {}
+        for name, r in fam["runs"].items():
+            r = {
+                k: _nan(v) if k not in ("diverged_at", "limit_crossed_at") else v
+                for k, v in r.items()
+            }
+            r["warnings"] = tuple(r.get("warnings") or ())
+            runs[name] = RunSummary(**r)
+        fields = {k: _nan(v) for k, v in fam.items() if k not in ("runs", "notes", "batch_size")}
+        families.append(
+            FamilyResult(
+                **fields,
+                batch_size=fam["batch_size"],
+                runs=runs,
+                rows=[r for r in rows if r["family"] == fam["family"]],
+            )
+        )
+    return ExperimentResult(
+        setup=summary["setup"],
+        config=summary["config"],
+        machine=summary["machine"],
+        families=families,
+        seconds=summary["seconds"],
+        cpu_seconds=_nan(summary.get("cpu_seconds")),
+    )

@@ -39,7 +39,8 @@ class RunSummary:
         variant: ``"base"``, ``"dom"`` or ``"bulk"``.
         final_loss: full-batch training loss after the last step (``nan`` if it diverged).
         progress: :func:`progress_ratio` against the base run (1.0 for the base itself).
-        status: ``"ok"``; ``"loss rose"`` (final loss above the loss at the switch);
+        status: ``"ok"``; ``"loss rose"`` (final loss more than 5 % above the loss at the
+            switch);
             ``"diverged"`` (the loss became non-finite or exploded and the run was stopped).
         diverged_at: the step at which a diverged run was stopped.
         steps_run: optimizer steps taken after the switch.
@@ -139,9 +140,14 @@ class FamilyResult:
                     f"{name}: loss rose from {self.loss_at_switch:.4g} to {r.final_loss:.4g}"
                 )
             if r.limit_crossed_at is not None:
+                what = (
+                    "Bulk dynamics unstable along the directions it keeps"
+                    if name == "bulk"
+                    else "Edge of Stability"
+                )
                 out.append(
                     f"{name}: {r.watched_eigenvalue} passed the stability threshold "
-                    f"{limit:.3g} at step {r.limit_crossed_at} (max {r.max_watched:.3g})"
+                    f"{limit:.3g} at step {r.limit_crossed_at} (max {r.max_watched:.3g}): {what}"
                 )
             if r.faults or r.skipped_steps:
                 out.append(
@@ -167,6 +173,8 @@ class ExperimentResult:
         machine: platform, Python, torch, threads and device.
         families: one :class:`FamilyResult` per optimizer family, in the order run.
         seconds: total wall time.
+        cpu_seconds: CPU time of this process over the run (all threads); on a machine
+            shared with other jobs it says what the run would take alone.
     """
 
     setup: str
@@ -174,6 +182,7 @@ class ExperimentResult:
     machine: dict[str, Any]
     families: list[FamilyResult]
     seconds: float
+    cpu_seconds: float = float("nan")
 
     def rows(self) -> list[dict[str, Any]]:
         """Every per-step row of every run (one row per step per run)."""
@@ -186,5 +195,6 @@ class ExperimentResult:
             "config": self.config,
             "machine": self.machine,
             "seconds": self.seconds,
+            "cpu_seconds": self.cpu_seconds,
             "families": [f.as_dict() for f in self.families],
         }

@@ -41,10 +41,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..eigensolvers import available_eigensolvers
 from .data import DataUnavailableError, load_cifar10, load_digits, load_mnist
 from .models import cnn, half_sum_mse, mlp
 
-__all__ = ["SETUPS", "Setup", "SetupError", "load_setup"]
+__all__ = ["SETUPS", "DataUnavailableError", "Setup", "SetupError", "load_setup"]
 
 
 class SetupError(ValueError):
@@ -132,6 +133,10 @@ def cifar10_5k_cnn(
     )
 
 
+#: The refresh solver of the built-in setups: the warm-started block refresh (a few batched
+#: Hessian products per step), when this version of the library has it.
+_SOLVER = "warm" if "warm" in available_eigensolvers() else None
+
 #: Suggested settings of the built-in setups (flags override them).
 DIGITS_DEFAULTS: dict[str, Any] = {
     "steps": 300,
@@ -139,16 +144,18 @@ DIGITS_DEFAULTS: dict[str, Any] = {
     "switch_by": 100,
     "k": 10,
     "batch_size": 50,
+    "solver": _SOLVER,
 }
-QUICK_EXAMPLES = 500
+QUICK_EXAMPLES = 400
 QUICK_WIDTHS = (64, 32, 32, 10)
 QUICK_DEFAULTS: dict[str, Any] = {
-    "steps": 100,
+    "steps": 90,
     "switch": 0.95,
     "switch_by": 40,
     "k": 10,
     "batch_size": 50,
     "check_every": 5,
+    "solver": _SOLVER,
 }
 MNIST_DEFAULTS: dict[str, Any] = {
     "steps": 20000,
@@ -161,6 +168,7 @@ MNIST_DEFAULTS: dict[str, Any] = {
     "eval_every": 10,
     "track_every": 50,
     "check_every": 10,
+    "solver": _SOLVER,
 }
 CIFAR_DEFAULTS: dict[str, Any] = {
     "steps": 20000,
@@ -173,9 +181,10 @@ CIFAR_DEFAULTS: dict[str, Any] = {
     "eval_every": 10,
     "track_every": 50,
     "check_every": 10,
+    "solver": _SOLVER,
 }
 
-#: name -> builder(**kwargs) -> Setup
+#: the built-in setups: ``name -> builder(**kwargs) -> Setup``
 SETUPS: dict[str, Callable[..., Setup]] = {
     "digits": digits,
     "digits-quick": digits_quick,
@@ -246,7 +255,7 @@ def load_setup(spec: str, **kwargs: Any) -> Setup:
         >>> from subspace_optim.experiments.setups import load_setup
         >>> s = load_setup("digits-quick", seed=0)
         >>> s.name, tuple(s.train_data[0].shape), sum(p.numel() for p in s.model.parameters())
-        ('digits-quick', (500, 64), 3466)
+        ('digits-quick', (400, 64), 3466)
     """
     if not isinstance(spec, str) or not spec:
         raise SetupError("setup must be a name or module:function")
@@ -262,6 +271,3 @@ def load_setup(spec: str, **kwargs: Any) -> Setup:
     if not isinstance(setup.model, nn.Module):
         raise SetupError(f"setup {spec!r}: model must be a torch.nn.Module")
     return setup
-
-
-__all__ += ["DataUnavailableError"]

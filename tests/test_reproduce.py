@@ -1,0 +1,317 @@
+"""`subspace-optim reproduce`: the quick run end to end (files, figures, the paper's finding in
+the table), and the runner's contracts on tiny models (shared switch point, determinism,
+instabilities reported rather than raised, validation before any work, atomic run folders)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from subspace_optim.__main__ import main
+from subspace_optim.experiments import (
+    RunConfig,
+    half_sum_mse,
+    mlp,
+    read_report,
+    run,
+    write_report,
+)
+from subspace_optim.experiments.families import FAMILIES
+from subspace_optim.experiments.report import format_table, table_rows
+from subspace_optim.experiments.results import RunSummary, progress_ratio
+from subspace_optim.experiments.runner import _summarize
+
+FIGURES = ("loss.png", "alignment.png", "eigenvalues.png")
+STOCHASTIC = ("sgd", "sam", "momentum", "adam")
+
+
+# ------------------------------------------------------------------ the quick run, once
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("reproduce") / "run"
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["reproduce", "--quick", "--quiet", "--out", str(out)])
+    summary = json.loads((out / "summary.json").read_text()) if out.exists() else {}
+    return {"code": code, "out": out, "stdout": stdout.getvalue(), "summary": summary}
+
+
+def _strict_json(path: Path) -> Any:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{path.name} holds {name}: not valid JSON")
+
+    return json.loads(path.read_text(), parse_constant=refuse)
+
+
+def test_quick_run_writes_every_file(quick: dict[str, Any]) -> None:
+    assert quick["code"] == 0
+    out: Path = quick["out"]
+    names = {p.name for p in out.iterdir()}
+    assert {"summary.md", "metrics.csv", "metrics.json", "summary.json", *FIGURES} <= names
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".partial")]
+    md = (out / "summary.md").read_text()
+    for fig in FIGURES:
+        assert f"]({fig})" in md  # summary.md links every figure
+    assert "| optimizer |" in md
+
+
+def test_metrics_parse_with_one_row_per_step_per_run(quick: dict[str, Any]) -> None:
+    out: Path = quick["out"]
+    rows_json = _strict_json(out / "metrics.json")
+    with open(out / "metrics.csv", newline="") as fh:
+        rows_csv = list(csv.DictReader(fh))
+    assert len(rows_csv) == len(rows_json)
+    cfg = quick["summary"]["config"]
+    steps, k = cfg["steps"], cfg["k"]
+    for fam in quick["summary"]["families"]:
+        s = fam["switch_step"]
+        mine = [r for r in rows_json if r["family"] == fam["family"]]
+        prefix = [r["step"] for r in mine if r["phase"] == "prefix"]
+        assert prefix == list(range(s))
+        for variant in ("base", "dom", "bulk"):
+            after = [
+                r["step"] for r in mine if r["variant"] == variant and r["phase"] == "after switch"
+            ]
+            assert after == list(range(s, steps + 1)), (fam["family"], variant)
+        # the three runs start from the same snapshot: identical loss at the switch
+        at_switch = {
+            r["variant"]: r["loss"] for r in mine if r["step"] == s and r["phase"] != "prefix"
+        }
+        assert at_switch["base"] == at_switch["dom"] == at_switch["bulk"] == fam["loss_at_switch"]
+        refreshed = [r for r in mine if r["variant"] == "bulk" and r.get("refreshed")]
+        assert len(refreshed) == steps - s  # refreshed every step after the switch
+        assert all(f"eig_{k + 1}" in r for r in refreshed)  # num_extra = 2 tracked
+    float(rows_csv[0]["loss"])
+
+
+def test_figures_are_valid_nonblank_pngs(quick: dict[str, Any]) -> None:
+    from matplotlib.image import imread
+
+    for name in FIGURES:
+        path = quick["out"] / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        img = imread(path)
+        assert img.ndim == 3 and img.shape[0] > 400 and img.shape[1] > 800
+        assert float(img[..., :3].std()) > 0.05  # not a blank canvas
+
+
+def test_table_shows_the_finding_for_every_stochastic_family(quick: dict[str, Any]) -> None:
+    fams = {f["family"]: f for f in quick["summary"]["families"]}
+    assert list(fams) == ["sgd", "gd-eos", "sam", "momentum", "adam"]
+    for name in STOCHASTIC:
+        f = fams[name]
+        dom, bulk, base = f["runs"]["dom"], f["runs"]["bulk"], f["runs"]["base"]
+        assert base["final_loss"] < 0.8 * f["loss_at_switch"], name  # the base keeps training
+        assert dom["progress"] <= 0.1, (name, dom)  # Dom plateaus at the switch value
+        assert bulk["progress"] >= 0.85, (name, bulk)  # Bulk trains like the base
+        assert 0 < bulk["removed_fraction"] < 1
+        assert dom["status"] == bulk["status"] == "ok"
+    # the table printed on the terminal carries the same numbers
+    table = quick["stdout"]
+    for row in quick["summary"]["table"]:
+        assert "  ".join(row[:2]) in " ".join(table.split("  ")) or row[0] in table
+        assert row[6] in table and row[7] in table
+
+
+def test_gd_at_the_edge_of_stability_is_reported(quick: dict[str, Any]) -> None:
+    f = next(f for f in quick["summary"]["families"] if f["family"] == "gd-eos")
+    assert f["batch_size"] is None  # full batch
+    assert math.isclose(f["stability_limit"], 2 / f["lr"], rel_tol=1e-9)
+    assert math.isclose(f["lr"] * f["initial_sharpness"], 2 * 0.82, rel_tol=1e-6)
+    base, dom, bulk = (f["runs"][v] for v in ("base", "dom", "bulk"))
+    # progressive sharpening carries λ_1 of plain GD past 2/η: the Edge of Stability
+    assert base["limit_crossed_at"] is not None and base["max_watched"] > f["stability_limit"]
+    assert dom["progress"] <= 0.3
+    # every instability the runs met is in the notes, never hidden
+    notes = " ".join(f["notes"])
+    for name, r in f["runs"].items():
+        if r["limit_crossed_at"] is not None:
+            assert f"{name}: λ_" in notes
+        if r["status"] != "ok":
+            assert f"{name}: " in notes
+    assert bulk["status"] in ("ok", "loss rose", "diverged")
+
+
+def test_effective_learning_rates_follow_the_paper(quick: dict[str, Any]) -> None:
+    ratio = {f["family"]: f["eta"]["ratio"] for f in quick["summary"]["families"]}
+    assert 0.7 < ratio["sgd"] < 1.3  # plain SGD: η_bulk ≈ η_dom
+    assert ratio["momentum"] > 1.4 * ratio["sgd"]
+    assert ratio["adam"] > 1.4 * ratio["sgd"]
+
+
+def test_quick_run_fits_its_budget(quick: dict[str, Any]) -> None:
+    # CPU time, not wall time: the machine running the tests may be shared. The budget of
+    # --quick is one minute; this guard fails on a 2× regression.
+    assert quick["summary"]["cpu_seconds"] < 120
+
+
+def test_read_report_round_trips(quick: dict[str, Any]) -> None:
+    result = read_report(quick["out"])
+    assert table_rows(result) == quick["summary"]["table"]
+    assert format_table(result).splitlines()[0].startswith("optimizer")
+
+
+# ------------------------------------------------------------- the runner, tiny models
+def _toy(seed: int = 0, n: int = 96) -> tuple[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 5, generator=g)
+    Y = torch.nn.functional.one_hot(torch.arange(n) % 3, 3).float()
+    return mlp((5, 12, 3), generator=g), (X, Y)
+
+
+SMALL = {"steps": 16, "switch": 6, "k": 3, "batch_size": 16, "progress": False}
+
+
+def test_run_leaves_the_model_alone_and_is_deterministic() -> None:
+    model, data = _toy()
+    before = [p.detach().clone() for p in model.parameters()]
+    a = run(model, half_sum_mse, data, optimizers="sgd,momentum", **SMALL)
+    b = run(model, half_sum_mse, data, optimizers="sgd,momentum", **SMALL)
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+    assert [r["loss"] for r in a.rows()] == pytest.approx(
+        [r["loss"] for r in b.rows()], nan_ok=True, rel=0, abs=0
+    )
+    c = run(model, half_sum_mse, data, optimizers="sgd", **{**SMALL, "seed": 1})
+    assert c.families[0].runs["base"].final_loss != a.families[0].runs["base"].final_loss
+
+
+def test_threshold_switch_and_forced_fallback() -> None:
+    model, data = _toy()
+    settings = {**SMALL, "switch_by": 10, "check_every": 1}
+    low = run(model, half_sum_mse, data, optimizers="sgd", **{**settings, "switch": 0.05})
+    fam = low.families[0]
+    assert fam.switch_reason == "threshold" and 1 <= fam.switch_step < 10
+    assert fam.alignment_ema >= 0.05
+    high = run(model, half_sum_mse, data, optimizers="sgd", **{**settings, "switch": 1.0})
+    fam = high.families[0]
+    assert fam.switch_reason == "forced" and fam.switch_step == 10
+    assert any("switch forced at step 10" in n for n in fam.notes())
+
+
+class _PoisonAfter:
+    """A loss that turns NaN after ``n`` calls: a run that blows up after the switch."""
+
+    def __init__(self, n: int) -> None:
+        self.n, self.calls = n, 0
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        loss = half_sum_mse(out, y)
+        return loss * math.nan if self.calls > self.n else loss
+
+
+def test_a_run_that_diverges_after_the_switch_is_reported_not_raised(tmp_path: Path) -> None:
+    model, data = _toy()
+    probe = _PoisonAfter(10**9)
+    run(model, probe, data, optimizers="sgd", **SMALL)
+    # the same run, with the loss turning NaN three quarters of the way through (after the
+    # switch: the shared prefix is the first sixth of the steps)
+    result = run(model, _PoisonAfter(3 * probe.calls // 4), data, optimizers="sgd", **SMALL)
+    fam = result.families[0]
+    statuses = {v: r.status for v, r in fam.runs.items()}
+    assert "diverged" in statuses.values(), statuses
+    broken = [v for v, s in statuses.items() if s == "diverged"]
+    assert all(fam.runs[v].diverged_at is not None for v in broken)
+    assert any("diverged" in n for n in fam.notes())
+    path = write_report(result, tmp_path / "run", figures=True)
+    _strict_json(path / "metrics.json")
+    assert "diverged@" in format_table(result)
+
+
+def test_divergence_before_the_switch_is_a_clear_error() -> None:
+    model, data = _toy()
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        run(model, half_sum_mse, data, optimizers="sgd", lr=1e4, **SMALL)
+
+
+def test_bulk_instability_is_detected_from_the_tracked_spectrum() -> None:
+    limit = 2.0
+    rows = [
+        {"step": t, "refreshed": True, "projected": True, "update_alignment": 0.5,
+         "refresh_matvecs": 10, "refresh_seconds": 0.01, "faults": 0, "skipped": False,
+         "eig_0": 5.0 + t, "eig_1": 1.5 + 0.2 * t}
+        for t in range(6)
+    ]  # fmt: skip
+    bulk = _summarize(FAMILIES["gd-eos"], "bulk", rows, 1, limit, 0.5, 0.7, None, 6, 1.0, {}, 0.3)
+    assert bulk.watched_eigenvalue == "λ_{k+1}" and bulk.limit_crossed_at == 3  # 1.5+0.6 > 2
+    assert bulk.status == "loss rose" and bulk.max_watched == pytest.approx(2.5)
+    assert bulk.matvecs == 60 and bulk.refreshes == 6
+    dom = _summarize(FAMILIES["gd-eos"], "dom", rows, 1, limit, 0.5, 0.5, None, 6, 1.0, {}, 0.3)
+    assert dom.watched_eigenvalue == "λ_1" and dom.limit_crossed_at == 0
+
+
+def test_progress_ratio() -> None:
+    assert progress_ratio(1.0, 0.5, 0.5) == 1.0
+    assert progress_ratio(1.0, 1.0, 0.5) == 0.0
+    assert math.isnan(progress_ratio(1.0, 0.9, 1.2))  # base made no progress
+    assert math.isnan(progress_ratio(1.0, math.nan, 0.5))
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "needle"),
+    [
+        ({"switch": 1.5}, ValueError, "alignment in (0, 1]"),
+        ({"switch": 20, "steps": 16}, ValueError, "must be smaller than steps"),
+        ({"switch": "soon"}, TypeError, "threshold in (0, 1]"),
+        ({"optimizers": "sgd,rmsprop"}, ValueError, "unknown optimizer 'rmsprop'"),
+        ({"optimizers": ""}, ValueError, "no optimizer given"),
+        ({"lr": {"adamw": 0.1}}, ValueError, "unknown optimizer 'adamw'"),
+        ({"lr": -0.1}, ValueError, "lr must be > 0"),
+        ({"k": 0}, ValueError, "k must be >= 1"),
+        ({"refresh": 0}, ValueError, "refresh must be >= 1"),
+        ({"solver": "nope"}, ValueError, "unknown eigensolver"),
+        ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
+    ],
+)
+def test_config_validation(settings: dict[str, Any], error: type, needle: str) -> None:
+    with pytest.raises(error, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        RunConfig(**{"steps": 16, **settings})
+
+
+def test_run_validates_before_any_work() -> None:
+    model, (X, Y) = _toy()
+    with pytest.raises(ValueError, match=r"first .example. dimension"):
+        run(model, half_sum_mse, (X, Y[:10]), optimizers="sgd", **SMALL)
+    with pytest.raises(TypeError, match=r"torch\.nn\.Module"):
+        run(lambda x: x, half_sum_mse, (X, Y), optimizers="sgd", **SMALL)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="inputs, targets"):
+        run(model, half_sum_mse, [(X, Y)], optimizers="sgd", **SMALL)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="k \\+ num_extra"):
+        run(model, half_sum_mse, (X, Y), optimizers="sgd", **{**SMALL, "k": 200})
+    with pytest.raises(TypeError, match="either config or keyword"):
+        run(model, half_sum_mse, (X, Y), RunConfig(), steps=5)
+    bad = X.clone()
+    bad[0, 0] = math.nan
+    with pytest.raises(ValueError, match="NaN"):
+        run(model, half_sum_mse, (bad, Y), optimizers="sgd", **SMALL)
+
+
+def test_write_report_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, data = _toy()
+    result = run(model, half_sum_mse, data, optimizers="sgd", **SMALL)
+    import subspace_optim.experiments.plots as plots
+
+    def broken(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(plots, "save_figures", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        write_report(result, tmp_path / "run")
+    assert list(tmp_path.iterdir()) == []  # nothing half-written
+    monkeypatch.undo()
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    with pytest.raises(FileExistsError):
+        write_report(result, tmp_path / "taken")
+    path = write_report(result, tmp_path / "run")
+    assert (path / "loss.png").exists()
+    assert isinstance(read_report(path).families[0].runs["bulk"], RunSummary)
