@@ -9,9 +9,9 @@ Two jobs:
    name is a warning, so ``sphinx-build -W`` fails and says which page to add it to.
 2. **Generated pages.** Some pages are written by scripts of the project (benchmarks,
    reports). They may not exist in a fresh checkout, so the build must not depend on them:
-   for each one that exists the tag ``has_<name>`` is set (pages guard their links with
-   ``.. only:: has_<name>``) and the page is appended to the "Measured results" toctree of
-   ``index``.
+   each one that exists is appended to the "Measured results" toctree of ``index``, and
+   the directive ``.. if-generated:: NAME`` renders its content (typically a link to the
+   page) only when page ``NAME`` exists.
 """
 
 from __future__ import annotations
@@ -22,8 +22,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from docutils import nodes
 from sphinx.application import Sphinx
 from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,7 @@ GENERATED_PAGES: tuple[str, ...] = (
     "eos_findings",
     "distributed",
     "reliability",
+    "reproduce_quick",
 )
 
 #: the objtypes of the Python domain that document a public name
@@ -126,9 +129,21 @@ def existing_generated_pages(srcdir: str | Path) -> list[str]:
     ]
 
 
-def _set_tags(app: Sphinx, config: Any) -> None:
-    for name in existing_generated_pages(app.srcdir):
-        app.tags.add(f"has_{name}")
+class IfGenerated(SphinxDirective):
+    """``.. if-generated:: NAME``: the content, only if the generated page NAME exists."""
+
+    required_arguments = 1
+    has_content = True
+
+    def run(self) -> list[nodes.Node]:
+        name = self.arguments[0]
+        if name not in GENERATED_PAGES:
+            raise self.error(f"{name!r} is not one of the generated pages {GENERATED_PAGES}")
+        if name not in existing_generated_pages(self.env.srcdir):
+            return []
+        container = nodes.container()
+        self.state.nested_parse(self.content, self.content_offset, container)
+        return container.children
 
 
 def _append_results_toctree(app: Sphinx, docname: str, source: list[str]) -> None:
@@ -143,7 +158,7 @@ def _append_results_toctree(app: Sphinx, docname: str, source: list[str]) -> Non
 
 
 def setup(app: Sphinx) -> dict[str, Any]:
-    app.connect("config-inited", _set_tags)
+    app.add_directive("if-generated", IfGenerated)
     app.connect("source-read", _append_results_toctree)
     app.connect("env-check-consistency", _check_coverage)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
