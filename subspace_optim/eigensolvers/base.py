@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -157,6 +158,20 @@ class Eigensolver(ABC):
                 f"block_size={block} of {type(self).__name__} is narrower than k={k}; set "
                 f"block_size >= {k} or leave it None for the default width"
             )
+
+    def state_dict(self) -> dict[str, Any]:
+        """What this solver carries from one :meth:`solve` to the next, for checkpoints.
+
+        ``{}`` for solvers whose result depends only on ``(op, k, init, generator)``.
+        Solvers that remember something between calls (such as the guard columns of
+        :class:`~subspace_optim.eigensolvers.warm.WarmRefresh`) return it here, so that
+        :class:`~subspace_optim.SubspaceProjectedOptimizer` can save it and a resumed run
+        reproduces the uninterrupted one bit for bit.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - stateless default
+        """Restore what :meth:`state_dict` returned (stateless solvers ignore it)."""
 
     @abstractmethod
     def _solve(

@@ -3,6 +3,8 @@ checked by residuals, and a cold solve only when the residuals say so."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -106,6 +108,18 @@ class WarmRefresh(Eigensolver):
     def reset(self) -> None:
         """Forget the guard columns kept from the previous solve."""
         self._guards = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The guard columns kept from the previous solve (checkpoints resume exactly)."""
+        return {"guards": None if self._guards is None else self._guards.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        guards = state.get("guards")
+        if guards is not None and not isinstance(guards, Tensor):
+            raise TypeError(
+                f"WarmRefresh state 'guards' must be a Tensor or None; got {type(guards).__name__}"
+            )
+        self._guards = None if guards is None else guards.clone()
 
     def _usable_guards(self, op: LinearOperator) -> Tensor | None:
         G = self._guards

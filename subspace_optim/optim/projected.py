@@ -74,7 +74,9 @@ class SubspaceProjectedOptimizer(Optimizer):
         k: dimension of the dominant subspace (the paper: number of classes). ``k = 0``
             makes the wrapper a no-op.
         mode: ``"bulk"``, ``"dominant"`` or ``"none"``.
-        eigensolver: a solver instance or a registered name (``"lanczos"``, ``"power"``,
+        eigensolver: a solver instance or a registered name (``"warm"``, the default: a
+            :class:`~subspace_optim.WarmRefresh` that refreshes from the previous basis by
+            block Rayleigh–Ritz and LOBPCG steps, ``"lanczos"``, ``"lobpcg"``, ``"power"``,
             ``"eigh"``, ...).
         refresh: a :class:`~subspace_optim.RefreshSchedule`, ``"every"`` (default,
             ``Every(1)``) or ``"switch"`` (``AlignmentSwitch()``).
@@ -134,7 +136,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         k: int = 10,
         mode: str = "bulk",
         *,
-        eigensolver: str | Eigensolver = "lanczos",
+        eigensolver: str | Eigensolver = "warm",
         refresh: str | RefreshSchedule | None = None,
         project: str = "update",
         num_extra: int = 0,
@@ -682,7 +684,8 @@ class SubspaceProjectedOptimizer(Optimizer):
     # ---------------------------------------------------------- checkpoint
     def state_dict(self) -> dict[str, Any]:
         """The base optimizer's ``state_dict()`` plus ``"subspace"``: basis, eigenvalues,
-        step, counters, schedule state and generator state (all ``weights_only``-safe)."""
+        step, counters, schedule, eigensolver and generator state (all ``weights_only``-safe),
+        enough for a resumed run to reproduce the uninterrupted one bit for bit."""
         for pre_hook in self._optimizer_state_dict_pre_hooks.values():
             pre_hook(self)
         sd = dict(self.base.state_dict())
@@ -699,6 +702,7 @@ class SubspaceProjectedOptimizer(Optimizer):
             "counters": dict(self.counters),
             "schedule": self.schedule.state_dict(),
             "generator": self.generator.get_state(),
+            "eigensolver": self.eigensolver.state_dict(),
         }
         for post_hook in self._optimizer_state_dict_post_hooks.values():
             out = post_hook(self, sd)
@@ -778,6 +782,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         self.active_k = int(sub.get("active_k", self.k))
         self.counters = {**self.counters, **sub["counters"]}
         self.schedule.load_state_dict(sub["schedule"])
+        self.eigensolver.load_state_dict(sub.get("eigensolver", {}))
         self.generator.set_state(sub["generator"])
         for post_hook in self._optimizer_load_state_dict_post_hooks.values():
             post_hook(self)

@@ -222,6 +222,13 @@ class FaultySolver(Eigensolver, _Counted):
     def check_k(self, n: int, k: int) -> None:
         self.inner.check_k(n, k)
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"inner": self.inner.state_dict(), "calls": self.calls}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.inner.load_state_dict(state.get("inner", {}))
+        self.calls = int(state.get("calls", self.calls))
+
     def _solve(
         self, op: LinearOperator, k: int, init: Tensor | None, generator: torch.Generator
     ) -> EigenResult:

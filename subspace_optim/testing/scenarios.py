@@ -32,24 +32,28 @@ from ..eigensolvers import Lanczos, PowerIteration
 from ..operators.dense import DenseOperator
 from ..operators.hessian import HessianOperator
 from ..optim.projected import SubspaceProjectedOptimizer
-from ..schedules import Every
+from ..schedules import AlignmentSwitch, Every
 from .checks import StateSnapshot, all_finite, orthonormality_error
 from .faults import FaultyLoss, FaultyModule, FaultySolver
 
 __all__ = [
     "BAD_INPUTS",
+    "DETERMINISM_CONFIGS",
     "FAULTS",
     "BadInput",
     "BadInputOutcome",
     "FaultCase",
     "FaultOutcome",
+    "ResumeOutcome",
     "SoakOutcome",
     "Trial",
     "checkpoint_bytes",
     "load_bytes",
     "mse",
+    "resume_check",
     "run_bad_input",
     "run_fault",
+    "setup_factory",
     "soak",
     "tiny_problem",
     "train",
@@ -413,7 +417,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "k",
         ValueError,
         r"too large for Lanczos.*lower k",
-        _construct(k=40, num_extra=11),
+        _construct(k=40, num_extra=11, eigensolver=Lanczos()),
     ),
     BadInput(
         "block width < k (PowerIteration(block_size=2), k=3)",
@@ -1064,6 +1068,132 @@ def soak(
         loss_first=loss_first,
         loss_last=_full_loss(model, loss_fn, data),
     )
+
+
+# ------------------------------------------------------------------------ determinism
+@dataclass(frozen=True)
+class ResumeOutcome:
+    """Whether two runs agree bit for bit, and whether a run resumed from a checkpoint taken
+    after step ``s`` (for every ``s``) ends exactly where the uninterrupted run ends."""
+
+    steps: int
+    refreshes: int
+    repeat_identical: bool
+    resume_identical: tuple[bool, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.repeat_identical and all(self.resume_identical)
+
+
+def _fingerprint(model: nn.Module, opt: SubspaceProjectedOptimizer) -> list[Any]:
+    stats = opt.last_stats.as_dict() if opt.last_stats is not None else {}
+    stats.pop("refresh_seconds", None)
+    counters = {k: v for k, v in opt.counters.items() if k != "refresh_seconds"}
+    tensors = [p.detach().clone() for p in model.parameters()]
+    tensors += [t.clone() for t in (opt.basis, opt.eigenvalues) if t is not None]
+    return [tensors, repr(stats), counters]  # repr: NaN fields compare equal
+
+
+def _identical(a: list[Any], b: list[Any]) -> bool:
+    return (
+        len(a[0]) == len(b[0])
+        and all(torch.equal(x, y) for x, y in zip(a[0], b[0]))
+        and a[1:] == b[1:]
+    )
+
+
+def resume_check(
+    make: Callable[
+        [], tuple[nn.Module, Callable, tuple[Tensor, Tensor], SubspaceProjectedOptimizer]
+    ],
+    steps: int = 6,
+    *,
+    closure: bool = False,
+) -> ResumeOutcome:
+    """Run ``make()``'s setup for ``steps`` steps twice, then once per resume point: stop
+    after ``s`` steps, checkpoint model and optimizer through ``torch.save``, build a fresh
+    setup, ``torch.load(weights_only=True)`` the checkpoint and finish the run.
+
+    ``make`` must build the same setup every time (same seeds, a fixed ``generator``).
+    """
+
+    def run(stop: int | None) -> list[Any]:
+        model, loss_fn, data, opt = make()
+        if stop is None:
+            train(opt, model, loss_fn, data, steps, closure=closure)
+            return _fingerprint(model, opt)
+        train(opt, model, loss_fn, data, stop, closure=closure)
+        blob = checkpoint_bytes({"model": model.state_dict(), "opt": opt.state_dict()})
+        model, loss_fn, data, opt = make()
+        state = load_bytes(blob)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        train(opt, model, loss_fn, data, range(stop, steps), closure=closure)
+        return _fingerprint(model, opt)
+
+    reference = run(None)
+    return ResumeOutcome(
+        steps=steps,
+        refreshes=int(reference[2]["refreshes"]),
+        repeat_identical=_identical(run(None), reference),
+        resume_identical=tuple(_identical(run(stop), reference) for stop in range(steps)),
+    )
+
+
+def setup_factory(
+    family: str,
+    schedule: Callable[[], Any],
+    solver: Callable[[], Any] | None,
+    *,
+    k: int = 3,
+) -> Callable[[], tuple[nn.Module, Callable, tuple[Tensor, Tensor], SubspaceProjectedOptimizer]]:
+    """A ``make()`` for :func:`resume_check`: the tiny problem wrapped with a fresh schedule,
+    a fresh eigensolver (``None``: the library default) and a generator seeded with 7."""
+    from .strategies import FAMILIES
+
+    def make() -> tuple[nn.Module, Callable, tuple[Tensor, Tensor], SubspaceProjectedOptimizer]:
+        model, loss_fn, data = tiny_problem()
+        kwargs: dict[str, Any] = {} if solver is None else {"eigensolver": solver()}
+        opt = SubspaceProjectedOptimizer(
+            FAMILIES[family](model.parameters()),
+            HessianOperator(model, loss_fn, data),
+            k=k,
+            refresh=schedule(),
+            generator=torch.Generator().manual_seed(7),
+            **kwargs,
+        )
+        return model, loss_fn, data, opt
+
+    return make
+
+
+#: ``(label, family, schedule factory, solver factory or None for the default, closure)``
+DETERMINISM_CONFIGS: tuple[
+    tuple[str, str, Callable[[], Any], Callable[[], Any] | None, bool], ...
+] = (
+    (
+        "Adam, Every(2), default solver (WarmRefresh)",
+        "adam",
+        lambda: Every(2),
+        None,
+        False,
+    ),
+    (
+        "SGD+momentum, AlignmentSwitch, PowerIteration",
+        "momentum",
+        lambda: AlignmentSwitch(threshold=0.3, ema=0.5, max_steps=3),
+        lambda: PowerIteration(max_iter=2),
+        False,
+    ),
+    (
+        "SAM(SGD) with closure, Every(1), Lanczos",
+        "sam",
+        lambda: Every(1),
+        lambda: Lanczos(ncv=8),
+        True,
+    ),
+)
 
 
 def checkpoint_bytes(obj: Any) -> bytes:
