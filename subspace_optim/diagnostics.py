@@ -67,7 +67,16 @@ class StepStats:
     faults: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        """A flat dict (eigenvalues as ``eig_0, eig_1, …``) for CSV / TensorBoard / W&B."""
+        """A flat dict (eigenvalues as ``eig_0, eig_1, …``) for CSV / TensorBoard / W&B.
+
+        Example:
+            >>> from subspace_optim import StepStats
+            >>> s = StepStats(step=3, projected=True, refreshed=True, gradient_source="full",
+            ...               grad_alignment=0.97, eigenvalues=(4.0, 2.5))
+            >>> d = s.as_dict()
+            >>> d["step"], d["grad_alignment"], d["eig_0"], d["eig_1"]
+            (3, 0.97, 4.0, 2.5)
+        """
         d = asdict(self)
         eig = d.pop("eigenvalues")
         d.update({f"eig_{i}": v for i, v in enumerate(eig)})

@@ -45,7 +45,14 @@ _REGISTRY: dict[str, Callable[..., Eigensolver]] = {
 
 
 def register_eigensolver(name: str, factory: Callable[..., Eigensolver]) -> None:
-    """Make ``factory(**options)`` available under ``name`` wherever a solver name is accepted."""
+    """Make ``factory(**options)`` available under ``name`` wherever a solver name is accepted.
+
+    Example:
+        >>> from subspace_optim import Lanczos, register_eigensolver, resolve_eigensolver
+        >>> register_eigensolver("tight-lanczos", lambda **kw: Lanczos(tol=1e-8, **kw))
+        >>> resolve_eigensolver("tight-lanczos")
+        Lanczos(tol=1e-08, max_iter=200, which='LA')
+    """
     if not isinstance(name, str) or not name:
         raise ValueError("eigensolver names are non-empty strings")
     if not callable(factory):
@@ -54,7 +61,13 @@ def register_eigensolver(name: str, factory: Callable[..., Eigensolver]) -> None
 
 
 def available_eigensolvers() -> list[str]:
-    """The names :func:`resolve_eigensolver` accepts."""
+    """The names :func:`resolve_eigensolver` accepts, sorted.
+
+    Example:
+        >>> from subspace_optim import available_eigensolvers
+        >>> {"eigh", "lanczos", "lobpcg", "power", "warm"} <= set(available_eigensolvers())
+        True
+    """
     return sorted(_REGISTRY)
 
 
