@@ -25,7 +25,7 @@ from subspace_optim.testing.scenarios import checkpoint_bytes, load_bytes, train
 from subspace_optim.testing.strategies import FAMILIES, build_optimizer, training_setups
 
 FAST = settings(
-    max_examples=10,
+    max_examples=6,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
@@ -35,7 +35,7 @@ SLOW = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-STEPS = 4
+STEPS = 3
 
 
 def _tol(model):

@@ -74,7 +74,7 @@ FAMILIES: dict[str, Callable[[Any], Optimizer]] = {
 
 #: eigensolvers drawn by the strategies (those registered in this installation)
 SOLVERS: tuple[str, ...] = tuple(
-    s for s in ("lanczos", "power", "eigh", "lobpcg") if s in available_eigensolvers()
+    s for s in ("warm", "lanczos", "power", "eigh", "lobpcg") if s in available_eigensolvers()
 )
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
