@@ -33,6 +33,16 @@ class EigenResult:
         num_iterations: outer iterations of the algorithm.
         converged: every residual met the tolerance.
         status: a human-readable message; when not converged, it says what to change.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim import DenseOperator, Lanczos
+        >>> op = DenseOperator.from_spectrum(torch.linspace(-2, 6, 100, dtype=torch.float64))
+        >>> res = Lanczos(tol=1e-6).solve(op, 2)
+        >>> res.k, tuple(res.eigenvectors.shape), res.converged
+        (2, (100, 2), True)
+        >>> bool((res.relative_residuals() <= 1e-6).all()), res.num_matvecs > 0
+        (True, True)
     """
 
     eigenvalues: Tensor
@@ -66,6 +76,28 @@ class Eigensolver(ABC):
             dominant subspace is the top of the spectrum) or ``"LM"`` (largest magnitude).
         raise_on_failure: raise :class:`EigensolverError` instead of returning the best
             estimate with ``converged=False``.
+
+    Example:
+        A solver with one Rayleigh–Ritz step on a random block (a sketch, not a good
+        solver): the base class validates ``k``, counts the matvecs and builds nothing
+        else.
+
+        >>> import torch
+        >>> from subspace_optim import DenseOperator, EigenResult, Eigensolver
+        >>> class OneShot(Eigensolver):
+        ...     def _solve(self, op, k, init, generator):
+        ...         X = torch.linalg.qr(torch.randn(op.shape[0], k, dtype=op.dtype,
+        ...                                         generator=generator))[0]
+        ...         AX = op.matmat(X)
+        ...         theta, S = torch.linalg.eigh(X.T @ AX)
+        ...         theta, S = theta.flip(0), S.flip(1)
+        ...         X, AX = X @ S, AX @ S
+        ...         res = (AX - X * theta).norm(dim=0)
+        ...         return EigenResult(theta, X, res, 0, 1, False, "OneShot: one step")
+        >>> op = DenseOperator(torch.eye(4, dtype=torch.float64))
+        >>> result = OneShot().solve(op, 2)
+        >>> [round(v, 12) for v in result.eigenvalues.tolist()], result.num_matvecs
+        ([1.0, 1.0], 2)
     """
 
     #: capability flags, read by the contract tests and by ``solver="auto"``

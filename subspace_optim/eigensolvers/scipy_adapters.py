@@ -145,7 +145,8 @@ class ScipyLOBPCG(Eigensolver):
 
     scipy's ``tol`` is an absolute residual norm; it is set to ``tol · |θ_1|`` with ``θ_1``
     from the Rayleigh–Ritz of the start block (``θ_1 <= λ_1``, so the criterion is at least
-    as strict as ours). Residuals are then recomputed explicitly (``k`` more matvecs).
+    as strict as ours; it costs ``b`` matvecs). Residuals are then recomputed explicitly
+    (``k`` more matvecs).
 
     Args:
         block_size: columns of the block (default ``k + max(3, k // 2)``).
