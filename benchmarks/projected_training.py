@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import inspect
 import json
 import math
 import os
@@ -351,11 +352,14 @@ def run_one(
 LEVER_SOLVERS = ("lanczos", "warm", "lobpcg")
 
 
-def lever_specs(quick: bool) -> list[RunSpec]:
+def lever_specs(quick: bool, default_method: str) -> list[RunSpec]:
     """Bulk runs with one choice changed from the default (each lever the library offers)."""
     specs: list[RunSpec] = []
+    default = inspect.signature(so.SubspaceProjectedOptimizer).parameters["eigensolver"].default
     for name in LEVER_SOLVERS:
-        if name in so.available_eigensolvers():
+        if name not in so.available_eigensolvers():
+            continue
+        if repr(so.resolve_eigensolver(name)) != repr(so.resolve_eigensolver(default)):
             specs.append(
                 RunSpec(f"Bulk, eigensolver={name!r}", "library", "bulk", {"eigensolver": name})
             )
@@ -370,7 +374,7 @@ def lever_specs(quick: bool) -> list[RunSpec]:
         RunSpec("Bulk, refresh every 2 steps", "library", "bulk", {"refresh": so.Every(2)})
     )
     for method in so.operators.hessian.HVP_METHODS:
-        if method != "auto":
+        if method not in ("auto", default_method):
             specs.append(
                 RunSpec(f"Bulk, HVP method={method!r}", "library", "bulk", None, {"method": method})
             )
@@ -423,7 +427,8 @@ def run_setup(name: str, args: argparse.Namespace, device: torch.device) -> dict
             )
         )
     if args.levers:
-        specs += lever_specs(args.quick)
+        default_method = so.HessianOperator(s.model, s.loss_fn, (s.X, s.Y))._resolved_method()
+        specs += lever_specs(args.quick, default_method)
     records = []
     for spec in specs:
         t0 = time.perf_counter()
