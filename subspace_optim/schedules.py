@@ -35,7 +35,19 @@ class Decision:
 
 
 class RefreshSchedule(ABC):
-    """Base class: :meth:`decide` for step ``t``, :meth:`observe` what was measured."""
+    """Base class: :meth:`decide` for step ``t``, :meth:`observe` what was measured.
+
+    Example:
+        >>> from subspace_optim import Decision, RefreshSchedule
+        >>> class EveryUntil(RefreshSchedule):
+        ...     # refresh every step until ``stop``, then keep the last basis
+        ...     def __init__(self, stop):
+        ...         self.stop = stop
+        ...     def decide(self, step):
+        ...         return Decision(refresh=step < self.stop, project=True)
+        >>> [EveryUntil(2).decide(t).refresh for t in range(4)]
+        [True, True, False, False]
+    """
 
     @abstractmethod
     def decide(self, step: int) -> Decision:

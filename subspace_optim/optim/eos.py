@@ -195,6 +195,14 @@ def pick_learning_rate(
 
     Raises:
         ValueError: ``c <= 0``, or λ_1 is not positive (no curvature to set a step by).
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim import DenseOperator, pick_learning_rate
+        >>> op = DenseOperator.from_spectrum(torch.linspace(0, 4, 40, dtype=torch.float64))
+        >>> pick = pick_learning_rate(op, c=0.9)
+        >>> round(pick.sharpness, 6), round(pick.lr, 6)  # 0.9 · 2/4
+        (4.0, 0.45)
     """
     c = check_positive_float("c", c)
     solver = Lanczos(tol=1e-4) if eigensolver is None else resolve_eigensolver(eigensolver)
