@@ -212,6 +212,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         # share (not copy) the base's groups and state: schedulers and hooks act on the base
         self.param_groups = base.param_groups
         self.state = base.state
+        self.defaults = base.defaults  # OneCycleLR & co. read momentum/betas support here
         self._ready = True
         if generator is None:
             generator = torch.Generator(device=curvature.device).manual_seed(0)
@@ -278,20 +279,41 @@ class SubspaceProjectedOptimizer(Optimizer):
             )
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the base optimizer; its parameters must be covered by the operator."""
+        """Add a group to the base optimizer (e.g. unfreezing layers while fine-tuning).
+
+        With a :class:`~subspace_optim.HessianOperator` over the same model, the operator is
+        extended to the new parameters and the basis is recomputed at the next projected
+        step (the parameter space changed). Other operators must already cover them.
+        """
         if not getattr(self, "_ready", False):  # from Optimizer.__init__: the base's own groups
             super().add_param_group(param_group)
             return
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
         covered = {id(p) for p in self._params}
-        if any(id(p) not in covered for p in params):
-            raise ValueError(
-                "the new parameters are not covered by the curvature operator: the projection "
-                "is defined on the operator's parameter space. Build a new operator and wrapper."
+        new = [p for p in params if id(p) not in covered and p.requires_grad]
+        curvature = self.curvature
+        if new:
+            c = self.curvature
+            if type(c) is not HessianOperator:
+                raise ValueError(
+                    "the new parameters are not covered by the curvature operator "
+                    f"({type(c).__name__}): the projection is defined on the operator's "
+                    "parameter space. Build a new operator and wrapper."
+                )
+            # built first: a bad parameter (not in the model, other dtype) raises here,
+            # before anything changes
+            curvature = HessianOperator(
+                c.model, c.loss_fn, c.data, params=[*c.params, *new],
+                chunk_size=c.chunk_size, method=c.method, train=c.train,
             )
         self.base.add_param_group({**param_group, "params": params})
         self.param_groups = self.base.param_groups
+        if curvature is not self.curvature:
+            self.curvature = curvature
+            self._params = list(curvature.params)
+            self.basis = self.eigenvalues = None
+            self.active_k = self.k
 
     # ------------------------------------------------------------- refresh
     @torch.no_grad()

@@ -124,7 +124,9 @@ class SAM(Optimizer):
                 check_positive_float("rho of a parameter group", group["rho"])
         self.base = base
         # Optimizer.__init__ fills rho/adaptive/eta into the base's groups where missing
-        super().__init__(base.param_groups, {"rho": rho, "adaptive": adaptive, "eta": eta})
+        super().__init__(
+            base.param_groups, {**base.defaults, "rho": rho, "adaptive": adaptive, "eta": eta}
+        )
         self.param_groups = base.param_groups
         self.state = base.state
         self._ready = True
