@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from projected_training import (
     RESULTS,
     machine_info,
+    machine_line,
     make_setup,
     markdown_table,
     synchronize,
@@ -228,7 +230,7 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
     lines = [
         "## Hessian-vector products: back ends",
         "",
-        f"Machine: {m['description']}. Command: `{command}`.",
+        machine_line(m, command),
         "",
         "Full-batch Hessian (all training examples), one row per back end, dtype and block "
         f"size `b` (1 or {results['block']} columns). `speedup` is relative to the paper's "
@@ -273,6 +275,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny settings for the smoke test")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--docs", type=Path, default=None, help="write docs/performance.md here")
+    p.add_argument(
+        "--render", action="store_true", help="only rewrite the markdown from the saved JSON"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.block, args.repeats, args.compile = min(args.block, 4), 2, False
@@ -282,11 +287,17 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     command = "python benchmarks/hvp.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    results = run(args)
-    results["command"] = command.strip()
-    args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if args.device == "cpu" else f"_{torch.device(args.device).type}"
-    (args.out / f"hvp{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
+    if args.render:
+        results = json.loads((args.out / f"hvp{suffix}.json").read_text())
+    else:
+        results = run(args)
+        results["command"] = command.strip()
+        results["machine"]["load_average_at_end"] = (
+            os.getloadavg() if hasattr(os, "getloadavg") else None
+        )
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / f"hvp{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
     md = to_markdown(results, results["command"])
     (args.out / f"hvp{suffix}.md").write_text(md)
     print(md)

@@ -162,6 +162,13 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     return info
 
 
+def machine_line(m: dict[str, Any], command: str) -> str:
+    """``Machine: … Command: …`` with the load at the end of the run when it was recorded."""
+    end = m.get("load_average_at_end")
+    tail = f" and {end[0]:.1f} at the end" if end else ""
+    return f"Machine: {m['description']}{tail}. Command: `{command}`."
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -499,7 +506,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines = [
         "## Projected training: the paper's protocol against the library default",
         "",
-        f"Machine: {m['description']}. Command: `{results['command']}`.",
+        machine_line(m, results["command"]),
         "",
         "Per projected step: wall time of the whole step (mini-batch gradient, refresh, "
         "projection, diagnostics), mean and median; `speedup` is the paper protocol's mean "
@@ -623,6 +630,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny settings for the smoke test")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--docs", type=Path, default=None, help="also write docs/performance.md here")
+    p.add_argument(
+        "--render", action="store_true", help="only rewrite the markdown from the saved JSON"
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.examples, args.switch, args.samples = 100, 4, 2
@@ -633,6 +643,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     device = torch.device(args.device)
+    suffix = "" if device.type == "cpu" else f"_{device.type}"
+    if args.render:
+        results = json.loads((args.out / f"projected_training{suffix}.json").read_text())
+        (args.out / f"projected_training{suffix}.md").write_text(to_markdown(results))
+        if args.docs is not None:
+            write_performance_doc(args.out, args.docs)
+        return results
     command = "python benchmarks/projected_training.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
@@ -647,7 +664,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         os.getloadavg() if hasattr(os, "getloadavg") else None
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    suffix = "" if device.type == "cpu" else f"_{device.type}"
     (args.out / f"projected_training{suffix}.json").write_text(
         json.dumps(results, indent=1, default=str)
     )
