@@ -1,0 +1,48 @@
+"""The reliability catalogue: bad inputs, injected numerical faults, determinism and a soak,
+each runnable on its own and reported as a typed outcome.
+
+``tests/test_bad_input.py``, ``tests/test_reliability.py``, ``tests/test_soak.py`` and
+``benchmarks/reliability_report.py`` run the same cases, so the documented table is what the
+tests check. Everything runs on a tiny float64 MLP (4-6-3, tanh, 51 parameters) in seconds.
+
+Example:
+    >>> from subspace_optim.testing.scenarios import BAD_INPUTS, run_bad_input
+    >>> outcome = run_bad_input(BAD_INPUTS[0])
+    >>> outcome.ok, outcome.raised
+    (True, 'ValueError')
+"""
+
+from .bad_input import BAD_INPUTS, BadInput, BadInputOutcome, Trial, run_bad_input
+from .fault_cases import FAULTS, FaultCase, FaultOutcome, run_fault
+from .longrun import (
+    DETERMINISM_CONFIGS,
+    ResumeOutcome,
+    SoakOutcome,
+    resume_check,
+    setup_factory,
+    soak,
+)
+from .problem import checkpoint_bytes, load_bytes, mse, tiny_problem, train
+
+__all__ = [
+    "BAD_INPUTS",
+    "DETERMINISM_CONFIGS",
+    "FAULTS",
+    "BadInput",
+    "BadInputOutcome",
+    "FaultCase",
+    "FaultOutcome",
+    "ResumeOutcome",
+    "SoakOutcome",
+    "Trial",
+    "checkpoint_bytes",
+    "load_bytes",
+    "mse",
+    "resume_check",
+    "run_bad_input",
+    "run_fault",
+    "setup_factory",
+    "soak",
+    "tiny_problem",
+    "train",
+]
