@@ -112,7 +112,8 @@ def _check_coverage(app: Sphinx, env: Any) -> None:
     for name in missing_public_names(documented):
         logger.warning(
             "public name %s has no entry in the API reference; add an autodoc directive for "
-            "it to the matching page under docs/api/",
+            "it to the matching page under docs/api/ (a constant also needs a '#:' doc "
+            "comment, or an explicit autodata directive, to be picked up by automodule)",
             name,
             type="subspace_docs",
             subtype="coverage",
