@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -22,13 +23,17 @@ from .problem import checkpoint_bytes, full_loss, load_bytes, tiny_problem, trai
 
 @dataclass(frozen=True)
 class SoakOutcome:
-    """A long projected run: memory, objects and time per step over its windows."""
+    """A long projected run, per window: RSS, gc-tracked objects, live tensors holding a
+    graph, median wall and CPU (this process) time per step, Hessian products per step.
+    CPU time is what to compare on a shared machine: wall time also measures the others."""
 
     steps: int
     rss_mb: tuple[float, ...]
     objects: tuple[int, ...]
     graph_tensors: tuple[int, ...]
     step_ms: tuple[float, ...]
+    step_cpu_ms: tuple[float, ...]
+    matvecs_per_step: tuple[float, ...]
     params_finite: bool
     loss_first: float
     loss_last: float
@@ -87,26 +92,29 @@ def soak(
     )
     loss_first = full_loss(model, loss_fn, data)
     per = max(1, steps // windows)
-    rss, objects, graphs, times = [], [], [], []
+    rss, objects, graphs, times, cpu_times, matvecs = [], [], [], [], [], []
     X, Y = data
     done = 0
     for _ in range(windows):
-        durations = []
+        durations, cpu = [], []
+        before = opt.counters["matvecs"]
         for t in range(done, done + per):
             g = torch.Generator().manual_seed(t)
             idx = torch.randint(0, X.shape[0], (8,), generator=g)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             opt.zero_grad()
             loss = loss_fn(model(X[idx]), Y[idx])
             loss.backward()
             opt.step()
             durations.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
             if on_step is not None:
                 on_step(loss)
             del loss
         done += per
-        durations.sort()
-        times.append(1e3 * durations[len(durations) // 2])
+        times.append(1e3 * statistics.median(durations))
+        cpu_times.append(1e3 * statistics.median(cpu))
+        matvecs.append((opt.counters["matvecs"] - before) / per)
         gc.collect()
         rss.append(_rss_mb())
         objects.append(len(gc.get_objects()))
@@ -117,6 +125,8 @@ def soak(
         objects=tuple(objects),
         graph_tensors=tuple(graphs),
         step_ms=tuple(times),
+        step_cpu_ms=tuple(cpu_times),
+        matvecs_per_step=tuple(matvecs),
         params_finite=all_finite(model.parameters()),
         loss_first=loss_first,
         loss_last=full_loss(model, loss_fn, data),
