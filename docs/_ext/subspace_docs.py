@@ -153,7 +153,15 @@ def _append_results_toctree(app: Sphinx, docname: str, source: list[str]) -> Non
     pages = existing_generated_pages(app.srcdir)
     if not pages:
         return
-    lines = ["", "", ".. toctree::", "   :maxdepth: 1", "   :caption: Measured results", ""]
+    lines = [
+        "",
+        "",
+        ".. toctree::",
+        "   :hidden:",
+        "   :maxdepth: 1",
+        "   :caption: Measured results",
+        "",
+    ]
     lines += [f"   {name}" for name in pages]
     source[0] += "\n".join(lines) + "\n"
 
