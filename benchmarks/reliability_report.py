@@ -9,6 +9,7 @@ Run::
 
     OMP_NUM_THREADS=1 python benchmarks/reliability_report.py               # 2,000-step soak
     python benchmarks/reliability_report.py --soak-steps 200 --out /tmp/r   # quick
+    python benchmarks/reliability_report.py --from-json benchmarks/results/reliability.json
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def markdown(report: dict) -> str:
         "",
         "What the wrapper does with bad input, numerical faults, checkpoints and long runs.",
         "Every row is produced by `benchmarks/reliability_report.py` from the catalogue in",
-        "`subspace_optim/testing/scenarios.py`, the same cases that `tests/test_bad_input.py`,",
+        "`subspace_optim/testing/scenarios/`, the same cases that `tests/test_bad_input.py`,",
         "`tests/test_reliability.py`, `tests/test_soak.py` assert on.",
         "",
         f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "
@@ -143,7 +144,7 @@ def markdown(report: dict) -> str:
         "## Soak",
         "",
         f"Bulk-Adam on the same MLP for {s['steps']} steps, the basis refreshed at every step (one",
-        "warm-started block power iteration: 5 HVPs). Measured at the end of each window of",
+        "warm-started `PowerIteration(max_iter=1)`, the cheap tracking setting). Measured at the end of each window of",
         f"{s['steps'] // len(s['rss_mb'])} steps, after `gc.collect()`.",
         "",
         "| window end | RSS (MiB) | gc-tracked objects | live tensors with a graph | HVPs per step "
@@ -196,7 +197,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="directory for both outputs (default: the repo's)"
     )
+    parser.add_argument(
+        "--from-json", type=Path, default=None, help="only re-render the markdown from this JSON"
+    )
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        md_path = (args.out or ROOT / "docs") / "reliability.md"
+        md_path.write_text(markdown(json.loads(args.from_json.read_text())))
+        print(f"wrote {md_path}")
+        return 0
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
