@@ -43,7 +43,8 @@ class SAM(Optimizer):
       ``loss.backward(); opt.step(closure)`` and LBFGS-style ``opt.step(closure)`` work.
       Returns the closure's loss at the perturbed point (the SAM objective).
     * ``first_step()`` / ``second_step()``, for loops that cannot pass a closure (gradient
-      accumulation, GradScaler):
+      accumulation; ``torch.amp.GradScaler.step`` refuses closures, so with a scaler unscale
+      the gradients yourself and use these two calls):
       ``loss.backward(); opt.first_step(zero_grad=True); loss_at_perturbed.backward();
       opt.second_step(zero_grad=True)``.
 
@@ -72,8 +73,8 @@ class SAM(Optimizer):
         ``η = 0.01`` by default; the popular ``davda54/sam`` port uses ``η = 0``. A parameter
         whose gradient is ``None`` is neither perturbed nor counted in the norm. If the
         gradient norm is not finite (an overflowing AMP step) no perturbation is applied,
-        so the non-finite gradient reaches the base step unchanged and GradScaler's inf
-        check sees it as usual.
+        so the non-finite gradient reaches the next check unchanged (the projection wrapper
+        then skips the step; a bare base optimizer would apply it, as torch does).
 
     Example:
         >>> import torch
