@@ -493,3 +493,13 @@ def test_wrapping_twice_and_wrong_order_are_refused():
         so.SubspaceProjectedOptimizer(opt, opt.curvature, k=2)
     with pytest.raises(TypeError, match="put SAM inside"):
         so.SAM(opt)
+
+
+@pytest.mark.parametrize("info", rows(closure=True))
+def test_sam_with_gradient_projection_is_refused_up_front(info):
+    model, X, Y = make_model()
+    base = info.make(model.parameters())
+    with pytest.raises(ValueError, match="project='gradient' is not supported with SAM"):
+        so.SubspaceProjectedOptimizer(
+            base, so.HessianOperator(model, mse, (X, Y)), k=3, project="gradient"
+        )

@@ -163,6 +163,12 @@ class SubspaceProjectedOptimizer(Optimizer):
             )
         self.mode = choice("mode", mode, MODES)
         self.project_target = choice("project", project, PROJECT)
+        if self.project_target == "gradient" and type(base).__name__ == "SAM":
+            raise ValueError(
+                "project='gradient' is not supported with SAM (its step evaluates a second, "
+                "perturbed gradient that a pre-step projection would not see); use "
+                "project='update', the paper's Dom-SAM / Bulk-SAM"
+            )
         self.on_fault = choice("on_fault", on_fault, ON_FAULT)
         n = curvature.shape[0]
         self.k = check_int("k", k, low=0)
