@@ -47,7 +47,9 @@ class RunConfig:
         batch_size: minibatch size of the stochastic families.
         solver: eigensolver name or instance for the refreshes (default: the wrapper's).
         refresh: recompute the basis every ``refresh`` steps after the switch (the paper: 1).
-        check_every: before the switch, measure χ_k every this many steps.
+        check_every: before the switch, measure χ_k every this many steps (each measurement
+            is one eigensolve). The EMA then uses the factor ``0.9 ** check_every`` per
+            measurement, so that its horizon in steps is the paper's (0.9 per step).
         track_every: after the switch, the base run measures χ_k and the spectrum every
             this many steps (for the figures and the effective learning rates).
         num_extra: eigenpairs tracked beyond ``k`` (λ_{k+1}, ... against ``2/η``).

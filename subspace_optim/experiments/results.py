@@ -51,7 +51,7 @@ class RunSummary:
         watched_eigenvalue: which tracked eigenvalue is compared with the stability limit:
             ``"λ_1"`` for base and Dom, ``"λ_{k+1}"`` for Bulk (the largest curvature Bulk
             still steps along).
-        max_watched: its largest value after the switch.
+        max_watched: its largest value after the switch (for the base run: from step 0).
         limit_crossed_at: first step at which it exceeded the stability limit ``2(1+β)/η``
             (``None`` if never, or for adaptive optimizers). For Bulk this is the condition
             under which its dynamics are unstable (``docs/eos_findings.md``).

@@ -198,7 +198,7 @@ def _step(
     with torch.enable_grad():
         loss = closure()
     opt.step(closure if family.needs_closure else None)
-    return float(loss)
+    return float(loss.detach())
 
 
 def _row(
@@ -273,12 +273,16 @@ def _summarize(
     seconds: float,
     messages: dict[str, None],
     base_final: float,
+    earlier: list[dict[str, Any]] | None = None,
 ) -> RunSummary:
+    """Summarize one run from its rows after the switch; ``earlier`` rows (the shared prefix,
+    for the base run) count only for the watched eigenvalue."""
     refreshed = [r for r in rows if r.get("refreshed")]
     projected = [r for r in rows if r.get("projected")]
     index = k if variant == "bulk" else 0
     key = f"eig_{index}"
-    watched = [(r["step"], r[key]) for r in refreshed if key in r and math.isfinite(r[key])]
+    tracked = [r for r in (earlier or []) if r.get("refreshed")] + refreshed
+    watched = [(r["step"], r[key]) for r in tracked if key in r and math.isfinite(r[key])]
     crossed = next((s for s, v in watched if math.isfinite(limit) and v > limit), None)
     fractions = [r["update_alignment"] for r in projected if math.isfinite(r["update_alignment"])]
     if diverged_at is not None:
@@ -473,6 +477,7 @@ def _run_family(ctx: _Context, family: Family) -> FamilyResult:
             finals[v][3],
             finals[v][4],
             base_final,
+            earlier=rows if v == "base" else None,
         )
         for v in VARIANTS
     }
