@@ -5,10 +5,22 @@ JSON as they are."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["VARIANTS", "ExperimentResult", "FamilyResult", "RunSummary", "progress_ratio"]
+__all__ = [
+    "ROSE_TOLERANCE",
+    "VARIANTS",
+    "ExperimentResult",
+    "FamilyResult",
+    "RunSummary",
+    "progress_ratio",
+]
+
+#: A run whose final loss is this fraction above the loss at the switch "rose" (a plateau that
+#: drifts by a fraction of a percent, as Dom's does with MSE, is not flagged).
+ROSE_TOLERANCE = 0.05
 
 #: The three runs of a family after the switch: the unmodified optimizer, its Dom variant
 #: (update projected onto the top-k subspace) and its Bulk variant (top-k component removed).
@@ -78,6 +90,76 @@ class RunSummary:
     skipped_steps: int
     seconds: float
     warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def from_rows(
+        cls,
+        variant: str,
+        rows: Sequence[dict[str, Any]],
+        *,
+        k: int,
+        limit: float,
+        loss_at_switch: float,
+        final: float,
+        base_final: float,
+        diverged_at: int | None = None,
+        steps_run: int = 0,
+        seconds: float = math.nan,
+        warnings: tuple[str, ...] = (),
+        earlier: Sequence[dict[str, Any]] = (),
+    ) -> RunSummary:
+        """Summarize a run from its per-step rows after the switch (each holding the
+        :class:`~subspace_optim.StepStats` fields, eigenvalues as ``eig_0, eig_1, …``).
+
+        ``earlier`` rows (the shared run before the switch, for the base run) count only
+        for the watched eigenvalue, so the onset of the Edge of Stability is dated.
+
+        Example:
+            >>> from subspace_optim.experiments.results import RunSummary
+            >>> rows = [{"step": t, "refreshed": True, "projected": True, "update_alignment": 0.4,
+            ...          "refresh_matvecs": 20, "refresh_seconds": 0.1, "eig_0": 3.0,
+            ...          "eig_1": 1.5 + t} for t in range(3)]
+            >>> r = RunSummary.from_rows("bulk", rows, k=1, limit=2.0, loss_at_switch=0.2,
+            ...                          final=0.3, base_final=0.1)
+            >>> r.status, r.limit_crossed_at, r.max_watched, r.matvecs, round(r.removed_fraction, 6)
+            ('loss rose', 1, 3.5, 60, 0.4)
+        """
+        refreshed = [r for r in rows if r.get("refreshed")]
+        projected = [r for r in rows if r.get("projected")]
+        key = f"eig_{k if variant == 'bulk' else 0}"
+        tracked = [r for r in earlier if r.get("refreshed")] + refreshed
+        watched = [(r["step"], r[key]) for r in tracked if key in r and math.isfinite(r[key])]
+        crossed = next((s for s, v in watched if math.isfinite(limit) and v > limit), None)
+        fractions = [
+            r["update_alignment"] for r in projected if math.isfinite(r["update_alignment"])
+        ]
+        if diverged_at is not None:
+            status = "diverged"
+        elif final > loss_at_switch * (1 + ROSE_TOLERANCE):
+            status = "loss rose"
+        else:
+            status = "ok"
+        return cls(
+            variant=variant,
+            final_loss=final,
+            progress=1.0
+            if variant == "base"
+            else progress_ratio(loss_at_switch, final, base_final),
+            status=status,
+            diverged_at=diverged_at,
+            steps_run=steps_run,
+            removed_fraction=sum(fractions) / len(fractions) if fractions else math.nan,
+            refreshes=len(refreshed),
+            matvecs=int(sum(r["refresh_matvecs"] for r in refreshed)),
+            refresh_seconds=float(sum(r["refresh_seconds"] for r in refreshed)),
+            watched_eigenvalue="λ_{k+1}" if variant == "bulk" else "λ_1",
+            max_watched=max((v for _, v in watched), default=math.nan),
+            limit_crossed_at=crossed,
+            faults=max((int(r.get("faults") or 0) for r in rows), default=0),
+            skipped_steps=sum(1 for r in rows if r.get("skipped")),
+            seconds=seconds,
+            warnings=tuple(warnings),
+        )
 
 
 @dataclass(frozen=True)

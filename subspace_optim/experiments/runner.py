@@ -36,16 +36,13 @@ from ..optim.projected import SubspaceProjectedOptimizer
 from ..schedules import AlignmentSwitch, Every
 from .config import RunConfig
 from .families import EOS_FRACTION, Family
-from .results import VARIANTS, ExperimentResult, FamilyResult, RunSummary, progress_ratio
+from .results import VARIANTS, ExperimentResult, FamilyResult, RunSummary
 
 __all__ = ["run"]
 
 _MODES = {"base": "none", "dom": "dominant", "bulk": "bulk"}
 #: a run whose full-batch loss exceeds this multiple of the initial loss is stopped
 _BLOWUP = 10.0
-#: a run whose final loss is this fraction above the loss at the switch "rose" (a plateau
-#: that drifts by a fraction of a percent, as Dom's does, is not flagged)
-_ROSE = 0.05
 
 
 def _check_data(train_data: Any) -> tuple[Tensor, Tensor]:
@@ -260,59 +257,6 @@ def _train(
     return t, None
 
 
-def _summarize(
-    family: Family,
-    variant: str,
-    rows: list[dict[str, Any]],
-    k: int,
-    limit: float,
-    loss_at_switch: float,
-    final: float,
-    diverged_at: int | None,
-    steps_run: int,
-    seconds: float,
-    messages: dict[str, None],
-    base_final: float,
-    earlier: list[dict[str, Any]] | None = None,
-) -> RunSummary:
-    """Summarize one run from its rows after the switch; ``earlier`` rows (the shared prefix,
-    for the base run) count only for the watched eigenvalue."""
-    refreshed = [r for r in rows if r.get("refreshed")]
-    projected = [r for r in rows if r.get("projected")]
-    index = k if variant == "bulk" else 0
-    key = f"eig_{index}"
-    tracked = [r for r in (earlier or []) if r.get("refreshed")] + refreshed
-    watched = [(r["step"], r[key]) for r in tracked if key in r and math.isfinite(r[key])]
-    crossed = next((s for s, v in watched if math.isfinite(limit) and v > limit), None)
-    fractions = [r["update_alignment"] for r in projected if math.isfinite(r["update_alignment"])]
-    if diverged_at is not None:
-        status = "diverged"
-    elif final > loss_at_switch * (1 + _ROSE):
-        status = "loss rose"
-    else:
-        status = "ok"
-    last = rows[-1] if rows else {}
-    return RunSummary(
-        variant=variant,
-        final_loss=final,
-        progress=1.0 if variant == "base" else progress_ratio(loss_at_switch, final, base_final),
-        status=status,
-        diverged_at=diverged_at,
-        steps_run=steps_run,
-        removed_fraction=sum(fractions) / len(fractions) if fractions else math.nan,
-        refreshes=len(refreshed),
-        matvecs=int(sum(r["refresh_matvecs"] for r in refreshed)),
-        refresh_seconds=float(sum(r["refresh_seconds"] for r in refreshed)),
-        watched_eigenvalue="λ_{k+1}" if variant == "bulk" else "λ_1",
-        max_watched=max((v for _, v in watched), default=math.nan),
-        limit_crossed_at=crossed,
-        faults=int(last.get("faults", 0) or 0),
-        skipped_steps=sum(1 for r in rows if r.get("skipped")),
-        seconds=seconds,
-        warnings=tuple(messages),
-    )
-
-
 def _run_family(ctx: _Context, family: Family) -> FamilyResult:
     cfg = ctx.config
     model = copy.deepcopy(ctx.model).to(ctx.device)
@@ -462,22 +406,20 @@ def _run_family(ctx: _Context, family: Family) -> FamilyResult:
     for msg in messages:
         finals["base"][4].setdefault(msg, None)
 
-    base_final = finals["base"][0]
     runs = {
-        v: _summarize(
-            family,
+        v: RunSummary.from_rows(
             v,
             run_rows[v],
-            cfg.k,
-            limit,
-            loss_at_switch,
-            finals[v][0],
-            finals[v][1],
-            finals[v][2],
-            finals[v][3],
-            finals[v][4],
-            base_final,
-            earlier=rows if v == "base" else None,
+            k=cfg.k,
+            limit=limit,
+            loss_at_switch=loss_at_switch,
+            final=finals[v][0],
+            base_final=finals["base"][0],
+            diverged_at=finals[v][1],
+            steps_run=finals[v][2],
+            seconds=finals[v][3],
+            warnings=tuple(finals[v][4]),
+            earlier=rows if v == "base" else (),
         )
         for v in VARIANTS
     }
