@@ -262,7 +262,10 @@ def _settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, A
         if value is not None:
             settings[name] = value
     # a fixed switch step needs no fallback; a flag-given threshold keeps the setup's fallback
-    if isinstance(settings.get("switch"), int) and args.switch_by is None:
+    if args.switch_by is None and (
+        isinstance(settings.get("switch"), int)
+        or settings.get("switch_by", 0) >= settings.get("steps", math.inf)
+    ):  # the setup's fallback does not fit a shorter --steps: use the default, steps // 3
         settings.pop("switch_by", None)
     settings["seed"] = args.seed
     return settings

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from subspace_optim.__main__ import build_parser, main
+from subspace_optim.experiments import RunConfig
 from subspace_optim.experiments.data import DataUnavailableError, load_cifar10, load_mnist
 from subspace_optim.experiments.setups import Setup, SetupError, load_setup
 
@@ -230,6 +231,13 @@ def test_user_setup_from_a_file_runs_end_to_end(
     assert summary["config"]["k"] == 3  # the setup's default
     assert [f["switch_step"] for f in summary["families"]] == [10, 10]
     assert not (out / "loss.png").exists()  # --no-figures
+    # a --steps shorter than a built-in setup's forced-switch step falls back to steps // 3
+    args = build_parser().parse_args(["reproduce", "--steps", "60"])
+    from subspace_optim.__main__ import _settings
+    from subspace_optim.experiments.setups import DIGITS_DEFAULTS
+
+    assert "switch_by" not in _settings(args, dict(DIGITS_DEFAULTS))
+    assert RunConfig(**_settings(args, dict(DIGITS_DEFAULTS))).fallback_step == 20
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
 
 
