@@ -18,7 +18,8 @@ on a CPU), plain SGD runs to the switch step; from that one snapshot, with the s
   warm block refresh, LOBPCG; a looser warm tolerance; refreshing every other step; each
   HVP back end; float64), to show what each lever is worth.
 
-Each row reports the wall time of a whole projected step (mini-batch gradient, refresh,
+All runs of a setup advance in lockstep (step ``t`` of every run, then ``t + 1``), so a
+change of load on the machine hits every row alike. Each row reports the wall time of a whole projected step (mini-batch gradient, refresh,
 projection and the library's per-step diagnostics), the Hessian-vector products per step,
 the accuracy of the basis actually used (``sin θ_max`` against the exact top-k at the same
 parameters, computed offline in float64 with scipy ``eigsh(which="LA", tol=1e-10)`` on a
@@ -274,84 +275,96 @@ class RunSpec:
     dtype: torch.dtype | None = None  # None: the setup's dtype
 
 
-def run_one(
-    spec: RunSpec,
-    snapshot: Setup,
-    batches: list[Tensor],
-    sample_at: set[int],
-    device: torch.device,
-) -> dict[str, Any]:
-    s = copy.deepcopy(snapshot)
-    if spec.dtype is not None:
-        s.model = s.model.to(spec.dtype)
-        s.X, s.Y = s.X.to(spec.dtype), s.Y.to(spec.dtype)
-    params = params_of(s.model)
-    base = torch.optim.SGD(params, lr=s.lr)
-    opt: torch.optim.Optimizer = base
-    paper = PaperEigsh(s) if spec.kind == "reference" else None
-    op = None
-    config = "SGD"
-    if spec.kind == "library":
-        op = so.HessianOperator(s.model, s.loss_fn, (s.X, s.Y), **(spec.operator_kwargs or {}))
-        opt = so.SubspaceProjectedOptimizer(
-            base, op, k=s.k, mode=spec.mode, **(spec.optimizer_kwargs or {})
-        )
-        resolved = op.method if op.method != "auto" else f"auto→{op._resolved_method()}"
-        config = f"{opt!r}; HVP method={resolved}, {str(params[0].dtype).replace('torch.', '')}"
-    elif spec.kind == "reference":
-        config = (
-            f"cold scipy eigsh (which='LM', tol=0, ncv={max(2 * s.k + 1, 20)}), double-backward HVP"
-        )
-    step_seconds: list[float] = []
-    step_matvecs: list[int] = []
-    samples: list[tuple[int, Tensor, Tensor]] = []
-    for t, idx in enumerate(batches):
+class Run:
+    """One training run from the switch snapshot, advanced one step at a time.
+
+    All runs of a setup advance in lockstep (step ``t`` of every run, then step ``t + 1``),
+    so a change of load on the machine during the benchmark hits every row alike.
+    """
+
+    def __init__(self, spec: RunSpec, snapshot: Setup, device: torch.device) -> None:
+        s = copy.deepcopy(snapshot)
+        if spec.dtype is not None:
+            s.model = s.model.to(spec.dtype)
+            s.X, s.Y = s.X.to(spec.dtype), s.Y.to(spec.dtype)
+        self.spec, self.s, self.device = spec, s, device
+        self.params = params_of(s.model)
+        base = torch.optim.SGD(self.params, lr=s.lr)
+        self.opt: torch.optim.Optimizer = base
+        self.paper = PaperEigsh(s) if spec.kind == "reference" else None
+        self.op: so.HessianOperator | None = None
+        self.config = "SGD"
+        if spec.kind == "library":
+            op = so.HessianOperator(s.model, s.loss_fn, (s.X, s.Y), **(spec.operator_kwargs or {}))
+            self.op = op
+            self.opt = so.SubspaceProjectedOptimizer(
+                base, op, k=s.k, mode=spec.mode, **(spec.optimizer_kwargs or {})
+            )
+            resolved = op.method if op.method != "auto" else f"auto→{op._resolved_method()}"
+            dtype = str(self.params[0].dtype).replace("torch.", "")
+            self.config = f"{self.opt!r}; HVP method={resolved}, {dtype}"
+        elif spec.kind == "reference":
+            ncv = max(2 * s.k + 1, 20)
+            self.config = f"cold scipy eigsh (which='LM', tol=0, ncv={ncv}), double-backward HVP"
+        self.step_seconds: list[float] = []
+        self.step_matvecs: list[int] = []
+        self.samples: list[tuple[int, Tensor, Tensor]] = []
+
+    def _matvecs(self) -> int:
+        if self.op is not None:
+            return self.op.num_matvecs
+        return self.paper.matvecs if self.paper is not None else 0
+
+    def step(self, t: int, idx: Tensor, sampled: bool) -> None:
+        s, params, paper = self.s, self.params, self.paper
         xb, yb = s.X[idx], s.Y[idx]
-        sampled = t in sample_at and spec.kind != "sgd"
+        sampled = sampled and self.spec.kind != "sgd"
         theta_t = flatten(p.detach() for p in params).clone() if sampled else None
-        before = op.num_matvecs if op is not None else paper.matvecs if paper is not None else 0
-        synchronize(device)
+        before = self._matvecs()
+        synchronize(self.device)
         t0 = time.perf_counter()
         U = None
         if paper is not None:
             theta_old = flatten(p.detach() for p in params)
             _, U = paper.top_k(s.k)
-        opt.zero_grad()
+        self.opt.zero_grad()
         loss = s.loss_fn(s.model(xb), yb)
         loss.backward()
-        opt.step()
+        self.opt.step()
         if paper is not None:
             assert U is not None
             with torch.no_grad():
                 delta = flatten(p.detach() for p in params) - theta_old
                 dom = U @ (U.T @ delta)
-                write_flat(params, theta_old + (dom if spec.mode == "dominant" else delta - dom))
-        synchronize(device)
-        step_seconds.append(time.perf_counter() - t0)
-        after = op.num_matvecs if op is not None else paper.matvecs if paper is not None else 0
-        step_matvecs.append(after - before)
+                dominant = self.spec.mode == "dominant"
+                write_flat(params, theta_old + (dom if dominant else delta - dom))
+        synchronize(self.device)
+        self.step_seconds.append(time.perf_counter() - t0)
+        self.step_matvecs.append(self._matvecs() - before)
         if sampled:
-            if isinstance(opt, so.SubspaceProjectedOptimizer):
-                assert opt.basis is not None
-                U = opt.basis[:, : s.k]
+            if isinstance(self.opt, so.SubspaceProjectedOptimizer):
+                assert self.opt.basis is not None
+                U = self.opt.basis[:, : s.k]
             assert U is not None and theta_t is not None
-            samples.append((t, theta_t.cpu(), U.detach().to("cpu", torch.float64).clone()))
-    final = full_loss(s)
-    return {
-        "label": spec.label,
-        "kind": spec.kind,
-        "mode": spec.mode,
-        "config": config,
-        "dtype": str(params[0].dtype).replace("torch.", ""),
-        "steps": len(batches),
-        "ms_per_step_mean": 1e3 * statistics.fmean(step_seconds),
-        "ms_per_step_median": 1e3 * statistics.median(step_seconds),
-        "ms_first_step": 1e3 * step_seconds[0],
-        "matvecs_per_step": statistics.fmean(step_matvecs),
-        "matvecs_total": int(sum(step_matvecs)),
-        "final_loss": final,
-        "_samples": samples,
-    }
+            self.samples.append((t, theta_t.cpu(), U.detach().to("cpu", torch.float64).clone()))
+
+    def record(self) -> dict[str, Any]:
+        spec, sec, mv = self.spec, self.step_seconds, self.step_matvecs
+        return {
+            "label": spec.label,
+            "kind": spec.kind,
+            "mode": spec.mode,
+            "config": self.config,
+            "dtype": str(self.params[0].dtype).replace("torch.", ""),
+            "steps": len(sec),
+            "ms_per_step_mean": 1e3 * statistics.fmean(sec),
+            "ms_per_step_median": 1e3 * statistics.median(sec),
+            "ms_first_step": 1e3 * sec[0],
+            "matvecs_per_step": statistics.fmean(mv),
+            "matvecs_total": int(sum(mv)),
+            "final_loss": full_loss(self.s),
+            "_samples": self.samples,
+        }
 
 
 #: the eigensolver levers: single-vector Krylov (Lanczos, the first default) against the
@@ -436,13 +449,16 @@ def run_setup(name: str, args: argparse.Namespace, device: torch.device) -> dict
     if args.levers:
         default_method = so.HessianOperator(s.model, s.loss_fn, (s.X, s.Y))._resolved_method()
         specs += lever_specs(args.quick, default_method)
+    runs = [Run(spec, s, device) for spec in specs]
+    for t, idx in enumerate(after):
+        for run in runs:
+            run.step(t, idx, t in sample_at)
     records = []
-    for spec in specs:
-        t0 = time.perf_counter()
-        rec = run_one(spec, s, after, sample_at, device)
-        rec["run_seconds"] = time.perf_counter() - t0
+    for run in runs:
+        rec = run.record()
         accuracy(name, rec, s.k, examples)
         records.append(rec)
+        spec = run.spec
         print(
             f"[{name}] {spec.label}: {rec['ms_per_step_mean']:.1f} ms/step, "
             f"{rec['matvecs_per_step']:.1f} HVP/step, sin {rec['sin_max']:.2e}, loss {rec['final_loss']:.4f}",
@@ -508,6 +524,8 @@ def to_markdown(results: dict[str, Any]) -> str:
         "",
         machine_line(m, results["command"]),
         "",
+        "All runs of a setup advance in lockstep (step t of every run, then step t + 1), so "
+        "changes of load during the benchmark hit every row alike. "
         "Per projected step: wall time of the whole step (mini-batch gradient, refresh, "
         "projection, diagnostics), mean and median; `speedup` is the paper protocol's mean "
         "over this row's mean, in the same mode; `HVP/step` counts Hessian-vector products "
@@ -549,7 +567,7 @@ def to_markdown(results: dict[str, Any]) -> str:
                     _fmt(r["matvecs_per_step"], ".1f"),
                     _fmt(r["sin_max"], ".1e"),
                     _fmt(r["sin_median"], ".1e"),
-                    _fmt(r["min_gap_ratio"], ".2f"),
+                    _fmt(r["min_gap_ratio"], ".4f"),
                     _fmt(r["final_loss"], ".4f"),
                     _fmt(100 * r.get("loss_vs_reference", math.nan), "+.2f")
                     + ("%" if "loss_vs_reference" in r else ""),
