@@ -1,7 +1,7 @@
 """Dom/Bulk training side by side: the paper's protocol against this library's default.
 
 On the digits setup (1000 examples, the 8,970-parameter MLP, the paper's ``0.5·Σ(f−y)²``
-loss, SGD lr 0.1 batch 50, k = 10, switch at step 100, 200 projected steps) and on a small
+loss, SGD lr 0.1 batch 50, k = 10, switch at step 100, 150 projected steps) and on a small
 CNN over digits as 1×8×8 images (500 examples, 40 projected steps: its HVPs are far dearer
 on a CPU), plain SGD runs to the switch step; from that one snapshot, with the same mini-batches, run:
 
@@ -417,7 +417,7 @@ def accuracy(name: str, record: dict[str, Any], k: int, examples: int) -> None:
 
 #: per-setup defaults (examples, projected steps), sized so that the whole default run,
 #: dominated by the paper protocol's cold eigsh, stays under ~10 minutes on a quiet 2-core CPU
-SETUP_DEFAULTS = {"mlp": (1000, 200), "cnn": (500, 40)}
+SETUP_DEFAULTS = {"mlp": (1000, 150), "cnn": (500, 40)}
 
 
 def run_setup(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -686,7 +686,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--switch", type=int, default=100)
     p.add_argument(
-        "--steps", type=int, default=None, help="projected steps (default: mlp 200, cnn 40)"
+        "--steps", type=int, default=None, help="projected steps (default: mlp 150, cnn 40)"
     )
     p.add_argument(
         "--samples", type=int, default=6, help="steps whose basis is checked against the exact one"
