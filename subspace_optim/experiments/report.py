@@ -187,9 +187,10 @@ def _summary_md(result: ExperimentResult, figures: dict[str, Path]) -> str:
         f"step(s) after the switch (solver: {cfg['solver'] or 'library default'}); seed {cfg['seed']}.",
         "",
         f"Machine: {mach['platform']}, {mach['cpu_count']} CPUs, Python {mach['python']}, torch "
-        f"{mach['torch']} ({mach['torch_threads']} threads), device {mach['device']}"
+        f"{mach['torch']} ({mach['torch_threads']} thread(s)), device {mach['device']}"
         + (f" ({mach['gpu']})" if "gpu" in mach else "")
-        + f". Wall time {result.seconds:.0f} s.",
+        + f". Wall time {result.seconds:.0f} s, CPU time {result.cpu_seconds:.0f} s (the two "
+        "differ when the machine is shared).",
         "",
         format_table(result, markdown=True),
         "",
