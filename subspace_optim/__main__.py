@@ -87,6 +87,38 @@ def _lr(text: str) -> float | dict[str, float]:
     return out
 
 
+def _defaults_epilog() -> str:
+    """The settings a flag left out takes: the setup's suggestion, else RunConfig's default."""
+    import dataclasses
+
+    from .experiments import RunConfig
+    from .experiments.setups import DIGITS_DEFAULTS, QUICK_DEFAULTS, QUICK_EXAMPLES, QUICK_WIDTHS
+
+    base = {
+        f.name: f.default
+        for f in dataclasses.fields(RunConfig)
+        if f.init and f.default is not dataclasses.MISSING
+    }
+
+    def flags(settings: dict[str, Any]) -> str:
+        merged = {**base, **settings}
+        return " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in merged.items() if v is not None and k != "lr"
+        )
+
+    digits = {**base, **DIGITS_DEFAULTS}
+    quick = {k: v for k, v in QUICK_DEFAULTS.items() if digits.get(k) != v}
+    return (
+        "defaults for --setup digits: "
+        + flags(DIGITS_DEFAULTS)
+        + ", per-family learning rates (sgd 0.1, gd-eos 0.82·2/λ_1, sam 0.1, momentum 0.01, "
+        "adam 1e-3).\n--quick: digits with "
+        + f"{QUICK_EXAMPLES} examples, MLP {'-'.join(map(str, QUICK_WIDTHS))}, "
+        + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in quick.items())
+        + ".\nOther setups suggest their own settings (see the README); flags override them."
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
     parser = argparse.ArgumentParser(
@@ -107,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
             "variant (that component removed) from the same point and minibatches. Flags "
             "override the setup's suggested settings."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=_defaults_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rep.add_argument("--setup", default="digits", help=_SETUP_HELP)
     rep.add_argument(
@@ -219,7 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="run folder to create (default: ./runs/<timestamp>); must not exist",
     )
-    rep.add_argument("--data-dir", default="data", help="where torchvision data sets live")
+    rep.add_argument(
+        "--data-dir", default="data", help="where torchvision data sets live (default: ./data)"
+    )
     rep.add_argument(
         "--download",
         action="store_true",
