@@ -95,7 +95,7 @@ def _legend(fig: Any, axes: list[Any]) -> None:
 
 def plot_loss(result: ExperimentResult) -> Any:
     """Training loss (log scale) of base / Dom / Bulk per family; returns the Figure."""
-    from matplotlib.ticker import FormatStrFormatter
+    from matplotlib.ticker import FormatStrFormatter, NullFormatter
 
     fig, axes = _figure(len(result.families))
     styles = {"base": ("-", 1.8), "dom": ("-", 1.3), "bulk": ("--", 1.5)}
@@ -108,9 +108,14 @@ def plot_loss(result: ExperimentResult) -> Any:
                 ax.plot(*zip(*pos), color=COLORS[variant], ls=ls, lw=lw, label=_NAMES[variant])
         _switch_line(ax, fam)
         ax.set_yscale("log")
-        ax.yaxis.set_major_formatter(FormatStrFormatter("%.2g"))
-        ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.autoscale_view()
+        low, high = ax.get_ylim()
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+        if high / low < 15:  # about a decade or less: label the minor ticks too
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
+            ax.tick_params(axis="y", which="minor", labelsize=7)
+        else:
+            ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("training loss (full batch)")
         _title(ax, fam)
         ax.grid(True, which="both", alpha=0.25)
@@ -154,12 +159,12 @@ def plot_eigenvalues(result: ExperimentResult) -> Any:
     k = int(result.config["k"])
     m = k + int(result.config.get("num_extra", 0))
     for ax, fam in zip(axes, result.families):
-        peak = -math.inf
+        peak, floor = -math.inf, math.inf
         for i in range(m):
             xs, ys = _series(fam.rows, "base", f"eig_{i}", only_full=True)
             if not xs:
                 continue
-            peak = max(peak, *ys)
+            peak, floor = max(peak, *ys), min(floor, *ys)
             if i == 0:
                 ax.plot(xs, ys, color=COLORS["base"], lw=1.6, label="$\\lambda_1$ (base run)")
             else:
@@ -192,6 +197,13 @@ def plot_eigenvalues(result: ExperimentResult) -> Any:
         if note:
             ax.text(0.02, 0.97, note, transform=ax.transAxes, fontsize=8, va="top", color="#b35900")
         _switch_line(ax, fam)
+        if floor > 0 and peak / floor > 4:  # an exploding Bulk run: keep the rest readable
+            from matplotlib.ticker import FormatStrFormatter
+
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+            ax.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+            ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_ylabel("Hessian eigenvalue")
         _title(ax, fam)
         ax.grid(True, alpha=0.25)
