@@ -481,6 +481,12 @@ def run(
         An :class:`~subspace_optim.experiments.ExperimentResult`; write it with
         :func:`~subspace_optim.experiments.write_report`.
 
+    .. note::
+        The run uses torch's current intra-op thread count; it never changes global state.
+        For small models (the digits MLP) one thread (``torch.set_num_threads(1)``) is the
+        fast choice, and the CLI uses it for its digits setups: two threads on a busy
+        2-core machine were measured to cost about 10x the CPU time.
+
     Raises:
         TypeError, ValueError: bad settings or data, before any training.
         FloatingPointError: an unprojected run diverged before the switch (lower the
