@@ -267,7 +267,10 @@ def test_progressive_sharpening_reaches_the_edge_on_digits(digits):
 
 
 def test_bulk_gd_at_the_edge_warns_and_never_writes_nan(digits):
-    """At step 200 of GD with η = 0.7, λ_11 sits at 2/η: Bulk-GD (k = 10) is flagged."""
+    """At step 200 of GD with η = 0.7, λ_11 sits near 2/η: Bulk-GD (k = 10) is flagged.
+
+    GD at the edge is chaotic (the step at which λ_11 crosses depends on rounding, hence on
+    the thread count), so the check allows up to 60 projected steps."""
     X, Y = digits
     model = mlp(generator=torch.Generator().manual_seed(0))
     base = torch.optim.SGD(model.parameters(), lr=0.7)
@@ -285,7 +288,7 @@ def test_bulk_gd_at_the_edge_warns_and_never_writes_nan(digits):
         eigensolver=so.PowerIteration(tol=1e-3, max_iter=3, block_size=17),
     )
     with pytest.warns(so.EdgeOfStabilityWarning, match="λ_11"):
-        for _ in range(12):
+        for _ in range(60):
             opt.zero_grad()
             half_sum_mse(model(X), Y).backward()
             opt.step()

@@ -455,7 +455,8 @@ def test_checkpoint_resume_in_a_fresh_process_is_bitwise(tmp_path):
         [sys.executable, "-c", CHILD, str(Path(__file__).parent), str(tmp_path)],
         check=True,
         timeout=300,
-        env={**__import__("os").environ, "OMP_NUM_THREADS": "1"},
+        # same thread count as this process: reductions then sum in the same order
+        env={**__import__("os").environ, "OMP_NUM_THREADS": str(torch.get_num_threads())},
     )
     resumed = torch.load(tmp_path / "resumed.pt", weights_only=True)
     for name, theta in expected.items():

@@ -280,7 +280,8 @@ def test_weights_only_resume_in_a_fresh_process_is_bit_for_bit(tmp_path):
     assert opt.counters["refreshes"] == 4
     out = tmp_path / "out.pt"
     code = SCRIPT.format(tests=os.path.dirname(__file__), path=str(path), out=str(out))
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}  # same reductions
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env)
     assert torch.equal(torch.load(out, weights_only=True), expected)
 
 
