@@ -29,7 +29,9 @@ def unflatten(vec: Tensor, like: Sequence[Tensor]) -> list[Tensor]:
             out.append(piece.T.reshape(vec.shape[1], *t.shape))
         offset += m
     if offset != vec.shape[0]:
-        raise ValueError(f"vector of length {vec.shape[0]} does not match parameters of total size {offset}")
+        raise ValueError(
+            f"vector of length {vec.shape[0]} does not match parameters of total size {offset}"
+        )
     return out
 
 
@@ -61,5 +63,7 @@ def check_positive_float(name: str, value: object, *, allow_zero: bool = False) 
 
 def choice(name: str, value: object, valid: Sequence[str]) -> str:
     if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"unknown {name} {value!r}; valid choices are {', '.join(map(repr, valid))}")
+        raise ValueError(
+            f"unknown {name} {value!r}; valid choices are {', '.join(map(repr, valid))}"
+        )
     return value

@@ -113,4 +113,9 @@ def effective_lr_summary(records: Iterable[StepStats | Mapping[str, Any]]) -> di
     eta_d = num_d / den_d if den_d > 0 else math.nan
     eta_b = num_b / den_b if den_b > 0 else math.nan
     ratio = eta_b / eta_d if eta_d not in (0.0,) and math.isfinite(eta_d) else math.nan
-    return {"eta_dom": round(eta_d, 12), "eta_bulk": round(eta_b, 12), "ratio": round(ratio, 12), "steps": steps}
+    return {
+        "eta_dom": round(eta_d, 12),
+        "eta_bulk": round(eta_b, 12),
+        "ratio": round(ratio, 12),
+        "steps": steps,
+    }

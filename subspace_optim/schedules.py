@@ -172,7 +172,9 @@ class AlignmentSwitch(RefreshSchedule):
     def observe(self, step: int, alignment: float | None) -> None:
         if self.switched_at is not None or alignment is None or alignment != alignment:
             return
-        self.value = alignment if self.value is None else self.ema * self.value + (1 - self.ema) * alignment
+        self.value = (
+            alignment if self.value is None else self.ema * self.value + (1 - self.ema) * alignment
+        )
         if self.value >= self.threshold and step + 1 >= self.min_steps:
             self.switched_at = step + 1
 

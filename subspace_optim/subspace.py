@@ -106,7 +106,9 @@ def alignment(v: Tensor, U: Tensor) -> Tensor:
     """
     num = (U.T @ v).norm(dim=0)
     den = v.norm(dim=0)
-    return torch.where(den > 0, num / den.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(den))
+    return torch.where(
+        den > 0, num / den.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(den)
+    )
 
 
 def principal_angles(U: Tensor, W: Tensor) -> Tensor:

@@ -80,7 +80,9 @@ def test_k0_and_mode_none_follow_the_base_bit_for_bit(name, how):
     model_ref, data = setup()
     base_ref = BASES[name](model_ref.parameters())
     train(base_ref, model_ref, data, 6)
-    model, data, opt = wrapped(name, k=0 if how == "k0" else 3, mode="bulk" if how == "k0" else "none")
+    model, data, opt = wrapped(
+        name, k=0 if how == "k0" else 3, mode="bulk" if how == "k0" else "none"
+    )
     train(opt, model, data, 6)
     assert torch.equal(flat(model), flat(model_ref))
     if how == "none":
@@ -139,7 +141,9 @@ def test_projected_update_lies_where_it_should(seed, k, mode):
     assert delta.norm() <= 0.1 * g.norm() + 1e-12  # projection never increases the norm
     # the eigenvalues are exactly the top-k of the full-batch Hessian at the pre-step point
     with torch.no_grad():
-        for p, v in zip(model.parameters(), torch.split(before, [p.numel() for p in model.parameters()])):
+        for p, v in zip(
+            model.parameters(), torch.split(before, [p.numel() for p in model.parameters()])
+        ):
             p.copy_(v.view_as(p))
     H = so.HessianOperator(model, loss_fn, data).to_dense()
     lam = torch.linalg.eigvalsh(H).flip(0)[:k]
@@ -244,7 +248,9 @@ def test_alignment_switch_projects_from_a_fresh_basis_after_the_switch():
     rows = []
     for _ in range(6):
         train(opt, model, data, 1)
-        rows.append((opt.last_stats.refreshed, opt.last_stats.projected, opt.last_stats.grad_alignment))
+        rows.append(
+            (opt.last_stats.refreshed, opt.last_stats.projected, opt.last_stats.grad_alignment)
+        )
     switch = opt.schedule.switched_at
     assert switch is not None and switch >= 1
     assert rows[switch - 1][2] >= 0.3  # the step that triggered it saw χ >= threshold
@@ -350,7 +356,9 @@ def test_base_must_be_an_optimizer_and_operator_must_cover_it():
         so.SubspaceProjectedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), sub_op, k=2)
     with pytest.raises(ValueError, match="does not update"):
         so.SubspaceProjectedOptimizer(torch.optim.SGD([model[0].weight], lr=0.1), op, k=2)
-    wrapped_once = so.SubspaceProjectedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), op, k=2)
+    wrapped_once = so.SubspaceProjectedOptimizer(
+        torch.optim.SGD(model.parameters(), lr=0.1), op, k=2
+    )
     with pytest.raises(TypeError, match="already a SubspaceProjectedOptimizer"):
         so.SubspaceProjectedOptimizer(wrapped_once, op, k=2)
 

@@ -37,7 +37,9 @@ def test_projector_identities(nk, seed):
     assert torch.allclose(Pv + project_out(v, U), v, atol=1e-12)  # P + P⊥ = I
     assert (Pv.norm(dim=0) <= v.norm(dim=0) + 1e-12).all()  # never increases the norm
     assert (project_out(v, U).norm(dim=0) <= v.norm(dim=0) + 1e-12).all()
-    assert torch.allclose((Pv * project_out(v, U)).sum(0), torch.zeros(3, dtype=torch.float64), atol=1e-10)
+    assert torch.allclose(
+        (Pv * project_out(v, U)).sum(0), torch.zeros(3, dtype=torch.float64), atol=1e-10
+    )
     chi = alignment(v, U)
     assert ((chi >= 0) & (chi <= 1 + 1e-12)).all()
     assert torch.allclose(chi, Pv.norm(dim=0) / v.norm(dim=0))

@@ -73,7 +73,9 @@ class LinearOperator(ABC):
     def matvec(self, v: Tensor) -> Tensor:
         """Apply the operator to one vector ``v`` of shape ``(n,)``."""
         if v.ndim != 1:
-            raise ValueError(f"matvec expects a vector of shape ({self.shape[0]},); got {tuple(v.shape)}")
+            raise ValueError(
+                f"matvec expects a vector of shape ({self.shape[0]},); got {tuple(v.shape)}"
+            )
         return self.matmat(v.unsqueeze(1)).squeeze(1)
 
     def __matmul__(self, other: Tensor) -> Tensor:
@@ -100,4 +102,6 @@ class LinearOperator(ABC):
         return torch.cat(cols, dim=1)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+        return (
+            f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device})"
+        )

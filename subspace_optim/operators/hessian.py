@@ -55,8 +55,14 @@ def _is_single_batch(data: Any) -> bool:
         isinstance(data, (tuple, list))
         and len(data) == 2
         and isinstance(data[1], Tensor)
-        and (isinstance(data[0], Tensor) or (isinstance(data[0], (tuple, list)) and bool(data[0])
-                                             and all(isinstance(t, Tensor) for t in data[0])))
+        and (
+            isinstance(data[0], Tensor)
+            or (
+                isinstance(data[0], (tuple, list))
+                and bool(data[0])
+                and all(isinstance(t, Tensor) for t in data[0])
+            )
+        )
     )
 
 
@@ -75,7 +81,7 @@ def _check_batch(batch: Any, index: int) -> int:
             f"batch {index}: inputs hold {nx} examples but targets hold {ny}; "
             "the first dimension of both must be the batch dimension"
         )
-    for t in (x if isinstance(x, (tuple, list)) else (x,)):
+    for t in x if isinstance(x, (tuple, list)) else (x,):
         if t.is_complex():
             raise TypeError(
                 f"batch {index}: complex inputs are not supported; pass real tensors (e.g. "
@@ -362,7 +368,12 @@ class HessianOperator(LinearOperator):
                 retain_graph=j < b - 1,
                 allow_unused=True,
             )
-            cols.append([torch.zeros_like(p, dtype=self.dtype) if h is None else h for h, p in zip(hv, self.params)])
+            cols.append(
+                [
+                    torch.zeros_like(p, dtype=self.dtype) if h is None else h
+                    for h, p in zip(hv, self.params)
+                ]
+            )
         return torch.stack([flatten(c) for c in cols], dim=1)
 
     def _chunk_hvp_func(self, x: Any, y: Tensor, V: Tensor) -> Tensor:
@@ -421,7 +432,12 @@ class HessianOperator(LinearOperator):
                 leaves = self._leaves()
                 loss = self._loss(leaves, x, y)
                 grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-                g = flatten([torch.zeros_like(p, dtype=self.dtype) if gi is None else gi for gi, p in zip(grads, self.params)])
+                g = flatten(
+                    [
+                        torch.zeros_like(p, dtype=self.dtype) if gi is None else gi
+                        for gi, p in zip(grads, self.params)
+                    ]
+                )
                 grad_sum.add_(g, alpha=m)
                 loss_sum += loss.detach().to(self.dtype) * m
                 count += m

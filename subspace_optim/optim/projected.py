@@ -28,6 +28,7 @@ __all__ = ["MODES", "ON_FAULT", "SubspaceProjectedOptimizer"]
 #: bug, a ``loss_fn`` of the wrong shape, data that ran dry) propagates, parameters untouched.
 NUMERICAL_ERRORS = (torch.linalg.LinAlgError, EigensolverError, FloatingPointError)
 
+
 class _NonFiniteGradient(Exception):
     """Raised inside a guarded closure to stop the base step before it updates anything."""
 
@@ -183,8 +184,10 @@ class SubspaceProjectedOptimizer(Optimizer):
             self.eigensolver.check_k(n, self.k + self.num_extra)
         self.schedule = resolve_schedule(refresh)
         if adaptive_k is not None:
-            if isinstance(adaptive_k, bool) or not isinstance(adaptive_k, (int, float)) or not (
-                0 < adaptive_k <= 1
+            if (
+                isinstance(adaptive_k, bool)
+                or not isinstance(adaptive_k, (int, float))
+                or not (0 < adaptive_k <= 1)
             ):
                 raise ValueError(f"adaptive_k is a fraction of 2/η in (0, 1]; got {adaptive_k!r}")
             if stability_threshold(base) is None:
@@ -310,8 +313,13 @@ class SubspaceProjectedOptimizer(Optimizer):
             # built first: a bad parameter (not in the model, other dtype) raises here,
             # before anything changes
             curvature = HessianOperator(
-                c.model, c.loss_fn, c.data, params=[*c.params, *new],
-                chunk_size=c.chunk_size, method=c.method, train=c.train,
+                c.model,
+                c.loss_fn,
+                c.data,
+                params=[*c.params, *new],
+                chunk_size=c.chunk_size,
+                method=c.method,
+                train=c.train,
             )
         self.base.add_param_group({**param_group, "params": params})
         self.param_groups = self.base.param_groups
@@ -334,7 +342,9 @@ class SubspaceProjectedOptimizer(Optimizer):
             self.curvature, self.k + self.num_extra, init=init, generator=self.generator
         )
 
-    def _refresh(self, compute_gradient: bool) -> tuple[EigenResult | None, Tensor | None, Tensor | None]:
+    def _refresh(
+        self, compute_gradient: bool
+    ) -> tuple[EigenResult | None, Tensor | None, Tensor | None]:
         t0 = time.perf_counter()
         before = self.curvature.num_matvecs
         loss = grad = None
@@ -346,7 +356,11 @@ class SubspaceProjectedOptimizer(Optimizer):
             result = self._solve(self.basis)
         except NUMERICAL_ERRORS as exc:  # NaN-driven failures inside the solver
             error, result = exc, None
-        if (result is None or not self._usable(result)) and self.on_fault == "cold" and self.basis is not None:
+        if (
+            (result is None or not self._usable(result))
+            and self.on_fault == "cold"
+            and self.basis is not None
+        ):
             self.counters["cold_restarts"] += 1
             try:  # the warm start may be what went wrong: retry from a random block
                 result, error = self._solve(None), None
@@ -380,8 +394,13 @@ class SubspaceProjectedOptimizer(Optimizer):
         self._last_converged = result.converged
         U = result.eigenvectors
         gram = U.T @ U
-        if float((gram - torch.eye(gram.shape[0], dtype=U.dtype, device=U.device)).abs().max()) > 1e-4:
-            U = orthonormalize(U, generator=self.generator)  # the solver's basis lost orthonormality
+        if (
+            float((gram - torch.eye(gram.shape[0], dtype=U.dtype, device=U.device)).abs().max())
+            > 1e-4
+        ):
+            U = orthonormalize(
+                U, generator=self.generator
+            )  # the solver's basis lost orthonormality
             self.counters["reorthonormalized"] += 1
         self.basis = U.detach().clone()
         self.eigenvalues = result.eigenvalues.detach().clone()
@@ -500,10 +519,18 @@ class SubspaceProjectedOptimizer(Optimizer):
             zero = torch.zeros_like(g_mini)
             self._count_skip(t, skip)
             stats = self._stats(
-                t, False, refreshed, U, zero, zero,
+                t,
+                False,
+                refreshed,
+                U,
+                zero,
+                zero,
                 grad_full if grad_full is not None else g_mini,
                 "full" if grad_full is not None else "minibatch",
-                loss_full, matvecs, seconds, True,
+                loss_full,
+                matvecs,
+                seconds,
+                True,
             )
             if refreshed:
                 self.schedule.observe(t, stats.grad_alignment if grad_full is not None else None)
@@ -536,10 +563,18 @@ class SubspaceProjectedOptimizer(Optimizer):
                 else:
                     self._write(-dom, add=True)
             stats = self._stats(
-                t, project_now and not skipped, refreshed, U, delta_base, delta,
+                t,
+                project_now and not skipped,
+                refreshed,
+                U,
+                delta_base,
+                delta,
                 grad_full if grad_full is not None else g_mini,
                 "full" if grad_full is not None else "minibatch",
-                loss_full, matvecs, seconds, skipped,
+                loss_full,
+                matvecs,
+                seconds,
+                skipped,
             )
             if refreshed:
                 self.schedule.observe(t, stats.grad_alignment if grad_full is not None else None)
@@ -665,10 +700,16 @@ class SubspaceProjectedOptimizer(Optimizer):
             eig = tuple(float(x) for x in self.eigenvalues.tolist())
         if U is None:
             return StepStats(
-                step=t, projected=projected, refreshed=refreshed, gradient_source=source,
-                eigenvalues=eig, refresh_matvecs=matvecs, refresh_seconds=seconds,
+                step=t,
+                projected=projected,
+                refreshed=refreshed,
+                gradient_source=source,
+                eigenvalues=eig,
+                refresh_matvecs=matvecs,
+                refresh_seconds=seconds,
                 refresh_converged=getattr(self, "_last_converged", True) if refreshed else True,
-                skipped=skipped, faults=int(self.counters["faults"]),
+                skipped=skipped,
+                faults=int(self.counters["faults"]),
             )
         cg = U.T @ g
         cd = U.T @ delta
@@ -677,10 +718,21 @@ class SubspaceProjectedOptimizer(Optimizer):
         sq_bulk = (g @ g - sq_dom).clamp_min(0)
         dot_dom = -(cd @ cg)
         dot_bulk = -(delta @ g) - dot_dom
-        values = torch.stack([
-            sq_dom, sq_bulk, dot_dom, dot_bulk, g.norm(), cg.norm(), delta_base.norm(), cb.norm(),
-            loss_full if loss_full is not None else torch.full((), math.nan, dtype=g.dtype, device=g.device),
-        ]).tolist()
+        values = torch.stack(
+            [
+                sq_dom,
+                sq_bulk,
+                dot_dom,
+                dot_bulk,
+                g.norm(),
+                cg.norm(),
+                delta_base.norm(),
+                cb.norm(),
+                loss_full
+                if loss_full is not None
+                else torch.full((), math.nan, dtype=g.dtype, device=g.device),
+            ]
+        ).tolist()
         sqd, sqb, dd, db, gn, cgn, dn, cbn, lf = values
         nan = math.nan
         return StepStats(
@@ -778,10 +830,14 @@ class SubspaceProjectedOptimizer(Optimizer):
         if basis is not None and tuple(basis.shape) != (n, width):
             raise ValueError(f"saved basis has shape {tuple(basis.shape)}, expected ({n}, {width})")
         if eig is not None and tuple(eig.shape) != (width,):
-            raise ValueError(f"saved eigenvalues have shape {tuple(eig.shape)}, expected ({width},)")
+            raise ValueError(
+                f"saved eigenvalues have shape {tuple(eig.shape)}, expected ({width},)"
+            )
         if (basis is None) != (eig is None):
             raise ValueError("state_dict holds a basis without eigenvalues (or the reverse)")
-        if basis is not None and not (bool(torch.isfinite(basis).all()) and bool(torch.isfinite(eig).all())):
+        if basis is not None and not (
+            bool(torch.isfinite(basis).all()) and bool(torch.isfinite(eig).all())
+        ):
             raise ValueError(
                 "the saved basis or eigenvalues hold NaN/Inf: the checkpoint is corrupted. Set "
                 "state_dict['subspace']['basis'] and ['eigenvalues'] to None to recompute them "
