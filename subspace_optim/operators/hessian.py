@@ -134,11 +134,13 @@ class HessianOperator(LinearOperator):
         ``n = sum(p.numel() for p in params)``.
 
     .. note::
-        ``method="auto"`` picks double backward: in our CPU measurements
-        (``benchmarks/hvp.py``) it was faster than torch.func's ``jvp∘grad`` on MLPs, it
-        shares one forward pass and one gradient graph across a whole block of vectors, and
-        it works for every model and loss (in torch 2.13, ``F.mse_loss`` breaks torch.func's
-        forward-over-reverse with "ZeroTensors are immutable").
+        ``method="auto"`` picks double backward because it works for every model and
+        loss (in torch 2.13, ``F.mse_loss`` breaks torch.func's forward-over-reverse with
+        "ZeroTensors are immutable") and shares one forward pass and one gradient graph
+        across a whole block of vectors. Which back end is faster depends on the model and
+        the machine (``benchmarks/hvp.py`` and ``docs/performance.md`` measure both; on the
+        digits MLP the two were within about 20% of each other on a 2-core CPU), so pass
+        ``method="func"`` where it measures faster.
 
     Example:
         >>> import torch
