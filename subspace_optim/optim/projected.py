@@ -518,23 +518,20 @@ class SubspaceProjectedOptimizer(Optimizer):
                 g_mini = self._flat([p.grad for p in self._params])
             zero = torch.zeros_like(g_mini)
             self._count_skip(t, skip)
-            stats = self._stats(
+            self.last_stats = self._record(
                 t,
                 False,
                 refreshed,
                 U,
                 zero,
                 zero,
-                grad_full if grad_full is not None else g_mini,
-                "full" if grad_full is not None else "minibatch",
+                g_mini,
+                grad_full,
                 loss_full,
                 matvecs,
                 seconds,
                 True,
             )
-            if refreshed:
-                self.schedule.observe(t, stats.grad_alignment if grad_full is not None else None)
-            self.last_stats = stats
             self._step += 1
             return loss
 
@@ -562,25 +559,59 @@ class SubspaceProjectedOptimizer(Optimizer):
                     self._write(theta_old + dom, add=False)
                 else:
                     self._write(-dom, add=True)
-            stats = self._stats(
+            stats = self._record(
                 t,
                 project_now and not skipped,
                 refreshed,
                 U,
                 delta_base,
                 delta,
-                grad_full if grad_full is not None else g_mini,
-                "full" if grad_full is not None else "minibatch",
+                g_mini,
+                grad_full,
                 loss_full,
                 matvecs,
                 seconds,
                 skipped,
             )
-            if refreshed:
-                self.schedule.observe(t, stats.grad_alignment if grad_full is not None else None)
         self.last_stats = stats
         self._step += 1
         return loss
+
+    def _record(
+        self,
+        t: int,
+        projected: bool,
+        refreshed: bool,
+        U: Tensor | None,
+        delta_base: Tensor,
+        delta: Tensor,
+        g_mini: Tensor,
+        grad_full: Tensor | None,
+        loss_full: Tensor | None,
+        matvecs: int,
+        seconds: float,
+        skipped: bool,
+    ) -> StepStats:
+        """The step's record (full-data gradient when this step refreshed, else the
+        mini-batch one); a refresh also feeds the schedule the measured alignment."""
+        full = grad_full is not None
+        stats = self._stats(
+            t,
+            projected,
+            refreshed,
+            U,
+            delta_base,
+            delta,
+            grad_full if full else g_mini,
+            "full" if full else "minibatch",
+            loss_full,
+            matvecs,
+            seconds,
+            skipped,
+        )
+        if refreshed:
+            self.schedule.observe(t, stats.grad_alignment if full else None)
+        return stats
 
     def _mask_no_grad(self, vec: Tensor) -> Tensor:
         """Zero the entries of parameters without a gradient: torch leaves those untouched,
