@@ -592,22 +592,25 @@ class SubspaceProjectedOptimizer(Optimizer):
         seconds: float,
         skipped: bool,
     ) -> StepStats:
-        """The step's record (full-data gradient when this step refreshed, else the
-        mini-batch one); a refresh also feeds the schedule the measured alignment."""
+        """The step's record, against the full-data gradient when this step refreshed (else
+        the mini-batch one); a refresh also feeds the schedule the measured alignment."""
         full = grad_full is not None
-        stats = self._stats(
-            t,
-            projected,
-            refreshed,
-            U,
-            delta_base,
-            delta,
-            grad_full if full else g_mini,
-            "full" if full else "minibatch",
-            loss_full,
-            matvecs,
-            seconds,
-            skipped,
+        g = grad_full if full else g_mini
+        eig: tuple[float, ...] = ()
+        if self.eigenvalues is not None:
+            eig = tuple(float(x) for x in self.eigenvalues.tolist())
+        stats = StepStats(
+            step=t,
+            projected=projected,
+            refreshed=refreshed,
+            gradient_source="full" if full else "minibatch",
+            eigenvalues=eig,
+            refresh_matvecs=matvecs,
+            refresh_seconds=seconds,
+            refresh_converged=getattr(self, "_last_converged", True) if refreshed else True,
+            skipped=skipped,
+            faults=int(self.counters["faults"]),
+            **({} if U is None else _update_metrics(U, delta_base, delta, g, loss_full)),
         )
         if refreshed:
             self.schedule.observe(t, stats.grad_alignment if full else None)
@@ -709,83 +712,6 @@ class SubspaceProjectedOptimizer(Optimizer):
             f"step {t}: {reason}; the step was skipped and the parameters left unchanged",
             RuntimeWarning,
             stacklevel=3,
-        )
-
-    def _stats(
-        self,
-        t: int,
-        projected: bool,
-        refreshed: bool,
-        U: Tensor | None,
-        delta_base: Tensor,
-        delta: Tensor,
-        g: Tensor,
-        source: str,
-        loss_full: Tensor | None,
-        matvecs: int,
-        seconds: float,
-        skipped: bool,
-    ) -> StepStats:
-        eig: tuple[float, ...] = ()
-        if self.eigenvalues is not None:
-            eig = tuple(float(x) for x in self.eigenvalues.tolist())
-        if U is None:
-            return StepStats(
-                step=t,
-                projected=projected,
-                refreshed=refreshed,
-                gradient_source=source,
-                eigenvalues=eig,
-                refresh_matvecs=matvecs,
-                refresh_seconds=seconds,
-                refresh_converged=getattr(self, "_last_converged", True) if refreshed else True,
-                skipped=skipped,
-                faults=int(self.counters["faults"]),
-            )
-        cg = U.T @ g
-        cd = U.T @ delta
-        cb = U.T @ delta_base
-        sq_dom = cg @ cg
-        sq_bulk = (g @ g - sq_dom).clamp_min(0)
-        dot_dom = -(cd @ cg)
-        dot_bulk = -(delta @ g) - dot_dom
-        values = torch.stack(
-            [
-                sq_dom,
-                sq_bulk,
-                dot_dom,
-                dot_bulk,
-                g.norm(),
-                cg.norm(),
-                delta_base.norm(),
-                cb.norm(),
-                loss_full
-                if loss_full is not None
-                else torch.full((), math.nan, dtype=g.dtype, device=g.device),
-            ]
-        ).tolist()
-        sqd, sqb, dd, db, gn, cgn, dn, cbn, lf = values
-        nan = math.nan
-        return StepStats(
-            step=t,
-            projected=projected,
-            refreshed=refreshed,
-            gradient_source=source,
-            loss=lf,
-            grad_alignment=cgn / gn if gn > 0 else nan,
-            update_alignment=cbn / dn if dn > 0 else nan,
-            eta_dom=dd / sqd if sqd > 0 else nan,
-            eta_bulk=db / sqb if sqb > 0 else nan,
-            dot_dom=dd,
-            dot_bulk=db,
-            sq_dom=sqd,
-            sq_bulk=sqb,
-            eigenvalues=eig,
-            refresh_matvecs=matvecs,
-            refresh_seconds=seconds,
-            refresh_converged=getattr(self, "_last_converged", True) if refreshed else True,
-            skipped=skipped,
-            faults=int(self.counters["faults"]),
         )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -907,3 +833,43 @@ class SubspaceProjectedOptimizer(Optimizer):
             f"SubspaceProjectedOptimizer(base={type(self.base).__name__}, k={self.k}, "
             f"mode={self.mode!r}, eigensolver={self.eigensolver!r}, refresh={self.schedule!r})"
         )
+
+
+def _update_metrics(
+    U: Tensor, delta_base: Tensor, delta: Tensor, g: Tensor, loss_full: Tensor | None
+) -> dict[str, float]:
+    """χ_k of ``g``, the Dom share of the base update and the effective-LR terms (one sync)."""
+    cg = U.T @ g
+    cd = U.T @ delta
+    cb = U.T @ delta_base
+    sq_dom = cg @ cg
+    sq_bulk = (g @ g - sq_dom).clamp_min(0)
+    dot_dom = -(cd @ cg)
+    dot_bulk = -(delta @ g) - dot_dom
+    nan_t = torch.full((), math.nan, dtype=g.dtype, device=g.device)
+    values = torch.stack(
+        [
+            sq_dom,
+            sq_bulk,
+            dot_dom,
+            dot_bulk,
+            g.norm(),
+            cg.norm(),
+            delta_base.norm(),
+            cb.norm(),
+            nan_t if loss_full is None else loss_full.to(g.dtype),
+        ]
+    ).tolist()
+    sqd, sqb, dd, db, gn, cgn, dn, cbn, lf = values
+    nan = math.nan
+    return {
+        "loss": lf,
+        "grad_alignment": cgn / gn if gn > 0 else nan,
+        "update_alignment": cbn / dn if dn > 0 else nan,
+        "eta_dom": dd / sqd if sqd > 0 else nan,
+        "eta_bulk": db / sqb if sqb > 0 else nan,
+        "dot_dom": dd,
+        "dot_bulk": db,
+        "sq_dom": sqd,
+        "sq_bulk": sqb,
+    }
