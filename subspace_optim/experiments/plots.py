@@ -93,9 +93,20 @@ def _legend(fig: Any, axes: list[Any]) -> None:
         )
 
 
+def _minor_log_label(value: float, _pos: int) -> str:
+    """Label of a minor tick on a log axis, or nothing when it would crowd the decade label
+    next to it (0.09 next to 0.1 overlapped at figure size)."""
+    if value <= 0:
+        return ""
+    exponent = math.log10(value)
+    if abs(exponent - round(exponent)) < 0.06:
+        return ""
+    return f"{value:.2g}"
+
+
 def plot_loss(result: ExperimentResult) -> Any:
     """Training loss (log scale) of base / Dom / Bulk per family; returns the Figure."""
-    from matplotlib.ticker import FormatStrFormatter, NullFormatter
+    from matplotlib.ticker import FormatStrFormatter, FuncFormatter, NullFormatter
 
     fig, axes = _figure(len(result.families))
     styles = {"base": ("-", 1.8), "dom": ("-", 1.3), "bulk": ("--", 1.5)}
@@ -112,8 +123,8 @@ def plot_loss(result: ExperimentResult) -> Any:
         low, high = ax.get_ylim()
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         if high / low < 15:  # about a decade or less: label the minor ticks too
-            ax.yaxis.set_minor_formatter(FormatStrFormatter("%.2g"))
-            ax.tick_params(axis="y", which="minor", labelsize=7)
+            ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
+            ax.tick_params(axis="y", which="both", labelsize=7)
         else:
             ax.yaxis.set_minor_formatter(NullFormatter())
         ax.set_ylabel("training loss (full batch)")
