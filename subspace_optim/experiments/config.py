@@ -58,6 +58,12 @@ class RunConfig:
         eval_every: evaluate the full-batch training loss every this many steps (always at
             the switch and at the end).
         chunk_size: micro-batch size for Hessian products and loss evaluation.
+
+    Example:
+        >>> from subspace_optim.experiments import RunConfig
+        >>> config = RunConfig(optimizers="sgd,adam", steps=200, switch=100, lr={"adam": 1e-3})
+        >>> config.k, config.refresh, config.switch
+        (10, 1, 100)
     """
 
     optimizers: Sequence[str] | str = "all"

@@ -41,6 +41,14 @@ class Family:
         full_batch: every step uses the whole training set (GD) instead of a minibatch.
         needs_closure: ``step`` must receive a closure (SAM).
         build: ``build(params, lr) -> Optimizer``.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim.experiments.families import resolve_families
+        >>> [(f.name, f.lr, f.needs_closure) for f in resolve_families("sgd,sam")]
+        [('sgd', 0.1, False), ('sam', 0.1, True)]
+        >>> type(resolve_families("adam")[0].build([torch.zeros(2, requires_grad=True)], 1e-3))
+        <class 'torch.optim.adam.Adam'>
     """
 
     name: str

@@ -64,6 +64,15 @@ class Setup:
         defaults: :class:`~subspace_optim.experiments.RunConfig` fields this setup suggests
             (``steps``, ``lr``, ``k``, ...); command-line flags override them.
         description: one line for listings and reports.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim.experiments import Setup, half_sum_mse
+        >>> X, Y = torch.randn(32, 4), torch.eye(3)[torch.arange(32) % 3]
+        >>> model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+        >>> setup = Setup("toy", model, half_sum_mse, (X, Y), defaults={"steps": 60, "k": 3})
+        >>> setup.defaults["k"], setup.train_data[0].shape
+        (3, torch.Size([32, 4]))
     """
 
     name: str
