@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import gc
 import io
 
 import pytest
@@ -242,6 +243,11 @@ def test_bad_input_raises_before_any_change():
     with pytest.raises(TypeError, match="put SAM inside"):
         so.SAM(wrapped)
     before = [p.detach().clone() for p in model.parameters()]
+    # while wrapped, SAM (and its inner SGD) is stepped by the wrapper only
+    with pytest.raises(RuntimeError, match="bypasses the projection"):
+        sam.step(lambda: loss_of(model, X, Y))
+    del wrapped
+    gc.collect()  # the guard holds the wrapper weakly: gone with it
     with pytest.raises(ValueError, match="closure"):
         sam.step()
     with pytest.raises(RuntimeError, match="first_step"):
@@ -293,3 +299,108 @@ def test_projected_sam_none_mode_equals_sam_and_bulk_removes_dominant_part():
     expected = theta + delta - U @ (U.T @ delta)
     got = torch.cat([p.detach().reshape(-1) for p in m2.parameters()])
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
+
+
+def _flat(model):
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+@pytest.mark.parametrize("fresh_gradient", [True, False], ids=["backward-first", "closure-only"])
+@pytest.mark.parametrize("mode", ["dominant", "bulk"])
+def test_gradient_projection_keeps_the_sam_perturbation_and_step_in_the_subspace(
+    mode, fresh_gradient
+):
+    """project='gradient' with step(closure): ε = ρ·Pg/‖Pg‖ and Δ = −lr·P∇L(θ + ε), P the Dom
+    (UUᵀ) or Bulk (I − UUᵀ) projector, whether SAM takes g from a backward before the step
+    or evaluates the closure for it."""
+    model, X, Y = problem()
+    lr, rho = 0.05, 0.1
+    sam = so.SAM(torch.optim.SGD(model.parameters(), lr=lr), rho=rho)
+    op = so.HessianOperator(model, lambda out, y: ((out - y) ** 2).mean(), (X, Y))
+    opt = so.SubspaceProjectedOptimizer(
+        sam, op, k=3, mode=mode, project="gradient", eigensolver="eigh"
+    )
+    points = []
+
+    def closure():
+        points.append(_flat(model))
+        opt.zero_grad()
+        loss = loss_of(model, X, Y)
+        loss.backward()
+        return loss
+
+    for _ in range(3):
+        theta = _flat(model)
+        ref = copy.deepcopy(model)  # the hand-written projected SAM step, from the same θ
+        points.clear()
+        if fresh_gradient:
+            opt.zero_grad()
+            loss_of(model, X, Y).backward()
+        opt.step(closure)
+        U = opt.basis[:, :3]
+
+        def P(v, U=U):
+            return U @ (U.T @ v) if mode == "dominant" else v - U @ (U.T @ v)
+
+        eps = points[-1] - theta  # the closure's last call is at θ + ε
+        assert float(eps.norm()) == pytest.approx(rho, rel=1e-9)
+        torch.testing.assert_close(P(eps), eps, rtol=0, atol=1e-12)  # ε in the subspace
+        delta = _flat(model) - theta
+        torch.testing.assert_close(P(delta), delta, rtol=0, atol=1e-12)  # so is the step
+        params = list(ref.parameters())
+        g = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss_of(ref, X, Y), params)])
+        e = rho * P(g) / P(g).norm()
+        torch.testing.assert_close(eps, e, rtol=1e-10, atol=1e-12)
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(theta + e, params)
+        g2 = torch.cat([t.reshape(-1) for t in torch.autograd.grad(loss_of(ref, X, Y), params)])
+        torch.testing.assert_close(delta, -lr * P(g2), rtol=1e-10, atol=1e-12)
+    assert opt.last_stats.projected and opt.counters["faults"] == 0
+
+
+def test_gradient_projection_refuses_the_two_call_api_before_any_change():
+    """first_step() moves along the unprojected gradient, outside the wrapper: refused."""
+    model, X, Y = problem()
+    sam = so.SAM(torch.optim.SGD(model.parameters(), lr=0.05), rho=0.1)
+    op = so.HessianOperator(model, lambda out, y: ((out - y) ** 2).mean(), (X, Y))
+    opt = so.SubspaceProjectedOptimizer(sam, op, k=3, project="gradient", eigensolver="eigh")
+    loss_of(model, X, Y).backward()
+    sam.first_step(zero_grad=True)
+    with pytest.raises(RuntimeError, match="unperturb"):
+        opt.step()  # still at θ + ε
+    loss_of(model, X, Y).backward()
+    sam.unperturb()
+    theta, grads = _flat(model), [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="project='gradient' with SAM's two-call API"):
+        opt.step()
+    assert torch.equal(_flat(model), theta) and opt.basis is None and opt._step == 0
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    assert opt.counters["refreshes"] == 0
+
+
+def test_wrapped_sam_without_closure_is_refused_before_any_change():
+    model, X, Y = problem()
+    sam = so.SAM(torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9), rho=0.1)
+    op = so.HessianOperator(model, lambda out, y: ((out - y) ** 2).mean(), (X, Y))
+    opt = so.SubspaceProjectedOptimizer(sam, op, k=3, eigensolver="eigh")
+    loss_of(model, X, Y).backward()
+    theta = _flat(model)
+    with pytest.raises(ValueError, match=r"needs opt\.step\(closure\)"):
+        opt.step()
+    assert torch.equal(_flat(model), theta) and opt.basis is None and not sam.state
+    # the same gradient, stepped the documented two-call way, is Bulk-SAM's step
+    twin_model = copy.deepcopy(model)
+    twin = so.SubspaceProjectedOptimizer(
+        so.SAM(torch.optim.SGD(twin_model.parameters(), lr=0.05, momentum=0.9), rho=0.1),
+        so.HessianOperator(twin_model, lambda out, y: ((out - y) ** 2).mean(), (X, Y)),
+        k=3,
+        eigensolver="eigh",
+    )
+    twin.step(make_closure(twin, twin_model, X, Y))
+    sam.first_step(zero_grad=True)
+    loss_of(model, X, Y).backward()
+    with pytest.raises(RuntimeError, match="bypasses the projection"):
+        sam.second_step()  # would step the inner SGD unprojected
+    sam.unperturb()
+    opt.step()
+    torch.testing.assert_close(_flat(model), _flat(twin_model), rtol=0, atol=1e-12)

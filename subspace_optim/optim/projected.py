@@ -20,7 +20,9 @@ from ..operators.base import LinearOperator
 from ..operators.hessian import HessianOperator
 from ..schedules import RefreshSchedule, resolve_schedule
 from ..subspace import orthonormalize
+from . import _guard
 from .eos import EdgeOfStabilityWarning, choose_k, stability_threshold
+from .sam import SAM
 
 __all__ = ["MODES", "ON_FAULT", "SubspaceProjectedOptimizer"]
 
@@ -57,9 +59,27 @@ class SubspaceProjectedOptimizer(Optimizer):
 
     The base optimizer's state (momentum, Adam moments) keeps accumulating unprojected
     gradients. With ``project="gradient"`` the gradient is projected *before* the base step
-    instead (with ``step(closure)``, every gradient the closure produces: SAM's gradient at
-    the perturbed point, each LBFGS evaluation). The projection is global over the flattened parameters (the Hessian couples
-    layers). The training loop is unchanged: ``zero_grad(); loss.backward(); step()``.
+    instead; with ``step(closure)`` that is the gradient already in ``.grad`` if the base
+    uses it and every gradient the closure produces, so for
+    :class:`~subspace_optim.SAM` both the ascent gradient (the perturbation ``ε`` stays in
+    the subspace) and the gradient at ``θ + ε``, and for LBFGS each evaluation. SAM's
+    two-call API is refused with ``project="gradient"`` (its ``first_step`` moves along the
+    unprojected gradient outside the wrapper). A third-party SAM is an ordinary optimizer
+    here: what gets projected is the gradient in ``.grad`` when ``step`` is called and the
+    closure's gradients, which covers ports whose ``step(closure)`` perturbs along the
+    existing gradient (``davda54/sam``) or along the closure's. The projection is global
+    over the flattened parameters (the Hessian couples layers). The training loop is
+    unchanged: ``zero_grad(); loss.backward(); step()``.
+
+    Once wrapped, the base optimizer (and SAM's inner optimizer) is stepped only by the
+    wrapper: ``base.step()`` or ``scaler.step(base)`` raises ``RuntimeError`` before it
+    changes anything (it would bypass the projection); dropping the wrapper lifts this.
+    With ``torch.amp.GradScaler``, step the wrapper: ``scaler.scale(loss).backward();
+    scaler.step(opt); scaler.update()`` (``scaler.unscale_(opt)`` in between for clipping).
+    The scaler then unscales once and skips the step on inf/NaN exactly as for a plain
+    optimizer (the wrapper's step is not called, so nothing of it changes). Pass the
+    scaler as ``grad_scaler`` to have the wrapper also refuse the misuses it cannot see
+    otherwise (``docs/guide/optimizers.rst``, AMP).
 
     It is a real :class:`torch.optim.Optimizer`: ``param_groups`` and ``state`` are the base
     optimizer's own (LR schedulers, hooks and trainers act on the base), step hooks fire,
@@ -108,6 +128,12 @@ class SubspaceProjectedOptimizer(Optimizer):
             that as a fault too.
         generator: randomness for eigensolver start vectors; default a private generator
             seeded with 0 (the global RNG is never touched).
+        grad_scaler: the loop's ``torch.amp.GradScaler``, optional. The wrapper reads its
+            per-optimizer bookkeeping and refuses, before any change, a step whose
+            gradients are still scaled (``opt.step()`` instead of ``scaler.step(opt)``),
+            were unscaled twice (``scaler.unscale_`` on the wrapper *and* on its base, which
+            share the gradients), or come from a closure (``scaler.step(opt, closure)``:
+            the scaler cannot unscale them).
 
     Attributes:
         last_stats: :class:`~subspace_optim.StepStats` of the latest step.
@@ -144,6 +170,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         on_fault: str = "keep",
         generator: torch.Generator | None = None,
         adaptive_k: float | None = None,
+        grad_scaler: torch.amp.GradScaler | None = None,
     ) -> None:
         # ---- validate everything before touching any state ----
         if not isinstance(base, Optimizer):
@@ -164,11 +191,15 @@ class SubspaceProjectedOptimizer(Optimizer):
             )
         self.mode = choice("mode", mode, MODES)
         self.project_target = choice("project", project, PROJECT)
-        if self.project_target == "gradient" and type(base).__name__ == "SAM":
+        if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+            raise TypeError(
+                "grad_scaler must be the torch.amp.GradScaler of the training loop (or None); "
+                f"got {type(grad_scaler).__name__}"
+            )
+        if isinstance(base, SAM) and (base._perturbed or base.awaiting_step):
             raise ValueError(
-                "project='gradient' is not supported with SAM (its step evaluates a second, "
-                "perturbed gradient that a pre-step projection would not see); use "
-                "project='update', the paper's Dom-SAM / Bulk-SAM"
+                "the SAM optimizer is in the middle of a step (first_step() without "
+                "second_step()); finish it before wrapping"
             )
         self.on_fault = choice("on_fault", on_fault, ON_FAULT)
         n = curvature.shape[0]
@@ -242,6 +273,11 @@ class SubspaceProjectedOptimizer(Optimizer):
             "cold_restarts": 0,
             "unstable_refreshes": 0,
         }
+        self.grad_scaler = grad_scaler
+        # stepping the base (or SAM's inner optimizer) other than through this wrapper
+        # would bypass the projection: refused from now on, while the wrapper lives
+        self._chain = _guard.chain(base)
+        _guard.guard(self, self._chain)
 
     # ------------------------------------------------------------ validation
     @staticmethod
@@ -436,8 +472,48 @@ class SubspaceProjectedOptimizer(Optimizer):
 
         Args:
             closure: re-evaluates the model and returns the loss (passed to the base
-                optimizer, as SAM and LBFGS need); optional.
+                optimizer, as SAM and LBFGS need). Required with a SAM base, except right
+                after ``sam.unperturb()`` (SAM's two-call API, e.g. with a GradScaler).
+
+        Raises:
+            ValueError: a SAM base without a closure (and no ``unperturb()`` before), SAM's
+                two-call API with ``project="gradient"``, or a closure while a GradScaler
+                is attached.
+            RuntimeError: SAM is between ``first_step()`` and ``unperturb()``, or the
+                attached GradScaler's bookkeeping shows the gradients still scaled or
+                unscaled twice.
         """
+        # misuse is refused here, before anything (basis, counters, parameters) changes
+        self._check_step_call(closure)
+        with _guard.stepping(self._chain):
+            return self._projected_step(closure)
+
+    def _check_step_call(self, closure: Callable[[], Tensor] | None) -> None:
+        base = self.base
+        if isinstance(base, SAM):
+            if base._perturbed:
+                raise RuntimeError(
+                    "SAM is at its perturbed point (first_step() was called): call "
+                    "sam.unperturb() after the backward pass at θ + ε, then opt.step() (or "
+                    "scaler.step(opt))"
+                )
+            if closure is None and not base.awaiting_step:
+                raise ValueError(
+                    "a SAM base needs opt.step(closure), the closure recomputing the loss and "
+                    "calling backward(); loops that cannot pass one (a GradScaler) use "
+                    "loss.backward(); sam.first_step(zero_grad=True); "
+                    "loss_at_perturbed.backward(); sam.unperturb(); opt.step()"
+                )
+            if closure is None and self.project_target == "gradient" and self.mode != "none":
+                raise ValueError(
+                    "project='gradient' with SAM's two-call API: first_step() already moved "
+                    "along the unprojected gradient, outside this wrapper, so the perturbation "
+                    "left the subspace; use opt.step(closure) (both gradients are projected) "
+                    "or project='update'"
+                )
+        _guard.check_grad_scaler(self.grad_scaler, self, closure=closure is not None)
+
+    def _projected_step(self, closure: Callable[[], Tensor] | None) -> Tensor | None:
         t = self._step
         active = self.k > 0
         theta_old = g_mini = None
@@ -493,8 +569,11 @@ class SubspaceProjectedOptimizer(Optimizer):
                         assert g_mini is not None
                         self._project_grads(g_mini, U)
                     else:
-                        # every gradient the closure produces is projected, however often the
-                        # base evaluates it (SAM at θ + ε, LBFGS line searches)
+                        # the gradient already in .grad that the base will use (SAM's ascent
+                        # direction after the usual loss.backward()) is projected, and so is
+                        # every gradient the closure produces, however often the base
+                        # evaluates it (SAM at θ + ε, LBFGS line searches)
+                        self._project_existing_grads(U, raw)
                         closure = self._projecting(closure, U, raw)
 
                 if closure is not None:
@@ -691,6 +770,19 @@ class SubspaceProjectedOptimizer(Optimizer):
             if p.grad is not None:
                 p.grad.copy_(g_proj[offset : offset + m].view_as(p))
             offset += m
+
+    def _project_existing_grads(self, U: Tensor, raw: list[Tensor]) -> None:
+        """Project the gradient in ``.grad`` before a closure step, if the base will use it:
+        our SAM only when it is fresh (a stale one, left by the previous step, is not used
+        and projecting it in place would make it look fresh); any other base whenever a
+        gradient is there."""
+        if all(p.grad is None for p in self._params):
+            return
+        if isinstance(self.base, SAM) and not self.base._has_fresh_gradient():
+            return
+        g = self._flat([p.grad for p in self._params])
+        raw.append(g)
+        self._project_grads(g, U)
 
     def _projecting(
         self, closure: Callable[[], Tensor], U: Tensor, raw: list[Tensor]

@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._utils import check_positive_float
+from ._guard import check_not_bypassed
 
 __all__ = ["SAM"]
 
@@ -43,10 +44,16 @@ class SAM(Optimizer):
       ``loss.backward(); opt.step(closure)`` and LBFGS-style ``opt.step(closure)`` work.
       Returns the closure's loss at the perturbed point (the SAM objective).
     * ``first_step()`` / ``second_step()``, for loops that cannot pass a closure (gradient
-      accumulation; ``torch.amp.GradScaler.step`` refuses closures, so with a scaler unscale
-      the gradients yourself and use these two calls):
-      ``loss.backward(); opt.first_step(zero_grad=True); loss_at_perturbed.backward();
-      opt.second_step(zero_grad=True)``.
+      accumulation): ``loss.backward(); opt.first_step(zero_grad=True);
+      loss_at_perturbed.backward(); opt.second_step(zero_grad=True)``.
+      ``second_step()`` is :meth:`unperturb` (back to ``θ``, the gradient at ``θ + ε`` kept
+      in ``.grad``) followed by ``step()``, which then applies that gradient without a
+      closure. Splitting it lets a ``torch.amp.GradScaler`` (which refuses closures) drive
+      the base step and skip it on inf/NaN exactly as for any optimizer:
+      ``scaler.scale(loss).backward(); opt.first_step(zero_grad=True);
+      scaler.scale(loss_at_perturbed).backward(); opt.unperturb(); scaler.step(opt);
+      scaler.update()``. The first gradient needs no unscaling: ``ε`` is invariant to a
+      positive scale of ``g_t``.
 
     ``param_groups`` and ``state`` *are* the base optimizer's (LR schedulers and
     :class:`~subspace_optim.SubspaceProjectedOptimizer` act on the base through SAM), and
@@ -136,6 +143,8 @@ class SAM(Optimizer):
         self._perturbed = False
         # the gradients second_step left in .grad (tensor, version): stale until a backward
         self._left: list[tuple[Tensor, Tensor, int]] = []
+        # after unperturb(): the gradients at θ + ε that the next step() applies
+        self._awaiting: list[tuple[Tensor, Tensor]] = []
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -191,6 +200,7 @@ class SAM(Optimizer):
                 "no parameter has a gradient: call loss.backward() before first_step(), or "
                 "use step(closure)"
             )
+        self._awaiting = []  # a step skipped by a GradScaler: its gradient is dropped
         finite = math.isfinite(float(norm))
         self._saved = {}
         for group in self.param_groups:
@@ -221,10 +231,46 @@ class SAM(Optimizer):
         """
         if not self._perturbed:
             raise RuntimeError("second_step() needs a first_step() before it")
+        check_not_bypassed(self.base)  # wrapped by a projection: it must take the step
+        self.unperturb()
+        self._apply(zero_grad)
+
+    @torch.no_grad()
+    def unperturb(self) -> None:
+        """Move the parameters back to ``θ`` exactly, keeping the gradient at ``θ + ε`` in
+        ``.grad``; the next :meth:`step` (without a closure) hands it to the base optimizer.
+
+        This is :meth:`second_step` without the base step, so that something else can take
+        it: ``scaler.step(opt)`` with a ``torch.amp.GradScaler`` (unscaled, skipped on
+        inf/NaN), or a :class:`~subspace_optim.SubspaceProjectedOptimizer` around this SAM
+        (``scaler.step(wrapper)`` or ``wrapper.step()``). If the step is skipped, the
+        parameters are already back at ``θ``; the next :meth:`first_step` drops the gradient.
+
+        Raises:
+            RuntimeError: :meth:`first_step` was not called before.
+        """
+        if not self._perturbed:
+            raise RuntimeError("unperturb() needs a first_step() before it")
         for p, saved in self._saved.items():
             p.copy_(saved)
         self._saved = {}
         self._perturbed = False
+        self._awaiting = [
+            (p, p.grad)
+            for group in self.param_groups
+            for p in group["params"]
+            if p.grad is not None
+        ]
+
+    @property
+    def awaiting_step(self) -> bool:
+        """:meth:`unperturb` left the gradient at ``θ + ε`` in ``.grad`` (the same tensors,
+        possibly unscaled in place) and no step has applied it yet."""
+        return bool(self._awaiting) and all(p.grad is g for p, g in self._awaiting)
+
+    def _apply(self, zero_grad: bool) -> None:
+        """The base step with the gradient at ``θ + ε``, parameters at ``θ``."""
+        self._awaiting = []
         self.base.step()
         if zero_grad:
             self.base.zero_grad(set_to_none=True)
@@ -249,24 +295,35 @@ class SAM(Optimizer):
         """One SAM step; ``closure`` re-evaluates the loss and calls ``backward()``.
 
         Args:
-            closure: required. It should zero the gradients (or let this method do it),
-                compute the loss and call ``backward()``; it is called once at ``θ + ε``,
-                and once more at ``θ`` first if no fresh gradient is in ``.grad``.
+            closure: required unless :meth:`unperturb` has just left the gradient at
+                ``θ + ε`` in ``.grad`` (then ``step()`` applies it). It should zero the
+                gradients (or let this method do it), compute the loss and call
+                ``backward()``; it is called once at ``θ + ε``, and once more at ``θ``
+                first if no fresh gradient is in ``.grad``.
 
         Returns:
-            The closure's loss at the perturbed point ``θ + ε``.
+            The closure's loss at the perturbed point ``θ + ε`` (``None`` without a closure).
 
         Raises:
-            ValueError: ``closure`` is ``None`` (use ``first_step``/``second_step`` then).
+            ValueError: ``closure`` is ``None`` and no :meth:`unperturb` preceded it (use
+                ``first_step``/``second_step`` then).
         """
+        if self._perturbed:
+            raise RuntimeError(
+                "step() called between first_step() and second_step(); call unperturb() or "
+                "second_step() first"
+            )
         if closure is None:
+            if self.awaiting_step:
+                self._apply(zero_grad=False)
+                return None
             raise ValueError(
                 "SAM.step needs a closure that recomputes the loss and calls backward(), e.g. "
                 "opt.step(lambda: (opt.zero_grad(), loss_fn(model(x), y).backward())); loops "
-                "that cannot pass one use opt.first_step() / opt.second_step()"
+                "that cannot pass one use opt.first_step() / opt.second_step() (or "
+                "first_step() / unperturb() / step(), e.g. with a GradScaler)"
             )
-        if self._perturbed:
-            raise RuntimeError("step() called between first_step() and second_step()")
+        self._awaiting = []
         if not self._has_fresh_gradient():
             with torch.enable_grad():
                 closure()
@@ -306,6 +363,7 @@ class SAM(Optimizer):
             if out is not None:
                 state_dict = out
         self.base.load_state_dict(state_dict)
+        self._awaiting = []
         self.param_groups = self.base.param_groups
         self.state = self.base.state
         for group in self.param_groups:
