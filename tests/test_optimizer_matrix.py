@@ -8,6 +8,7 @@ tiny float64 MLP with an exact (``eigh``) basis, so results can be compared bit 
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import subprocess
 import sys
@@ -310,15 +311,156 @@ def test_grad_scaler_matches_unscaled_run_and_skips_inf_steps(info):
     assert all(torch.equal(a, b.grad) for a, b in zip(g, ref_model.parameters()))
 
 
-def test_closure_with_grad_scaler_is_refused_by_torch():
-    info = next(i for i in INFOS if i.closure)
+def _snapshot(model, opt):
+    return flat(model), copy.deepcopy(opt.base.state_dict()), opt._step, opt.basis
+
+
+def _unchanged(model, opt, snap):
+    theta, state, t, basis = snap
+    same_state = all(
+        torch.equal(a, b)
+        for s1, s2 in zip(opt.base.state_dict()["state"].values(), state["state"].values())
+        for a, b in zip(s1.values(), s2.values())
+    )
+    return (
+        torch.equal(flat(model), theta) and same_state and opt._step == t and (opt.basis is basis)
+    )
+
+
+@pytest.mark.parametrize("info", rows())
+def test_stepping_the_wrapped_base_is_refused_before_any_change(info):
+    """scaler.step(opt.base) (or opt.base.step()) would bypass the projection: refused by a
+    step pre-hook before the base changes anything; once the wrapper is gone it steps again."""
     model, X, Y, opt = build(info, "bulk", dtype=torch.float32)
-    scaler = torch.amp.GradScaler("cpu")
+    step(opt, model, X, Y, info)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    opt.zero_grad()
     scaler.scale(mse(model(X), Y)).backward()
+    snap = _snapshot(model, opt)
+    with pytest.raises(RuntimeError, match="bypasses the projection"):
+        scaler.step(opt.base)
+    with pytest.raises(RuntimeError, match="bypasses the projection"):
+        opt.base.step(lambda: mse(model(X), Y))
+    assert _unchanged(model, opt, snap)
+    base = opt.base
+    del opt
+    gc.collect()
     theta = flat(model)
-    with pytest.raises(RuntimeError, match=r"[Cc]losure"):
+
+    def closure():
+        base.zero_grad()
+        loss = mse(model(X), Y)
+        loss.backward()
+        return loss
+
+    base.step(closure if info.closure else None)
+    assert not torch.equal(flat(model), theta)
+
+
+def test_unscaling_twice_is_refused_by_torch_and_keeps_the_gradients():
+    model, X, Y, opt = build(INFOS[1], "bulk", dtype=torch.float32)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaler.scale(mse(model(X), Y)).backward()
+    scaler.unscale_(opt)
+    grads = [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="already been called"):
+        scaler.unscale_(opt)
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    scaler.step(opt)  # the iteration goes on: one unscale, one step
+    scaler.update()
+    assert opt._step == 1 and opt.last_stats.projected
+
+
+def test_attached_grad_scaler_refuses_scaled_double_unscaled_and_closure_steps():
+    """With grad_scaler=scaler the wrapper reads the scaler's per-optimizer stages and refuses,
+    before any change, the misuses a plain optimizer cannot see."""
+    model, X, Y = make_model(dtype=torch.float32)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    base = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    opt = so.SubspaceProjectedOptimizer(
+        base, so.HessianOperator(model, mse, (X, Y)), k=3, eigensolver="eigh", grad_scaler=scaler
+    )
+    # 1. opt.step() straight after a scaled backward: gradients 4096 times too large
+    scaler.scale(mse(model(X), Y)).backward()
+    snap = _snapshot(model, opt)
+    with pytest.raises(RuntimeError, match="still multiplied by the GradScaler's loss scale"):
+        opt.step()
+    assert _unchanged(model, opt, snap) and opt.counters["refreshes"] == 0
+    # 2. a closure through scaler.step (positional, so torch's own check misses it)
+    with pytest.raises(ValueError, match="cannot unscale or inf-check"):
+        scaler.step(opt, lambda: mse(model(X), Y))
+    assert _unchanged(model, opt, snap)
+    scaler.update()
+    # 3. unscale_ on the base and again (by scaler.step) on the wrapper: same gradients
+    opt.zero_grad()
+    scaler.scale(mse(model(X), Y)).backward()
+    scaler.unscale_(opt.base)
+    with pytest.raises(RuntimeError, match="unscaled twice"):
+        scaler.step(opt)
+    assert _unchanged(model, opt, snap)
+    opt.zero_grad()
+    scaler.update()  # the message's recovery: skip the iteration
+    # 4. the correct loop works, and stepping again before update() is refused
+    scaler.scale(mse(model(X), Y)).backward()
+    scaler.step(opt)
+    assert opt._step == 1 and opt.last_stats.projected
+    snap = _snapshot(model, opt)
+    with pytest.raises(RuntimeError, match="already stepped"):
+        opt.step()
+    assert _unchanged(model, opt, snap)
+    scaler.update()
+    # 5. unscale_ on the wrapper, clip, step: allowed (one unscale)
+    opt.zero_grad()
+    scaler.scale(mse(model(X), Y)).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+    assert opt._step == 2
+    with pytest.raises(TypeError, match="grad_scaler must be"):
+        so.SubspaceProjectedOptimizer(base, opt.curvature, k=3, grad_scaler=object())
+
+
+def _sam_amp_step(opt, sam, model, X, Y, scaler, factor=1.0):
+    """The documented AMP recipe for (projected) SAM: the two-call API, unperturb, and the
+    scaler steps the wrapper."""
+    opt.zero_grad()
+    scaler.scale(mse(model(X), Y) * factor).backward()
+    sam.first_step(zero_grad=True)  # ε is invariant to the loss scale: no unscale needed
+    scaler.scale(mse(model(X), Y) * factor).backward()
+    sam.unperturb()
+    scaler.step(opt)
+    scaler.update()
+
+
+@pytest.mark.parametrize("mode", ["bulk", "dominant"])
+@pytest.mark.parametrize("info", rows(closure=True))
+def test_sam_with_grad_scaler_two_call_recipe_matches_the_closure_step(info, mode):
+    model, X, Y, opt = build(info, mode, dtype=torch.float32)
+    ref_model, _, _, ref = build(info, mode, dtype=torch.float32)
+    opt.grad_scaler = scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    sam = opt.base
+    for batch in BATCHES[:3]:
+        _sam_amp_step(opt, sam, model, X[batch], Y[batch], scaler)
+        step(ref, ref_model, X, Y, info, batch)
+        torch.testing.assert_close(flat(model), flat(ref_model), rtol=1e-5, atol=1e-6)
+    assert opt._step == 3 and opt.last_stats.projected
+    # an overflowing step: skipped by the scaler, θ back at θ (not θ + ε), state unchanged
+    snap = _snapshot(model, opt)
+    _sam_amp_step(opt, sam, model, X, Y, scaler, factor=float("inf"))
+    assert _unchanged(model, opt, snap) and scaler.get_scale() == 2.0**11
+    assert not sam._perturbed
+    _sam_amp_step(opt, sam, model, X, Y, scaler)  # and training goes on
+    assert opt._step == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+    # GradScaler.step refuses closures; without unperturb() the wrapper asks for the recipe
+    opt.zero_grad()
+    scaler.scale(mse(model(X), Y)).backward()
+    snap = _snapshot(model, opt)
+    with pytest.raises(RuntimeError, match="Closure use is not currently supported"):
         scaler.step(opt, closure=lambda: mse(model(X), Y))
-    assert torch.equal(flat(model), theta)
+    with pytest.raises(ValueError, match=r"sam\.unperturb\(\); opt\.step\(\)"):
+        scaler.step(opt)
+    assert _unchanged(model, opt, snap)
 
 
 def test_hvps_run_in_float32_outside_bfloat16_autocast():
@@ -494,13 +636,3 @@ def test_wrapping_twice_and_wrong_order_are_refused():
         so.SubspaceProjectedOptimizer(opt, opt.curvature, k=2)
     with pytest.raises(TypeError, match="put SAM inside"):
         so.SAM(opt)
-
-
-@pytest.mark.parametrize("info", rows(closure=True))
-def test_sam_with_gradient_projection_is_refused_up_front(info):
-    model, X, Y = make_model()
-    base = info.make(model.parameters())
-    with pytest.raises(ValueError, match="project='gradient' is not supported with SAM"):
-        so.SubspaceProjectedOptimizer(
-            base, so.HessianOperator(model, mse, (X, Y)), k=3, project="gradient"
-        )
