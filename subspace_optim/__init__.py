@@ -11,6 +11,7 @@ from .diagnostics import StepStats, effective_lr_summary
 from .eigensolvers import (
     LOBPCG,
     AutoEigensolver,
+    BlockLanczos,
     EigenResult,
     Eigensolver,
     EigensolverError,
@@ -59,6 +60,7 @@ __all__ = [
     "AlignmentSwitch",
     "AtSteps",
     "AutoEigensolver",
+    "BlockLanczos",
     "Decision",
     "DenseOperator",
     "DistributedHessianError",

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from subspace_optim import (
     LOBPCG,
     AutoEigensolver,
+    BlockLanczos,
     DenseOperator,
     Eigensolver,
     EigensolverError,
@@ -43,6 +44,8 @@ class Spec:
 SOLVERS = [
     # Lanczos folds a block warm start into one vector: no saving is guaranteed
     Spec("lanczos", lambda **kw: Lanczos(max_iter=500, **kw), warm=False),
+    Spec("block_lanczos", lambda **kw: BlockLanczos(**kw)),
+    Spec("block_lanczos_b2", lambda **kw: BlockLanczos(block_size=2, **kw)),
     Spec("lobpcg", lambda **kw: LOBPCG(max_iter=1000, **kw)),
     Spec("power", lambda **kw: PowerIteration(max_iter=3000, **kw), clusters=False),
     Spec(

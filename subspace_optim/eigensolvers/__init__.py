@@ -7,6 +7,7 @@ from typing import Any
 
 from .auto import AutoEigensolver, top_k_eigenpairs
 from .base import EigenResult, Eigensolver, EigensolverError
+from .block_lanczos import BlockLanczos
 from .eigh import Eigh
 from .lanczos import Lanczos
 from .lobpcg import LOBPCG
@@ -17,6 +18,7 @@ from .warm import WarmRefresh
 __all__ = [
     "LOBPCG",
     "AutoEigensolver",
+    "BlockLanczos",
     "EigenResult",
     "Eigensolver",
     "EigensolverError",
@@ -34,6 +36,7 @@ __all__ = [
 
 _REGISTRY: dict[str, Callable[..., Eigensolver]] = {
     "auto": AutoEigensolver,
+    "block_lanczos": BlockLanczos,
     "eigh": Eigh,
     "lanczos": Lanczos,
     "lobpcg": LOBPCG,
