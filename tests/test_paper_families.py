@@ -10,10 +10,13 @@ after the switch is measured relative to the unprojected run,
 
 and the paper's claim is Dom ≈ 0 (the loss stops decreasing) and Bulk ≈ 1 (trains as well).
 
-Departures from the paper, to fit the test budget: the basis is refreshed every 10 steps
-(warm block power iteration, 3 iterations) instead of every step with an exact solver, and
-for Dom/Bulk it is the top-10 eigenspace of the Hessian of the first 250 training examples
-rather than of all 1000 (the losses are always measured on all 1000).
+Departures from the issue's protocol in the default (fast) test, to fit the test budget:
+100 steps after the switch instead of 200, the basis refreshed every 10 steps (warm block
+power iteration, 3 iterations) instead of every step, and for Dom/Bulk the top-10
+eigenspace of the Hessian of the first 250 training examples rather than of all 1000 (the
+losses are always measured on all 1000). The faithful protocol (200 steps, full-batch
+Hessian, basis refreshed every step with the default warm solver) is the ``slow`` test
+``test_dom_stalls_and_bulk_trains_faithful_protocol``, with the ratios it measured.
 
 The unprojected continuation also records the effective learning rates on the full-batch
 gradient every 10 steps (mode ``"none"``), to check the paper's Table 1 finding that momentum
@@ -32,6 +35,8 @@ from subspace_optim.experiments import half_sum_mse, load_digits, mlp
 
 SWITCH, AFTER, BATCH, K = 100, 100, 50, 10
 HESSIAN_N, EVERY = 250, 10
+#: the issue's protocol: 200 steps after the switch, full-batch Hessian refreshed every step
+FAITHFUL_AFTER = 200
 
 FAMILIES = {
     "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1),
@@ -45,7 +50,9 @@ FAMILIES = {
 def digits():
     X, Y, _ = load_digits()
     g = torch.Generator().manual_seed(1)
-    batches = [torch.randperm(X.shape[0], generator=g)[:BATCH] for _ in range(SWITCH + AFTER)]
+    batches = [
+        torch.randperm(X.shape[0], generator=g)[:BATCH] for _ in range(SWITCH + FAITHFUL_AFTER)
+    ]
     return X, Y, batches
 
 
@@ -81,14 +88,23 @@ def results(digits):
     return get
 
 
+@pytest.fixture(scope="module")
+def faithful_results(digits):
+    cache: dict[str, dict] = {}
+
+    def get(name: str) -> dict:
+        if name not in cache:
+            cache[name] = run_family_faithful(name, digits)
+        return cache[name]
+
+    return get
+
+
 def run_family(name: str, digits) -> dict:
     X, Y, batches = digits
     sam = name == "sam"
-    model = mlp(generator=torch.Generator().manual_seed(0))
-    base = FAMILIES[name](model.parameters())
-    train(base, model, X, Y, batches[:SWITCH], closure_api=sam)
-    state = (copy.deepcopy(model.state_dict()), copy.deepcopy(base.state_dict()))
-    out = {"switch": full_loss(model, X, Y)}
+    *state, loss_switch = switch_point(name, digits)
+    out = {"switch": loss_switch}
     for mode in ("none", "dominant", "bulk"):
         m = mlp(generator=torch.Generator().manual_seed(0))
         m.load_state_dict(state[0])
@@ -106,7 +122,7 @@ def run_family(name: str, digits) -> dict:
             refresh=so.Every(EVERY),
         )
         records = []
-        for idx in batches[SWITCH:]:
+        for idx in batches[SWITCH : SWITCH + AFTER]:
             train(opt, m, X, Y, [idx], closure_api=sam)
             if opt.last_stats.gradient_source == "full":
                 records.append(opt.last_stats)
@@ -114,6 +130,46 @@ def run_family(name: str, digits) -> dict:
         out[mode] = full_loss(m, X, Y)
         if mode == "none":
             out["eta"] = so.effective_lr_summary(records)
+    return out
+
+
+def switch_point(name: str, digits):
+    """The family's optimizer after SWITCH unprojected steps: (model state, optimizer state,
+    full-batch loss)."""
+    X, Y, batches = digits
+    model = mlp(generator=torch.Generator().manual_seed(0))
+    base = FAMILIES[name](model.parameters())
+    train(base, model, X, Y, batches[:SWITCH], closure_api=name == "sam")
+    return (
+        copy.deepcopy(model.state_dict()),
+        copy.deepcopy(base.state_dict()),
+        full_loss(model, X, Y),
+    )
+
+
+def run_family_faithful(name: str, digits) -> dict:
+    """The issue's protocol: from the switch, FAITHFUL_AFTER steps unprojected, Dom and Bulk,
+    the top-10 eigenspace of the full-batch (1000-example) Hessian refreshed every step with
+    the default warm-started solver."""
+    X, Y, batches = digits
+    sam = name == "sam"
+    model_state, opt_state, loss_switch = switch_point(name, digits)
+    out = {"switch": loss_switch}
+    for mode in ("none", "dominant", "bulk"):
+        m = mlp(generator=torch.Generator().manual_seed(0))
+        m.load_state_dict(model_state)
+        b = FAMILIES[name](m.parameters())
+        b.load_state_dict(opt_state)
+        opt = b
+        if mode != "none":
+            opt = so.SubspaceProjectedOptimizer(
+                b, so.HessianOperator(m, half_sum_mse, (X, Y)), k=K, mode=mode, refresh=so.Every(1)
+            )
+        train(opt, m, X, Y, batches[SWITCH : SWITCH + FAITHFUL_AFTER], closure_api=sam)
+        assert all(torch.isfinite(p).all() for p in m.parameters())
+        if mode != "none":
+            assert opt.counters["refreshes"] == FAITHFUL_AFTER and opt.counters["faults"] == 0
+        out[mode] = full_loss(m, X, Y)
     return out
 
 
@@ -128,6 +184,32 @@ def test_dom_stalls_and_bulk_trains(family, results):
     dom, bulk = ratio(res, "dominant"), ratio(res, "bulk")
     assert dom <= 0.1, res
     assert bulk >= 0.8, res
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_dom_stalls_and_bulk_trains_faithful_protocol(family, faithful_results):
+    """The issue's protocol (switch at step 100, 200 more steps, full-batch Hessian basis
+    refreshed every step); the fast test above is its shortened version for the default run.
+
+    Measured by this test (torch 2.13 CPU, one thread; loss at switch → base / Dom / Bulk,
+    then the Dom and Bulk progress ratios):
+
+    * SGD (lr 0.1): 0.1639 → 0.1306 / 0.1647 / 0.1310; Dom −0.02, Bulk 0.99
+    * momentum (lr 0.01, β 0.9): 0.1669 → 0.1321 / 0.1670 / 0.1320; Dom −0.00, Bulk 1.00
+    * Adam (lr 1e-3): 0.1451 → 0.0909 / 0.1447 / 0.0881; Dom 0.01, Bulk 1.05
+    * SAM (SGD lr 0.1, ρ 0.05): 0.1644 → 0.1330 / 0.1666 / 0.1355; Dom −0.07, Bulk 0.92
+
+    It took 182 s of CPU time (10 min wall on a loaded 2-core machine), too long for the
+    default run, hence ``slow``: ``pytest -m slow tests/test_paper_families.py``.
+    """
+    res = faithful_results(family)
+    print(  # the measured losses and ratios, with pytest -s
+        family, {k: round(v, 4) for k, v in res.items()}, ratio(res, "dominant"), ratio(res, "bulk")
+    )
+    assert res["none"] < res["switch"] - 0.01
+    assert ratio(res, "dominant") <= 0.1, res
+    assert ratio(res, "bulk") >= 0.8, res
 
 
 def test_effective_learning_rates_table_1(results):
