@@ -104,3 +104,111 @@ def test_nan_params_before_step_leave_everything_unchanged_and_training_can_resu
             p.copy_(q)
     train(opt, model, loss_fn, data, range(2, 4))
     assert opt.last_stats.step == 3 and not opt.last_stats.skipped
+
+
+# ------------------------------------------------------ GradScaler and SAM misuse
+
+
+def _wrapped(base_fn=None, **kwargs):
+    model, loss_fn, data = tiny_problem()
+    base = (base_fn or (lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9)))(model.parameters())
+    opt = so.SubspaceProjectedOptimizer(
+        base, so.HessianOperator(model, loss_fn, data), k=3, eigensolver="eigh", **kwargs
+    )
+    return model, loss_fn, data, opt
+
+
+def _base_step_while_wrapped() -> Trial:
+    model, loss_fn, (X, Y), opt = _wrapped()
+    loss_fn(model(X), Y).backward()
+    return Trial(list(model.parameters()), [opt.base, opt], opt.base.step)
+
+
+def _scaled_step_with_attached_scaler() -> Trial:
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    model, loss_fn, (X, Y), opt = _wrapped(grad_scaler=scaler)
+    scaler.scale(loss_fn(model(X), Y)).backward()
+    return Trial(list(model.parameters()), [opt], opt.step)
+
+
+def _unscale_twice() -> Trial:
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    model, loss_fn, (X, Y), opt = _wrapped()
+    scaler.scale(loss_fn(model(X), Y)).backward()
+    scaler.unscale_(opt)
+    return Trial(list(model.parameters()), [opt], lambda: scaler.unscale_(opt))
+
+
+def _sam(**kwargs):
+    return _wrapped(lambda ps: so.SAM(torch.optim.SGD(ps, lr=0.1), rho=0.05), **kwargs)
+
+
+def _sam_without_closure() -> Trial:
+    model, loss_fn, (X, Y), opt = _sam()
+    loss_fn(model(X), Y).backward()
+    return Trial(list(model.parameters()), [opt], opt.step)
+
+
+def _sam_second_step_while_wrapped() -> Trial:
+    model, loss_fn, (X, Y), opt = _sam()
+    loss_fn(model(X), Y).backward()
+    opt.base.first_step(zero_grad=True)
+    loss_fn(model(X), Y).backward()
+    return Trial(list(model.parameters()), [opt], opt.base.second_step)
+
+
+def _sam_two_call_gradient_projection() -> Trial:
+    model, loss_fn, (X, Y), opt = _sam(project="gradient")
+    loss_fn(model(X), Y).backward()
+    opt.base.first_step(zero_grad=True)
+    loss_fn(model(X), Y).backward()
+    opt.base.unperturb()
+    return Trial(list(model.parameters()), [opt], opt.step)
+
+
+MISUSE = [
+    BadInput(
+        "base.step() while wrapped",
+        "amp",
+        RuntimeError,
+        "step the wrapper",
+        _base_step_while_wrapped,
+    ),
+    BadInput(
+        "opt.step() on scaled gradients (grad_scaler attached)",
+        "amp",
+        RuntimeError,
+        r"use scaler\.step\(opt\)",
+        _scaled_step_with_attached_scaler,
+    ),
+    BadInput(
+        "scaler.unscale_(opt) twice", "amp", RuntimeError, "already been called", _unscale_twice
+    ),
+    BadInput(
+        "SAM base without a closure", "sam", ValueError, r"sam\.unperturb\(\)", _sam_without_closure
+    ),
+    BadInput(
+        "sam.second_step() under the wrapper",
+        "sam",
+        RuntimeError,
+        r"sam\.unperturb\(\) and then opt\.step\(\)",
+        _sam_second_step_while_wrapped,
+    ),
+    BadInput(
+        "SAM two-call API with project='gradient'",
+        "sam",
+        ValueError,
+        r"use opt\.step\(closure\)",
+        _sam_two_call_gradient_projection,
+    ),
+]
+
+
+@pytest.mark.parametrize("case", MISUSE, ids=lambda c: c.name)
+def test_grad_scaler_and_sam_misuse_is_refused_clearly_and_changes_nothing(case):
+    """Parameters, gradients, the base state and the wrapper's (basis, step, counters) are
+    all unchanged after the refusal."""
+    outcome = run_bad_input(case)
+    assert outcome.raised == case.expected.__name__, outcome.message
+    assert outcome.matched, f"message {outcome.message!r} does not match {case.match!r}"
+    assert outcome.state_unchanged, outcome.differences
