@@ -70,13 +70,19 @@ def measure(config: dict) -> dict:
     def loss_fn(out, target):  # written out: F.mse_loss breaks forward-over-reverse
         return ((out - target) ** 2).mean()
 
+    common = {"chunk_size": config["chunk"], "method": config["method"]}
     op = HessianOperator(
-        model, loss_fn, (X, Y), chunk_size=config["chunk"], method=config["method"]
+        model, loss_fn, (X, Y), memory_budget=config.get("budget"), **common
     )
+    # the library's estimate for this chunk size (an unlimited budget: only the estimate)
+    estimate = HessianOperator(model, loss_fn, (X, Y), memory_budget=2**62, **common)
+    estimate = estimate.memory_estimate
     n = op.shape[0]
     warm = HessianOperator(model, loss_fn, (X[:1], Y[:1]), method=config["method"])
     warm.matvec(torch.zeros(n, device=device))  # load kernels, allocate workspaces
     V = torch.randn(n, config["width"], generator=g).to(device)
+    per_pass = config["width"] if op.block_size is None else min(config["width"], op.block_size)
+    block_bytes = n * config["width"] * V.element_size()
 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -87,6 +93,7 @@ def measure(config: dict) -> dict:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # reset VmHWM to the current RSS
     t0 = time.perf_counter()
+    c0 = time.process_time()
     HV = op.matmat(V)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -94,13 +101,19 @@ def measure(config: dict) -> dict:
     else:
         peak = _rss_kib("VmHWM") * 1024
     seconds = time.perf_counter() - t0
+    cpu_seconds = time.process_time() - c0
     assert torch.isfinite(HV).all()
     return {
         **config,
         "n": n,
+        "per_pass": per_pass,
         "peak_mib": (peak - before) / 2**20,
-        "block_mib": n * config["width"] * V.element_size() / 2**20,
+        # the sub-block product's estimate plus the output block
+        "estimate_mib": (estimate.peak(per_pass) + block_bytes) / 2**20,
+        "graph_mib": estimate.graph_bytes / 2**20,
+        "block_mib": block_bytes / 2**20,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
     }
 
 

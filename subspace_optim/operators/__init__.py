@@ -3,10 +3,11 @@
 from .base import LinearOperator
 from .dense import DenseOperator
 from .distributed import DistributedHessianError, DistributedHessianOperator
-from .hessian import HVP_METHODS, HessianOperator
+from .hessian import HVP_METHODS, BlockMemoryEstimate, HessianOperator
 
 __all__ = [
     "HVP_METHODS",
+    "BlockMemoryEstimate",
     "DenseOperator",
     "DistributedHessianError",
     "DistributedHessianOperator",

@@ -96,7 +96,12 @@ class DistributedHessianOperator(HessianOperator):
         data: this rank's shard: one ``(inputs, targets)`` batch or a re-iterable of
             batches (a list, a ``DataLoader`` with a ``DistributedSampler``). It may be
             empty on some ranks, and shards may be uneven: examples are weighted by count.
-        params, chunk_size, method, train: as in :class:`HessianOperator`.
+        params, chunk_size, method, train, max_block_size, memory_budget: as in
+            :class:`HessianOperator`. Sub-blocks only split the local passes: a product
+            still all-reduces one buffer for the whole block. With ``memory_budget`` every
+            rank estimates its own peak (shards differ) and all ranks use the smallest
+            width; if one column does not fit on some rank, every rank raises
+            ``ValueError`` at construction.
         group: the process group (default: the world group of ``torch.distributed``).
         check_consistency: compare a checksum of the input block across ranks at every
             product (free: it rides in the same all-reduce). Turn off only if the ranks feed
@@ -142,6 +147,7 @@ class DistributedHessianOperator(HessianOperator):
     """
 
     _allow_empty_data = True  # an empty shard is fine: other ranks have data
+    _collective_budget_check = True  # refused in _handshake, on every rank at once
 
     def __init__(
         self,
@@ -153,6 +159,8 @@ class DistributedHessianOperator(HessianOperator):
         chunk_size: int | None = None,
         method: str = "auto",
         train: bool | None = None,
+        max_block_size: int | None = None,
+        memory_budget: int | None = None,
         group: Any = None,
         check_consistency: bool = True,
     ) -> None:
@@ -173,6 +181,8 @@ class DistributedHessianOperator(HessianOperator):
             chunk_size=chunk_size,
             method=method,
             train=train,
+            max_block_size=max_block_size,
+            memory_budget=memory_budget,
         )
         self.group = group
         self.rank = dist.get_rank(group)
@@ -195,11 +205,31 @@ class DistributedHessianOperator(HessianOperator):
     def _handshake(self) -> None:
         """One collective that refuses mismatched models before any product can hang."""
         code = _DTYPE_CODES.get(self.dtype, 0)
-        mine = torch.tensor([self.shape[0], code], dtype=torch.float64)
+        # the width that fits this rank's memory_budget (0: not even one column)
+        fits = -1.0
+        if self.memory_estimate is not None and self.memory_budget is not None:
+            fits = float(self.memory_estimate.max_width(self.memory_budget))
+        mine = torch.tensor([self.shape[0], code, fits], dtype=torch.float64)
         both = torch.cat([mine, -mine]).to(self.device)
         dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
-        hi, lo = both[:2].tolist(), (-both[2:]).tolist()
-        if hi != lo:
+        hi, lo = both[:3].tolist(), (-both[3:]).tolist()
+        if hi[2] >= 0:  # some rank passed memory_budget: every rank decides alike
+            if lo[2] < 0:
+                raise ValueError(
+                    "memory_budget was passed on some ranks but not on others; pass the same "
+                    "arguments on every rank"
+                )
+            if lo[2] < 1:
+                here = self._budget_message() if fits < 1 else self.memory_estimate.describe()
+                raise ValueError(
+                    "memory_budget is too small for one column on at least one rank (seen "
+                    f"from rank {self.rank}; here: {here})"
+                )
+            width = int(lo[2])
+            self.block_size = (
+                width if self.max_block_size is None else min(width, self.max_block_size)
+            )
+        if hi[:2] != lo[:2]:
             raise RuntimeError(
                 f"the ranks' models differ: parameter counts range over [{int(lo[0])}, "
                 f"{int(hi[0])}] (rank {self.rank} has {self.shape[0]}) or their dtypes differ; "

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ from torch.func import functional_call
 from .._utils import block_to_columns, check_int, choice, flatten, unflatten
 from .base import LinearOperator
 
-__all__ = ["HVP_METHODS", "HessianOperator"]
+__all__ = ["HVP_METHODS", "BlockMemoryEstimate", "HessianOperator"]
 
 #: HVP back ends: ``"autograd"`` (double backward, one forward and one gradient graph per
 #: micro-batch shared by the whole block), ``"func"`` (forward-over-reverse ``jvp∘grad`` from
@@ -103,6 +104,64 @@ def _to(x: Any, device: torch.device) -> Any:
     return type(x)(t.to(device, non_blocking=True) for t in x)
 
 
+@dataclass(frozen=True)
+class BlockMemoryEstimate:
+    """Estimated peak memory of one block product, as a function of its width.
+
+    ``peak(w) = fixed_bytes + w · bytes_per_column`` (see :class:`HessianOperator`'s note on
+    ``memory_budget`` for how the two numbers follow from the measurement).
+
+    Attributes:
+        method: the HVP back end the estimate is for (``"autograd"`` or ``"func"``).
+        graph_bytes: ``G``, bytes autograd saved for one micro-batch's loss and gradient
+            graph, measured once on the first micro-batch.
+        fixed_bytes: the part of the peak that does not grow with the width.
+        bytes_per_column: what each further column adds.
+    """
+
+    method: str
+    graph_bytes: int
+    fixed_bytes: int
+    bytes_per_column: int
+
+    def peak(self, width: int) -> int:
+        """Estimated peak bytes of a sub-block of ``width`` columns."""
+        return self.fixed_bytes + width * self.bytes_per_column
+
+    def max_width(self, budget: int) -> int:
+        """The widest sub-block whose estimated peak fits in ``budget`` bytes (may be 0)."""
+        return max(0, (budget - self.fixed_bytes) // self.bytes_per_column)
+
+    def describe(self) -> str:
+        return (
+            f"method {self.method!r}: {self.fixed_bytes:,} bytes fixed + "
+            f"{self.bytes_per_column:,} per column; gradient graph of one micro-batch "
+            f"{self.graph_bytes:,} bytes"
+        )
+
+
+def _saved_bytes(fn: Callable[[], Any], exclude: Iterable[Tensor]) -> int:
+    """Bytes of the distinct storages autograd saves for backward while ``fn`` runs."""
+    seen = {t.untyped_storage().data_ptr() for t in exclude if isinstance(t, Tensor)}
+    total = 0
+
+    def pack(t: Tensor) -> Tensor:
+        nonlocal total
+        if t.layout == torch.strided and not t.is_nested:
+            try:
+                storage = t.untyped_storage()
+            except (RuntimeError, NotImplementedError):  # tensor subclasses without storage
+                return t
+            if storage.data_ptr() not in seen:
+                seen.add(storage.data_ptr())
+                total += storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return total
+
+
 class HessianOperator(LinearOperator):
     """Hessian of the mean loss of ``model`` over ``data``, as a matrix-free operator.
 
@@ -128,6 +187,17 @@ class HessianOperator(LinearOperator):
         train: evaluate the loss with the model in train (``True``) or eval (``False``) mode;
             ``None`` uses whatever mode the model is in at each product. The mode is
             restored afterwards.
+        max_block_size: evaluate at most this many columns of a block per pass over the
+            data (a wider block is split into sub-blocks; the result is the same).
+        memory_budget: bytes that one sub-block product may use on top of the input and
+            output blocks; the operator picks the widest sub-block whose estimated peak
+            fits (see note) and raises ``ValueError`` at construction when not even one
+            column fits. Combined with ``max_block_size``, the smaller width wins.
+
+    Attributes:
+        block_size: columns evaluated per pass (``None``: the whole block at once).
+        memory_estimate: the :class:`BlockMemoryEstimate` behind ``block_size`` when
+            ``memory_budget`` was given, else ``None``.
 
     Shapes:
         ``matvec``: ``(n,) -> (n,)``; ``matmat``: ``(n, b) -> (n, b)`` with
@@ -141,6 +211,28 @@ class HessianOperator(LinearOperator):
         the machine (``benchmarks/hvp.py`` and ``docs/performance.md`` measure both; on the
         digits MLP the two were within about 20% of each other on a 2-core CPU), so pass
         ``method="func"`` where it measures faster.
+
+    .. note::
+        ``memory_budget`` rule. At construction the operator runs the loss and its gradient
+        graph (``create_graph=True``) once on the first micro-batch and adds up the bytes of
+        the tensors autograd saves for backward (``G``: activations and gradient-graph
+        intermediates; parameters and inputs excluded). With ``s`` the bytes of one number
+        and ``n`` the parameter count, the estimated peak of a sub-block of ``w`` columns is
+
+        * ``"autograd"``: ``5·G + 2·n·s + w·2·n·s`` (the graph is shared by the columns;
+          the double backward of one column allocates temporaries of the same sizes; each
+          column keeps its input and result, ``n`` numbers each, and one column at a time
+          holds two more);
+        * ``"func"``: ``G + w·(4·G + 3·n·s)`` (``vmap`` carries the tangents of the forward
+          and backward intermediates for every column).
+
+        The multiples of ``G`` are calibrated against measured peaks (RSS on a CPU, tanh MLP,
+        ``benchmarks/memory.py``), where they came out at or above the measurement. Limits:
+        the estimate counts tensors, not allocator caching or fragmentation; other
+        architectures may need other multiples; and it is measured on the first
+        micro-batch only (larger later batches, or data-dependent control flow, use more). The input block, the output block and (distributed) the
+        all-reduce buffer, ``n·b`` numbers each, come on top. ``benchmarks/memory.py``
+        compares the estimate with measured peaks (``docs/memory_benchmark.md``).
 
     Example:
         >>> import torch
@@ -162,6 +254,9 @@ class HessianOperator(LinearOperator):
     #: whether this process's data may hold no examples (a data-parallel subclass: another
     #: rank has data); the single-process operator refuses empty data at construction
     _allow_empty_data = False
+    #: whether a too small ``memory_budget`` is refused by the subclass in a collective (so
+    #: that every rank raises, not only the ranks whose first micro-batch is large)
+    _collective_budget_check = False
 
     def __init__(
         self,
@@ -173,6 +268,8 @@ class HessianOperator(LinearOperator):
         chunk_size: int | None = None,
         method: str = "auto",
         train: bool | None = None,
+        max_block_size: int | None = None,
+        memory_budget: int | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -266,6 +363,32 @@ class HessianOperator(LinearOperator):
             self.data = data
         self._validate_data()
 
+        if max_block_size is not None:
+            check_int("max_block_size", max_block_size, low=1)
+        if memory_budget is not None:
+            check_int("memory_budget", memory_budget, low=1)
+        self.max_block_size = max_block_size
+        self.memory_budget = memory_budget
+        self.memory_estimate: BlockMemoryEstimate | None = None
+        self.block_size: int | None = max_block_size
+        if memory_budget is not None:
+            self.memory_estimate = self._estimate_block_memory()
+            width = self.memory_estimate.max_width(memory_budget)
+            if width < 1 and not self._collective_budget_check:
+                raise ValueError(self._budget_message())
+            width = max(width, 1)  # a data-parallel subclass refuses 0 with one collective
+            self.block_size = width if max_block_size is None else min(width, max_block_size)
+
+    def _budget_message(self) -> str:
+        estimate = self.memory_estimate
+        assert estimate is not None and self.memory_budget is not None
+        return (
+            f"memory_budget={self.memory_budget:,} bytes is too small for one column: the "
+            f"estimated peak of a 1-column product is {estimate.peak(1):,} bytes "
+            f"({estimate.describe()}). Raise memory_budget, lower chunk_size (the gradient "
+            "graph shrinks with the micro-batch) or omit memory_budget"
+        )
+
     # ------------------------------------------------------------------ data
     def _validate_data(self) -> None:
         if isinstance(self.data, Sequence):
@@ -347,6 +470,27 @@ class HessianOperator(LinearOperator):
     def _leaves(self) -> list[Tensor]:
         return [p.detach().to(self.dtype).requires_grad_(True) for p in self.params]
 
+    def _estimate_block_memory(self) -> BlockMemoryEstimate:
+        """Measure ``G`` on the first micro-batch and apply the rule of the class note."""
+        method = self._resolved_method()
+        first = next(iter(self.chunks()), None)
+        graph = 0
+        if first is not None:  # a data-parallel rank with an empty shard holds no graph
+            x, y, _ = first
+            inputs = list(x) if isinstance(x, (tuple, list)) else [x]
+            with self._evaluation_context():
+                leaves = self._leaves()
+
+                def run() -> None:
+                    loss = self._loss(leaves, x, y)
+                    torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+
+                graph = _saved_bytes(run, [*leaves, *self.params, *inputs, y])
+        col = self.shape[0] * torch.empty((), dtype=self.dtype).element_size()
+        if method == "autograd":
+            return BlockMemoryEstimate(method, graph, 5 * graph + 2 * col, 2 * col)
+        return BlockMemoryEstimate(method, graph, graph, 4 * graph + 3 * col)
+
     # -------------------------------------------------------------- products
     def _resolved_method(self) -> str:
         return "autograd" if self.method == "auto" else self.method
@@ -361,7 +505,6 @@ class HessianOperator(LinearOperator):
             return out
         b = V.shape[1]
         parts_V = unflatten(V, self.params)
-        cols: list[list[Tensor]] = []
         for j in range(b):
             hv = torch.autograd.grad(
                 [grads[i] for i in live],
@@ -370,13 +513,11 @@ class HessianOperator(LinearOperator):
                 retain_graph=j < b - 1,
                 allow_unused=True,
             )
-            cols.append(
-                [
-                    torch.zeros_like(p, dtype=self.dtype) if h is None else h
-                    for h, p in zip(hv, self.params)
-                ]
+            out[:, j] = flatten(
+                torch.zeros_like(p, dtype=self.dtype) if h is None else h
+                for h, p in zip(hv, self.params)
             )
-        return torch.stack([flatten(c) for c in cols], dim=1)
+        return out
 
     def _chunk_hvp_func(self, x: Any, y: Tensor, V: Tensor) -> Tensor:
         primals = tuple(p.detach().to(self.dtype) for p in self.params)
@@ -397,32 +538,41 @@ class HessianOperator(LinearOperator):
         return block_to_columns(torch.func.vmap(hvp)(parts), b)
 
     def _local_matmat(self, V: Tensor) -> tuple[Tensor, int]:
-        """Unnormalized ``Σ_chunks count · H_chunk V`` and the number of examples."""
-        method = self._resolved_method()
+        """Unnormalized ``Σ_chunks count · H_chunk V`` and the number of examples.
+
+        Columns go :attr:`block_size` at a time, each sub-block in its own pass over the
+        data; a column's result does not depend on the other columns of its pass.
+        """
+        b = V.shape[1]
+        width = b if self.block_size is None else min(b, self.block_size)
         total = torch.zeros_like(V)
         count = 0
         with self._evaluation_context():
-            for x, y, m in self.chunks():
-                if method == "autograd":
-                    hv = self._chunk_hvp_autograd(x, y, V)
-                else:
-                    try:
-                        hv = self._chunk_hvp_func(x, y, V)
-                    except RuntimeError as exc:
-                        raise RuntimeError(
-                            f"method='func' (torch.func jvp of grad) failed on this model/loss: "
-                            f"{exc}. Use method='autograd' (the default), which supports every "
-                            "model (in torch 2.13, F.mse_loss breaks forward-over-reverse)."
-                        ) from exc
-                total.add_(hv, alpha=m)
-                count += m
+            for start in range(0, b, width):
+                W = V[:, start : start + width]
+                count = 0
+                for x, y, m in self.chunks():
+                    total[:, start : start + width].add_(self._chunk_hvp(x, y, W), alpha=m)
+                    count += m
         return total, count
+
+    def _chunk_hvp(self, x: Any, y: Tensor, V: Tensor) -> Tensor:
+        if self._resolved_method() == "autograd":
+            return self._chunk_hvp_autograd(x, y, V)
+        try:
+            return self._chunk_hvp_func(x, y, V)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"method='func' (torch.func jvp of grad) failed on this model/loss: "
+                f"{exc}. Use method='autograd' (the default), which supports every "
+                "model (in torch 2.13, F.mse_loss breaks forward-over-reverse)."
+            ) from exc
 
     def _matmat(self, V: Tensor) -> Tensor:
         total, count = self._local_matmat(V)
         if count == 0:
             raise ValueError(_RAN_DRY)
-        return total / count
+        return total.div_(count)
 
     # -------------------------------------------------------------- gradient
     def _local_loss_and_grad(self) -> tuple[Tensor, Tensor, int]:
