@@ -184,15 +184,20 @@ def test_warm_start_reduces_matvecs(spec: Spec) -> None:
 )
 def test_hypothesis_spectra(top: list[float], gap: float, negative: float, seed: int) -> None:
     """Random top-3 values (possibly repeated), a controlled gap to the bulk, and a negative
-    end up to twice the top in magnitude: the block solvers find the top 3, and so does
-    single-vector Lanczos when the top values are simple (see the Lanczos note)."""
+    end up to twice the top in magnitude: the block solvers (block Lanczos included) find the
+    top 3, and so does single-vector Lanczos when the top values are simple (see the Lanczos
+    note)."""
     n, k = 60, 3
     top_t = torch.tensor(sorted(top, reverse=True), dtype=F64)
     bulk_hi = float(top_t.min()) - gap * float(top_t.max())
     bulk = torch.linspace(-negative, bulk_hi, n - k, dtype=F64)
     lam = torch.cat([top_t, bulk])
     op = DenseOperator.from_spectrum(lam, rotation(n, seed))
-    solvers: list[Eigensolver] = [LOBPCG(tol=1e-8, max_iter=2000), WarmRefresh(tol=1e-8)]
+    solvers: list[Eigensolver] = [
+        LOBPCG(tol=1e-8, max_iter=2000),
+        WarmRefresh(tol=1e-8),
+        BlockLanczos(tol=1e-8),  # block of k columns: repeated top values are fine
+    ]
     if float(torch.diff(top_t).abs().min()) > 1e-3:
         solvers.append(Lanczos(tol=1e-8))
     for solver in solvers:
@@ -202,7 +207,7 @@ def test_hypothesis_spectra(top: list[float], gap: float, negative: float, seed:
 
 
 # ------------------------------------------------------------- status, errors
-@pytest.mark.parametrize("name", ["lanczos", "lobpcg", "power", "warm"])
+@pytest.mark.parametrize("name", ["lanczos", "block_lanczos", "lobpcg", "power", "warm"])
 def test_not_converged_returns_best_estimate_with_advice(name: str) -> None:
     lam = spectrum("tiny_gap", 300)
     op = DenseOperator.from_spectrum(lam, rotation(300, 6))
@@ -228,7 +233,7 @@ def test_non_finite_operator_reports_instead_of_raising() -> None:
     A = torch.eye(50, dtype=F64)
     A[3, 4] = A[4, 3] = float("nan")
     op = DenseOperator(A, check_symmetric=False)
-    for solver in (Lanczos(), LOBPCG(), PowerIteration(), WarmRefresh()):
+    for solver in (Lanczos(), BlockLanczos(), LOBPCG(), PowerIteration(), WarmRefresh()):
         res = solver.solve(op, 2)
         assert not res.converged
         assert "non-finite" in res.status
@@ -239,6 +244,9 @@ def test_non_finite_operator_reports_instead_of_raising() -> None:
     [
         (lambda: LOBPCG(tol=-1.0), "tol"),
         (lambda: LOBPCG(block_size=0), "block_size"),
+        (lambda: BlockLanczos(block_size=0), "block_size"),
+        (lambda: BlockLanczos(ncv=1), "ncv"),
+        (lambda: BlockLanczos(block_size=2.5), "block_size"),
         (lambda: WarmRefresh(extra=-1), "extra"),
         (lambda: WarmRefresh(cold=WarmRefresh()), "cold"),
         (lambda: WarmRefresh(cold=Lanczos(which="LM")), "which"),
@@ -265,9 +273,16 @@ def test_bad_calls_are_refused_before_any_matvec() -> None:
 
 
 def test_registry_and_top_k() -> None:
-    assert {"auto", "lanczos", "lobpcg", "power", "eigh", "warm", "scipy_eigsh"} <= set(
-        available_eigensolvers()
-    )
+    assert {
+        "auto",
+        "lanczos",
+        "block_lanczos",
+        "lobpcg",
+        "power",
+        "eigh",
+        "warm",
+        "scipy_eigsh",
+    } <= set(available_eigensolvers())
     small = DenseOperator.from_spectrum(spectrum("separated", 50))
     large = DenseOperator.from_spectrum(spectrum("separated", 2000))
     auto = AutoEigensolver()
@@ -281,6 +296,10 @@ def test_registry_and_top_k() -> None:
     ).eigenvalues.tolist() == pytest.approx([10.0])
     with pytest.raises(ValueError, match="instance"):
         top_k_eigenpairs(large, 1, solver=Lanczos(), tol=1e-4)
+    block = resolve_eigensolver("Block_Lanczos", block_size=3, tol=1e-7)
+    assert isinstance(block, BlockLanczos) and (block.block_size, block.tol) == (3, 1e-7)
+    res = top_k_eigenpairs(large, 2, solver="block_lanczos", tol=1e-8)
+    assert res.converged and res.eigenvalues.tolist() == pytest.approx([10.0, 8.0])
 
 
 def test_results_do_not_depend_on_global_rng() -> None:
@@ -290,3 +309,137 @@ def test_results_do_not_depend_on_global_rng() -> None:
     torch.manual_seed(123)
     b = LOBPCG(tol=1e-3).solve(op, 3)
     assert torch.equal(a.eigenvectors, b.eigenvectors) and a.num_matvecs == b.num_matvecs
+
+
+# ------------------------------------------------------------ block Lanczos
+class CountingOperator(DenseOperator):
+    """A dense operator that records the width of every block product it is asked for."""
+
+    def __init__(self, A: torch.Tensor) -> None:
+        super().__init__(A)
+        self.widths: list[int] = []
+
+    def _matmat(self, V: torch.Tensor) -> torch.Tensor:
+        self.widths.append(V.shape[1])
+        return super()._matmat(V)
+
+
+def repeated_top(n: int = 300, seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top eigenvalue 10 with multiplicity 3, then 8, then a bulk in [-3, 5]."""
+    lam = torch.cat(
+        [torch.tensor([10.0, 10.0, 10.0, 8.0], dtype=F64), torch.linspace(-3, 5, n - 4)]
+    )
+    return lam, rotation(n, seed)
+
+
+@pytest.mark.parametrize("block_size", [3, 4, None])
+def test_block_lanczos_finds_every_copy_of_a_repeated_eigenvalue(block_size) -> None:
+    """With b >= the multiplicity, the first block already sees the whole eigenspace, so all
+    three copies of the top eigenvalue are returned (and the next one, 8, after them)."""
+    lam, Q = repeated_top()
+    op = DenseOperator.from_spectrum(lam, Q)
+    tol = 1e-3
+    res = BlockLanczos(block_size=block_size, tol=tol).solve(
+        op, 4, generator=torch.Generator().manual_seed(0)
+    )
+    assert res.converged, res.status
+    check_pairs(op, res, lam, 4, tol)
+    assert res.eigenvalues.tolist() == pytest.approx([10.0, 10.0, 10.0, 8.0], abs=2 * tol * 10)
+    exact = Q[:, :4]  # from_spectrum puts eigenvalue i on column i of Q
+    assert float(subspace_distance(res.eigenvectors, exact)) < 0.1
+
+
+def test_repeated_eigenvalue_case_defeats_single_vector_lanczos() -> None:
+    """The case above discriminates: single-vector Lanczos (and BlockLanczos with b=1, the same
+    method) stops at the same tolerance with only two copies of 10 and reports converged,
+    because a single start vector sees one direction of the eigenspace (rounding brings the
+    others in only slowly). If this ever fails, Lanczos has improved: keep the block test."""
+    lam, Q = repeated_top()
+    op = DenseOperator.from_spectrum(lam, Q)
+    for solver in (Lanczos(tol=1e-3), BlockLanczos(block_size=1, tol=1e-3)):
+        res = solver.solve(op, 4, generator=torch.Generator().manual_seed(0))
+        copies = int(((res.eigenvalues - 10.0).abs() < 0.02).sum())
+        assert copies < 3, (type(solver).__name__, res.eigenvalues.tolist())
+
+
+def test_block_lanczos_applies_one_block_per_iteration() -> None:
+    """Every product is one ``matmat`` of ``b`` columns; ``num_iterations`` counts them."""
+    lam = spectrum("separated", 400)
+    op = CountingOperator(DenseOperator.from_spectrum(lam, rotation(400, 9)).A)
+    for b in (1, 3, 5):
+        op.widths.clear()
+        before = op.num_matvecs
+        res = BlockLanczos(block_size=b, tol=1e-8).solve(op, 4)
+        assert res.converged, res.status
+        assert op.widths == [b] * res.num_iterations
+        assert res.num_matvecs == op.num_matvecs - before == b * res.num_iterations
+
+
+def test_block_lanczos_block_narrower_than_k_and_restarts() -> None:
+    """b < k is allowed (the basis grows to k first); a small ncv forces thick restarts and
+    memory stays bounded while the answer is unchanged."""
+    lam = spectrum("tiny_gap", 300)
+    op = DenseOperator.from_spectrum(lam, rotation(300, 10))
+    solver = BlockLanczos(block_size=2, ncv=12, tol=1e-8, max_iter=2000)
+    solver.check_k(300, 4)  # no "narrower than k" refusal
+    res = solver.solve(op, 4)
+    assert res.converged, res.status
+    assert res.num_matvecs > 12  # more products than the basis holds: it restarted
+    check_pairs(op, res, lam, 4, 1e-8)
+
+
+@pytest.mark.parametrize("width", [1, 2, 4, 7])
+def test_block_lanczos_warm_start_of_any_width(width: int) -> None:
+    """A warm start narrower than b is padded with random columns, a wider one is kept whole;
+    a start that spans the wanted pairs converges at once, with fewer matvecs than a cold
+    solve (a narrower one only fixes some of them: no saving is promised)."""
+    lam = spectrum("separated", 200)
+    Q = rotation(200, 11)
+    op = DenseOperator.from_spectrum(lam, Q)
+    solver = BlockLanczos(block_size=4, tol=1e-6)
+    cold = solver.solve(op, 4, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1)
+    init = Q[:, :width] + 1e-4 * torch.randn(200, width, generator=g, dtype=F64)
+    warm = solver.solve(op, 4, init=init, generator=torch.Generator().manual_seed(0))
+    assert warm.converged and cold.converged
+    check_pairs(op, warm, lam, 4, 1e-6)
+    if width >= 4:  # the start spans the answer up to 1e-4: fewer matvecs than cold
+        assert warm.num_matvecs < cold.num_matvecs, (warm.num_matvecs, cold.num_matvecs)
+        # a start exact to rounding converges on the first product (the first b columns)
+        exact = solver.solve(op, 4, init=Q[:, :width], generator=torch.Generator().manual_seed(0))
+        assert exact.converged and exact.num_matvecs == 4 and exact.num_iterations == 1
+
+
+def test_block_lanczos_rank_deficient_start_and_invariant_subspace() -> None:
+    """A start block with repeated columns, and an operator with two distinct eigenvalues (its
+    Krylov space is invariant after one step): lost columns are refilled at random, the block
+    keeps its width and the five-fold top eigenvalue is found in full."""
+    lam = torch.cat([torch.full((5,), 3.0, dtype=F64), torch.full((95,), 1.0, dtype=F64)])
+    op = CountingOperator(DenseOperator.from_spectrum(lam, rotation(100, 12)).A)
+    v = torch.randn(100, 1, generator=torch.Generator().manual_seed(2), dtype=F64)
+    init = torch.cat([v, v, 2 * v, torch.zeros(100, 2, dtype=F64)], dim=1)
+    res = BlockLanczos(block_size=5, tol=1e-10).solve(op, 6, init=init)
+    assert res.converged, res.status
+    assert res.eigenvalues.tolist() == pytest.approx([3.0] * 5 + [1.0])
+    assert set(op.widths) == {5}
+    check_pairs(op, res, lam, 6, 1e-10)
+
+
+def test_block_lanczos_exhausts_a_tiny_space() -> None:
+    """n = 9, k = 8: the basis spans the whole space and the answer is exact."""
+    lam = torch.arange(9, 0, -1, dtype=F64)
+    op = DenseOperator.from_spectrum(lam, rotation(9, 13))
+    for b in (1, 4, None):
+        res = BlockLanczos(block_size=b, tol=1e-10).solve(op, 8)
+        assert res.converged, res.status
+        assert res.eigenvalues.tolist() == pytest.approx(lam[:8].tolist())
+        assert res.num_matvecs <= 9 + 4
+
+
+def test_block_lanczos_is_stateless_and_prints_its_settings() -> None:
+    solver = BlockLanczos(block_size=3, ncv=30, tol=1e-5, which="LM")
+    assert solver.state_dict() == {}
+    assert repr(solver) == (
+        "BlockLanczos(block_size=3, ncv=30, tol=1e-05, max_iter=1000, which='LM')"
+    )
+    assert solver.supports_warm_start and solver.matrix_free

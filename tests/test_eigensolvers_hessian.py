@@ -9,11 +9,14 @@ from torch import nn
 
 from subspace_optim import (
     LOBPCG,
+    BlockLanczos,
     HessianOperator,
     Lanczos,
     PowerIteration,
+    SubspaceProjectedOptimizer,
     WarmRefresh,
     subspace_distance,
+    top_k_eigenpairs,
 )
 from subspace_optim.eigensolvers import ScipyEigsh
 
@@ -65,12 +68,14 @@ def dense_hessian(model: nn.Module, data) -> torch.Tensor:
     "solver",
     [
         Lanczos(tol=1e-8),
+        BlockLanczos(tol=1e-8),
+        BlockLanczos(block_size=2, tol=1e-8),
         LOBPCG(tol=1e-8),
         WarmRefresh(tol=1e-8),
         ScipyEigsh(tol=1e-10),
         PowerIteration(tol=1e-8, max_iter=3000),
     ],
-    ids=["lanczos", "lobpcg", "warm", "scipy_eigsh", "power"],
+    ids=["lanczos", "block_lanczos", "block_lanczos_b2", "lobpcg", "warm", "scipy_eigsh", "power"],
 )
 def test_real_hessian_top_k(problem, solver) -> None:
     model, data = problem()
@@ -116,3 +121,54 @@ def test_warm_refresh_along_sgd_matches_cold_at_fraction_of_cost() -> None:
         mse(model(X), Y).backward()
         opt.step()
     assert warm_cost < 0.5 * cold_cost, (warm_cost, cold_cost)
+
+
+@pytest.mark.parametrize("problem", [mlp_problem, cnn_problem], ids=["mlp", "cnn"])
+def test_block_lanczos_feeds_blocks_to_the_hessian(problem) -> None:
+    """On a real Hessian, block Lanczos spends one batched HVP call per iteration (b columns
+    each), matches the dense float64 top-k (k = 5 here, block 5), and its reported residuals
+    are the true ones."""
+    model, data = problem()
+    op = HessianOperator(model, mse, data)
+    H = dense_hessian(model, data)
+    lam = torch.linalg.eigvalsh(H).flip(0)
+    widths: list[int] = []
+    matmat = op._matmat
+
+    def recording(V: torch.Tensor) -> torch.Tensor:
+        widths.append(V.shape[1])
+        return matmat(V)
+
+    op._matmat = recording  # type: ignore[method-assign]
+    k = 5
+    res = BlockLanczos(tol=1e-8).solve(op, k, generator=torch.Generator().manual_seed(1))
+    assert res.converged, res.status
+    assert widths == [k] * res.num_iterations and res.num_matvecs == k * res.num_iterations
+    torch.testing.assert_close(res.eigenvalues, lam[:k], atol=1e-6 * float(lam[0]), rtol=0)
+    true_res = (H @ res.eigenvectors - res.eigenvectors * res.eigenvalues).norm(dim=0)
+    torch.testing.assert_close(res.residual_norms, true_res, atol=1e-9 * float(lam[0]), rtol=0)
+
+
+def test_block_lanczos_by_name_in_the_wrapper_and_top_k() -> None:
+    """``eigensolver="block_lanczos"`` and ``solver="block_lanczos"`` resolve through the
+    registry; the wrapper's warm refreshes feed the previous basis to the block solver."""
+    model, data = mlp_problem()
+    op = HessianOperator(model, mse, data)
+    res = top_k_eigenpairs(op, 3, solver="block_lanczos", tol=1e-6)
+    lam = torch.linalg.eigvalsh(dense_hessian(model, data)).flip(0)
+    assert res.converged and res.eigenvalues.tolist() == pytest.approx(lam[:3].tolist(), rel=1e-5)
+    base = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt = SubspaceProjectedOptimizer(base, op, k=3, eigensolver="block_lanczos")
+    assert isinstance(opt.eigensolver, BlockLanczos)
+    X, Y = data
+    costs = []
+    for _ in range(3):
+        opt.zero_grad()
+        mse(model(X), Y).backward()
+        opt.step()
+        result = opt.refresh()
+        assert result is not None and result.converged, result and result.status
+        costs.append(result.num_matvecs)
+    assert opt.basis is not None and opt.basis.shape == (op.shape[0], 3)
+    # warm refreshes from the last basis cost less than the cold solve above
+    assert max(costs) < res.num_matvecs, (costs, res.num_matvecs)
