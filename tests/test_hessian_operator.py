@@ -208,3 +208,75 @@ def test_matmat_validates_shape_and_dtype():
         op.matmat(torch.zeros(4, 1))
     with pytest.raises(TypeError, match="float64"):
         op.matmat(torch.zeros(3, 1, dtype=torch.float64))
+
+
+# ------------------------------------------------------------ sub-blocks and memory budget
+@pytest.mark.parametrize("method", ["autograd", "func"])
+@pytest.mark.parametrize("case", ["mlp", "batchnorm_train", "layernorm"])
+def test_sub_blocks_equal_unsplit_product_and_dense_reference(case, method, generator):
+    """Splitting a block into sub-blocks leaves every column's product unchanged: bitwise
+    for double backward (each column is its own backward pass), to rounding for vmap."""
+    model, loss_fn, (X, Y) = make_case(case, generator)
+    params = [p for p in model.parameters() if p.requires_grad]
+    # micro-batches of 6 (batch statistics of BatchNorm are per micro-batch)
+    chunks = list(zip(torch.split(X, 6), torch.split(Y, 6)))
+    H1, _ = dense_references(model, loss_fn, chunks, params)
+    V = torch.randn(H1.shape[0], 7, generator=generator, dtype=torch.float64)
+    whole = HessianOperator(model, loss_fn, (X, Y), method=method, chunk_size=6).matmat(V)
+    for width in (1, 3, 7, 50):
+        op = HessianOperator(
+            model, loss_fn, (X, Y), method=method, chunk_size=6, max_block_size=width
+        )
+        assert op.block_size == width
+        HV = op.matmat(V)
+        assert op.num_matvecs == 7
+        if method == "autograd":
+            assert torch.equal(HV, whole), f"width {width}"
+        else:
+            assert rel(HV, whole) < 1e-13, f"width {width}"
+        assert rel(HV, H1 @ V) < 1e-8
+
+
+@pytest.mark.parametrize("method", ["autograd", "func"])
+def test_memory_budget_picks_the_widest_fitting_sub_block(method, generator):
+    model, loss_fn, (X, Y) = make_case("mlp", generator)
+    probe = HessianOperator(model, loss_fn, (X, Y), method=method, memory_budget=2**40)
+    est = probe.memory_estimate
+    assert est is not None and est.method == method
+    assert est.graph_bytes > 0 and est.bytes_per_column > 0
+    # the per-column part grows with the parameters: at least two n-vectors per column
+    assert est.bytes_per_column >= 2 * probe.shape[0] * 8
+    for width in (1, 2, 5):
+        budget = est.peak(width)
+        op = HessianOperator(model, loss_fn, (X, Y), method=method, memory_budget=budget)
+        assert op.block_size == width
+        assert est.max_width(budget - 1) == width - 1  # the widest that fits, not wider
+        V = torch.randn(op.shape[0], 6, generator=generator, dtype=torch.float64)
+        ref = HessianOperator(model, loss_fn, (X, Y), method=method).matmat(V)
+        assert rel(op.matmat(V), ref) < 1e-13
+    # max_block_size caps the budget's width
+    capped = HessianOperator(
+        model, loss_fn, (X, Y), method=method, memory_budget=est.peak(5), max_block_size=2
+    )
+    assert capped.block_size == 2
+    # the gradient graph, hence the estimate, shrinks with the micro-batch
+    small = HessianOperator(
+        model, loss_fn, (X, Y), method=method, chunk_size=2, memory_budget=2**40
+    ).memory_estimate
+    assert small.graph_bytes < est.graph_bytes
+
+
+def test_bad_block_size_and_budget_are_refused_at_construction(generator):
+    model, loss_fn, data = make_case("mlp", generator)
+    with pytest.raises(ValueError, match="max_block_size must be >= 1"):
+        HessianOperator(model, loss_fn, data, max_block_size=0)
+    with pytest.raises(TypeError, match="max_block_size must be an int"):
+        HessianOperator(model, loss_fn, data, max_block_size=2.0)
+    for bad in (0, -5):
+        with pytest.raises(ValueError, match=r"must be positive .* Omit it"):
+            HessianOperator(model, loss_fn, data, memory_budget=bad)
+    with pytest.raises(TypeError, match="memory_budget must be an int"):
+        HessianOperator(model, loss_fn, data, memory_budget=1e9)
+    with pytest.raises(ValueError, match=r"too small for one column.*lower chunk_size") as info:
+        HessianOperator(model, loss_fn, data, memory_budget=100)
+    assert "per column" in str(info.value)  # the estimate is in the message

@@ -366,7 +366,12 @@ class HessianOperator(LinearOperator):
         if max_block_size is not None:
             check_int("max_block_size", max_block_size, low=1)
         if memory_budget is not None:
-            check_int("memory_budget", memory_budget, low=1)
+            check_int("memory_budget", memory_budget)
+            if memory_budget <= 0:
+                raise ValueError(
+                    f"memory_budget is in bytes and must be positive (e.g. 2**30 for 1 GiB); "
+                    f"got {memory_budget}. Omit it for no limit"
+                )
         self.max_block_size = max_block_size
         self.memory_budget = memory_budget
         self.memory_estimate: BlockMemoryEstimate | None = None
