@@ -33,11 +33,13 @@ class Lanczos(Eigensolver):
         Single-vector Lanczos sees one direction of each eigenspace in exact arithmetic, so
         a multiple eigenvalue may be returned fewer times than its multiplicity (rounding
         usually, not always, reveals the copies; ARPACK shares this limitation). For spectra
-        with exactly repeated top eigenvalues use :class:`LOBPCG` or :class:`WarmRefresh`.
+        with exactly repeated top eigenvalues use :class:`BlockLanczos` (block at least as
+        wide as the multiplicity), :class:`LOBPCG` or :class:`WarmRefresh`.
 
         A warm start ``init`` of several columns is folded into one start vector (their
         sum), which carries every previous eigendirection; Lanczos cannot use a block
-        directly. For warm refreshes during training prefer the block solvers.
+        directly. For warm refreshes during training prefer the block solvers
+        (:class:`BlockLanczos` uses the block as its first block).
 
     Example:
         >>> import torch
