@@ -89,10 +89,11 @@ class BlockLanczos(Eigensolver):
 
     Args:
         block_size: columns per block product, ``b`` (default ``max(k, 2)``, capped at
-            ``n − k``: a block as wide as the wanted set catches every multiplicity in it). Unlike :class:`~subspace_optim.LOBPCG`, ``b`` may be narrower than
-            ``k``: the basis still grows to ``k`` and beyond. ``b`` trades matvecs for
-            products: a wider block needs more matvecs in all but fewer block products.
-            It must be at least the multiplicity of a repeated wanted eigenvalue.
+            ``n − k``: a block as wide as the wanted set catches every multiplicity in
+            it). Unlike :class:`~subspace_optim.LOBPCG`, ``b`` may be narrower than ``k``:
+            the basis still grows to ``k`` and beyond. ``b`` trades matvecs for products:
+            a wider block needs more matvecs in all but fewer block products. It must be
+            at least the multiplicity of a repeated wanted eigenvalue.
         ncv: most basis columns kept before a thick restart (default
             ``max(k + 6b, 2k + 20)``, at least ``k + 2b``, capped at ``n``). Memory is
             ``n · (ncv + b)`` numbers; a wide block needs a long basis to pay off (a block
@@ -117,7 +118,9 @@ class BlockLanczos(Eigensolver):
 
         The pending part of the basis is kept as a queue: only its first ``b`` columns
         are applied per step, and ``B_j`` generalizes to the coupling ``Pᵀ A 𝒱_m`` of
-        the whole queue ``P`` (all of it, so the residuals stay exact).
+        the whole queue ``P``, so the residuals read from it are those of the returned
+        vectors up to the deflated directions (singular values below
+        ``100 · eps · ‖A V_j‖``).
 
     Example:
         An eigenvalue of multiplicity 3 at the top, found three times with ``b = 3``:
