@@ -118,6 +118,39 @@ def _scenarios(rank: int, out_dir: Path) -> dict:
     res["counts"] = torch.tensor(op.last_counts)
     res["loss"], res["grad"] = op.loss_and_grad()
 
+    # 1b. sub-blocks of 2 columns: the same bits, still one all-reduce per block
+    shard = uneven_shard(rank, X, Y)
+    sub = DistributedHessianOperator(
+        model, mse, shard, chunk_size=4 if rank else None, max_block_size=2
+    )
+    calls = []
+    all_reduce = dist.all_reduce
+    dist.all_reduce = lambda *a, **kw: (calls.append(a[0].numel()), all_reduce(*a, **kw))[1]
+    try:
+        res["HV_sub"] = sub.matmat(V)
+    finally:
+        dist.all_reduce = all_reduce
+    res["sub_allreduces"] = calls
+    func = DistributedHessianOperator(model, mse, shard, method="func", max_block_size=2)
+    res["HV_func_sub"] = func.matmat(V)
+    # a budget: each rank estimates its own shard, all ranks use the smallest width (here
+    # each rank's budget fits 2 - rank columns of its own estimate)
+    chunk = 4 if rank else None
+    own = HessianOperator(model, mse, shard, chunk_size=chunk, memory_budget=2**40)
+    budget = own.memory_estimate.peak(2 - rank)
+    res["local_width"] = HessianOperator(
+        model, mse, shard, chunk_size=chunk, memory_budget=budget
+    ).block_size
+    budgeted = DistributedHessianOperator(model, mse, shard, chunk_size=chunk, memory_budget=budget)
+    res["budget_width"] = budgeted.block_size
+    res["HV_budget"] = budgeted.matmat(V)
+    # one column fits rank 0's budget but not rank 1's: refused on every rank
+    try:
+        DistributedHessianOperator(model, mse, shard, memory_budget=10**9 if rank == 0 else 100)
+        res["budget_error"] = None
+    except ValueError as exc:
+        res["budget_error"] = str(exc)
+
     # 2. an empty shard: rank 1 holds no data at all
     empty = DistributedHessianOperator(model, mse, [(X, Y)] if rank == 0 else [])
     res["HV_empty"] = empty.matmat(V)
@@ -299,6 +332,21 @@ def test_matmat_equals_full_data_product_with_uneven_shards(runs):
         assert res["counts"].tolist() == [12, 25]
         assert rel(res["HV"], ref) < 1e-6, f"rank {r}"
         assert torch.equal(res["HV"], runs[0]["HV"]), "ranks received different products"
+
+
+def test_sub_blocks_and_memory_budget_keep_the_product(runs):
+    model, X, Y = problem()
+    ref = dense_hessian(model, X, Y) @ probe_block()
+    n, b = ref.shape
+    assert [res["local_width"] for res in runs] == [2, 1]
+    for r, res in enumerate(runs):
+        # double backward: every column is its own backward pass, so splitting is bitwise
+        assert torch.equal(res["HV_sub"], res["HV"]), f"rank {r}"
+        assert res["sub_allreduces"] == [n * b + 3 * WORLD], "one buffer for the whole block"
+        assert rel(res["HV_func_sub"], ref) < 1e-6
+        assert res["budget_width"] == 1, "every rank uses the smallest rank's width"
+        assert torch.equal(res["HV_budget"], res["HV"])
+        assert "too small for one column on at least one rank" in res["budget_error"]
 
 
 def test_empty_shard_is_weighted_correctly(runs):
