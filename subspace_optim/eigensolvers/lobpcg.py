@@ -12,7 +12,7 @@ from ..operators.base import LinearOperator
 from . import _common
 from .base import EigenResult, Eigensolver
 
-__all__ = ["LOBPCG", "LOBPCGState", "lobpcg_iterations"]
+__all__ = ["LOBPCG", "LOBPCGState", "lobpcg_iterations", "pair_targets"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,36 @@ def _gram_eigh(G: Tensor, M: Tensor, drop: float) -> tuple[Tensor, Tensor]:
     return theta, T @ Y
 
 
+def pair_targets(theta: Tensor, k: int, sin_tol: float, which: str = "LA") -> Tensor:
+    """Residual targets ``(b,)`` that bound each wanted Ritz vector's angle by ``sin_tol``.
+
+    For a Ritz pair ``(θ_i, x_i)`` with residual ``r_i`` and an operator with no eigenvalue
+    of the unwanted part of the spectrum above ``μ``, the Davis–Kahan sin θ theorem gives
+
+    .. math:: \\sin\\angle(x_i, \\mathcal{U}_i) \\le \\frac{\\|r_i\\|}{\\theta_i - \\mu},
+
+    where :math:`\\mathcal{U}_i` is the eigenspace of the eigenvalues above ``μ``. The
+    block's last Ritz value ``θ_b`` stands in for ``μ`` (with a warm start, the block holds
+    the eigenvectors above it; the ``b − k`` guard columns keep the eigenvalues just below
+    ``θ_k`` inside the block, so the gap is ``θ_i − θ_b``, not the tiny ``θ_k − θ_{k+1}`` of
+    a clustered spectrum). The target for pair ``i`` is ``sin_tol · (θ_i − θ_b)``: the
+    top pairs, far from the rest, may keep larger residuals than the ``k``-th. Entries
+    beyond ``k`` are 0 (guards never set the verdict); with ``b == k`` (no guard) the
+    targets are 0.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim.eigensolvers.lobpcg import pair_targets
+        >>> pair_targets(torch.tensor([10.0, 6.0, 5.0, 2.0]), 2, 0.5).tolist()
+        [4.0, 2.0, 0.0, 0.0]
+    """
+    key = theta if which == "LA" else theta.abs()
+    gap = (key - key[-1]).clamp_min(0)
+    out = sin_tol * gap
+    out[k:] = 0
+    return out
+
+
 def lobpcg_iterations(
     op: LinearOperator,
     X: Tensor,
@@ -71,6 +101,7 @@ def lobpcg_iterations(
     which: str = "LA",
     AX: Tensor | None = None,
     expand_all: bool = True,
+    sin_tol: float | None = None,
 ) -> LOBPCGState:
     """Run block LOBPCG from the orthonormal block ``X`` until the top ``k`` pairs converge.
 
@@ -95,6 +126,10 @@ def lobpcg_iterations(
         AX: ``A X`` if already known (saves ``b`` matvecs).
         expand_all: expand the residuals of the ``b − k`` guard columns too (faster
             convergence per iteration, more matvecs per iteration).
+        sin_tol: if given, the stopping rule is per pair and replaces ``tol``: pair
+            ``i <= k`` has converged when its residual meets :func:`pair_targets` (its
+            Davis–Kahan angle estimate is at most ``sin_tol``), so pairs well separated from
+            the rest of the spectrum stop with larger residuals than the ``k``-th.
 
     Returns:
         A :class:`LOBPCGState` (``b`` pairs; the caller keeps the first ``k``).
@@ -119,7 +154,12 @@ def lobpcg_iterations(
         res = R.norm(dim=0)
         if not bool(torch.isfinite(res).all()):
             return LOBPCGState(theta, X, AX, res, iterations, False)
-        target = _common.tolerance(theta[:k], tol)
+        if sin_tol is None:
+            target = _common.tolerance(theta[:k], tol)
+        else:  # per-pair Davis–Kahan targets replace tol (never below rounding)
+            target = torch.maximum(
+                _common.tolerance(theta[:k], 0.0), pair_targets(theta, k, sin_tol, which)
+            )
         active = res > target
         if not expand_all:
             active[k:] = False
