@@ -3,11 +3,10 @@
 from .base import LinearOperator
 from .dense import DenseOperator
 from .distributed import DistributedHessianError, DistributedHessianOperator
-from .hessian import HVP_METHODS, BlockMemoryEstimate, HessianOperator
+from .hessian import HVP_METHODS, HessianOperator
 
 __all__ = [
     "HVP_METHODS",
-    "BlockMemoryEstimate",
     "DenseOperator",
     "DistributedHessianError",
     "DistributedHessianOperator",

@@ -24,7 +24,7 @@ from torch.func import functional_call
 from .._utils import block_to_columns, check_int, choice, flatten, unflatten
 from .base import LinearOperator
 
-__all__ = ["HVP_METHODS", "BlockMemoryEstimate", "HessianOperator"]
+__all__ = ["HVP_METHODS", "HessianOperator"]
 
 #: HVP back ends: ``"autograd"`` (double backward, one forward and one gradient graph per
 #: micro-batch shared by the whole block), ``"func"`` (forward-over-reverse ``jvp∘grad`` from
@@ -196,8 +196,9 @@ class HessianOperator(LinearOperator):
 
     Attributes:
         block_size: columns evaluated per pass (``None``: the whole block at once).
-        memory_estimate: the :class:`BlockMemoryEstimate` behind ``block_size`` when
-            ``memory_budget`` was given, else ``None``.
+        memory_estimate: the estimate behind ``block_size`` when ``memory_budget`` was
+            given, else ``None``: a ``BlockMemoryEstimate`` record with ``graph_bytes``,
+            ``fixed_bytes``, ``bytes_per_column`` and ``peak(width)``.
 
     Shapes:
         ``matvec``: ``(n,) -> (n,)``; ``matmat``: ``(n, b) -> (n, b)`` with
@@ -227,7 +228,8 @@ class HessianOperator(LinearOperator):
           and backward intermediates for every column).
 
         The multiples of ``G`` are calibrated against measured peaks (RSS on a CPU, tanh MLP,
-        ``benchmarks/memory.py``), where they came out at or above the measurement. Limits:
+        ``benchmarks/memory.py``, which prints both), where the estimate came out at or above
+        the measured peak, by a wide margin for whole-data-set ``vmap`` passes. Limits:
         the estimate counts tensors, not allocator caching or fragmentation; other
         architectures may need other multiples; and it is measured on the first
         micro-batch only (larger later batches, or data-dependent control flow, use more). The input block, the output block and (distributed) the
