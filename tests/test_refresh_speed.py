@@ -92,14 +92,17 @@ def test_pair_targets_are_the_davis_kahan_residuals(values, sin_tol, data) -> No
 # ------------------------------------------------------------------ accuracy on dense spectra
 @pytest.mark.parametrize("kind", ["clustered", "separated"])
 @settings(max_examples=12, deadline=None)
-@given(seed=st.integers(0, 10_000), size=st.sampled_from([1e-4, 1e-3, 3e-3]))
+@given(seed=st.integers(0, 10_000), size=st.sampled_from([3e-3, 1e-2, 3e-2]))
 def test_accepted_refresh_is_within_sin_tol_of_the_exact_subspace(kind, seed, size) -> None:
     """A warm refresh after the operator moved: whatever it accepts, on the first block or
-    after LOBPCG iterations, lies within ``sin_tol`` of the exact top-k (dense eigh)."""
-    n, k, sin_tol = 160, 6, 0.04
+    after LOBPCG iterations, lies within ``sin_tol`` of the exact top-k (dense eigh).
+
+    On the clustered spectrum a residual target does not give this: ``tol=3e-3`` (the
+    former default) ends up to ``sin θ ≈ 0.1`` away for the same moves."""
+    n, k, sin_tol = 160, 6, 0.01
     lam = spectrum(kind, n, k)
     A0 = DenseOperator.from_spectrum(lam, rotation(n, seed)).A
-    warm = WarmRefresh(sin_tol=sin_tol, max_iter=20)
+    warm = WarmRefresh(sin_tol=sin_tol, max_iter=30)
     first = warm.solve(DenseOperator(A0), k)
     assert first.converged
     A1 = moved(A0, size, seed + 1)
