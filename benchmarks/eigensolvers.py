@@ -606,6 +606,24 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+def library_state() -> dict[str, Any]:
+    """The commit the library was imported from, and its uncommitted changes (the numbers
+    belong to the working tree as it was)."""
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=30, check=True
+            )
+        except (OSError, subprocess.SubprocessError):
+            return ""
+        return done.stdout.rstrip()
+
+    dirty = git("status", "--porcelain", "--", "subspace_optim").splitlines()
+    return {"commit": git("rev-parse", "--short", "HEAD"), "dirty": [d[3:] for d in dirty]}
+
+
 def _fmt_load(load) -> str:
     return "n/a" if load is None else " / ".join(f"{x:.1f}" for x in load)
 
@@ -658,6 +676,7 @@ def _target_lines(s: dict) -> list[str]:
 def markdown(results: dict) -> str:
     m = results["machine"]
     st = results["anchors"]
+    lib = results["library"]
     lines = [
         "# Eigensolver benchmark",
         "",
@@ -678,6 +697,14 @@ def markdown(results: dict) -> str:
         f"adapter and the anchors are the fastest of {results['repeats']} identical seeded runs "
         "(same matvecs each time); the warm rows are single runs. On a loaded machine compare "
         "matvecs, and wall times only within one table.",
+        "",
+        f"Library: `subspace_optim` at commit {lib['commit'] or 'unknown'}"
+        + (
+            f", with uncommitted changes in {', '.join(lib['dirty'])}"
+            if lib["dirty"]
+            else " (no uncommitted changes)"
+        )
+        + ".",
         "",
         "Anchors (same process, same torch, same model and data): "
         + "; ".join(
@@ -800,6 +827,7 @@ def main(argv: list[str] | None = None, say: Progress = _say) -> dict[str, Any]:
         [sys.executable, "benchmarks/eigensolvers.py", *argv]
     )
     machine = machine_info()
+    library = library_state()
     say(
         f"{machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}, "
         f"{machine['torch_threads']} threads, load {_fmt_load(machine['load_average_at_start'])}"
@@ -845,6 +873,7 @@ def main(argv: list[str] | None = None, say: Progress = _say) -> dict[str, Any]:
     results = {
         "command": command,
         "machine": machine,
+        "library": library,
         "anchors": status,
         "examples": examples,
         "pre_steps": pre_steps,
