@@ -1,4 +1,4 @@
-"""Who may step a wrapped optimizer, and the `torch.amp.GradScaler` checks of the wrapper.
+"""Who may step a wrapped optimizer, how, and the `torch.amp.GradScaler` checks of the wrapper.
 
 Once :class:`~subspace_optim.SubspaceProjectedOptimizer` wraps an optimizer, stepping that
 optimizer (or, for a :class:`~subspace_optim.SAM` base, the optimizer inside SAM) by any
@@ -83,6 +83,37 @@ def stepping(optimizers: list[Optimizer]) -> Iterator[None]:
     finally:
         for o in optimizers:
             setattr(o, _IN_STEP, getattr(o, _IN_STEP, 1) - 1)
+
+
+def check_step_call(wrapper: Any, closure: Any) -> None:
+    """Refuse, before anything changes, a wrapper step that cannot be done right: a SAM base
+    mid-step or without its gradients, SAM's two-call API with gradient projection, or a
+    misuse the attached GradScaler's bookkeeping shows."""
+    from .sam import SAM
+
+    base = wrapper.base
+    if isinstance(base, SAM):
+        if base._perturbed:
+            raise RuntimeError(
+                "SAM is at its perturbed point (first_step() was called): call "
+                "sam.unperturb() after the backward pass at θ + ε, then opt.step() (or "
+                "scaler.step(opt))"
+            )
+        if closure is None and not base.awaiting_step:
+            raise ValueError(
+                "a SAM base needs opt.step(closure), the closure recomputing the loss and "
+                "calling backward(); loops that cannot pass one (a GradScaler) use "
+                "loss.backward(); sam.first_step(zero_grad=True); "
+                "loss_at_perturbed.backward(); sam.unperturb(); opt.step()"
+            )
+        if closure is None and wrapper.project_target == "gradient" and wrapper.mode != "none":
+            raise ValueError(
+                "project='gradient' with SAM's two-call API: first_step() already moved "
+                "along the unprojected gradient, outside this wrapper, so the perturbation "
+                "left the subspace; use opt.step(closure) (both gradients are projected) "
+                "or project='update'"
+            )
+    check_grad_scaler(wrapper.grad_scaler, wrapper, closure=closure is not None)
 
 
 # --------------------------------------------------------------------------- GradScaler

@@ -15,25 +15,16 @@ from torch.optim import Optimizer
 
 from .._utils import check_int, choice, flatten
 from ..diagnostics import StepStats
-from ..eigensolvers import EigenResult, Eigensolver, EigensolverError, resolve_eigensolver
+from ..eigensolvers import EigenResult, Eigensolver, resolve_eigensolver
 from ..operators.base import LinearOperator
 from ..operators.hessian import HessianOperator
 from ..schedules import RefreshSchedule, resolve_schedule
 from ..subspace import orthonormalize
-from . import _guard
+from . import _faults, _guard
 from .eos import EdgeOfStabilityWarning, choose_k, stability_threshold
 from .sam import SAM
 
 __all__ = ["MODES", "ON_FAULT", "SubspaceProjectedOptimizer"]
-
-#: exceptions a refresh treats as numerical faults (handled by ``on_fault``). Anything else (a
-#: bug, a ``loss_fn`` of the wrong shape, data that ran dry) propagates, parameters untouched.
-NUMERICAL_ERRORS = (torch.linalg.LinAlgError, EigensolverError, FloatingPointError)
-
-
-class _NonFiniteGradient(Exception):
-    """Raised inside a guarded closure to stop the base step before it updates anything."""
-
 
 #: the valid ``mode`` values: ``"bulk"``, ``"dominant"`` and ``"none"``
 MODES = ("bulk", "dominant", "none")
@@ -314,14 +305,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         return list(op_params)
 
     def _check_finite_params(self, *, when: str) -> None:
-        bad = [i for i, p in enumerate(self._params) if not bool(torch.isfinite(p.detach()).all())]
-        if bad:
-            raise ValueError(
-                f"parameters hold NaN/Inf {when} (tensors {bad[:4]} of {len(self._params)}, "
-                f"shapes {[tuple(self._params[i].shape) for i in bad[:4]]}): the model has "
-                "already diverged or was initialised badly. Restore it from a checkpoint (and "
-                "lower the learning rate) before stepping"
-            )
+        _faults.check_finite_params(self._params, when=when)
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Add a group to the base optimizer (e.g. unfreezing layers while fine-tuning).
@@ -383,25 +367,13 @@ class SubspaceProjectedOptimizer(Optimizer):
     ) -> tuple[EigenResult | None, Tensor | None, Tensor | None]:
         t0 = time.perf_counter()
         before = self.curvature.num_matvecs
-        loss = grad = None
-        result: EigenResult | None = None
-        error: Exception | None = None
-        try:
-            if compute_gradient and isinstance(self.curvature, HessianOperator):
-                loss, grad = self.curvature.loss_and_grad()
-            result = self._solve(self.basis)
-        except NUMERICAL_ERRORS as exc:  # NaN-driven failures inside the solver
-            error, result = exc, None
-        if (
-            (result is None or not self._usable(result))
-            and self.on_fault == "cold"
-            and self.basis is not None
-        ):
-            self.counters["cold_restarts"] += 1
-            try:  # the warm start may be what went wrong: retry from a random block
-                result, error = self._solve(None), None
-            except NUMERICAL_ERRORS as exc:
-                error, result = exc, None
+        gradient = None
+        if compute_gradient and isinstance(self.curvature, HessianOperator):
+            gradient = self.curvature.loss_and_grad
+        result, error, loss_grad = _faults.solve_with_policy(
+            self._solve, self.basis, self.on_fault, self.counters, before=gradient
+        )
+        loss, grad = loss_grad if loss_grad is not None else (None, None)
         agree = getattr(self.curvature, "broadcast_result", None)
         if result is not None and agree is not None:
             # data-parallel operators: every rank takes rank 0's basis bit for bit
@@ -413,16 +385,8 @@ class SubspaceProjectedOptimizer(Optimizer):
         self.counters["matvecs"] += self.curvature.num_matvecs - before
         self.counters["refresh_seconds"] += seconds
         self._last_refresh_cost = (self.curvature.num_matvecs - before, seconds)
-        if result is None or not self._usable(result):
-            self.counters["faults"] += 1
-            msg = (
-                "subspace refresh failed"
-                + (f" ({error})" if error else f" ({result.status})" if result is not None else "")
-                + "; keeping the previous basis"
-            )
-            if self.on_fault == "raise":
-                raise FloatingPointError(msg) from error
-            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+        if result is None or not _faults.usable(result):
+            _faults.refresh_failed(result, error, self.on_fault, self.counters)
             self._last_converged = False
             return None, loss, grad
         if not result.converged:
@@ -442,12 +406,6 @@ class SubspaceProjectedOptimizer(Optimizer):
         self.eigenvalues = result.eigenvalues.detach().clone()
         self.last_result = result
         return result, loss, grad
-
-    @staticmethod
-    def _usable(result: EigenResult) -> bool:
-        return bool(torch.isfinite(result.eigenvalues).all()) and bool(
-            torch.isfinite(result.eigenvectors).all()
-        )
 
     # ---------------------------------------------------------------- step
     def _flat(self, tensors: list[Tensor | None]) -> Tensor:
@@ -484,34 +442,9 @@ class SubspaceProjectedOptimizer(Optimizer):
                 unscaled twice.
         """
         # misuse is refused here, before anything (basis, counters, parameters) changes
-        self._check_step_call(closure)
+        _guard.check_step_call(self, closure)
         with _guard.stepping(self._chain):
             return self._projected_step(closure)
-
-    def _check_step_call(self, closure: Callable[[], Tensor] | None) -> None:
-        base = self.base
-        if isinstance(base, SAM):
-            if base._perturbed:
-                raise RuntimeError(
-                    "SAM is at its perturbed point (first_step() was called): call "
-                    "sam.unperturb() after the backward pass at θ + ε, then opt.step() (or "
-                    "scaler.step(opt))"
-                )
-            if closure is None and not base.awaiting_step:
-                raise ValueError(
-                    "a SAM base needs opt.step(closure), the closure recomputing the loss and "
-                    "calling backward(); loops that cannot pass one (a GradScaler) use "
-                    "loss.backward(); sam.first_step(zero_grad=True); "
-                    "loss_at_perturbed.backward(); sam.unperturb(); opt.step()"
-                )
-            if closure is None and self.project_target == "gradient" and self.mode != "none":
-                raise ValueError(
-                    "project='gradient' with SAM's two-call API: first_step() already moved "
-                    "along the unprojected gradient, outside this wrapper, so the perturbation "
-                    "left the subspace; use opt.step(closure) (both gradients are projected) "
-                    "or project='update'"
-                )
-        _guard.check_grad_scaler(self.grad_scaler, self, closure=closure is not None)
 
     def _projected_step(self, closure: Callable[[], Tensor] | None) -> Tensor | None:
         t = self._step
@@ -561,7 +494,7 @@ class SubspaceProjectedOptimizer(Optimizer):
                         loss = closure()
             else:
                 if closure is not None and active:
-                    closure = self._guarded(closure)
+                    closure = _faults.guarded(closure, self._params)
                 raw: list[Tensor] = []  # the first unprojected closure gradient, for the record
                 if project_now and self.project_target == "gradient":
                     assert U is not None
@@ -583,7 +516,7 @@ class SubspaceProjectedOptimizer(Optimizer):
                         g_mini = raw[0]
                 else:
                     loss = self.base.step()
-        except _NonFiniteGradient:
+        except _faults.NonFiniteGradient:
             assert theta_old is not None
             self._write(theta_old, add=False)  # e.g. SAM moved θ before calling the closure
             if self.on_fault == "raise":
@@ -596,7 +529,7 @@ class SubspaceProjectedOptimizer(Optimizer):
             if g_mini is None:
                 g_mini = self._flat([p.grad for p in self._params])
             zero = torch.zeros_like(g_mini)
-            self._count_skip(t, skip)
+            _faults.count_skip(self.counters, t, skip)
             self.last_stats = self._record(
                 t,
                 False,
@@ -632,7 +565,7 @@ class SubspaceProjectedOptimizer(Optimizer):
                 self._write(theta_old, add=False)
                 delta = torch.zeros_like(delta_base)
                 skipped = True
-                self._count_skip(t, "the update was not finite")
+                _faults.count_skip(self.counters, t, "the update was not finite")
             elif dom is not None:
                 if self.mode == "dominant":
                     self._write(theta_old + dom, add=False)
@@ -745,21 +678,6 @@ class SubspaceProjectedOptimizer(Optimizer):
                     "needs dense gradients. Build embeddings with sparse=False"
                 )
 
-    def _guarded(self, closure: Callable[[], Tensor]) -> Callable[[], Tensor]:
-        """``closure`` that stops the base step (before its update) when the loss or the
-        gradient it produced is not finite."""
-
-        def guarded() -> Tensor:
-            loss = closure()
-            finite = [torch.isfinite(p.grad).all() for p in self._params if p.grad is not None]
-            if isinstance(loss, Tensor):
-                finite.append(torch.isfinite(loss).all())
-            if finite and not bool(torch.stack(finite).all()):
-                raise _NonFiniteGradient
-            return loss
-
-        return guarded
-
     def _project_grads(self, g: Tensor, U: Tensor) -> None:
         """Overwrite ``.grad`` with the Dom (``U Uᵀ g``) or Bulk (``g − U Uᵀ g``) part of ``g``."""
         coef = U.T @ g
@@ -796,15 +714,6 @@ class SubspaceProjectedOptimizer(Optimizer):
             return loss
 
         return projecting
-
-    def _count_skip(self, t: int, reason: str) -> None:
-        self.counters["skipped_steps"] += 1
-        self.counters["faults"] += 1
-        warnings.warn(
-            f"step {t}: {reason}; the step was skipped and the parameters left unchanged",
-            RuntimeWarning,
-            stacklevel=3,
-        )
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients of the base optimizer's parameters."""

@@ -1,0 +1,122 @@
+"""The fault policy of :class:`~subspace_optim.SubspaceProjectedOptimizer`.
+
+What counts as a numerical fault, and what each ``on_fault`` policy does with it:
+
+* a refresh whose solver raises one of :data:`NUMERICAL_ERRORS` or returns non-finite
+  eigenpairs: ``"keep"`` the previous basis (warn), ``"cold"`` retry from a random block
+  first, ``"raise"`` :class:`FloatingPointError` (:func:`solve_with_policy`,
+  :func:`refresh_failed`);
+* a gradient or closure loss holding NaN/Inf: the step is skipped before the base optimizer
+  updates anything (:func:`guarded`, :class:`NonFiniteGradient`, :func:`count_skip`);
+* parameters that already hold NaN/Inf: refused as bad input (:func:`check_finite_params`).
+
+Anything else (a bug, a ``loss_fn`` of the wrong shape) is not a fault and propagates.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..eigensolvers import EigenResult, EigensolverError
+
+#: exceptions a refresh treats as numerical faults (handled by ``on_fault``). Anything else (a
+#: bug, a ``loss_fn`` of the wrong shape, data that ran dry) propagates, parameters untouched.
+NUMERICAL_ERRORS = (torch.linalg.LinAlgError, EigensolverError, FloatingPointError)
+
+
+class NonFiniteGradient(Exception):
+    """Raised inside a guarded closure to stop the base step before it updates anything."""
+
+
+def usable(result: EigenResult) -> bool:
+    """The solver's eigenpairs are all finite."""
+    return bool(torch.isfinite(result.eigenvalues).all()) and bool(
+        torch.isfinite(result.eigenvectors).all()
+    )
+
+
+def check_finite_params(params: list[Tensor], *, when: str) -> None:
+    """Refuse parameters that already hold NaN/Inf (``ValueError``, says what to do)."""
+    bad = [i for i, p in enumerate(params) if not bool(torch.isfinite(p.detach()).all())]
+    if bad:
+        raise ValueError(
+            f"parameters hold NaN/Inf {when} (tensors {bad[:4]} of {len(params)}, "
+            f"shapes {[tuple(params[i].shape) for i in bad[:4]]}): the model has "
+            "already diverged or was initialised badly. Restore it from a checkpoint (and "
+            "lower the learning rate) before stepping"
+        )
+
+
+def solve_with_policy(
+    solve: Callable[[Tensor | None], EigenResult],
+    warm: Tensor | None,
+    on_fault: str,
+    counters: dict[str, float],
+    before: Callable[[], Any] | None = None,
+) -> tuple[EigenResult | None, Exception | None, Any]:
+    """``solve(warm)`` (after ``before()``, whose value is passed through), with the
+    numerical errors caught; under ``"cold"`` a faulty warm solve is retried once from a
+    random block. Returns ``(result or None, the error or None, before's value)``."""
+    result: EigenResult | None = None
+    error: Exception | None = None
+    extra = None
+    try:
+        if before is not None:
+            extra = before()
+        result = solve(warm)
+    except NUMERICAL_ERRORS as exc:  # NaN-driven failures inside the solver
+        error, result = exc, None
+    if (result is None or not usable(result)) and on_fault == "cold" and warm is not None:
+        counters["cold_restarts"] += 1
+        try:  # the warm start may be what went wrong: retry from a random block
+            result, error = solve(None), None
+        except NUMERICAL_ERRORS as exc:
+            error, result = exc, None
+    return result, error, extra
+
+
+def refresh_failed(
+    result: EigenResult | None, error: Exception | None, on_fault: str, counters: dict[str, float]
+) -> None:
+    """Count a failed refresh; raise under ``"raise"``, else warn that the basis is kept."""
+    counters["faults"] += 1
+    msg = (
+        "subspace refresh failed"
+        + (f" ({error})" if error else f" ({result.status})" if result is not None else "")
+        + "; keeping the previous basis"
+    )
+    if on_fault == "raise":
+        raise FloatingPointError(msg) from error
+    warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+
+def guarded(closure: Callable[[], Tensor], params: list[Tensor]) -> Callable[[], Tensor]:
+    """``closure`` that stops the base step (before its update) when the loss or the
+    gradient it produced is not finite."""
+
+    def guarded_closure() -> Tensor:
+        loss = closure()
+        finite = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        if isinstance(loss, Tensor):
+            finite.append(torch.isfinite(loss).all())
+        if finite and not bool(torch.stack(finite).all()):
+            raise NonFiniteGradient
+        return loss
+
+    return guarded_closure
+
+
+def count_skip(counters: dict[str, float], t: int, reason: str) -> None:
+    """Count a skipped step as a fault and warn (the caller of ``step`` is blamed)."""
+    counters["skipped_steps"] += 1
+    counters["faults"] += 1
+    warnings.warn(
+        f"step {t}: {reason}; the step was skipped and the parameters left unchanged",
+        RuntimeWarning,
+        stacklevel=4,
+    )
