@@ -211,7 +211,9 @@ class HessianOperator(LinearOperator):
         across a whole block of vectors. Which back end is faster depends on the model and
         the machine (``benchmarks/hvp.py`` and ``docs/performance.md`` measure both; on the
         digits MLP the two were within about 20% of each other on a 2-core CPU), so pass
-        ``method="func"`` where it measures faster.
+        ``method="func"`` where it measures faster. ``"auto"`` is a fixed rule, never a
+        timing race: a fresh process makes the same choice, so checkpoint-resume stays
+        bit-for-bit.
 
     .. note::
         ``memory_budget`` rule. At construction the operator runs the loss and its gradient
