@@ -15,8 +15,10 @@ on a CPU), plain SGD runs to the switch step; from that one snapshot, with the s
   at its default*: whatever the library's default solver, refresh schedule and HVP back end
   are when the script runs (the table prints them);
 * lever rows (Bulk only): the default with one choice changed (eigensolver: Lanczos, the
-  warm block refresh, LOBPCG; a looser warm tolerance; refreshing every other step; each
-  HVP back end; float64), to show what each lever is worth.
+  warm block refresh, LOBPCG; the warm refresh's stopping rule: a residual target
+  ``tol=3e-3`` (the former default) or ``1e-2`` instead of the angle target, or a looser
+  angle ``sin_tol=0.06``; refreshing every other step; each HVP back end; float64), to show
+  what each lever is worth.
 
 All runs of a setup advance in lockstep (step ``t`` of every run, then ``t + 1``), so a
 change of load on the machine hits every row alike. Each row reports the wall time of a whole projected step (mini-batch gradient, refresh,
@@ -384,12 +386,14 @@ def lever_specs(quick: bool, default_method: str) -> list[RunSpec]:
                 RunSpec(f"Bulk, eigensolver={name!r}", "library", "bulk", {"eigensolver": name})
             )
     warm = getattr(so, "WarmRefresh", None)
-    if warm is not None:  # the accuracy lever: a looser residual target for the warm refresh
-        specs.append(
-            RunSpec(
-                "Bulk, WarmRefresh(tol=1e-2)", "library", "bulk", {"eigensolver": warm(tol=1e-2)}
-            )
-        )
+    if warm is not None:  # the accuracy levers: the warm refresh's stopping rule and target
+        for label, solver in (
+            ("WarmRefresh(tol=3e-3) (residual target)", warm(tol=3e-3)),
+            ("WarmRefresh(tol=1e-2)", warm(tol=1e-2)),
+            ("WarmRefresh(sin_tol=0.06)", warm(sin_tol=0.06)),
+        ):
+            if repr(solver) != repr(so.resolve_eigensolver(default)):
+                specs.append(RunSpec(f"Bulk, {label}", "library", "bulk", {"eigensolver": solver}))
     specs.append(
         RunSpec("Bulk, refresh every 2 steps", "library", "bulk", {"refresh": so.Every(2)})
     )
@@ -648,6 +652,48 @@ def hvp_lever_notes(path: Path) -> list[str]:
     return lines
 
 
+def refresh_analysis_notes(path: Path) -> list[str]:
+    """The refresh-cost study of ``benchmarks/refresh_analysis.py`` as a table, from its JSON."""
+    if not path.exists():
+        return []
+    data = json.loads(path.read_text())
+    k, steps = data["k"], data["steps"]
+    lines = [
+        "## What a refresh must spend: cost against accuracy along one trajectory",
+        "",
+        f"Command: `python benchmarks/refresh_analysis.py --steps {steps}`. The digits MLP "
+        f"(k = {k}) after 100 SGD steps; {steps} Bulk-SGD steps (lr 0.1, batch 50) projected "
+        f"with the exact top-{k} (float64 Lanczos, tol 1e-7) computed at every step. Each "
+        "strategy replays that trajectory on the float32 Hessian from its own cold start and "
+        f"is compared with the exact top-{k} at *every* step (not a sample); `HVP/step` "
+        "counts columns (a block of b counts b), the cold start excluded.",
+        "",
+    ]
+    for j, d in data["drift"].items():
+        lines.append(
+            f"* the exact top-{k} subspace itself moves by sin θ {d['median']:.3f} (median) "
+            f"and up to {d['max']:.3f} over {j} step(s)"
+        )
+    lines += [
+        f"* smallest λ_{k}/λ_{k + 1} along the trajectory: {data['min_gap_ratio']:.4f}",
+        "",
+    ]
+    rows = [
+        [
+            r["label"],
+            f"{r['matvecs_per_step']:.1f}",
+            str(r["matvecs_max"]),
+            f"{r['sin_max']:.3f}",
+            f"{r['sin_median']:.3f}",
+            str(r["unconverged"]),
+        ]
+        for r in data["rows"]
+    ]
+    header = ["strategy", "HVP/step", "max", "sin θ max", "sin θ median", "unconverged"]
+    lines += [markdown_table(header, rows), ""]
+    return lines
+
+
 def write_performance_doc(results_dir: Path, path: Path) -> None:
     """Assemble ``docs/performance.md`` from the markdown results in ``results_dir``."""
     parts = [
@@ -659,16 +705,22 @@ def write_performance_doc(results_dir: Path, path: Path) -> None:
         "by side in one process; absolute times depend on the machine and its load (the "
         "load average at the start of the run is printed with the machine).",
         "",
-        "To regenerate this page (about 10 minutes for the first command and a few for the "
-        "second on a quiet 2-core CPU; `--device cuda` adds GPU tables):",
+        "To regenerate this page (about 5 minutes for the first command, 10 for the second "
+        "and a few for the third on a quiet 2-core CPU; `--device cuda` adds GPU tables):",
         "",
         "```",
+        "python benchmarks/refresh_analysis.py",
         "OMP_NUM_THREADS=2 python benchmarks/projected_training.py --docs docs/performance.md",
         "OMP_NUM_THREADS=2 python benchmarks/hvp.py --docs docs/performance.md",
         "```",
         "",
     ]
-    for stem in ("projected_training", "projected_training_cuda", "hvp", "hvp_cuda"):
+    for stem in ("projected_training", "projected_training_cuda"):
+        f = results_dir / f"{stem}.md"
+        if f.exists():
+            parts += [f.read_text(), ""]
+    parts += refresh_analysis_notes(results_dir / "refresh_analysis.json")
+    for stem in ("hvp", "hvp_cuda"):
         f = results_dir / f"{stem}.md"
         if f.exists():
             parts += [f.read_text(), ""]

@@ -66,8 +66,8 @@ class WarmRefresh(Eigensolver):
     only stands in for the largest eigenvalue outside the block, and the angle to the top
     ``k`` also depends on how well the guards are resolved; the measured angle stays near
     or below ``sin_tol``. The spectrum there is clustered (``λ_10/λ_11`` down to 1.004),
-    and the exact top-10 subspace itself turns by ``sin θ ≈ 0.15`` (median) per SGD step,
-    which is why the basis is refreshed every step.
+    and the exact top-10 subspace itself turns by ``sin θ ≈ 0.11`` (median; up to 0.51)
+    per SGD step, which is why the basis is refreshed every step.
 
     Args:
         extra: guard columns beyond ``k`` (default 5; at least 1 with ``sin_tol``).
