@@ -287,7 +287,12 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
     lines.append(markdown_table(header, table))
     compile_info = results.get("compile", {})
     if compile_info:
-        lines += ["", "torch.compile (first call, includes compilation; wall and CPU):", ""]
+        lines += [
+            "",
+            "torch.compile (first call, includes compilation; wall time, and the CPU time of "
+            "this process only: inductor's compile workers are other processes):",
+            "",
+        ]
         for key, value in compile_info.items():
             shown = f"{value:.1f} s" if isinstance(value, float) else str(value)
             lines.append(f"* `{key}`: {shown}")
