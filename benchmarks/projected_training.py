@@ -645,8 +645,9 @@ def hvp_lever_notes(path: Path) -> list[str]:
         "",
         'The library keeps the shared-graph double-backward loop (`method="auto"`) and '
         "feeds it blocks through the warm refresh. torch.compile is measured here but not "
-        "used in training: it compiles once per block width, and the warm refresh's LOBPCG "
-        "steps change the width from one iteration to the next.",
+        "used in training: compiled once for one block width (narrower blocks padded with "
+        "zero columns), it wins only near that width, while the warm refresh's LOBPCG steps "
+        "change the width from one iteration to the next; its compile time is in the row.",
         "",
     ]
     return lines
