@@ -20,8 +20,8 @@ on a CPU), plain SGD runs to the switch step; from that one snapshot, with the s
   angle ``sin_tol=0.06``; refreshing every other step; each HVP back end; float64), to show
   what each lever is worth.
 
-All runs of a setup advance in lockstep (step ``t`` of every run, then ``t + 1``), so a
-change of load on the machine hits every row alike. Each row reports the wall time of a whole projected step (mini-batch gradient, refresh,
+All runs of a setup advance in lockstep (step ``t`` of every run, then ``t + 1``, in an order
+that rotates every step), so a change of load on the machine hits every row alike. Each row reports the wall time of a whole projected step (mini-batch gradient, refresh,
 projection and the library's per-step diagnostics), the Hessian-vector products per step,
 the accuracy of the basis actually used (``sin θ_max`` against the exact top-k at the same
 parameters, computed offline in float64 with scipy ``eigsh(which="LA", tol=1e-10)`` on a
@@ -280,8 +280,9 @@ class RunSpec:
 class Run:
     """One training run from the switch snapshot, advanced one step at a time.
 
-    All runs of a setup advance in lockstep (step ``t`` of every run, then step ``t + 1``),
-    so a change of load on the machine during the benchmark hits every row alike.
+    All runs of a setup advance in lockstep (step ``t`` of every run, then step ``t + 1``,
+    in an order that rotates every step), so a change of load on the machine during the
+    benchmark hits every row alike.
     """
 
     def __init__(self, spec: RunSpec, snapshot: Setup, device: torch.device) -> None:
@@ -455,7 +456,9 @@ def run_setup(name: str, args: argparse.Namespace, device: torch.device) -> dict
         specs += lever_specs(args.quick, default_method)
     runs = [Run(spec, s, device) for spec in specs]
     for t, idx in enumerate(after):
-        for run in runs:
+        # rotate the order every step, so that no row always runs right after the same one
+        shift = t % len(runs)
+        for run in runs[shift:] + runs[:shift]:
             run.step(t, idx, t in sample_at)
     records = []
     for run in runs:
@@ -528,8 +531,9 @@ def to_markdown(results: dict[str, Any]) -> str:
         "",
         machine_line(m, results["command"]),
         "",
-        "All runs of a setup advance in lockstep (step t of every run, then step t + 1), so "
-        "changes of load during the benchmark hit every row alike. "
+        "All runs of a setup advance in lockstep (step t of every run, then step t + 1, in an "
+        "order that rotates every step), so changes of load during the benchmark hit every "
+        "row alike. "
         "Per projected step: wall time of the whole step (mini-batch gradient, refresh, "
         "projection, diagnostics), mean and median; `speedup` is the paper protocol's mean "
         "over this row's mean, in the same mode; `HVP/step` counts Hessian-vector products "
