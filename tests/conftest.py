@@ -77,6 +77,18 @@ def make_case(name: str, generator: torch.Generator):
 CASES = ["mlp", "layernorm", "batchnorm_train", "batchnorm_eval", "cnn", "tied"]
 
 
+@pytest.fixture(scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """One torch thread for a module, the previous count restored afterwards. For modules of
+    tiny models: with two intra-op threads on a busy 2-core machine OpenMP's waiting costs
+    ~10x the CPU time (measured); the CLI runs its digits setups on one thread too. Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)

@@ -25,16 +25,7 @@ from subspace_optim.experiments import (
 from subspace_optim.experiments.report import format_table, table_rows
 from subspace_optim.experiments.results import RunSummary, progress_ratio
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():  # type: ignore[no-untyped-def]
-    """These models are tiny: with two intra-op threads on a busy 2-core machine OpenMP's
-    waiting costs ~10x the CPU time (measured), so these tests run on one, as the CLI does
-    for its digits setups."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
 
 FIGURES = ("loss.png", "alignment.png", "eigenvalues.png")
