@@ -75,29 +75,27 @@ def full_loss(model, X, Y) -> float:
         return float(half_sum_mse(model(X), Y))
 
 
-@pytest.fixture(scope="module")
-def results(digits):
-    """Each family is trained once per module, on first use."""
+def _once_per_family(run, digits):
+    """``get(name)``: ``run(name, digits)``, computed on first use and kept."""
     cache: dict[str, dict] = {}
 
     def get(name: str) -> dict:
         if name not in cache:
-            cache[name] = run_family(name, digits)
+            cache[name] = run(name, digits)
         return cache[name]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def results(digits):
+    """Each family is trained once per module, on first use."""
+    return _once_per_family(run_family, digits)
 
 
 @pytest.fixture(scope="module")
 def faithful_results(digits):
-    cache: dict[str, dict] = {}
-
-    def get(name: str) -> dict:
-        if name not in cache:
-            cache[name] = run_family_faithful(name, digits)
-        return cache[name]
-
-    return get
+    return _once_per_family(run_family_faithful, digits)
 
 
 def run_family(name: str, digits) -> dict:
