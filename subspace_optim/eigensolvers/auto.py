@@ -102,7 +102,8 @@ def top_k_eigenpairs(
 
     Returns:
         :class:`EigenResult`: eigenvalues ``(k,)`` descending, eigenvectors ``(n, k)``,
-        residuals, cost and a status.
+        residuals, cost and a status. The operator's cached gradient graph (if any) is
+        released when the solve is over.
 
     Example:
         >>> import torch
@@ -124,4 +125,7 @@ def top_k_eigenpairs(
         chosen = solver
     else:
         chosen = resolve_eigensolver(solver, tol=tol, which=which)
-    return chosen.solve(op, k, init=init, generator=generator)
+    try:
+        return chosen.solve(op, k, init=init, generator=generator)
+    finally:
+        op.release_graph()  # a HessianOperator's cached gradient graph

@@ -78,6 +78,16 @@ class LinearOperator(ABC):
             )
         return self.matmat(v.unsqueeze(1)).squeeze(1)
 
+    def release_graph(self) -> None:
+        """Free state cached between products at one point (a no-op here).
+
+        :class:`~subspace_optim.HessianOperator` keeps the gradient graph of its data while
+        the parameters stay the same; solvers' callers that know a solve is over (the
+        subspace optimizer after each refresh, :func:`~subspace_optim.top_k_eigenpairs`)
+        call this to free it early.
+        """
+        return None
+
     def __matmul__(self, other: Tensor) -> Tensor:
         return self.matvec(other) if other.ndim == 1 else self.matmat(other)
 

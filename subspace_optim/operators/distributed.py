@@ -96,7 +96,7 @@ class DistributedHessianOperator(HessianOperator):
         data: this rank's shard: one ``(inputs, targets)`` batch or a re-iterable of
             batches (a list, a ``DataLoader`` with a ``DistributedSampler``). It may be
             empty on some ranks, and shards may be uneven: examples are weighted by count.
-        params, chunk_size, method, train, max_block_size, memory_budget: as in
+        params, chunk_size, method, train, max_block_size, memory_budget, cache_graph: as in
             :class:`HessianOperator`. Sub-blocks only split the local passes: a product
             still all-reduces one buffer for the whole block. With ``memory_budget`` every
             rank estimates its own peak (shards differ) and all ranks use the smallest
@@ -161,6 +161,7 @@ class DistributedHessianOperator(HessianOperator):
         train: bool | None = None,
         max_block_size: int | None = None,
         memory_budget: int | None = None,
+        cache_graph: bool | None = None,
         group: Any = None,
         check_consistency: bool = True,
     ) -> None:
@@ -183,6 +184,7 @@ class DistributedHessianOperator(HessianOperator):
             train=train,
             max_block_size=max_block_size,
             memory_budget=memory_budget,
+            cache_graph=cache_graph,
         )
         self.group = group
         self.rank = dist.get_rank(group)

@@ -140,6 +140,21 @@ class BlockMemoryEstimate:
         )
 
 
+@dataclass
+class _ChunkGraph:
+    """One micro-batch's loss, gradient graph (``None`` for unused leaves) and example count.
+
+    ``live`` indexes the gradients that depend on the parameters (the ones double backward
+    differentiates).
+    """
+
+    leaves: list[Tensor]
+    loss: Tensor
+    grads: tuple[Tensor | None, ...]
+    live: list[int]
+    count: int
+
+
 def _saved_bytes(fn: Callable[[], Any], exclude: Iterable[Tensor]) -> int:
     """Bytes of the distinct storages autograd saves for backward while ``fn`` runs."""
     seen = {t.untyped_storage().data_ptr() for t in exclude if isinstance(t, Tensor)}
@@ -193,6 +208,14 @@ class HessianOperator(LinearOperator):
             output blocks; the operator picks the widest sub-block whose estimated peak
             fits (see note) and raises ``ValueError`` at construction when not even one
             column fits. Combined with ``max_block_size``, the smaller width wins.
+        cache_graph: keep the forward pass and gradient graph of every micro-batch between
+            products while the parameters stay the same, so that the next product runs
+            only its double backward (``method="autograd"`` only). ``None`` (default)
+            caches when ``data`` is held in memory (a batch or a list of batches) and is a
+            single micro-batch, where the cached graph is the one each product builds
+            anyway: peak memory does not grow, only how long the graph lives. ``True``
+            also caches every micro-batch of a list (their graphs are held together);
+            ``False`` never caches. See the note on invalidation.
 
     Attributes:
         block_size: columns evaluated per pass (``None``: the whole block at once).
@@ -200,9 +223,28 @@ class HessianOperator(LinearOperator):
             given, else ``None``: a ``BlockMemoryEstimate`` record with ``graph_bytes``,
             ``fixed_bytes``, ``bytes_per_column`` and ``peak(width)``.
 
+        caches_graph: whether products reuse a cached gradient graph (``cache_graph``
+            resolved).
+
     Shapes:
         ``matvec``: ``(n,) -> (n,)``; ``matmat``: ``(n, b) -> (n, b)`` with
         ``n = sum(p.numel() for p in params)``.
+
+    .. note::
+        Graph cache. An eigensolve calls many products at one point ``θ``; with the cache,
+        the first builds the loss and its gradient graph (``create_graph=True``) and every
+        later one only differentiates that graph again (``benchmarks/hvp.py`` measures a
+        shared graph per column against a fresh one). Before each product the operator
+        compares a key of everything the loss reads: each parameter's and buffer's
+        version counter and storage (an optimizer step, ``p.data = ...``, a BatchNorm
+        running-statistics update or ``load_state_dict`` all change it), the train/eval
+        mode of every submodule, and the identity, version and storage of every data
+        tensor. A changed key rebuilds the graph. What the key cannot see is state outside
+        tensors (a Python attribute the forward reads, a stateful ``loss_fn``): pass
+        ``cache_graph=False`` for such models. Dropout in train mode draws its masks once
+        per cached graph, so repeated products at one ``θ`` apply the same (symmetric)
+        matrix. :meth:`release_graph` frees the cache early; the subspace optimizer and
+        :func:`~subspace_optim.top_k_eigenpairs` call it when their solve is done.
 
     .. note::
         ``method="auto"`` picks double backward because it works for every model and
@@ -274,6 +316,7 @@ class HessianOperator(LinearOperator):
         train: bool | None = None,
         max_block_size: int | None = None,
         memory_budget: int | None = None,
+        cache_graph: bool | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(model, nn.Module):
@@ -387,6 +430,40 @@ class HessianOperator(LinearOperator):
                 raise ValueError(self._budget_message())
             width = max(width, 1)  # a data-parallel subclass refuses 0 with one collective
             self.block_size = width if max_block_size is None else min(width, max_block_size)
+
+        self.caches_graph = self._resolve_cache_graph(cache_graph)
+        self._graph: list[_ChunkGraph] | None = None
+        self._graph_key: tuple[Any, ...] | None = None
+
+    def _num_micro_batches(self) -> int:
+        """Micro-batches in one pass over in-memory ``data`` (no tensor is moved)."""
+        total = 0
+        for i, batch in enumerate(self.data):
+            count = _check_batch(batch, i)
+            if count:
+                total += 1 if self.chunk_size is None else -(-count // self.chunk_size)
+        return total
+
+    def _resolve_cache_graph(self, cache_graph: bool | None) -> bool:
+        if cache_graph is not None and not isinstance(cache_graph, bool):
+            raise TypeError(f"cache_graph must be True, False or None; got {cache_graph!r}")
+        in_memory = isinstance(self.data, Sequence)
+        if cache_graph is None:
+            if self._resolved_method() != "autograd" or not in_memory:
+                return False
+            return self._num_micro_batches() <= 1
+        if cache_graph and self._resolved_method() != "autograd":
+            raise ValueError(
+                "cache_graph=True needs method='autograd' (or 'auto'): torch.func products "
+                "rebuild their forward pass by design. Drop cache_graph or the method"
+            )
+        if cache_graph and not in_memory:
+            raise ValueError(
+                f"cache_graph=True needs data held in memory (one batch or a list of batches); "
+                f"got a {type(self.data).__name__}, whose batches may change between passes. "
+                "Pass list(loader) or drop cache_graph"
+            )
+        return cache_graph
 
     def _budget_message(self) -> str:
         estimate = self.memory_estimate
@@ -504,22 +581,27 @@ class HessianOperator(LinearOperator):
     def _resolved_method(self) -> str:
         return "autograd" if self.method == "auto" else self.method
 
-    def _chunk_hvp_autograd(self, x: Any, y: Tensor, V: Tensor) -> Tensor:
+    def _chunk_graph(self, x: Any, y: Tensor, count: int) -> _ChunkGraph:
+        """Loss of one micro-batch and its gradient graph, ready for double backward."""
         leaves = self._leaves()
         loss = self._loss(leaves, x, y)
         grads = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
         live = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
+        return _ChunkGraph(leaves, loss, grads, live, count)
+
+    def _graph_hvp(self, graph: _ChunkGraph, V: Tensor, *, keep: bool) -> Tensor:
+        """``H_chunk V`` by double backward through ``graph``; ``keep=False`` frees it."""
         out = torch.zeros_like(V)
-        if not live:
+        if not graph.live:
             return out
         b = V.shape[1]
         parts_V = unflatten(V, self.params)
         for j in range(b):
             hv = torch.autograd.grad(
-                [grads[i] for i in live],
-                leaves,
-                grad_outputs=[parts_V[i][j] for i in live],
-                retain_graph=j < b - 1,
+                [graph.grads[i] for i in graph.live],
+                graph.leaves,
+                grad_outputs=[parts_V[i][j] for i in graph.live],
+                retain_graph=keep or j < b - 1,
                 allow_unused=True,
             )
             out[:, j] = flatten(
@@ -527,6 +609,36 @@ class HessianOperator(LinearOperator):
                 for h, p in zip(hv, self.params)
             )
         return out
+
+    def _chunk_hvp_autograd(self, x: Any, y: Tensor, V: Tensor) -> Tensor:
+        return self._graph_hvp(self._chunk_graph(x, y, 0), V, keep=False)
+
+    # ----------------------------------------------------------- graph cache
+    def _state_key(self) -> tuple[Any, ...]:
+        """Everything the loss reads that can change in place (see the class note)."""
+        key: list[Any] = [self.train]
+        key.extend(m.training for m in self.model.modules())
+        for t in (*self.params, *self.model.buffers()):
+            key.append((t._version, t.data_ptr()))
+        for batch in self.data:
+            x, y = batch
+            for t in (*(x if isinstance(x, (tuple, list)) else (x,)), y):
+                if isinstance(t, Tensor):
+                    key.append((id(t), t._version, t.data_ptr()))
+        return tuple(key)
+
+    def _cached_graphs(self) -> list[_ChunkGraph]:
+        key = self._state_key()
+        if self._graph is None or key != self._graph_key:
+            self.release_graph()
+            self._graph = [self._chunk_graph(x, y, m) for x, y, m in self.chunks()]
+            self._graph_key = key
+        return self._graph
+
+    def release_graph(self) -> None:
+        """Free the cached gradient graph (the next product rebuilds it); a no-op without one."""
+        self._graph = None
+        self._graph_key = None
 
     def _chunk_hvp_func(self, x: Any, y: Tensor, V: Tensor) -> Tensor:
         primals = tuple(p.detach().to(self.dtype) for p in self.params)
@@ -557,11 +669,18 @@ class HessianOperator(LinearOperator):
         total = torch.zeros_like(V)
         count = 0
         with self._evaluation_context():
+            graphs = self._cached_graphs() if self.caches_graph else None
             for start in range(0, b, width):
                 W = V[:, start : start + width]
+                part = total[:, start : start + width]
                 count = 0
+                if graphs is not None:
+                    for graph in graphs:
+                        part.add_(self._graph_hvp(graph, W, keep=True), alpha=graph.count)
+                        count += graph.count
+                    continue
                 for x, y, m in self.chunks():
-                    total[:, start : start + width].add_(self._chunk_hvp(x, y, W), alpha=m)
+                    part.add_(self._chunk_hvp(x, y, W), alpha=m)
                     count += m
         return total, count
 
@@ -589,20 +708,30 @@ class HessianOperator(LinearOperator):
         grad_sum = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
         count = 0
         with self._evaluation_context():
-            for x, y, m in self.chunks():
-                leaves = self._leaves()
-                loss = self._loss(leaves, x, y)
-                grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+            for loss, grads, m in self._losses_and_grads():
                 g = flatten(
-                    [
-                        torch.zeros_like(p, dtype=self.dtype) if gi is None else gi
-                        for gi, p in zip(grads, self.params)
-                    ]
+                    torch.zeros_like(p, dtype=self.dtype) if gi is None else gi.detach()
+                    for gi, p in zip(grads, self.params)
                 )
                 grad_sum.add_(g, alpha=m)
                 loss_sum += loss.detach().to(self.dtype) * m
                 count += m
         return loss_sum, grad_sum, count
+
+    def _losses_and_grads(self) -> Iterator[tuple[Tensor, Sequence[Tensor | None], int]]:
+        """``(loss, gradients, count)`` of each micro-batch, from the graph cache if on.
+
+        With the cache, the graph built here is the one the products that follow at this
+        ``θ`` (a refresh) reuse, so they skip the forward pass.
+        """
+        if self.caches_graph:
+            for graph in self._cached_graphs():
+                yield graph.loss, graph.grads, graph.count
+            return
+        for x, y, m in self.chunks():
+            leaves = self._leaves()
+            loss = self._loss(leaves, x, y)
+            yield loss, torch.autograd.grad(loss, leaves, allow_unused=True), m
 
     def loss_and_grad(self) -> tuple[Tensor, Tensor]:
         """Mean loss and its flat gradient ``∇L`` over all of ``data``, shapes ``()`` and ``(n,)``.

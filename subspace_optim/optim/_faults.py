@@ -58,10 +58,13 @@ def solve_with_policy(
     on_fault: str,
     counters: dict[str, float],
     before: Callable[[], Any] | None = None,
+    reset: Callable[[], None] | None = None,
 ) -> tuple[EigenResult | None, Exception | None, Any]:
     """``solve(warm)`` (after ``before()``, whose value is passed through), with the
     numerical errors caught; under ``"cold"`` a faulty warm solve is retried once from a
-    random block. Returns ``(result or None, the error or None, before's value)``."""
+    random block, after ``reset()`` (which drops cached state, such as a gradient graph
+    built on a faulty forward pass) and ``before()`` again. Returns ``(result or None, the
+    error or None, before's value)``."""
     result: EigenResult | None = None
     error: Exception | None = None
     extra = None
@@ -74,6 +77,10 @@ def solve_with_policy(
     if (result is None or not usable(result)) and on_fault == "cold" and warm is not None:
         counters["cold_restarts"] += 1
         try:  # the warm start may be what went wrong: retry from a random block
+            if reset is not None:
+                reset()
+                if before is not None:
+                    extra = before()
             result, error = solve(None), None
         except NUMERICAL_ERRORS as exc:
             error, result = exc, None

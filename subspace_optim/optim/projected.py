@@ -370,9 +370,18 @@ class SubspaceProjectedOptimizer(Optimizer):
         gradient = None
         if compute_gradient and isinstance(self.curvature, HessianOperator):
             gradient = self.curvature.loss_and_grad
-        result, error, loss_grad = _faults.solve_with_policy(
-            self._solve, self.basis, self.on_fault, self.counters, before=gradient
-        )
+        try:
+            result, error, loss_grad = _faults.solve_with_policy(
+                self._solve,
+                self.basis,
+                self.on_fault,
+                self.counters,
+                before=gradient,
+                reset=self.curvature.release_graph,
+            )
+        finally:
+            # the step that follows moves θ: a cached gradient graph is stale from here on
+            self.curvature.release_graph()
         loss, grad = loss_grad if loss_grad is not None else (None, None)
         agree = getattr(self.curvature, "broadcast_result", None)
         if result is not None and agree is not None:

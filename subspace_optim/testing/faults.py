@@ -62,9 +62,10 @@ class FaultyModule(nn.Module, _Counted):
     """Wrap ``module`` so that its output becomes ``value`` (NaN by default) on chosen calls.
 
     Every forward pass counts, including the ones a
-    :class:`~subspace_optim.HessianOperator` makes: with one batch and
-    ``method="autograd"``, each Hessian product (each block of products) is one forward
-    pass, and the full-batch gradient at a refresh is another. The parameters are
+    :class:`~subspace_optim.HessianOperator` makes: with ``cache_graph=False``, each Hessian
+    product (each block of products) is one forward pass, and the full-batch gradient at a
+    refresh is another; with the graph cache (the default for one batch), one forward pass
+    per point builds the graph that the gradient and every product there share. The parameters are
     ``module``'s own (named ``module.*``), so optimizers and operators see the same tensors.
 
     Args:
@@ -163,6 +164,9 @@ class FaultyOperator(LinearOperator, _Counted):
         if self._fails(self.calls):
             out = torch.full_like(out, self.value)
         return out
+
+    def release_graph(self) -> None:
+        self.op.release_graph()
 
 
 #: the faults :class:`FaultySolver` can inject

@@ -70,6 +70,7 @@ def _fault_run(
     inject: Callable[[dict[str, Any]], None] | None = None,
     base: str = "adam",
     closure: bool = False,
+    cache_graph: bool | None = None,
 ) -> FaultOutcome:
     model, loss_fn, data = tiny_problem()
     faulty = FaultyModule(model, fail_on=()) if wrap_model else None
@@ -80,7 +81,7 @@ def _fault_run(
     }[base]
     opt = SubspaceProjectedOptimizer(
         make(net.parameters()),
-        HessianOperator(net, loss_fn, data),
+        HessianOperator(net, loss_fn, data, cache_graph=cache_graph),
         k=3,
         eigensolver=solver if solver is not None else Lanczos(ncv=8),
         on_fault=on_fault,
@@ -150,10 +151,13 @@ def _hvp_fault(
     k: int, value: float = math.nan, *, whole_step: bool = False
 ) -> Callable[[dict[str, Any]], None]:
     """Fail the k-th Hessian product of the next refresh, or (``whole_step``) every forward
-    pass of the refresh from the k-th product on, warm and cold attempts alike."""
+    pass of the refresh from the k-th product on, warm and cold attempts alike. Counts one
+    forward pass per product: use with ``cache_graph=False``. With the graph cache, ``k=0``
+    fails the forward pass that builds the refresh's graph (its gradient and every product)."""
 
     def inject(ctx: dict[str, Any]) -> None:
         m = ctx["model"]
+        m.value = value
         # the training loop's own forward comes first, then the refresh: full gradient, HVPs
         first = m.calls + 2 + k
         if whole_step:
@@ -205,6 +209,7 @@ FAULTS: tuple[FaultCase, ...] = (
         "keep",
         {"faults": 1},
         wrap_model=True,
+        cache_graph=False,
         inject=_hvp_fault(3),
     ),
     _case(
@@ -213,6 +218,7 @@ FAULTS: tuple[FaultCase, ...] = (
         "cold",
         {"cold_restarts": 1},
         wrap_model=True,
+        cache_graph=False,
         inject=_hvp_fault(3, math.inf),
     ),
     _case(
@@ -221,7 +227,16 @@ FAULTS: tuple[FaultCase, ...] = (
         "cold",
         {"faults": 1, "cold_restarts": 1},
         wrap_model=True,
+        cache_graph=False,
         inject=_hvp_fault(1, whole_step=True),
+    ),
+    _case(
+        "Inf in the forward pass of a cached graph, cold retry",
+        "FaultyModule: +Inf output on the pass that builds the refresh's graph",
+        "cold",
+        {"cold_restarts": 1, "faults": 0},
+        wrap_model=True,
+        inject=_hvp_fault(0, math.inf),
     ),
     _case(
         "NaN in an HVP, on_fault='raise'",
@@ -230,6 +245,7 @@ FAULTS: tuple[FaultCase, ...] = (
         {},
         FloatingPointError,
         wrap_model=True,
+        cache_graph=False,
         inject=_hvp_fault(3),
     ),
     _case(

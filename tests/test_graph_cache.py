@@ -1,0 +1,179 @@
+"""HessianOperator's gradient-graph cache: same products, fewer forward passes, never stale."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import CASES, make_case
+from test_hessian_operator import dense_references, rel
+from torch import nn
+
+import subspace_optim as so
+from subspace_optim import HessianOperator
+
+
+def count_forwards(model: nn.Module) -> list[int]:
+    """A counter of the model's forward calls (functional_call runs the hooks too)."""
+    calls = [0]
+
+    def hook(*_):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+
+    model.register_forward_hook(hook)
+    return calls
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_cached_products_equal_fresh_ones_and_the_dense_reference(case, generator):
+    model, loss_fn, (X, Y) = make_case(case, generator)
+    # two batches: the cache holds one graph per micro-batch (opted in with True)
+    data = [(X[:12], Y[:12]), (X[12:], Y[12:])]
+    cached = HessianOperator(model, loss_fn, data, cache_graph=True)
+    fresh = HessianOperator(model, loss_fn, data, cache_graph=False)
+    assert cached.caches_graph and not fresh.caches_graph
+    V = torch.randn(cached.shape[0], 4, generator=generator, dtype=torch.float64)
+    for _ in range(2):  # the second product runs on the cached graph
+        assert torch.equal(cached @ V, fresh @ V)
+        assert torch.equal(cached @ V[:, 0], fresh @ V[:, 0])
+    if case != "batchnorm_train":  # batch statistics are per batch: no one-batch reference
+        params = [p for p in model.parameters() if p.requires_grad]
+        H1, _ = dense_references(model, loss_fn, data, params)
+        assert rel(cached.to_dense(), H1) < 1e-10
+
+
+def test_one_forward_pass_per_point_and_a_rebuild_after_each_step(generator):
+    model, loss_fn, data = make_case("mlp", generator)
+    calls = count_forwards(model)
+    op = HessianOperator(model, loss_fn, data)
+    assert op.caches_graph  # one in-memory micro-batch: cached by default
+    V = torch.randn(op.shape[0], 3, generator=generator, dtype=torch.float64)
+    first = op @ V
+    op @ V
+    op.matvec(V[:, 0])
+    loss, grad = op.loss_and_grad()  # from the cached graph as well
+    assert calls[0] == 1
+    reference = HessianOperator(model, loss_fn, data, cache_graph=False)
+    ref_loss, ref_grad = reference.loss_and_grad()
+    assert torch.equal(loss, ref_loss) and torch.equal(grad, ref_grad)
+
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    sgd.zero_grad()
+    loss_fn(model(data[0]), data[1]).backward()
+    sgd.step()  # in place: the parameters' version counters move
+    calls[0] = 0
+    after = op @ V
+    assert calls[0] == 1
+    assert not torch.equal(after, first)
+    assert torch.equal(after, reference @ V)
+
+    op.release_graph()
+    calls[0] = 0
+    op @ V
+    assert calls[0] == 1
+
+
+def _mutations():  # type: ignore[no-untyped-def]
+    """(case, change) pairs: each change alters the loss without an optimizer step."""
+
+    def new_storage(model, data):  # p.data = ... swaps the storage
+        p = next(model.parameters())
+        p.data = p.data * 1.5
+
+    def load_state(model, data):
+        state = {k: v * 0.9 for k, v in model.state_dict().items()}
+        model.load_state_dict(state)
+
+    def running_stats(model, data):  # eval-mode BatchNorm reads its running statistics
+        with torch.no_grad():
+            model[1].running_var.mul_(2.0)
+
+    def mode(model, data):  # train=None: BatchNorm switches to batch statistics
+        model.train()
+
+    def data_in_place(model, data):
+        with torch.no_grad():
+            data[0].mul_(0.5)
+
+    return [
+        ("mlp", new_storage),
+        ("layernorm", load_state),
+        ("batchnorm_eval", running_stats),
+        ("batchnorm_eval", mode),
+        ("cnn", data_in_place),
+    ]
+
+
+@pytest.mark.parametrize(("case", "change"), _mutations(), ids=lambda m: getattr(m, "__name__", m))
+def test_the_cache_follows_every_change_of_what_the_loss_reads(case, change, generator):
+    model, loss_fn, data = make_case(case, generator)
+    op = HessianOperator(model, loss_fn, data)
+    assert op.caches_graph
+    V = torch.randn(op.shape[0], 2, generator=generator, dtype=torch.float64)
+    before = op @ V
+    change(model, data)
+    fresh = HessianOperator(model, loss_fn, data, cache_graph=False) @ V
+    assert not torch.equal(fresh, before), "the change should alter the Hessian"
+    assert torch.equal(op @ V, fresh)
+
+
+def test_dropout_draws_its_masks_once_per_cached_graph(generator):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 2)).double()
+    X = torch.randn(16, 4, generator=generator, dtype=torch.float64)
+    Y = torch.randn(16, 2, generator=generator, dtype=torch.float64)
+    op = HessianOperator(model, nn.MSELoss(), (X, Y), train=True)
+    H = op.to_dense()
+    assert torch.equal(H, op.to_dense())  # one matrix per point: the masks are fixed
+    assert rel(H, H.T) < 1e-12  # and it is symmetric
+
+
+def test_auto_rule_and_bad_values(generator):
+    model, loss_fn, (X, Y) = make_case("mlp", generator)
+    assert HessianOperator(model, loss_fn, (X, Y)).caches_graph
+    assert HessianOperator(model, loss_fn, [(X, Y)], chunk_size=24).caches_graph
+    # more than one micro-batch: caching would hold every micro-batch's graph at once
+    assert not HessianOperator(model, loss_fn, (X, Y), chunk_size=6).caches_graph
+    assert not HessianOperator(model, loss_fn, [(X[:12], Y[:12]), (X[12:], Y[12:])]).caches_graph
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, Y), batch_size=24)
+    assert not HessianOperator(model, loss_fn, loader).caches_graph
+    assert not HessianOperator(model, loss_fn, (X, Y), method="func").caches_graph
+    with pytest.raises(ValueError, match="needs data held in memory"):
+        HessianOperator(model, loss_fn, loader, cache_graph=True)
+    with pytest.raises(ValueError, match="method='autograd'"):
+        HessianOperator(model, loss_fn, (X, Y), method="func", cache_graph=True)
+    with pytest.raises(TypeError, match="cache_graph must be"):
+        HessianOperator(model, loss_fn, (X, Y), cache_graph="yes")
+
+
+def test_sub_blocks_through_the_cache_equal_the_whole_block(generator):
+    model, loss_fn, data = make_case("tied", generator)
+    whole = HessianOperator(model, loss_fn, data, cache_graph=False)
+    split = HessianOperator(model, loss_fn, data, max_block_size=2)
+    assert split.caches_graph and split.block_size == 2
+    V = torch.randn(whole.shape[0], 5, generator=generator, dtype=torch.float64)
+    assert torch.equal(split @ V, whole @ V)
+
+
+def test_solves_release_the_graph_when_they_are_over(generator):
+    model, loss_fn, data = make_case("mlp", generator)
+    op = HessianOperator(model, loss_fn, data)
+    so.top_k_eigenpairs(op, 2, generator=generator)
+    assert op._graph is None
+    base = torch.optim.SGD(model.parameters(), lr=0.01)
+    opt = so.SubspaceProjectedOptimizer(base, op, k=2, mode="bulk")
+    base.zero_grad()
+    loss_fn(model(data[0]), data[1]).backward()
+    opt.step()
+    assert op._graph is None
+    assert opt.counters["refreshes"] == 1
+
+
+def test_a_cold_retry_rebuilds_a_graph_built_on_a_faulty_forward_pass():
+    from subspace_optim.testing.scenarios import FAULTS, run_fault
+
+    (case,) = [c for c in FAULTS if c.name.startswith("Inf in the forward pass of a cached")]
+    outcome = run_fault(case)
+    assert outcome.params_finite and outcome.raised is None
+    # the warm solve saw Inf everywhere; the retry rebuilt the graph and succeeded
+    assert outcome.counters["cold_restarts"] == 1
+    assert outcome.counters["faults"] == 0
