@@ -57,6 +57,9 @@ from subspace_optim import (
 from subspace_optim.eigensolvers import ScipyEigsh
 from subspace_optim.experiments import half_sum_mse, load_digits, mlp
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from projected_training import limit_blas_threads
+
 ROOT = Path(__file__).resolve().parents[1]
 K, TOL = 10, 1e-3
 
@@ -726,7 +729,8 @@ def markdown(results: dict) -> str:
         "",
         f"Machine: {m['cpu']}, {m['cpu_count']} cores, no GPU, Python {m['python']}, "
         f"torch {m['torch']} with {m['torch_threads']} thread(s) "
-        f"(`OMP_NUM_THREADS={m['omp_num_threads']}`); load average (1/5/15 min) "
+        f"(`OMP_NUM_THREADS={m['omp_num_threads']}`), {m.get('blas', 'BLAS threads not set')}; "
+        f"load average (1/5/15 min) "
         f"{_fmt_load(m['load_average_at_start'])} at the start and "
         f"{_fmt_load(m.get('load_average_at_end'))} at the end. Wall times of the cold solvers, the scipy "
         f"adapter and the anchors are the fastest of {results['repeats']} identical seeded runs "
@@ -844,6 +848,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "reported (default 3; 1 with --quick)",
     )
     p.add_argument("--no-anchors", dest="anchors", action="store_false")
+    p.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="cap NumPy/SciPy BLAS threads, which ARPACK (scipy eigsh, curvlinops) uses "
+        "(default 1: their idle threads would take the cores from the next row; 0: leave them)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument(
         "--docs", type=Path, default=None, help="default: docs/eigensolvers_benchmark.md"
@@ -862,6 +873,7 @@ def main(argv: list[str] | None = None, say: Progress = _say) -> dict[str, Any]:
         [sys.executable, "benchmarks/eigensolvers.py", *argv]
     )
     machine = machine_info()
+    machine["blas"] = limit_blas_threads(args.blas_threads or None)
     library = library_state()
     say(
         f"{machine['cpu']}, {machine['cpu_count']} cores, torch {machine['torch']}, "

@@ -21,7 +21,9 @@ on a CPU), plain SGD runs to the switch step; from that one snapshot, with the s
   what each lever is worth.
 
 All runs of a setup advance in lockstep (step ``t`` of every run, then ``t + 1``, in an order
-that rotates every step), so a change of load on the machine hits every row alike. Each row reports the wall time of a whole projected step (mini-batch gradient, refresh,
+that rotates every step), so a change of load on the machine hits every row alike. NumPy's
+and SciPy's BLAS run on one thread (``--blas-threads``; see :func:`limit_blas_threads`), so
+that ARPACK's idle BLAS threads do not take the cores from the next row. Each row reports the wall time of a whole projected step (mini-batch gradient, refresh,
 projection and the library's per-step diagnostics), the Hessian-vector products per step,
 the accuracy of the basis actually used (``sin θ_max`` against the exact top-k at the same
 parameters, computed offline in float64 with scipy ``eigsh(which="LA", tol=1e-10)`` on a
@@ -134,7 +136,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def machine_info(device: torch.device) -> dict[str, Any]:
+_BLAS_LIMITS: list[Any] = []  # the active threadpoolctl limiter (kept alive for the run)
+
+
+def limit_blas_threads(threads: int | None) -> str:
+    """Cap the threads of NumPy's and SciPy's BLAS (OpenBLAS) at ``threads``; say what was done.
+
+    Why: after each call, OpenBLAS worker threads keep spinning for a while. On a 2-core CPU
+    they then take the cores from torch's own threads in whatever runs next: with ARPACK's
+    BLAS at its default 2 threads, the library-default rows of this benchmark ran 1.3–1.6×
+    slower when the paper protocol's ``eigsh`` ran between them, and the paper protocol
+    itself 1.2–1.3× slower (measured on the MLP setup, 20 lockstep steps). ARPACK's BLAS
+    work here is level-1/2 on vectors of ~10⁴ numbers, which a second thread does not
+    speed up. ``None`` leaves the BLAS as it is.
+    """
+    if threads is None:
+        return "BLAS threads left at their default"
+    import scipy.sparse.linalg  # noqa: F401  (loads SciPy's own OpenBLAS, so it is capped too)
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # scikit-learn brings threadpoolctl; without it, say so
+        return "BLAS threads left at their default (threadpoolctl not installed)"
+    _BLAS_LIMITS.append(threadpool_limits(limits=threads, user_api="blas"))
+    return f"NumPy/SciPy BLAS capped at {threads} thread{'s' if threads > 1 else ''}"
+
+
+def machine_info(device: torch.device, blas: str | None = None) -> dict[str, Any]:
     """What the numbers were measured on, including the load (other processes) at the time."""
     cpu = platform.processor() or platform.machine()
     try:
@@ -158,6 +186,9 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         desc = f"{info['gpu']} (host: {desc})"
+    if blas is not None:
+        info["blas"] = blas
+        desc += f", {blas}"
     load = info["load_average_at_start"]
     if load is not None:
         desc += f", load average {load[0]:.1f} at start"
@@ -753,6 +784,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--samples", type=int, default=6, help="steps whose basis is checked against the exact one"
     )
     p.add_argument("--no-levers", dest="levers", action="store_false")
+    p.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="cap NumPy/SciPy BLAS threads (default 1, see limit_blas_threads; 0: leave them)",
+    )
     p.add_argument("--quick", action="store_true", help="tiny settings for the smoke test")
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--docs", type=Path, default=None, help="also write docs/performance.md here")
@@ -779,8 +816,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     command = "python benchmarks/projected_training.py " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
+    blas = limit_blas_threads(args.blas_threads or None)
     results: dict[str, Any] = {
-        "machine": machine_info(device),
+        "machine": machine_info(device, blas),
         "command": command.strip(),
         "setups": [],
     }
