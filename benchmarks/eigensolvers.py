@@ -58,7 +58,7 @@ from subspace_optim.eigensolvers import ScipyEigsh
 from subspace_optim.experiments import half_sum_mse, load_digits, mlp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from projected_training import limit_blas_threads
+from projected_training import limit_blas_threads, restore_blas_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 K, TOL = 10, 1e-3
@@ -863,6 +863,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None, say: Progress = _say) -> dict[str, Any]:
+    try:
+        return _main(argv, say)
+    finally:
+        restore_blas_threads()  # the cap set in _main (main may run inside a test process)
+
+
+def _main(argv: list[str] | None, say: Progress) -> dict[str, Any]:
     args = parse(argv)
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3

@@ -11,8 +11,13 @@ Rows:
 
 * ``paper``: double backward with a fresh forward and gradient graph per vector (what the
   paper's code did), the baseline of every ratio;
-* ``autograd``: :class:`~subspace_optim.HessianOperator` ``method="autograd"``: one forward
-  and one gradient graph shared by the whole block (a loop of backward passes);
+* ``autograd``: :class:`~subspace_optim.HessianOperator` ``method="autograd"``,
+  ``cache_graph=False``: one forward and one gradient graph per call, shared by the whole
+  block (a loop of backward passes);
+* ``autograd-cached``: the same with the operator's graph cache (its default for one
+  batch): the forward pass and gradient graph are kept between calls at the same
+  parameters, so a call is only the loop of backward passes (what every product of a solve
+  after its first costs);
 * ``autograd-batched``: one forward and gradient graph, the block in one
   ``torch.autograd.grad(..., is_grads_batched=True)`` call (vmap over the backward);
 * ``func``: ``method="func"``, torch.func ``jvp`` of ``grad``, ``vmap``-ed over the block;
@@ -122,7 +127,8 @@ def build_rows(
             p64.copy_(p.to(torch.float64))
     reference = paper_hvp_block(s64.model, s64.loss_fn, s64.X, s64.Y, V64.to(device))
 
-    op_autograd = HessianOperator(model, loss_fn, (X, Y), method="autograd")
+    op_autograd = HessianOperator(model, loss_fn, (X, Y), method="autograd", cache_graph=False)
+    op_cached = HessianOperator(model, loss_fn, (X, Y), method="autograd", cache_graph=True)
     op_func = HessianOperator(model, loss_fn, (X, Y), method="func")
     block_fn = func_hvp_fn(model, loss_fn, X, Y)
 
@@ -137,6 +143,7 @@ def build_rows(
         rows += [
             {"backend": "paper", "b": b, "fn": lambda W: paper_hvp_block(model, loss_fn, X, Y, W)},
             {"backend": "autograd", "b": b, "fn": op_autograd.matmat},
+            {"backend": "autograd-cached", "b": b, "fn": op_cached.matmat},
             {
                 "backend": "autograd-batched",
                 "b": b,
@@ -252,6 +259,9 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
         "HVP (`paper`, b = 1) in the same dtype (wall time); `CPU ms / column` is the "
         "process time (all threads), which machine load distorts less; `error` is the largest "
         "entry-wise difference from a float64 reference, relative to its largest entry. "
+        "`autograd` builds its forward pass and gradient graph on every call; "
+        "`autograd-cached` keeps them between calls at the same parameters (the operator's "
+        "graph cache, what every product of a solve after the first costs). "
         "`func-compiled` is torch.compile of the torch.func block, compiled once for width "
         f"{results['block']}; `func-compiled (padded)` feeds it one column padded with zeros "
         "to that width (one compilation for every width, at the full width's cost).",

@@ -77,7 +77,7 @@ def test_hvp_quick(bench, tmp_path):
     saved = json.loads((tmp_path / "hvp.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(results["rows"]))
     backends = {r["backend"] for r in results["rows"]}
-    assert {"paper", "autograd", "autograd-batched", "func"} <= backends
+    assert {"paper", "autograd", "autograd-cached", "autograd-batched", "func"} <= backends
     for r in results["rows"]:
         assert r["ms_per_column"] > 0 and r["speedup_vs_paper"] > 0
         # every back end computes the same product as the float64 double-backward reference
@@ -131,3 +131,22 @@ def test_eigensolvers_quick(tmp_path):
     md = (tmp_path / "eig.md").read_text()
     assert md.startswith("# Eigensolver benchmark") and "benchmarks/eigensolvers.py --quick" in md
     assert ("not run" in md) == (not all(s["available"] for s in results["anchors"].values()))
+
+
+def test_blas_interference_quick(bench, tmp_path):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    import scipy.sparse.linalg  # noqa: F401  (its BLAS is loaded before the count below)
+
+    before = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
+    mod = importlib.import_module("blas_interference")
+    results = mod.main(["--quick", "--out", str(tmp_path)])
+    phases = {r["phase"] for r in results["rows"]}
+    assert len(phases) == 3
+    for r in results["rows"]:
+        assert r["ms_per_step"] > 0
+        assert (r["hvp_per_step"] == 0) == (r["row"] == "SGD")
+    assert "capped at 1 thread" in results["machine"]["blas"]
+    md = (tmp_path / "blas_interference.md").read_text()
+    assert "library default (second copy)" in md
+    # the cap is undone when main returns: the test process keeps its BLAS threads
+    assert [i["num_threads"] for i in threadpoolctl.threadpool_info()] == before
