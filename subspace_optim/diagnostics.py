@@ -44,6 +44,30 @@ class StepStats:
         refresh_converged: the eigensolver met its tolerance (``True`` when no refresh).
         skipped: the step was undone to protect the parameters (non-finite update).
         faults: cumulative count of numerical faults handled so far.
+
+    Example:
+        One Bulk step of SGD (``η = 0.1``) on least squares with Hessian
+        ``diag(6, 1.5, 0.375)``, from zero weights: the full gradient is ``(−2, −1, −0.5)``.
+
+        >>> import torch
+        >>> from torch import nn
+        >>> import subspace_optim as so
+        >>> model = nn.Linear(3, 1, bias=False).double()
+        >>> _ = nn.init.zeros_(model.weight)
+        >>> X = torch.diag(torch.tensor([3.0, 1.5, 0.75], dtype=torch.float64))
+        >>> Y = torch.ones(3, 1, dtype=torch.float64)
+        >>> loss_fn = nn.MSELoss()
+        >>> op = so.HessianOperator(model, loss_fn, (X, Y))
+        >>> opt = so.SubspaceProjectedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), op,
+        ...                                     k=1, eigensolver="eigh")
+        >>> opt.zero_grad(); loss_fn(model(X), Y).backward(); opt.step()
+        >>> s = opt.last_stats
+        >>> s.step, s.projected, s.refreshed, s.gradient_source
+        (0, True, True, 'full')
+        >>> round(s.loss, 6), [round(v, 6) for v in s.eigenvalues], round(s.grad_alignment, 4)
+        (1.0, [6.0], 0.8729)
+        >>> abs(s.eta_dom) < 1e-12, round(s.eta_bulk, 6)  # Bulk: no step along λ_1's direction
+        (True, 0.1)
     """
 
     step: int

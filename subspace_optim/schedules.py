@@ -28,7 +28,16 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Decision:
-    """What a schedule asks for at one step."""
+    """What a schedule asks for at one step.
+
+    Example:
+        >>> from subspace_optim import Decision, Every
+        >>> s = Every(2, start=1)
+        >>> s.decide(2)  # projecting since step 1, refreshing at steps 1, 3, 5, ...
+        Decision(refresh=False, project=True)
+        >>> s.decide(3) == Decision(refresh=True, project=True)
+        True
+    """
 
     refresh: bool
     project: bool

@@ -16,7 +16,21 @@ __all__ = ["EigenResult", "Eigensolver", "EigensolverError"]
 
 
 class EigensolverError(RuntimeError):
-    """Raised by a solver configured with ``raise_on_failure=True`` that did not converge."""
+    """Raised by a solver configured with ``raise_on_failure=True`` that did not converge.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim import DenseOperator, EigensolverError, PowerIteration
+        >>> op = DenseOperator.from_spectrum(torch.linspace(1, 2, 20, dtype=torch.float64))
+        >>> solver = PowerIteration(tol=1e-10, max_iter=2, raise_on_failure=True)
+        >>> try:
+        ...     solver.solve(op, 2)
+        ... except EigensolverError as err:
+        ...     print(str(err).partition(" (")[0])
+        PowerIteration: not converged after 2 iterations
+        >>> PowerIteration(tol=1e-10, max_iter=2).solve(op, 2).converged  # default: no raise
+        False
+    """
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,23 @@ __all__ = ["DataUnavailableError", "load_cifar10", "load_digits", "load_mnist", 
 
 
 class DataUnavailableError(RuntimeError):
-    """A data set is not installed or downloaded; the message says how to get it."""
+    """A data set is not installed or downloaded; the message says how to get it.
+
+    Example:
+        Building the CIFAR-10 setup from an empty folder, without ``download=True``; the
+        message names the data set whether torchvision is missing or the files are:
+
+        >>> import tempfile
+        >>> from subspace_optim.experiments import DataUnavailableError, load_setup
+        >>> with tempfile.TemporaryDirectory() as empty:
+        ...     try:
+        ...         load_setup("cifar10-5k-cnn", data_dir=empty)
+        ...     except DataUnavailableError as err:
+        ...         print(str(err).split()[0], "--download" in str(err))
+        CIFAR10 True
+        >>> issubclass(DataUnavailableError, RuntimeError)
+        True
+    """
 
 
 def standardize(X: Tensor) -> Tensor:
@@ -119,6 +135,20 @@ def load_mnist(
 
     Returns:
         ``(X, Y, labels)`` with shapes ``(n, 784)``, ``(n, 10)`` and ``(n,)``.
+
+    Example:
+        With the data in place, ``load_mnist(5000, data_dir="data")`` returns the tensors
+        above. From an empty folder (and no ``download=True``) it says what to do, whether
+        or not torchvision is installed:
+
+        >>> import tempfile
+        >>> from subspace_optim.experiments import DataUnavailableError, load_mnist
+        >>> with tempfile.TemporaryDirectory() as empty:
+        ...     try:
+        ...         load_mnist(100, data_dir=empty)
+        ...     except DataUnavailableError as err:
+        ...         print(str(err).split()[0], "--download" in str(err))
+        MNIST True
     """
     if not 1 <= n <= 60000:
         raise ValueError(f"MNIST has 60,000 training images; n must be in [1, 60000], got {n}")
@@ -146,6 +176,24 @@ def load_cifar10(
 
     Returns:
         ``(X, Y, labels)`` with shapes ``(n, 3, 32, 32)``, ``(n, 10)`` and ``(n,)``.
+
+    Example:
+        ``n`` is checked before anything is read; from an empty folder (and no
+        ``download=True``) the error says what to do, whether or not torchvision is
+        installed:
+
+        >>> import tempfile
+        >>> from subspace_optim.experiments import DataUnavailableError, load_cifar10
+        >>> load_cifar10(60000)
+        Traceback (most recent call last):
+        ...
+        ValueError: CIFAR-10 has 50,000 training images; n must be in [1, 50000], got 60000
+        >>> with tempfile.TemporaryDirectory() as empty:
+        ...     try:
+        ...         load_cifar10(100, data_dir=empty)
+        ...     except DataUnavailableError as err:
+        ...         print(str(err).split()[0], "--download" in str(err))
+        CIFAR10 True
     """
     if not 1 <= n <= 50000:
         raise ValueError(f"CIFAR-10 has 50,000 training images; n must be in [1, 50000], got {n}")

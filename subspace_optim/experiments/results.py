@@ -71,6 +71,19 @@ class RunSummary:
             undone non-finite steps).
         seconds: wall time of the run.
         warnings: distinct warning messages raised during the run.
+
+    Example:
+        A Bulk run stopped at step 37 after its loss became NaN; the record is plain values:
+
+        >>> import json, math
+        >>> from dataclasses import asdict
+        >>> from subspace_optim.experiments import RunSummary
+        >>> r = RunSummary.from_rows("bulk", [], k=10, limit=4.0, loss_at_switch=0.2,
+        ...                          final=math.nan, base_final=0.1, diverged_at=37, steps_run=37)
+        >>> r.status, r.diverged_at, r.watched_eigenvalue, math.isnan(r.progress)
+        ('diverged', 37, 'λ_{k+1}', True)
+        >>> json.loads(json.dumps(asdict(r)))["steps_run"]
+        37
     """
 
     variant: str
@@ -186,6 +199,25 @@ class FamilyResult:
         runs: ``{"base": RunSummary, "dom": ..., "bulk": ...}``.
         prefix_seconds: wall time of the shared run up to the switch.
         rows: one dict per step per run (the CSV / JSON metrics).
+
+    Example:
+        A family whose switch was forced and whose Dom run ended above the loss at the switch:
+
+        >>> from subspace_optim.experiments import FamilyResult, RunSummary
+        >>> runs = {v: RunSummary.from_rows(v, [], k=2, limit=20.0, loss_at_switch=0.5,
+        ...                                 final=f, base_final=0.1, steps_run=8)
+        ...         for v, f in [("base", 0.1), ("dom", 0.6), ("bulk", 0.12)]}
+        >>> fam = FamilyResult("sgd", "SGD", lr=0.1, batch_size=16, stability_limit=20.0,
+        ...                    initial_sharpness=float("nan"), switch_step=40,
+        ...                    switch_reason="forced", alignment_ema=0.81, chi_at_switch=0.84,
+        ...                    initial_loss=1.0, loss_at_switch=0.5, eta={"ratio": 1.0},
+        ...                    runs=runs, prefix_seconds=0.2)
+        >>> for note in fam.notes():
+        ...     print(note)
+        χ_k EMA reached only 0.81 (below the threshold): switch forced at step 40
+        dom: loss rose from 0.5 to 0.6
+        >>> round(fam.runs["bulk"].progress, 6), "rows" in fam.as_dict()
+        (0.95, False)
     """
 
     family: str
@@ -257,6 +289,29 @@ class ExperimentResult:
         seconds: total wall time.
         cpu_seconds: CPU time of this process over the run (all threads); on a machine
             shared with other jobs it says what the run would take alone.
+
+    Example:
+        :func:`~subspace_optim.experiments.run` returns one; here one is assembled by hand:
+
+        >>> import json
+        >>> from subspace_optim.experiments import ExperimentResult, FamilyResult, RunSummary
+        >>> finals = [("base", 0.1), ("dom", 0.5), ("bulk", 0.12)]
+        >>> runs = {v: RunSummary.from_rows(v, [], k=2, limit=20.0, loss_at_switch=0.5,
+        ...                                 final=f, base_final=0.1, steps_run=8)
+        ...         for v, f in finals}
+        >>> rows = [{"family": "sgd", "variant": v, "step": 12, "loss": f} for v, f in finals]
+        >>> fam = FamilyResult("sgd", "SGD", lr=0.1, batch_size=16, stability_limit=20.0,
+        ...                    initial_sharpness=float("nan"), switch_step=4,
+        ...                    switch_reason="fixed", alignment_ema=0.9, chi_at_switch=0.95,
+        ...                    initial_loss=1.0, loss_at_switch=0.5, eta={"ratio": 1.0},
+        ...                    runs=runs, prefix_seconds=0.1, rows=rows)
+        >>> result = ExperimentResult("toy", config={"steps": 12, "k": 2}, machine={},
+        ...                           families=[fam], seconds=1.0)
+        >>> [(r["variant"], r["loss"]) for r in result.rows()]
+        [('base', 0.1), ('dom', 0.5), ('bulk', 0.12)]
+        >>> summary = json.loads(json.dumps(result.summary()))  # JSON-ready, without the rows
+        >>> summary["families"][0]["runs"]["dom"]["progress"], "rows" in summary["families"][0]
+        (0.0, False)
     """
 
     setup: str

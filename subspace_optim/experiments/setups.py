@@ -49,7 +49,16 @@ __all__ = ["SETUPS", "DataUnavailableError", "Setup", "SetupError", "load_setup"
 
 
 class SetupError(ValueError):
-    """An unknown setup name, or a user setup that could not be loaded or returned junk."""
+    """An unknown setup name, or a user setup that could not be loaded or returned junk.
+
+    Example:
+        >>> from subspace_optim.experiments import SetupError, load_setup
+        >>> try:
+        ...     load_setup("json:make")
+        ... except ValueError as err:  # SetupError is a ValueError
+        ...     print(type(err).__name__, "-", err)
+        SetupError - 'json' has no function 'make' (from --setup 'json:make')
+    """
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,29 @@ class DistributedHessianError(RuntimeError):
     Attributes:
         ranks: the ranks (in the operator's group) that failed.
         messages: ``"ExceptionType: message"`` of each failing rank, in the order of ``ranks``.
+
+    Example:
+        A loss that fails inside a product, in a one-process gloo group: the rank's
+        exception comes back as a ``DistributedHessianError`` that names it.
+
+        >>> import os, tempfile, torch
+        >>> import torch.distributed as dist
+        >>> from torch import nn
+        >>> from subspace_optim import DistributedHessianError, DistributedHessianOperator
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> store = os.path.join(tmp.name, "store")
+        >>> dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+        >>> def broken_loss(outputs, targets):
+        ...     raise ValueError("targets have the wrong shape")
+        >>> X = torch.zeros(4, 3, dtype=torch.float64)
+        >>> H = DistributedHessianOperator(nn.Linear(3, 1).double(), broken_loss, (X, X[:, :1]))
+        >>> try:
+        ...     H @ torch.ones(4, dtype=torch.float64)
+        ... except DistributedHessianError as err:
+        ...     print(err.ranks, err.messages)
+        [0] ['ValueError: targets have the wrong shape']
+        >>> dist.destroy_process_group()
+        >>> tmp.cleanup()
     """
 
     def __init__(self, message: str, ranks: Sequence[int], messages: Sequence[str]) -> None:

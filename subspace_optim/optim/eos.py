@@ -69,7 +69,32 @@ __all__ = [
 
 class EdgeOfStabilityWarning(RuntimeWarning):
     """The projected dynamics are unstable: an eigenvalue the update still moves along
-    (λ_{k+1} in Bulk mode) is above the optimizer's stability threshold."""
+    (λ_{k+1} in Bulk mode) is above the optimizer's stability threshold.
+
+    Example:
+        Least squares whose Hessian is ``diag(6, 1.5, 0.375)``: Bulk with ``k=1`` removes
+        λ_1 = 6 but still steps along λ_2 = 1.5, above ``2/η = 1.333`` for ``η = 1.5``.
+
+        >>> import warnings, torch
+        >>> from torch import nn
+        >>> import subspace_optim as so
+        >>> model = nn.Linear(3, 1, bias=False).double()
+        >>> X = torch.diag(torch.tensor([3.0, 1.5, 0.75], dtype=torch.float64))
+        >>> Y = torch.ones(3, 1, dtype=torch.float64)
+        >>> loss_fn = nn.MSELoss()  # Hessian (2/3)·XᵀX
+        >>> op = so.HessianOperator(model, loss_fn, (X, Y))
+        >>> base = torch.optim.SGD(model.parameters(), lr=1.5)
+        >>> opt = so.SubspaceProjectedOptimizer(base, op, k=1, mode="bulk", num_extra=1,
+        ...                                     eigensolver="eigh")
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     opt.zero_grad(); loss_fn(model(X), Y).backward(); opt.step()
+        >>> [str(w.message).partition(" (")[0] for w in caught
+        ...  if issubclass(w.category, so.EdgeOfStabilityWarning)]
+        ['step 0: λ_2 = 1.5 exceeds the stability threshold 1.333']
+        >>> issubclass(so.EdgeOfStabilityWarning, RuntimeWarning)  # filter it like any warning
+        True
+    """
 
 
 def _group_threshold(group: dict, kind: str) -> float | None:
@@ -166,6 +191,17 @@ class LearningRatePick:
         c: the factor used (``c < 1`` starts below the edge, ``c > 1`` beyond it).
         num_matvecs: Hessian-vector products spent.
         converged: whether the eigensolver met its tolerance.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim import DenseOperator, pick_learning_rate
+        >>> spectrum = torch.tensor([8.0, 2.0, 1.0, 0.5], dtype=torch.float64)
+        >>> pick = pick_learning_rate(DenseOperator.from_spectrum(spectrum), c=0.5)
+        >>> round(pick.sharpness, 6), round(pick.lr, 6), pick.c, pick.converged  # 0.5 · 2/8
+        (8.0, 0.125, 0.5, True)
+        >>> w = [torch.zeros(4, requires_grad=True)]
+        >>> torch.optim.SGD(w, lr=pick.lr).param_groups[0]["lr"]
+        0.125
     """
 
     lr: float
@@ -233,6 +269,15 @@ class SharpnessRecord:
         threshold: the stability threshold at that step (``nan`` when undefined).
         num_matvecs: Hessian-vector products this measurement cost.
         converged: the eigensolver met its tolerance.
+
+    Example:
+        >>> from subspace_optim import SharpnessRecord
+        >>> rec = SharpnessRecord(step=7, eigenvalues=(4.2, 3.1), threshold=4.0,
+        ...                       num_matvecs=12, converged=True)
+        >>> rec.sharpness, round(rec.ratio, 6), rec.at_edge  # λ_1 = 4.2 past 2/η = 4
+        (4.2, 1.05, True)
+        >>> SharpnessRecord(0, (4.2,), float("nan"), 0, True).at_edge  # no threshold (Adam)
+        False
     """
 
     step: int
