@@ -40,6 +40,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=0.1)
     parser.add_argument("--batch", type=int, default=50, help="global batch size")
     parser.add_argument("--chunk", type=int, default=250, help="HVP micro-batch size")
+    parser.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        help="MiB one Hessian product may use on each rank (sub-blocks the solver's blocks)",
+    )
     parser.add_argument("--checkpoint", default=None, help="rank 0 saves here at the end")
     args = parser.parse_args()
 
@@ -61,9 +67,12 @@ def main() -> None:
     ddp = nn.parallel.DistributedDataParallel(model)
 
     # HVPs run on ddp.module over this rank's shard; products are all-reduced over ranks
+    budget = None if args.memory_budget is None else int(args.memory_budget * 2**20)
     curvature = so.DistributedHessianOperator(
-        ddp, half_sum_mse, (X[shard], Y[shard]), chunk_size=args.chunk
+        ddp, half_sum_mse, (X[shard], Y[shard]), chunk_size=args.chunk, memory_budget=budget
     )
+    if rank == 0 and budget is not None:
+        print(f"memory budget {args.memory_budget:g} MiB: {curvature.block_size} columns per pass")
     opt = so.SubspaceProjectedOptimizer(
         torch.optim.SGD(ddp.parameters(), lr=args.lr),
         curvature,
