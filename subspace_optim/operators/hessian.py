@@ -222,7 +222,6 @@ class HessianOperator(LinearOperator):
         memory_estimate: the estimate behind ``block_size`` when ``memory_budget`` was
             given, else ``None``: a ``BlockMemoryEstimate`` record with ``graph_bytes``,
             ``fixed_bytes``, ``bytes_per_column`` and ``peak(width)``.
-
         caches_graph: whether products reuse a cached gradient graph (``cache_graph``
             resolved).
 
