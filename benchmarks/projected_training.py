@@ -17,8 +17,9 @@ on a CPU), plain SGD runs to the switch step; from that one snapshot, with the s
 * lever rows (Bulk only): the default with one choice changed (eigensolver: Lanczos, the
   warm block refresh, LOBPCG; the warm refresh's stopping rule: a residual target
   ``tol=3e-3`` (the former default) or ``1e-2`` instead of the angle target, or a looser
-  angle ``sin_tol=0.06``; refreshing every other step; each HVP back end; float64), to show
-  what each lever is worth.
+  angle ``sin_tol=0.06``; refreshing every other step; the operator's graph cache off, for
+  the default solver and for Lanczos; each HVP back end; float64), to show what each lever
+  is worth.
 
 All runs of a setup advance in lockstep (step ``t`` of every run, then ``t + 1``, in an order
 that rotates every step), so a change of load on the machine hits every row alike. NumPy's
@@ -435,6 +436,21 @@ def lever_specs(quick: bool, default_method: str) -> list[RunSpec]:
     specs.append(
         RunSpec("Bulk, refresh every 2 steps", "library", "bulk", {"refresh": so.Every(2)})
     )
+    if "cache_graph" in inspect.signature(so.HessianOperator).parameters:
+        # the graph-cache lever: off for the default solver and for single-vector Lanczos,
+        # whose products are one vector each (the cache saves a forward pass per product)
+        specs.append(
+            RunSpec("Bulk, cache_graph=False", "library", "bulk", None, {"cache_graph": False})
+        )
+        specs.append(
+            RunSpec(
+                "Bulk, eigensolver='lanczos', cache_graph=False",
+                "library",
+                "bulk",
+                {"eigensolver": "lanczos"},
+                {"cache_graph": False},
+            )
+        )
     for method in so.operators.hessian.HVP_METHODS:
         if method not in ("auto", default_method):
             specs.append(
