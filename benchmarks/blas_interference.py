@@ -19,7 +19,6 @@ Run (about a minute on a 2-core CPU)::
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -42,7 +41,7 @@ from projected_training import (
     markdown_table,
     params_of,
     restore_blas_threads,
-    write_performance_doc,
+    save_results,
 )
 
 ROWS = [
@@ -148,13 +147,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "switch": switch,
         "rows": rows,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "blas_interference.json").write_text(json.dumps(results, indent=1, default=str))
-    md = to_markdown(results)
-    (args.out / "blas_interference.md").write_text(md)
-    print(md)
-    if args.docs is not None:
-        write_performance_doc(args.out, args.docs)
+    save_results(args.out, "blas_interference", results, to_markdown(results), args.docs)
     return results
 
 

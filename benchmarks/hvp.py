@@ -57,8 +57,8 @@ from projected_training import (
     machine_line,
     make_setup,
     markdown_table,
+    save_results,
     synchronize,
-    write_performance_doc,
 )
 
 from subspace_optim import HessianOperator
@@ -332,21 +332,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     command = "python benchmarks/hvp.py " + " ".join(sys.argv[1:] if argv is None else argv)
     suffix = "" if args.device == "cpu" else f"_{torch.device(args.device).type}"
-    if args.render:
+    if args.render:  # only the markdown, from the saved JSON
         results = json.loads((args.out / f"hvp{suffix}.json").read_text())
-    else:
-        results = run(args)
-        results["command"] = command.strip()
-        results["machine"]["load_average_at_end"] = (
-            os.getloadavg() if hasattr(os, "getloadavg") else None
-        )
-        args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"hvp{suffix}.json").write_text(json.dumps(results, indent=1, default=str))
+        md = to_markdown(results, results["command"])
+        save_results(args.out, f"hvp{suffix}", {}, md, args.docs)
+        return results
+    results = run(args)
+    results["command"] = command.strip()
+    results["machine"]["load_average_at_end"] = (
+        os.getloadavg() if hasattr(os, "getloadavg") else None
+    )
     md = to_markdown(results, results["command"])
-    (args.out / f"hvp{suffix}.md").write_text(md)
-    print(md)
-    if args.docs is not None:
-        write_performance_doc(args.out, args.docs)
+    save_results(args.out, f"hvp{suffix}", results, md, args.docs)
     return results
 
 

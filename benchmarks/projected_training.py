@@ -760,6 +760,18 @@ def refresh_analysis_notes(path: Path) -> list[str]:
     return lines
 
 
+def save_results(out: Path, stem: str, results: dict[str, Any], md: str, docs: Path | None) -> None:
+    """Write ``<stem>.json`` (when ``results`` is given) and ``<stem>.md`` under ``out``, print
+    the markdown and, with ``docs``, rewrite the performance page from ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    if results:
+        (out / f"{stem}.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / f"{stem}.md").write_text(md)
+    print(md)
+    if docs is not None:
+        write_performance_doc(out, docs)
+
+
 def write_performance_doc(results_dir: Path, path: Path) -> None:
     """Assemble ``docs/performance.md`` from the markdown results in ``results_dir``."""
     parts = [
@@ -859,15 +871,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["machine"]["load_average_at_end"] = (
         os.getloadavg() if hasattr(os, "getloadavg") else None
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"projected_training{suffix}.json").write_text(
-        json.dumps(results, indent=1, default=str)
-    )
-    md = to_markdown(results)
-    (args.out / f"projected_training{suffix}.md").write_text(md)
-    print(md)
-    if args.docs is not None:
-        write_performance_doc(args.out, args.docs)
+    save_results(args.out, f"projected_training{suffix}", results, to_markdown(results), args.docs)
     return results
 
 

@@ -242,12 +242,12 @@ def write_report(result: ExperimentResult, out: str | Path, *, figures: bool = T
 
     Example:
         A result assembled by hand (:func:`~subspace_optim.experiments.run` returns one),
-        written without the figures:
+        written without the figures and read back with :func:`read_report`:
 
         >>> import tempfile, torch
         >>> from pathlib import Path
         >>> from subspace_optim.experiments import (ExperimentResult, FamilyResult, RunConfig,
-        ...                                         RunSummary, write_report)
+        ...                                         RunSummary, read_report, write_report)
         >>> from subspace_optim.experiments.runner import machine_info
         >>> finals = [("base", 0.1), ("dom", 0.5), ("bulk", 0.12)]
         >>> runs = {v: RunSummary.from_rows(v, [], k=2, limit=20.0, loss_at_switch=0.5,
@@ -269,9 +269,16 @@ def write_report(result: ExperimentResult, out: str | Path, *, figures: bool = T
         ...     print(sorted(p.name for p in path.iterdir()))
         ...     print(path.joinpath("summary.md").read_text().splitlines()[0])
         ...     print(path.joinpath("metrics.csv").read_text().splitlines()[1])
+        ...     back = read_report(path)  # the round trip
         ['metrics.csv', 'metrics.json', 'summary.json', 'summary.md']
         # subspace-optim reproduce: toy
         sgd,base,after switch,12,0.1
+        >>> f = back.families[0]
+        >>> f.switch_step, f.runs["bulk"].final_loss, round(f.runs["bulk"].progress, 6)
+        (4, 0.12, 0.95)
+        >>> import math
+        >>> math.isnan(f.initial_sharpness), [r["variant"] for r in back.rows()]
+        (True, ['base', 'dom', 'bulk'])
     """
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -326,37 +333,8 @@ def read_report(folder: str | Path) -> ExperimentResult:
     """Load a run folder written by :func:`write_report` back into an
     :class:`~subspace_optim.experiments.ExperimentResult` (e.g. to re-plot or compare runs).
 
-    Example:
-        A round trip of a result assembled by hand (:func:`~subspace_optim.experiments.run`
-        returns one); ``nan`` is stored as ``null`` and comes back as ``nan``:
-
-        >>> import math, tempfile, torch
-        >>> from pathlib import Path
-        >>> from subspace_optim.experiments import (ExperimentResult, FamilyResult, RunConfig,
-        ...                                         RunSummary, read_report, write_report)
-        >>> from subspace_optim.experiments.runner import machine_info
-        >>> finals = [("base", 0.1), ("dom", 0.5), ("bulk", 0.12)]
-        >>> runs = {v: RunSummary.from_rows(v, [], k=2, limit=20.0, loss_at_switch=0.5,
-        ...                                 final=f, base_final=0.1, steps_run=8)
-        ...         for v, f in finals}
-        >>> rows = [{"family": "sgd", "variant": v, "phase": "after switch", "step": 12,
-        ...          "loss": f} for v, f in finals]
-        >>> fam = FamilyResult("sgd", "SGD", lr=0.1, batch_size=16, stability_limit=20.0,
-        ...                    initial_sharpness=float("nan"), switch_step=4,
-        ...                    switch_reason="fixed", alignment_ema=0.9, chi_at_switch=0.95,
-        ...                    initial_loss=1.0, loss_at_switch=0.5, eta={"ratio": 1.0},
-        ...                    runs=runs, prefix_seconds=0.1, rows=rows)
-        >>> config = {**RunConfig(optimizers="sgd", steps=12, switch=4, k=2).as_dict(),
-        ...           "num_examples": 64, "num_params": 67}
-        >>> result = ExperimentResult("toy", config, machine_info(torch.device("cpu")), [fam],
-        ...                           seconds=1.0)
-        >>> with tempfile.TemporaryDirectory() as tmp:
-        ...     back = read_report(write_report(result, Path(tmp) / "run", figures=False))
-        >>> f = back.families[0]
-        >>> f.switch_step, f.runs["bulk"].final_loss, round(f.runs["bulk"].progress, 6)
-        (4, 0.12, 0.95)
-        >>> math.isnan(f.initial_sharpness), [r["variant"] for r in back.rows()]
-        (True, ['base', 'dom', 'bulk'])
+    The example of :func:`write_report` writes a result and reads it back with this
+    function (``nan`` is stored as ``null`` and comes back as ``nan``).
     """
     folder = Path(folder)
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
