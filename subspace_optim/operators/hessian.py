@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._utils import block_to_columns, check_int, choice, flatten, unflatten
 from .base import LinearOperator
@@ -515,14 +516,30 @@ class HessianOperator(LinearOperator):
     # ------------------------------------------------------- functional model
     @contextlib.contextmanager
     def _evaluation_context(self) -> Iterator[None]:
+        """The settings every pass of the operator runs under, and its failure rule.
+
+        Gradients on, autocast off, the model in the requested mode, and scaled dot-product
+        attention on its math kernel: the fused kernels (flash, memory-efficient, cuDNN)
+        have no double backward, so a Hessian product through ``nn.MultiheadAttention`` or
+        ``F.scaled_dot_product_attention`` would fail on them. A pass that raises frees
+        the cached gradient graph, so a retry rebuilds it instead of reusing a graph built
+        by the failed call.
+        """
         model = self.model
         previous = model.training
         if self.train is not None and self.train != previous:
             model.train(self.train)
         try:
             device_type = self.device.type if self.device.type in ("cuda", "cpu") else "cpu"
-            with torch.enable_grad(), torch.autocast(device_type, enabled=False):
+            with (
+                torch.enable_grad(),
+                torch.autocast(device_type, enabled=False),
+                sdpa_kernel(SDPBackend.MATH),
+            ):
                 yield
+        except BaseException:
+            self.release_graph()
+            raise
         finally:
             if self.train is not None and self.train != previous:
                 model.train(previous)
