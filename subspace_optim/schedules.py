@@ -9,6 +9,7 @@ which is how the paper's switch protocol decides when to start projecting.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -127,25 +128,59 @@ class AlignmentSwitch(RefreshSchedule):
 
     Before the switch the base optimizer runs unprojected while the basis is refreshed every
     ``check_every`` steps to measure χ_k(∇L) of the full-batch gradient; an exponential
-    moving average
+    moving average over those measurements
 
-    .. math:: m_t = \\beta\\, m_{t-1} + (1 - \\beta)\\, \\chi_k(\\nabla L(\\theta_t)),
-              \\qquad m_0 = \\chi_k(\\nabla L(\\theta_0))
+    .. math:: m_j = \\beta\\, m_{j-1} + (1 - \\beta)\\, \\chi_k(\\nabla L(\\theta_{t_j})),
+              \\qquad m_0 = \\chi_k(\\nabla L(\\theta_{t_0}))
 
-    (``β = ema``) is compared with ``threshold``. Once ``m_t >= threshold`` (and at least
-    ``min_steps`` steps have run), projection starts at the next step, with a fresh basis,
-    and the basis is refreshed every ``every`` steps after that. ``max_steps`` forces the
-    switch if alignment never reaches the threshold.
+    (``β = ema``, one update per measurement at steps ``t_0 < t_1 < ...``) is compared with
+    ``threshold``. When a measurement at step ``t`` gives ``m >= threshold`` and
+    ``t + 1 >= min_steps``, projection starts at step ``t + 1``, with a fresh basis, and the
+    basis is refreshed every ``every`` steps after that. So the earliest possible switch
+    step is ``max(min_steps, t_0 + 1)``.
+
+    If the threshold is never reached, ``max_steps`` forces the switch: step ``max_steps``
+    is the first projected step (a :class:`UserWarning` says so, with the EMA reached).
+    Without ``max_steps`` the schedule keeps measuring; after ``warn_after`` consecutive
+    measurements below the threshold it warns once (each measurement is a full eigensolve,
+    so this spending is never silent). The paper's EMA factor 0.9 is per step: with
+    ``check_every = c`` use ``ema = 0.9 ** c`` for the same horizon in steps.
+
+    Args:
+        threshold: χ_k level in ``(0, 1]`` the EMA must reach (the paper: 0.95).
+        ema: averaging factor ``β`` in ``[0, 1)`` per measurement (``0``: no smoothing).
+        check_every: measure χ_k (one eigensolve) every this many steps before the switch.
+            The default, 10, spends a tenth of the eigensolves of checking every step.
+        every: refresh the basis every this many steps after the switch (the paper: 1).
+        min_steps: never project before this step.
+        max_steps: force the switch at this step; ``None`` (default): never force.
+        warn_after: warn once after this many consecutive measurements below the
+            threshold (``None``: never warn).
+
+    Raises:
+        ValueError: a threshold outside ``(0, 1]``, ``ema`` outside ``[0, 1)``, or a count
+            below its minimum (``check_every``, ``every``, ``warn_after`` >= 1;
+            ``min_steps``, ``max_steps`` >= 0).
 
     Example:
+        >>> import warnings
         >>> from subspace_optim import AlignmentSwitch
-        >>> s = AlignmentSwitch(threshold=0.9, ema=0.5)
+        >>> s = AlignmentSwitch(threshold=0.9, ema=0.5, check_every=1)
         >>> for t, chi in enumerate([0.8, 0.95, 0.99, 0.99]):
         ...     _ = s.decide(t); s.observe(t, chi)
         >>> s.switched_at  # EMA: 0.8, 0.875, 0.9325 >= 0.9 at step 2
         3
         >>> s.decide(3)
         Decision(refresh=True, project=True)
+        >>> forced = AlignmentSwitch(threshold=0.99, max_steps=20)
+        >>> [forced.decide(t).refresh for t in (0, 5, 10)]  # check_every=10 by default
+        [True, False, True]
+        >>> with warnings.catch_warnings(record=True) as caught:
+        ...     warnings.simplefilter("always")
+        ...     forced.decide(20).project, forced.switched_at
+        (True, 20)
+        >>> "forced" in str(caught[0].message)
+        True
     """
 
     def __init__(
@@ -153,10 +188,11 @@ class AlignmentSwitch(RefreshSchedule):
         threshold: float = 0.95,
         ema: float = 0.9,
         *,
-        check_every: int = 1,
+        check_every: int = 10,
         every: int = 1,
         min_steps: int = 0,
         max_steps: int | None = None,
+        warn_after: int | None = 50,
     ) -> None:
         self.threshold = check_positive_float("threshold", threshold)
         if self.threshold > 1:
@@ -168,12 +204,23 @@ class AlignmentSwitch(RefreshSchedule):
         self.every = check_int("every", every, low=1)
         self.min_steps = check_int("min_steps", min_steps, low=0)
         self.max_steps = None if max_steps is None else check_int("max_steps", max_steps, low=0)
+        self.warn_after = None if warn_after is None else check_int("warn_after", warn_after, low=1)
         self.value: float | None = None
         self.switched_at: int | None = None
+        self.forced = False
+        self.failed_checks = 0
 
     def decide(self, step: int) -> Decision:
         if self.switched_at is None and self.max_steps is not None and step >= self.max_steps:
             self.switched_at = step
+            self.forced = True
+            reached = "no measurement" if self.value is None else f"an EMA of {self.value:.3g}"
+            warnings.warn(
+                f"AlignmentSwitch: the χ_k threshold {self.threshold} was not reached "
+                f"({reached}); switch forced at step {step} (max_steps={self.max_steps})",
+                UserWarning,
+                stacklevel=2,
+            )
         if self.switched_at is not None and step >= self.switched_at:
             return Decision(refresh=(step - self.switched_at) % self.every == 0, project=True)
         return Decision(refresh=step % self.check_every == 0, project=False)
@@ -186,18 +233,37 @@ class AlignmentSwitch(RefreshSchedule):
         )
         if self.value >= self.threshold and step + 1 >= self.min_steps:
             self.switched_at = step + 1
+            return
+        self.failed_checks += 1
+        if self.warn_after is not None and self.failed_checks == self.warn_after:
+            warnings.warn(
+                f"AlignmentSwitch: {self.failed_checks} χ_k measurements (eigensolves) up to "
+                f"step {step} without a switch: the EMA is {self.value:.3g}, the threshold "
+                f"{self.threshold}. Lower the threshold, set max_steps to force the switch, "
+                "or raise check_every to measure less often",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def state_dict(self) -> dict[str, Any]:
-        return {"value": self.value, "switched_at": self.switched_at}
+        return {
+            "value": self.value,
+            "switched_at": self.switched_at,
+            "forced": self.forced,
+            "failed_checks": self.failed_checks,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.value = state.get("value")
         self.switched_at = state.get("switched_at")
+        self.forced = bool(state.get("forced", False))
+        self.failed_checks = int(state.get("failed_checks", 0))
 
     def __repr__(self) -> str:
         return (
             f"AlignmentSwitch(threshold={self.threshold}, ema={self.ema}, "
-            f"check_every={self.check_every}, every={self.every})"
+            f"check_every={self.check_every}, every={self.every}, min_steps={self.min_steps}, "
+            f"max_steps={self.max_steps})"
         )
 
 
@@ -210,7 +276,7 @@ def resolve_schedule(spec: str | RefreshSchedule | None) -> RefreshSchedule:
     Example:
         >>> from subspace_optim import resolve_schedule
         >>> resolve_schedule("switch")
-        AlignmentSwitch(threshold=0.95, ema=0.9, check_every=1, every=1)
+        AlignmentSwitch(threshold=0.95, ema=0.9, check_every=10, every=1, min_steps=0, max_steps=None)
     """
     if spec is None:
         return Every(1)

@@ -1,0 +1,159 @@
+"""The paper's switch rule, pinned exactly: :class:`AlignmentSwitch` against a hand computation.
+
+Each test drives the schedule the way the wrapper does (``decide(t)`` then, on a refresh,
+``observe(t, χ)``) over a scripted χ sequence, and compares the EMA and the switch step
+with values computed here by hand. Each of these deliberate bugs fails at least one test:
+the EMA weights swapped (β on the new χ), ``min_steps`` off by one, a forced switch one
+step late.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+
+from subspace_optim import AlignmentSwitch, Decision, resolve_schedule
+
+#: a scripted χ sequence: low, a jump, then steady near 0.9
+CHIS = [0.5, 0.6, 0.95, 0.97, 0.9, 0.93, 0.91, 0.93, 0.9, 0.94, 0.95, 0.96]
+
+
+def drive(s: AlignmentSwitch, chis: list[float]) -> tuple[list[Decision], list[float | None]]:
+    """Run ``s`` over ``chis`` (one per step, used at the refresh steps); decisions and EMAs."""
+    decisions, values = [], []
+    for t, chi in enumerate(chis):
+        d = s.decide(t)
+        decisions.append(d)
+        s.observe(t, chi if d.refresh else None)
+        values.append(s.value)
+    return decisions, values
+
+
+def hand_ema(chis: list[float], beta: float) -> list[float]:
+    out: list[float] = []
+    for chi in chis:
+        out.append(chi if not out else beta * out[-1] + (1 - beta) * chi)
+    return out
+
+
+def test_ema_matches_the_hand_computation_with_beta_on_the_old_value() -> None:
+    beta = 0.8
+    s = AlignmentSwitch(threshold=1.0, ema=beta, check_every=1, warn_after=None)
+    _, values = drive(s, CHIS)
+    expected = hand_ema(CHIS, beta)
+    # by hand: m_1 = 0.8*0.5 + 0.2*0.6 = 0.52, m_2 = 0.8*0.52 + 0.2*0.95 = 0.606
+    assert expected[:3] == pytest.approx([0.5, 0.52, 0.606])
+    assert values == pytest.approx(expected, abs=1e-12)
+    assert s.switched_at is None  # threshold 1.0 is never reached
+
+
+def test_switch_step_is_the_step_after_the_first_measurement_at_the_threshold() -> None:
+    beta = 0.5
+    expected = hand_ema(CHIS, beta)  # 0.5, 0.55, 0.75, 0.86, 0.88, 0.905, ...
+    first = next(t for t, m in enumerate(expected) if m >= 0.9)
+    assert first == 5 and expected[4] < 0.9
+    s = AlignmentSwitch(threshold=0.9, ema=beta, check_every=1)
+    decisions, values = drive(s, CHIS)
+    assert s.switched_at == first + 1 and not s.forced
+    assert values[first] == pytest.approx(expected[first])
+    assert [d.project for d in decisions] == [t > first for t in range(len(CHIS))]
+    assert decisions[first + 1] == Decision(refresh=True, project=True)  # a fresh basis
+
+
+def test_ema_with_checks_every_third_step_uses_only_the_measured_steps() -> None:
+    beta = 0.5
+    s = AlignmentSwitch(threshold=0.9, ema=beta, check_every=3)
+    decisions, values = drive(s, CHIS)
+    measured = [CHIS[t] for t in (0, 3, 6, 9)]  # 0.5, 0.97, 0.91, 0.94
+    ema = hand_ema(measured, beta)  # 0.5, 0.735, 0.8225, 0.88125: never 0.9
+    assert [d.refresh for d in decisions] == [t % 3 == 0 for t in range(len(CHIS))]
+    assert values[-1] == pytest.approx(ema[-1])
+    assert s.switched_at is None
+
+
+@pytest.mark.parametrize("min_steps, expected", [(0, 6), (6, 6), (7, 7), (9, 9)])
+def test_min_steps_is_the_earliest_projected_step(min_steps: int, expected: int) -> None:
+    # the EMA (β = 0.5) reaches 0.9 at step 5 and stays above it: the switch is at step 6,
+    # or at min_steps when that is later, exactly
+    s = AlignmentSwitch(threshold=0.9, ema=0.5, check_every=1, min_steps=min_steps)
+    decisions, values = drive(s, CHIS)
+    assert all(v >= 0.9 for v in values[5:10])
+    assert s.switched_at == expected
+    assert [d.project for d in decisions].index(True) == expected
+
+
+@pytest.mark.parametrize("max_steps", [0, 1, 4, 7])
+def test_a_forced_switch_projects_from_step_max_steps_exactly(max_steps: int) -> None:
+    s = AlignmentSwitch(threshold=1.0, ema=0.5, check_every=1, max_steps=max_steps)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decisions, _ = drive(s, CHIS)
+    assert s.switched_at == max_steps and s.forced
+    assert [d.project for d in decisions] == [t >= max_steps for t in range(len(CHIS))]
+    assert decisions[max_steps].refresh  # the first projected step has a fresh basis
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and f"switch forced at step {max_steps}" in messages[0]
+
+
+def test_no_forcing_when_the_threshold_is_reached_first() -> None:
+    s = AlignmentSwitch(threshold=0.9, ema=0.5, check_every=1, max_steps=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drive(s, CHIS)
+    assert s.switched_at == 6 and not s.forced
+
+
+def test_checks_that_keep_failing_warn_once() -> None:
+    s = AlignmentSwitch(threshold=0.99, ema=0.9, check_every=2, warn_after=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drive(s, [0.5] * 12)  # measured at steps 0, 2, ..., 10: six failed checks
+    assert s.failed_checks == 6 and s.switched_at is None
+    assert len(caught) == 1
+    msg = str(caught[0].message)
+    assert "3 χ_k measurements" in msg and "step 4" in msg and "max_steps" in msg
+
+
+def test_warning_can_be_disabled_and_state_round_trips() -> None:
+    s = AlignmentSwitch(threshold=0.99, check_every=1, warn_after=None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        drive(s, [0.5] * 80)
+    fresh = AlignmentSwitch(threshold=0.99, check_every=1, warn_after=None)
+    fresh.load_state_dict(s.state_dict())
+    assert fresh.state_dict() == s.state_dict()
+    assert fresh.failed_checks == 80 and fresh.value == pytest.approx(0.5)
+
+
+def test_defaults_do_not_solve_every_step_and_warn_when_stuck() -> None:
+    s = resolve_schedule("switch")
+    assert isinstance(s, AlignmentSwitch)
+    assert s.threshold == 0.95 and s.ema == 0.9 and s.check_every == 10
+    assert s.max_steps is None and s.warn_after == 50
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drive(s, [0.3] * 500)  # 50 measurements
+    assert len(caught) == 1 and "50 χ_k measurements" in str(caught[0].message)
+
+
+def test_nan_measurements_are_ignored() -> None:
+    s = AlignmentSwitch(threshold=0.9, ema=0.5, check_every=1)
+    drive(s, [0.8, math.nan, 1.0])
+    assert s.value == pytest.approx(0.9) and s.switched_at == 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        ({"threshold": 1.5}, "threshold"),
+        ({"ema": 1.0}, "ema"),
+        ({"check_every": 0}, "check_every"),
+        ({"warn_after": 0}, "warn_after"),
+        ({"max_steps": -1}, "max_steps"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        AlignmentSwitch(**kwargs)
