@@ -25,6 +25,7 @@ from .eigensolvers import (
     top_k_eigenpairs,
 )
 from .operators import (
+    Curvature,
     DenseOperator,
     DistributedHessianError,
     DistributedHessianOperator,
@@ -61,6 +62,7 @@ __all__ = [
     "AtSteps",
     "AutoEigensolver",
     "BlockLanczos",
+    "Curvature",
     "Decision",
     "DenseOperator",
     "DistributedHessianError",

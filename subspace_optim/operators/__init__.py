@@ -4,9 +4,11 @@ from .base import LinearOperator
 from .dense import DenseOperator
 from .distributed import DistributedHessianError, DistributedHessianOperator
 from .hessian import HVP_METHODS, HessianOperator
+from .protocol import Curvature
 
 __all__ = [
     "HVP_METHODS",
+    "Curvature",
     "DenseOperator",
     "DistributedHessianError",
     "DistributedHessianOperator",

@@ -8,10 +8,16 @@ class validates shapes, counts applications (the library's cost model) and offer
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:  # only for annotations: eigensolvers import operators, not the reverse
+    from ..eigensolvers.base import EigenResult
 
 __all__ = ["LinearOperator"]
 
@@ -87,6 +93,37 @@ class LinearOperator(ABC):
         call this to free it early.
         """
         return None
+
+    @contextlib.contextmanager
+    def solve_scope(self) -> Iterator[None]:
+        """A context for one solve: products inside may share state cached at one point.
+
+        On exit, normal or by an exception, :meth:`release_graph` frees that state, so
+        callers never have to remember to. Scopes may nest; the state is freed when each
+        one exits, and the next product rebuilds it.
+
+        Example:
+            >>> import torch
+            >>> from subspace_optim import DenseOperator
+            >>> op = DenseOperator(torch.eye(3, dtype=torch.float64))
+            >>> with op.solve_scope():
+            ...     y = op @ torch.ones(3, dtype=torch.float64)
+            >>> y.tolist()
+            [1.0, 1.0, 1.0]
+        """
+        try:
+            yield
+        finally:
+            self.release_graph()
+
+    def agree(self, result: EigenResult) -> EigenResult:
+        """Make a solve's ``result`` identical on every process that holds this operator.
+
+        A single-process operator returns ``result`` unchanged; a data-parallel one
+        (:class:`~subspace_optim.DistributedHessianOperator`) gives every rank rank 0's
+        eigenpairs bit for bit, so replicas stay identical. A collective where it is one.
+        """
+        return result
 
     def __matmul__(self, other: Tensor) -> Tensor:
         return self.matvec(other) if other.ndim == 1 else self.matmat(other)

@@ -413,6 +413,17 @@ class DistributedHessianOperator(HessianOperator):
             eigenvectors=buf[2 * k + 1 :].view(result.eigenvectors.shape).clone(),
         )
 
+    def agree(self, result: EigenResult) -> EigenResult:
+        """Rank 0's eigenpairs on every rank (:meth:`broadcast_result`); a collective."""
+        return self.broadcast_result(result)
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            **super()._settings(),
+            "group": self.group,
+            "check_consistency": self.check_consistency,
+        }
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device}, "

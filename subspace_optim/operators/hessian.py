@@ -759,6 +759,46 @@ class HessianOperator(LinearOperator):
             raise ValueError(_RAN_DRY)
         return loss_sum / count, grad_sum / count
 
+    # -------------------------------------------------------------- protocol
+    def _settings(self) -> dict[str, Any]:
+        """The constructor's keywords (all but ``params``) that reproduce this operator."""
+        return {
+            "chunk_size": self.chunk_size,
+            "method": self.method,
+            "train": self.train,
+            "max_block_size": self.max_block_size,
+            "memory_budget": self.memory_budget,
+            "cache_graph": self.caches_graph,
+        }
+
+    def extended(self, params: Sequence[Tensor]) -> HessianOperator:
+        """The same operator over ``params``, a superset of :attr:`params`, settings kept.
+
+        Data, micro-batching, method, mode, memory budget, block width and graph cache are
+        those of this operator (and the process group, for a data-parallel one).
+
+        Args:
+            params: the parameters of the new operator, in flat-vector order; every tensor
+                of :attr:`params` must be among them.
+
+        Returns:
+            A new operator of the same class; this one is unchanged.
+
+        Raises:
+            ValueError: a tensor of :attr:`params` is missing, or one is not a parameter of
+                the model.
+            TypeError: the new parameters mix dtypes or are not tensors.
+        """
+        params = list(params)
+        kept = {id(p) for p in params}
+        missing = [tuple(p.shape) for p in self.params if id(p) not in kept]
+        if missing:
+            raise ValueError(
+                f"extended() takes a superset of the operator's parameters; shapes {missing[:4]} "
+                "are missing. Pass [*op.params, *new_params]"
+            )
+        return type(self)(self.model, self.loss_fn, self.data, params=params, **self._settings())
+
     def flat_params(self) -> Tensor:
         """The current parameters as one flat vector (a copy), shape ``(n,)``."""
         return flatten(p.detach() for p in self.params)

@@ -1,0 +1,91 @@
+"""`Curvature`: what the subspace optimizer needs from a curvature operator beyond products.
+
+A :class:`~subspace_optim.LinearOperator` gives products, :meth:`~LinearOperator.solve_scope`
+(state cached for one solve, freed when the solve ends) and :meth:`~LinearOperator.agree`
+(results made identical across data-parallel ranks). A *curvature* is such an operator
+defined by a model's training loss over its parameters: the Hessian, and any other matrix
+built from the same model, loss and data. It adds three things the wrapper reads:
+
+* :attr:`params`: the parameters (the flat space is their concatenation, in this order);
+* :meth:`loss_and_grad`: the mean loss and its gradient at the current parameters;
+* :meth:`extended`: the same operator over more parameters, every other setting kept.
+
+The protocol is structural (:class:`typing.Protocol`): a third-party operator satisfies it
+by having these members; no base class is needed. An operator without them (a
+:class:`~subspace_optim.DenseOperator`) still works with the wrapper, without the
+statistics that need the gradient and without :meth:`add_param_group` for new parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:  # only for annotations: eigensolvers import operators, not the reverse
+    from ..eigensolvers.base import EigenResult
+
+__all__ = ["Curvature"]
+
+
+@runtime_checkable
+class Curvature(Protocol):
+    """A symmetric operator over a model's parameters, defined by its loss and data.
+
+    Attributes:
+        shape: ``(n, n)``, ``n`` the total number of entries of :attr:`params`.
+        dtype: the dtype of products, bases and solves.
+        device: where products run.
+        num_matvecs: operator applications so far (a block of ``b`` columns counts ``b``).
+        params: the parameters the operator is defined over, in flat-vector order.
+
+    Example:
+        >>> import torch
+        >>> import subspace_optim as so
+        >>> model = torch.nn.Linear(3, 1).double()
+        >>> X, Y = torch.randn(8, 3, dtype=torch.float64), torch.randn(8, 1, dtype=torch.float64)
+        >>> op = so.HessianOperator(model, lambda out, y: ((out - y) ** 2).mean(), (X, Y))
+        >>> isinstance(op, so.Curvature), isinstance(so.DenseOperator(torch.eye(2)), so.Curvature)
+        (True, False)
+        >>> loss, grad = op.loss_and_grad()
+        >>> grad.shape
+        torch.Size([4])
+    """
+
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    device: torch.device
+    num_matvecs: int
+    params: Sequence[Tensor]
+
+    def matmat(self, V: Tensor) -> Tensor:
+        """``A @ V`` for a block ``V`` of shape ``(n, b)``; returns shape ``(n, b)``."""
+        ...
+
+    def loss_and_grad(self) -> tuple[Tensor, Tensor]:
+        """Mean loss and flat gradient at the current parameters, shapes ``()`` and ``(n,)``.
+
+        Reads the same data as the products, does not touch ``.grad``, and is a collective
+        for a data-parallel operator (every rank calls it).
+        """
+        ...
+
+    def extended(self, params: Sequence[Tensor]) -> Curvature:
+        """The same operator over ``params`` (a superset, in the new flat order).
+
+        Every setting (data, micro-batching, memory budget, block width, graph cache,
+        process group, …) is kept. Raises before anything changes if a tensor is not a
+        parameter of the model or mixes dtypes/devices.
+        """
+        ...
+
+    def solve_scope(self) -> AbstractContextManager[None]:
+        """A context for one solve: state cached between its products is freed on exit."""
+        ...
+
+    def agree(self, result: EigenResult) -> EigenResult:
+        """``result`` made identical on every rank (the identity for one process)."""
+        ...
