@@ -1,0 +1,397 @@
+"""Data parallelism for every curvature operator over a model (torch.distributed; private).
+
+Each rank holds its own shard of the training set. A product ``A V`` evaluates, on every
+rank, the *unnormalized* local sum ``Σ_chunks count · A_chunk V`` and its example count,
+all-reduces both in one flat buffer, and divides by the global count, so the operator is
+the mean over the union of the shards, whatever their sizes (uneven and empty shards are
+weighted correctly). Every rank receives the same bits, so eigensolvers run in lockstep on
+all ranks from the same generator seed and end with the same basis;
+:meth:`DataParallel.broadcast_result` then copies rank 0's result to every rank, which makes
+the agreement bit-for-bit even where ranks would round differently (different CPUs or BLAS
+builds).
+
+:class:`DataParallel` is a mixin: ``class DistributedX(DataParallel, X)`` makes the
+single-process operator ``X`` data-parallel. It adds two keywords (``group``,
+``check_consistency``) to ``X``'s constructor without re-declaring it; the class's
+``inspect.signature`` shows ``X``'s arguments followed by these two.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+if TYPE_CHECKING:  # the eigensolvers import the operators: avoid a cycle at run time
+    from ..eigensolvers.base import EigenResult
+
+__all__ = ["DataParallel", "DistributedHessianError"]
+
+_DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
+
+
+class DistributedHessianError(RuntimeError):
+    """A rank failed inside a distributed Hessian product or gradient.
+
+    Raised on *every* rank of the group at the same collective (never a hang): the failing
+    rank packs a failure flag into the reduction buffer, every rank sees it, and the error
+    messages are exchanged so each rank reports which rank failed and why.
+
+    Attributes:
+        ranks: the ranks (in the operator's group) that failed.
+        messages: ``"ExceptionType: message"`` of each failing rank, in the order of ``ranks``.
+
+    Example:
+        A loss that fails inside a product, in a one-process gloo group: the rank's
+        exception comes back as a ``DistributedHessianError`` that names it.
+
+        >>> import os, tempfile, torch
+        >>> import torch.distributed as dist
+        >>> from torch import nn
+        >>> from subspace_optim import DistributedHessianError, DistributedHessianOperator
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> store = os.path.join(tmp.name, "store")
+        >>> dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+        >>> def broken_loss(outputs, targets):
+        ...     raise ValueError("targets have the wrong shape")
+        >>> X = torch.zeros(4, 3, dtype=torch.float64)
+        >>> H = DistributedHessianOperator(nn.Linear(3, 1).double(), broken_loss, (X, X[:, :1]))
+        >>> try:
+        ...     H @ torch.ones(4, dtype=torch.float64)
+        ... except DistributedHessianError as err:
+        ...     print(err.ranks, err.messages)
+        [0] ['ValueError: targets have the wrong shape']
+        >>> dist.destroy_process_group()
+        >>> tmp.cleanup()
+    """
+
+    def __init__(self, message: str, ranks: Sequence[int], messages: Sequence[str]) -> None:
+        super().__init__(message)
+        self.ranks = list(ranks)
+        self.messages = list(messages)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module under DistributedDataParallel / DataParallel wrappers.
+
+    DDP's hooks do not fire for double backward or torch.func transforms, and its forward
+    may broadcast buffers (a collective that only rank 0 would enter inside an HVP), so the
+    products run on the plain module. Its parameters are the very tensors DDP trains.
+    """
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The module under DistributedDataParallel / DataParallel wrappers.
+
+    DDP's hooks do not fire for double backward or torch.func transforms, and its forward
+    may broadcast buffers (a collective that only rank 0 would enter inside an HVP), so the
+    products run on the plain module. Its parameters are the very tensors DDP trains.
+    """
+    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
+    while isinstance(model, wrappers):
+        model = model.module
+    return model
+
+
+class DataParallel:
+    """Mixin that makes a curvature operator the mean over every rank's data shard.
+
+    Construct the operator on every rank of ``group`` (like DistributedDataParallel), each
+    with its own shard in ``data``. Every product and :meth:`loss_and_grad` is a collective:
+    all ranks must call them in the same order, which they do when they run the same solver
+    and optimizer code (the subspace optimizer does).
+
+    One product is one pass over the local shard followed by **one** all-reduce of a flat
+    buffer: the local block, then each rank's example count, failure flag and a checksum
+    of its input block ``V``. From the tail every rank learns the global count, whether any
+    rank failed (then all raise :class:`DistributedHessianError`), and whether the ranks'
+    inputs diverged (then all raise ``RuntimeError`` instead of silently mixing different
+    vectors).
+
+    Keyword Args:
+        group: the process group (default: the world group of ``torch.distributed``).
+        check_consistency: compare a checksum of the input block across ranks at every
+            product (free: it rides in the same all-reduce). Turn off only if the ranks feed
+            deliberately different vectors, which makes the product meaningless.
+
+    Every other argument is the single-process operator's, passed through unchanged (the
+    model may be wrapped in ``DistributedDataParallel``: products run on ``model.module``).
+
+    Raises:
+        RuntimeError: ``torch.distributed`` is not initialized, or the ranks' models differ
+            in size or dtype (checked with one collective at construction).
+        ValueError: an NCCL group with parameters on the CPU, or ``memory_budget`` too small
+            for one column on some rank (every rank raises).
+    """
+
+    _allow_empty_data: ClassVar[bool] = True  # an empty shard is fine: other ranks have data
+    _collective_budget_check: ClassVar[bool] = True  # refused in _handshake, on every rank
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *args: Any,
+        group: Any = None,
+        check_consistency: bool = True,
+        **settings: Any,
+    ) -> None:
+        if not (dist.is_available() and dist.is_initialized()):
+            raise RuntimeError(
+                "torch.distributed is not initialized: call "
+                "torch.distributed.init_process_group(...) on every rank first (torchrun sets "
+                "the environment for init_method='env://'), or use the single-process "
+                "operator"
+            )
+        if not isinstance(check_consistency, bool):
+            raise TypeError(f"check_consistency must be True or False; got {check_consistency!r}")
+        super().__init__(_unwrap(model), *args, **settings)  # type: ignore[call-arg]
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        if self.rank < 0:
+            raise ValueError("this process is not a member of the given process group")
+        backend = str(dist.get_backend(group)).lower()
+        if backend == "nccl" and self.device.type != "cuda":
+            raise ValueError(
+                "the NCCL backend reduces CUDA tensors only, but the model's parameters are on "
+                f"{self.device}; move the model to this rank's GPU or use the gloo backend"
+            )
+        self.backend = backend
+        self.check_consistency = check_consistency
+        #: example count of each rank in the latest reduction (index = rank in ``group``)
+        self.last_counts: list[int] = []
+        self._handshake()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # the public signature: the operator's own arguments, then group and check_consistency
+        cls.__signature__ = None if "__init__" in cls.__dict__ else _merged_signature(cls)
+
+    # ------------------------------------------------------------------ setup
+    def _handshake(self) -> None:
+        """One collective that refuses mismatched models before any product can hang."""
+        code = _DTYPE_CODES.get(self.dtype, 0)
+        # the width that fits this rank's memory_budget (0: not even one column)
+        fits = -1.0
+        if self.memory_estimate is not None and self.memory_budget is not None:
+            fits = float(self.memory_estimate.max_width(self.memory_budget))
+        mine = torch.tensor([self.shape[0], code, fits], dtype=torch.float64)
+        both = torch.cat([mine, -mine]).to(self.device)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
+        hi, lo = both[:3].tolist(), (-both[3:]).tolist()
+        if hi[2] >= 0:  # some rank passed memory_budget: every rank decides alike
+            if lo[2] < 0:
+                raise ValueError(
+                    "memory_budget was passed on some ranks but not on others; pass the same "
+                    "arguments on every rank"
+                )
+            if lo[2] < 1:
+                here = self._budget_message() if fits < 1 else self.memory_estimate.describe()
+                raise ValueError(
+                    "memory_budget is too small for one column on at least one rank (seen "
+                    f"from rank {self.rank}; here: {here})"
+                )
+            width = int(lo[2])
+            self.block_size = (
+                width if self.max_block_size is None else min(width, self.max_block_size)
+            )
+        if hi[:2] != lo[:2]:
+            raise RuntimeError(
+                f"the ranks' models differ: parameter counts range over [{int(lo[0])}, "
+                f"{int(hi[0])}] (rank {self.rank} has {self.shape[0]}) or their dtypes differ; "
+                "build the same model on every rank (DistributedDataParallel requires it too)"
+            )
+
+    # -------------------------------------------------------------- reduction
+    def _tail_dtype(self) -> torch.dtype:
+        # counts and checksums must be exact: half precision cannot hold counts above 2048
+        return self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float64
+
+    def _allreduce(
+        self,
+        payload: Tensor | None,
+        size: int,
+        count: int,
+        failure: BaseException | None,
+        checksum: Tensor | None,
+    ) -> Tensor:
+        """All-reduce ``payload`` (``size`` numbers) with the bookkeeping tail; return the sum.
+
+        Raises the same error on every rank if any rank failed or the inputs diverged.
+        """
+        R = self.world_size
+        inline = self._tail_dtype() == self.dtype
+        buf = torch.zeros(size + (3 * R if inline else 0), dtype=self.dtype, device=self.device)
+        if payload is not None and failure is None:
+            buf[:size] = payload.reshape(-1)
+        tail = buf[size:] if inline else torch.zeros(3 * R, dtype=torch.float64, device=self.device)
+        tail = tail.view(3, R)
+        tail[0, self.rank] = count
+        tail[1, self.rank] = 1.0 if failure is not None else 0.0
+        if checksum is not None:
+            tail[2, self.rank] = checksum.to(tail.dtype)
+        dist.all_reduce(buf, group=self.group)
+        if not inline:
+            dist.all_reduce(tail, group=self.group)
+        counts, failed, sums = tail.tolist()  # the one host read per product
+        if any(failed):
+            ranks = [r for r in range(R) if failed[r]]
+            text = None if failure is None else f"{type(failure).__name__}: {failure}"
+            gathered: list[Any] = [None] * R
+            dist.all_gather_object(gathered, text, group=self.group)
+            messages = [str(gathered[r]) for r in ranks]
+            detail = "; ".join(f"rank {r}: {m}" for r, m in zip(ranks, messages))
+            error = DistributedHessianError(
+                f"distributed Hessian computation failed on rank(s) {ranks} (seen from rank "
+                f"{self.rank}): {detail}",
+                ranks,
+                messages,
+            )
+            if failure is not None:
+                raise error from failure
+            raise error
+        if checksum is not None:
+            ref = sums[0]
+            if any(s != ref and not (s != s and ref != ref) for s in sums):
+                raise RuntimeError(
+                    f"the ranks called the distributed Hessian with different vectors "
+                    f"(checksums {sums}); every rank must run the same solver with the same "
+                    "generator seed and warm start. If ranks run on different hardware, their "
+                    "rounding can differ: use solvers without data-dependent branching or "
+                    "broadcast the start block from rank 0"
+                )
+        self.last_counts = [round(c) for c in counts]
+        return buf[:size]
+
+    @staticmethod
+    def _checksum(V: Tensor) -> Tensor:
+        # position-weighted, so permuted or sign-flipped columns differ too
+        w = torch.arange(1, V.shape[1] + 1, dtype=V.dtype, device=V.device)
+        return (torch.nan_to_num(V, nan=0.0, posinf=0.0, neginf=0.0) @ w).sum() + V.shape[1]
+
+    def _global_count(self) -> int:
+        total = sum(self.last_counts)
+        if total == 0:
+            raise ValueError(
+                f"no rank has any examples (counts per rank: {self.last_counts}); give at "
+                "least one rank a non-empty shard"
+            )
+        return total
+
+    # -------------------------------------------------------------- products
+    def _matmat(self, V: Tensor) -> Tensor:
+        local: Tensor | None = None
+        count = 0
+        failure: BaseException | None = None
+        try:
+            local, count = self._local_matmat(V)
+        except Exception as exc:  # surfaced on every rank by _allreduce
+            failure = exc
+        checksum = self._checksum(V) if self.check_consistency else None
+        size = V.shape[0] * self._payload_columns(V.shape[1])
+        total = self._allreduce(local, size, count, failure, checksum)
+        return self._finish(total.view(V.shape[0], -1), self._global_count(), V)
+
+    def loss_and_grad(self) -> tuple[Tensor, Tensor]:
+        """Global mean loss and its flat gradient ``∇L`` over all ranks' shards.
+
+        A collective; shapes ``()`` and ``(n,)``, identical on every rank. Does not touch
+        ``.grad``.
+        """
+        n = self.shape[0]
+        payload: Tensor | None = None
+        count = 0
+        failure: BaseException | None = None
+        try:
+            loss_sum, grad_sum, count = self._local_loss_and_grad()
+            payload = torch.cat([loss_sum.reshape(1).to(self.dtype), grad_sum])
+        except Exception as exc:
+            failure = exc
+        total = self._allreduce(payload, n + 1, count, failure, None)
+        N = self._global_count()
+        return total[0] / N, total[1:] / N
+
+    # -------------------------------------------------------------- agreement
+    def broadcast_result(self, result: EigenResult, src: int = 0) -> EigenResult:
+        """Give every rank rank ``src``'s eigenpairs, bit for bit (one broadcast).
+
+        Lockstep solves already agree when the ranks round identically; this makes the
+        agreement exact regardless, so projected updates, and therefore DDP's replicas,
+        stay identical. Eigenvalues, residual norms, eigenvectors and the converged flag
+        are taken from ``src``; counters and status stay local.
+
+        Args:
+            result: this rank's result, with eigenvectors of shape ``(n, k)``.
+            src: the rank (in the operator's group) whose result wins.
+
+        Returns:
+            An :class:`~subspace_optim.EigenResult` identical on every rank.
+        """
+        if self.world_size == 1:
+            return result
+        k = result.eigenvalues.shape[0]
+        dtype, device = result.eigenvectors.dtype, result.eigenvectors.device
+        buf = torch.cat(
+            [
+                result.eigenvalues.to(dtype).reshape(-1),
+                result.residual_norms.to(dtype).reshape(-1),
+                torch.tensor([1.0 if result.converged else 0.0], dtype=dtype, device=device),
+                result.eigenvectors.reshape(-1),
+            ]
+        ).contiguous()
+        if buf.device != self.device:
+            buf = buf.to(self.device)
+        dist.broadcast(
+            buf,
+            src=dist.get_global_rank(self.group, src) if self.group is not None else src,
+            group=self.group,
+        )
+        buf = buf.to(device)
+        return replace(
+            result,
+            eigenvalues=buf[:k].to(result.eigenvalues.dtype),
+            residual_norms=buf[k : 2 * k].to(result.residual_norms.dtype),
+            converged=bool(buf[2 * k] != 0),
+            eigenvectors=buf[2 * k + 1 :].view(result.eigenvectors.shape).clone(),
+        )
+
+    def agree(self, result: EigenResult) -> EigenResult:
+        """Rank 0's eigenpairs on every rank (:meth:`broadcast_result`); a collective."""
+        return self.broadcast_result(result)
+
+    def _settings(self) -> dict[str, Any]:
+        return {
+            **super()._settings(),
+            "group": self.group,
+            "check_consistency": self.check_consistency,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device}, "
+            f"rank={self.rank}, world_size={self.world_size}, backend={self.backend!r})"
+        )
+
+
+def _merged_signature(cls: type) -> inspect.Signature:
+    """``cls``'s constructor signature: its operator's arguments and the mixin's keywords."""
+    after = cls.__mro__[cls.__mro__.index(DataParallel) + 1 :]
+    init = next(c.__dict__["__init__"] for c in after if "__init__" in c.__dict__)
+    own = list(inspect.signature(init).parameters.values())[1:]  # without self
+    extra = [
+        p
+        for name, p in inspect.signature(DataParallel.__init__).parameters.items()
+        if name in ("group", "check_consistency")
+    ]
+    var_kw = [p for p in own if p.kind is inspect.Parameter.VAR_KEYWORD]
+    fixed = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return inspect.Signature([*fixed, *extra, *var_kw], return_annotation=None)

@@ -1,0 +1,380 @@
+"""The data/loss half every curvature operator over a model shares (private).
+
+:class:`ModelOperator` owns what does not depend on which curvature is applied: the
+parameter space, the data and its micro-batches, the evaluation context of a pass, the
+functional loss, the memory budget, the graph cache, the training loss and gradient, and
+the :class:`~subspace_optim.Curvature` protocol members (``extended``, ``solve_scope``).
+A concrete operator (Hessian, Gauss–Newton, gradient covariance) fills in the products of
+one micro-batch:
+
+* :meth:`ModelOperator._chunk_product` ``(x, y, W) -> (n, w)``: the micro-batch's matrix
+  applied to ``W``, normalized per example (the mean over its examples);
+* with a graph cache, :meth:`ModelOperator._build_graph` and
+  :meth:`ModelOperator._graph_product` instead;
+* optionally :meth:`ModelOperator._finish`, applied after the (data-parallel) reduction.
+
+Micro-batches are weighted by their number of examples, so every operator is the mean over
+all examples whatever the batching.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from .._utils import check_int, choice, flatten
+from . import _data
+from ._data import RAN_DRY, Batch
+from ._graph_cache import GraphCache, resolve_cache_graph, state_key
+from ._memory import BlockMemoryEstimate, MemoryRule, budget_message, check_budget, saved_bytes
+from ._params import LossFn, check_model, missing_from, select_params
+from .base import LinearOperator
+
+__all__ = ["ModelOperator"]
+
+
+class ModelOperator(LinearOperator):
+    """Base of the curvature operators defined by ``model``, ``loss_fn`` and ``data``.
+
+    The constructor's arguments are documented on :class:`~subspace_optim.HessianOperator`;
+    subclasses set the class attributes below and implement the product hooks.
+    """
+
+    #: the back ends a subclass offers (``"auto"`` among them), the one ``"auto"`` stands
+    #: for, and those that can cache a graph
+    _methods: ClassVar[tuple[str, ...]] = ("auto",)
+    _auto_method: ClassVar[str] = "auto"
+    _cacheable_methods: ClassVar[tuple[str, ...]] = ()
+    #: the peak-memory rule of each back end (see ``_memory``)
+    _memory_rules: ClassVar[dict[str, MemoryRule]] = {}
+    #: whether this process's data may hold no examples (a data-parallel subclass: another
+    #: rank has data); the single-process operator refuses empty data at construction
+    _allow_empty_data: ClassVar[bool] = False
+    #: whether a too small ``memory_budget`` is refused by the subclass in a collective (so
+    #: that every rank raises, not only the ranks whose first micro-batch is large)
+    _collective_budget_check: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: LossFn,
+        data: Batch | Iterable[Batch],
+        *,
+        params: Iterable[Tensor] | None = None,
+        chunk_size: int | None = None,
+        method: str = "auto",
+        train: bool | None = None,
+        max_block_size: int | None = None,
+        memory_budget: int | None = None,
+        cache_graph: bool | None = None,
+    ) -> None:
+        super().__init__()
+        self.model = check_model(model, loss_fn)
+        self.loss_fn = loss_fn
+        self.method = choice("method", method, self._methods)
+        if chunk_size is not None:
+            check_int("chunk_size", chunk_size, low=1)
+        self.chunk_size = chunk_size
+        if train is not None and not isinstance(train, bool):
+            raise TypeError(f"train must be True, False or None; got {train!r}")
+        self.train = train
+
+        space = select_params(self.model, params)
+        self.params: list[Tensor] = space.params
+        self.param_names = space.names
+        self.shape = (space.n, space.n)
+        self.param_dtype = space.param_dtype
+        self.dtype = space.dtype
+        self.device = space.device
+
+        self.data: Any = _data.normalize_data(data)
+        _data.validate_data(self.data, allow_empty=self._allow_empty_data)
+
+        if max_block_size is not None:
+            check_int("max_block_size", max_block_size, low=1)
+        self.max_block_size = max_block_size
+        self.memory_budget = check_budget(memory_budget)
+        self.memory_estimate: BlockMemoryEstimate | None = None
+        self.block_size: int | None = max_block_size
+        if memory_budget is not None:
+            self.memory_estimate = self._estimate_block_memory()
+            width = self.memory_estimate.max_width(memory_budget)
+            if width < 1 and not self._collective_budget_check:
+                raise ValueError(self._budget_message())
+            width = max(width, 1)  # a data-parallel subclass refuses 0 with one collective
+            self.block_size = width if max_block_size is None else min(width, max_block_size)
+
+        self.caches_graph = resolve_cache_graph(
+            cache_graph,
+            method=self.method,
+            cacheable=self._resolved_method() in self._cacheable_methods,
+            data=self.data,
+            chunk_size=chunk_size,
+        )
+        self._cache: GraphCache[Any] = GraphCache()
+
+    def _resolved_method(self) -> str:
+        """The back end ``"auto"`` stands for (a fixed rule, never a timing race)."""
+        return self._auto_method if self.method == "auto" else self.method
+
+    def _budget_message(self) -> str:
+        assert self.memory_estimate is not None and self.memory_budget is not None
+        return budget_message(self.memory_budget, self.memory_estimate)
+
+    # ------------------------------------------------------------------ data
+    def chunks(self) -> Iterator[tuple[Any, Tensor, int]]:
+        """Yield ``(inputs, targets, count)`` micro-batches on the operator's device."""
+        return _data.micro_batches(self.data, self.chunk_size, self.device)
+
+    # ------------------------------------------------------- functional model
+    @contextlib.contextmanager
+    def _evaluation_context(self) -> Iterator[None]:
+        """The settings every pass of the operator runs under, and its failure rule.
+
+        Gradients on, autocast off, the model in the requested mode, and scaled dot-product
+        attention on its math kernel: the fused kernels (flash, memory-efficient, cuDNN)
+        have no double backward, so a product through ``nn.MultiheadAttention`` or
+        ``F.scaled_dot_product_attention`` would fail on them. A pass that raises frees
+        the cached graph, so a retry rebuilds it instead of reusing a graph built by the
+        failed call.
+        """
+        model = self.model
+        previous = model.training
+        if self.train is not None and self.train != previous:
+            model.train(self.train)
+        try:
+            device_type = self.device.type if self.device.type in ("cuda", "cpu") else "cpu"
+            with (
+                torch.enable_grad(),
+                torch.autocast(device_type, enabled=False),
+                sdpa_kernel(SDPBackend.MATH),
+            ):
+                yield
+        except BaseException:
+            self.release_graph()
+            raise
+        finally:
+            if self.train is not None and self.train != previous:
+                model.train(previous)
+
+    def _outputs(self, tensors: Sequence[Tensor], x: Any) -> Any:
+        """The model's outputs on ``x`` with the parameters replaced by ``tensors``.
+
+        Buffers are cloned, so BatchNorm running statistics never move.
+        """
+        state: dict[str, Tensor] = dict(zip(self.param_names, tensors))
+        for name, b in self.model.named_buffers():
+            state[name] = self._upcast(b) if self._upcasting else b.clone()
+        args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+        if self._upcasting:
+            args = tuple(self._upcast(a) for a in args)
+        return functional_call(self.model, state, args, strict=False, tie_weights=True)
+
+    def _targets(self, y: Tensor) -> Tensor:
+        return self._upcast(y) if self._upcasting else y
+
+    def _loss(self, tensors: Sequence[Tensor], x: Any, y: Tensor) -> Tensor:
+        """Mean loss of one micro-batch at ``tensors``; refuses a non-scalar loss."""
+        out = self._outputs(tensors, x)
+        return self._checked_loss(out, self._targets(y))
+
+    def _checked_loss(self, out: Any, y: Tensor) -> Tensor:
+        loss = self.loss_fn(out, y)
+        if not isinstance(loss, Tensor) or loss.ndim != 0:
+            raise ValueError(
+                "loss_fn must return a scalar (the mean loss of the batch); got "
+                f"{type(loss).__name__}{'' if not isinstance(loss, Tensor) else tuple(loss.shape)}"
+            )
+        return loss
+
+    @property
+    def _upcasting(self) -> bool:
+        return self.dtype != self.param_dtype
+
+    def _upcast(self, t: Tensor) -> Tensor:
+        """Half-precision parameters: evaluate in :attr:`dtype` (a copy of ``t``)."""
+        return t.to(self.dtype) if t.is_floating_point() else t.clone()
+
+    def _leaves(self) -> list[Tensor]:
+        return [p.detach().to(self.dtype).requires_grad_(True) for p in self.params]
+
+    def _primals(self) -> tuple[Tensor, ...]:
+        return tuple(p.detach().to(self.dtype) for p in self.params)
+
+    # ---------------------------------------------------------------- memory
+    def _measured_pass(self, leaves: list[Tensor], x: Any, y: Tensor) -> None:
+        """The pass whose saved tensors define ``G`` (default: loss and gradient graph)."""
+        loss = self._loss(leaves, x, y)
+        torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+
+    def _estimate_block_memory(self) -> BlockMemoryEstimate:
+        """Measure ``G`` on the first micro-batch and apply the back end's memory rule."""
+        method = self._resolved_method()
+        first = next(iter(self.chunks()), None)
+        graph = 0
+        if first is not None:  # a data-parallel rank with an empty shard holds no graph
+            x, y, _ = first
+            inputs = list(x) if isinstance(x, (tuple, list)) else [x]
+            with self._evaluation_context():
+                leaves = self._leaves()
+                graph = saved_bytes(
+                    lambda: self._measured_pass(leaves, x, y), [*leaves, *self.params, *inputs, y]
+                )
+        col = self.shape[0] * torch.empty((), dtype=self.dtype).element_size()
+        return self._memory_rules[method].estimate(method, graph, col)
+
+    # ----------------------------------------------------------- graph cache
+    @property
+    def _graph(self) -> list[Any] | None:
+        """The cached graphs (one per micro-batch), or ``None`` when none is held."""
+        return self._cache.graphs
+
+    def _cached_graphs(self) -> list[Any]:
+        key = state_key(self.model, self.params, self.data, self.train)
+        return self._cache.get(
+            key, lambda: [self._build_graph(x, y, m) for x, y, m in self.chunks()]
+        )
+
+    def release_graph(self) -> None:
+        """Free the cached graph (the next product rebuilds it); a no-op without one."""
+        self._cache.release()
+
+    # -------------------------------------------------------------- products
+    def _build_graph(self, x: Any, y: Tensor, count: int) -> Any:
+        """The graph one micro-batch's products share (back ends that cache)."""
+        raise NotImplementedError
+
+    def _graph_product(self, graph: Any, W: Tensor) -> Tensor:
+        """The micro-batch's matrix applied to ``W`` through a cached ``graph``."""
+        raise NotImplementedError
+
+    def _graph_count(self, graph: Any) -> int:
+        return graph.count
+
+    def _chunk_product(self, x: Any, y: Tensor, W: Tensor) -> Tensor:
+        """The micro-batch's (per-example mean) matrix applied to ``W``, shape ``(n, w)``."""
+        raise NotImplementedError
+
+    def _local_matmat(self, V: Tensor) -> tuple[Tensor, int]:
+        """Unnormalized ``Σ_chunks count · A_chunk V`` and the number of examples.
+
+        Columns go :attr:`block_size` at a time, each sub-block in its own pass over the
+        data; a column's result does not depend on the other columns of its pass.
+        """
+        b = V.shape[1]
+        width = b if self.block_size is None else min(b, self.block_size)
+        total = torch.zeros_like(V)
+        count = 0
+        with self._evaluation_context():
+            graphs = self._cached_graphs() if self.caches_graph else None
+            for start in range(0, b, width):
+                W = V[:, start : start + width]
+                part = total[:, start : start + width]
+                count = 0
+                if graphs is not None:
+                    for graph in graphs:
+                        m = self._graph_count(graph)
+                        part.add_(self._graph_product(graph, W), alpha=m)
+                        count += m
+                    continue
+                for x, y, m in self.chunks():
+                    part.add_(self._chunk_product(x, y, W), alpha=m)
+                    count += m
+        return total, count
+
+    def _payload_columns(self, b: int) -> int:
+        """Columns of the local result of a ``b``-column product (``b`` unless extended)."""
+        return b
+
+    def _finish(self, total: Tensor, count: int, V: Tensor) -> Tensor:
+        """The product from the summed local results over ``count`` examples in all."""
+        return total.div_(count)
+
+    def _matmat(self, V: Tensor) -> Tensor:
+        total, count = self._local_matmat(V)
+        if count == 0:
+            raise ValueError(RAN_DRY)
+        return self._finish(total, count, V)
+
+    # -------------------------------------------------------------- gradient
+    def _local_loss_and_grad(self) -> tuple[Tensor, Tensor, int]:
+        loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)
+        grad_sum = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
+        count = 0
+        with self._evaluation_context():
+            for loss, grads, m in self._losses_and_grads():
+                g = flatten(
+                    torch.zeros_like(p, dtype=self.dtype) if gi is None else gi.detach()
+                    for gi, p in zip(grads, self.params)
+                )
+                grad_sum.add_(g, alpha=m)
+                loss_sum += loss.detach().to(self.dtype) * m
+                count += m
+        return loss_sum, grad_sum, count
+
+    def _losses_and_grads(self) -> Iterator[tuple[Tensor, Sequence[Tensor | None], int]]:
+        """``(loss, gradients, count)`` of each micro-batch (one forward and backward each)."""
+        for x, y, m in self.chunks():
+            leaves = self._leaves()
+            loss = self._loss(leaves, x, y)
+            yield loss, torch.autograd.grad(loss, leaves, allow_unused=True), m
+
+    def loss_and_grad(self) -> tuple[Tensor, Tensor]:
+        """Mean loss and its flat gradient ``∇L`` over all of ``data``, shapes ``()`` and ``(n,)``.
+
+        The training loss, whichever curvature the operator applies. Does not touch
+        ``.grad`` of the parameters.
+        """
+        loss_sum, grad_sum, count = self._local_loss_and_grad()
+        if count == 0:
+            raise ValueError(RAN_DRY)
+        return loss_sum / count, grad_sum / count
+
+    # -------------------------------------------------------------- protocol
+    def _settings(self) -> dict[str, Any]:
+        """The constructor's keywords (all but ``params``) that reproduce this operator."""
+        return {
+            "chunk_size": self.chunk_size,
+            "method": self.method,
+            "train": self.train,
+            "max_block_size": self.max_block_size,
+            "memory_budget": self.memory_budget,
+            "cache_graph": self.caches_graph,
+        }
+
+    def extended(self, params: Sequence[Tensor]) -> Any:
+        """The same operator over ``params``, a superset of :attr:`params`, settings kept.
+
+        Data, micro-batching, method, mode, memory budget, block width and graph cache are
+        those of this operator (and the process group, for a data-parallel one).
+
+        Args:
+            params: the parameters of the new operator, in flat-vector order; every tensor
+                of :attr:`params` must be among them.
+
+        Returns:
+            A new operator of the same class; this one is unchanged.
+
+        Raises:
+            ValueError: a tensor of :attr:`params` is missing, or one is not a parameter of
+                the model.
+            TypeError: the new parameters mix dtypes or are not tensors.
+        """
+        params = list(params)
+        missing = missing_from(self.params, params)
+        if missing:
+            raise ValueError(
+                f"extended() takes a superset of the operator's parameters; shapes {missing[:4]} "
+                "are missing. Pass [*op.params, *new_params]"
+            )
+        return type(self)(self.model, self.loss_fn, self.data, params=params, **self._settings())
+
+    def flat_params(self) -> Tensor:
+        """The current parameters as one flat vector (a copy), shape ``(n,)``."""
+        return flatten(p.detach() for p in self.params)
