@@ -443,3 +443,86 @@ def test_block_lanczos_is_stateless_and_prints_its_settings() -> None:
         "BlockLanczos(block_size=3, ncv=30, tol=1e-05, max_iter=1000, which='LM')"
     )
     assert solver.supports_warm_start and solver.matrix_free
+
+
+# --------------------------------------------------------------------------- outcomes
+def test_every_outcome_has_a_message_and_only_convergence_is_ok() -> None:
+    from subspace_optim import SolveStatus
+
+    assert {s.name for s in SolveStatus} >= {
+        "CONVERGED",
+        "MAX_ITERATIONS",
+        "BREAKDOWN",
+        "NON_FINITE",
+    }
+    for status in SolveStatus:
+        assert isinstance(status.message, str) and len(status.message) > 10
+        assert status.ok is (status is SolveStatus.CONVERGED)
+
+
+def test_results_carry_the_outcome_that_ended_them() -> None:
+    from subspace_optim import SolveStatus
+
+    lam = spectrum("tiny_gap", 300)
+    op = DenseOperator.from_spectrum(lam, rotation(300, 6))
+    done = Lanczos(tol=1e-6).solve(op, 2)
+    assert done.outcome is SolveStatus.CONVERGED and done.converged
+    capped = Lanczos(tol=1e-12, max_iter=1).solve(op, 4)
+    assert capped.outcome is SolveStatus.MAX_ITERATIONS and not capped.converged
+    A = torch.eye(50, dtype=F64)
+    A[3, 4] = A[4, 3] = float("nan")
+    for solver in (Lanczos(), BlockLanczos(), LOBPCG(), PowerIteration(), WarmRefresh()):
+        res = solver.solve(DenseOperator(A, check_symmetric=False), 2)
+        assert res.outcome is SolveStatus.NON_FINITE, type(solver).__name__
+        assert SolveStatus.NON_FINITE.message in res.message
+    # LOBPCG whose residuals lie in its own basis (a nilpotent block: not symmetric, so the
+    # Rayleigh-Ritz step cannot make them vanish) cannot grow its search space
+    J = torch.zeros(6, 6, dtype=F64)
+    J[0, 1] = 1.0
+    J[2:, 2:] = torch.diag(torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=F64))
+    stuck = LOBPCG(block_size=2).solve(
+        DenseOperator(J, check_symmetric=False), 1, init=torch.eye(6, dtype=F64)[:, :2]
+    )
+    assert stuck.outcome is SolveStatus.BREAKDOWN and not stuck.converged
+    assert SolveStatus.BREAKDOWN.message in stuck.message
+    with pytest.raises(EigensolverError) as info:
+        LOBPCG(tol=1e-12, max_iter=1, raise_on_failure=True).solve(op, 4)
+    assert info.value.outcome is SolveStatus.MAX_ITERATIONS
+
+
+def test_status_is_a_deprecated_alias_of_message() -> None:
+    from subspace_optim import EigenResult, SolveStatus
+
+    op = DenseOperator.from_spectrum(spectrum("tiny_gap", 100), rotation(100, 2))
+    res = Lanczos(tol=1e-6).solve(op, 2)
+    with pytest.warns(DeprecationWarning, match=r"\.message"):
+        assert res.status == res.message
+    vals, vecs = res.eigenvalues, res.eigenvectors
+    with pytest.warns(DeprecationWarning, match="message="):
+        old = EigenResult(vals, vecs, res.residual_norms, 0, 1, True, status="done")
+    assert old.message == "done" and old.outcome is SolveStatus.CONVERGED
+    # positional construction (the old seventh field) still works, without a warning
+    mine = EigenResult(vals, vecs, res.residual_norms, 0, 1, False, "my solver: stopped")
+    assert mine.outcome is SolveStatus.MAX_ITERATIONS and mine.message == "my solver: stopped"
+    nan = torch.full_like(vals, float("nan"))
+    assert EigenResult(nan, vecs, vals, 0, 1, False).outcome is SolveStatus.NON_FINITE
+    assert EigenResult(nan, vecs, vals, 0, 1, False).message == SolveStatus.NON_FINITE.message
+    with pytest.raises(ValueError, match="contradicts"):
+        EigenResult(vals, vecs, vals, 0, 1, True, "x", SolveStatus.BREAKDOWN)
+    with pytest.raises(TypeError, match="SolveStatus"):
+        EigenResult(vals, vecs, vals, 0, 1, True, "x", "converged")
+
+
+def test_check_k_reads_the_block_size_the_base_class_declares() -> None:
+    class Fixed(Eigensolver):
+        def __init__(self) -> None:
+            super().__init__()
+            self.block_size = 2
+
+        def _solve(self, op, k, init, generator):  # type: ignore[no-untyped-def]
+            raise AssertionError("not reached")
+
+    assert Eigensolver.block_size is None  # declared on the base, with its contract
+    with pytest.raises(ValueError, match="block_size=2 of Fixed is narrower than k=3"):
+        Fixed().check_k(100, 3)
+    Lanczos().check_k(100, 3)  # no block: nothing to check

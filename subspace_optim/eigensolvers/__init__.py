@@ -6,7 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .auto import AutoEigensolver, top_k_eigenpairs
-from .base import EigenResult, Eigensolver, EigensolverError
+from .base import EigenResult, Eigensolver, EigensolverError, SolveStatus
 from .block_lanczos import BlockLanczos
 from .eigh import Eigh
 from .lanczos import Lanczos
@@ -27,6 +27,7 @@ __all__ = [
     "PowerIteration",
     "ScipyEigsh",
     "ScipyLOBPCG",
+    "SolveStatus",
     "WarmRefresh",
     "available_eigensolvers",
     "register_eigensolver",

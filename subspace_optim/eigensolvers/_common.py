@@ -7,7 +7,7 @@ from torch import Tensor
 
 from ..operators.base import LinearOperator
 from ..subspace import orthonormalize
-from .base import EigenResult
+from .base import EigenResult, SolveStatus
 
 
 def random_block(n: int, m: int, op: LinearOperator, generator: torch.Generator) -> Tensor:
@@ -112,24 +112,31 @@ def result(
     tol: float,
     iterations: int,
     hint: str,
+    *,
+    breakdown: bool = False,
 ) -> EigenResult:
-    """Assemble an :class:`EigenResult` for the first ``k`` pairs and say what happened."""
+    """Assemble an :class:`EigenResult` for the first ``k`` pairs and say what happened.
+
+    The outcome is ``NON_FINITE`` for non-finite pairs, ``CONVERGED`` when every residual
+    meets ``tol · |θ_1|``, else ``BREAKDOWN`` if the solver reports one (``breakdown``:
+    its search space stopped growing) or ``MAX_ITERATIONS``; ``hint`` says what to change.
+    """
     theta, X, res = theta[:k], X[:, :k], res[:k]
     finite = bool(torch.isfinite(theta).all()) and bool(torch.isfinite(X).all())
     target = tolerance(theta, tol) if finite else torch.tensor(0.0)
     converged = finite and bool((res <= target).all())
     if not finite:
-        status = (
-            f"{solver}: the operator produced non-finite values; check the model and data "
-            "for NaN/Inf (the loss may have diverged)"
-        )
+        outcome = SolveStatus.NON_FINITE
+        message = f"{solver}: {outcome.message}"
     elif converged:
-        status = f"{solver}: converged after {iterations} iterations"
+        outcome = SolveStatus.CONVERGED
+        message = f"{solver}: converged after {iterations} iterations"
     else:
+        outcome = SolveStatus.BREAKDOWN if breakdown else SolveStatus.MAX_ITERATIONS
         worst = float((res / theta.abs().max().clamp_min(torch.finfo(theta.dtype).tiny)).max())
-        status = (
+        message = (
             f"{solver}: not converged after {iterations} iterations (worst relative residual "
-            f"{worst:.2e} > tol {tol:.1e}); {hint}"
+            f"{worst:.2e} > tol {tol:.1e}); {outcome.message if breakdown else hint}"
         )
     return EigenResult(
         eigenvalues=theta,
@@ -138,5 +145,6 @@ def result(
         num_matvecs=0,
         num_iterations=iterations,
         converged=converged,
-        status=status,
+        message=message,
+        outcome=outcome,
     )

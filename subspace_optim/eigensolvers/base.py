@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
@@ -12,11 +14,66 @@ from torch import Tensor
 from .._utils import check_int, check_positive_float, choice
 from ..operators.base import LinearOperator
 
-__all__ = ["EigenResult", "Eigensolver", "EigensolverError"]
+__all__ = ["EigenResult", "Eigensolver", "EigensolverError", "SolveStatus"]
+
+
+class SolveStatus(enum.Enum):
+    """How a solve ended: one of a fixed set of outcomes, each with what to change.
+
+    ``CONVERGED`` is the only success; every other member comes with
+    ``EigenResult.converged == False`` and the best estimate found.
+
+    Example:
+        >>> from subspace_optim import SolveStatus
+        >>> SolveStatus.MAX_ITERATIONS.message
+        'stopped at max_iter before every residual met tol: raise max_iter (or the basis width) or loosen tol'
+        >>> SolveStatus.CONVERGED.ok, SolveStatus.NON_FINITE.ok
+        (True, False)
+    """
+
+    #: every residual met the tolerance
+    CONVERGED = "converged"
+    #: the iteration cap was reached first
+    MAX_ITERATIONS = "max_iterations"
+    #: the algorithm could not extend its basis (no new direction) before converging
+    BREAKDOWN = "breakdown"
+    #: the operator produced NaN or Inf
+    NON_FINITE = "non_finite"
+
+    @property
+    def ok(self) -> bool:
+        """Whether the solve succeeded (``CONVERGED``)."""
+        return self is SolveStatus.CONVERGED
+
+    @property
+    def message(self) -> str:
+        """What happened and what to change, for any solver."""
+        return _MESSAGES[self]
+
+
+_MESSAGES = {
+    SolveStatus.CONVERGED: "every residual met tol",
+    SolveStatus.MAX_ITERATIONS: (
+        "stopped at max_iter before every residual met tol: raise max_iter (or the basis "
+        "width) or loosen tol"
+    ),
+    SolveStatus.BREAKDOWN: (
+        "the search space stopped growing before every residual met tol (the operator may be "
+        "of low rank or the block wider than its range): lower k or the block width, or "
+        "start from a different init"
+    ),
+    SolveStatus.NON_FINITE: (
+        "the operator produced non-finite values; check the model and data for NaN/Inf "
+        "(the loss may have diverged)"
+    ),
+}
 
 
 class EigensolverError(RuntimeError):
     """Raised by a solver configured with ``raise_on_failure=True`` that did not converge.
+
+    Attributes:
+        outcome: the :class:`SolveStatus` of the failed solve (``None`` if raised by hand).
 
     Example:
         >>> import torch
@@ -26,14 +83,18 @@ class EigensolverError(RuntimeError):
         >>> try:
         ...     solver.solve(op, 2)
         ... except EigensolverError as err:
-        ...     print(str(err).partition(" (")[0])
-        PowerIteration: not converged after 2 iterations
+        ...     print(str(err).partition(" (")[0], err.outcome)
+        PowerIteration: not converged after 2 iterations SolveStatus.MAX_ITERATIONS
         >>> PowerIteration(tol=1e-10, max_iter=2).solve(op, 2).converged  # default: no raise
         False
     """
 
+    def __init__(self, message: str, outcome: SolveStatus | None = None) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
-@dataclass(frozen=True)
+
+@dataclass(frozen=True, init=False)
 class EigenResult:
     """Top eigenpairs of a symmetric operator.
 
@@ -45,16 +106,24 @@ class EigenResult:
         residual_norms: ``(k,)``, ``‖A v_i − λ_i v_i‖``.
         num_matvecs: operator applications spent (a block of ``b`` counts ``b``).
         num_iterations: outer iterations of the algorithm.
-        converged: every residual met the tolerance.
-        status: a human-readable message; when not converged, it says what to change.
+        converged: every residual met the tolerance (``outcome is SolveStatus.CONVERGED``).
+        message: what happened, for people: the solver, the outcome and, when not
+            converged, what to change. Defaults to ``outcome.message``.
+        outcome: how the solve ended, a :class:`SolveStatus`. When omitted it is derived:
+            ``NON_FINITE`` for non-finite eigenpairs, else ``CONVERGED`` or
+            ``MAX_ITERATIONS`` by ``converged``.
+        status: deprecated alias of ``message`` (reading it or passing ``status=`` warns).
+
+    Raises:
+        ValueError: ``converged`` disagrees with ``outcome``.
 
     Example:
         >>> import torch
-        >>> from subspace_optim import DenseOperator, Lanczos
+        >>> from subspace_optim import DenseOperator, Lanczos, SolveStatus
         >>> op = DenseOperator.from_spectrum(torch.linspace(-2, 6, 100, dtype=torch.float64))
         >>> res = Lanczos(tol=1e-6).solve(op, 2)
-        >>> res.k, tuple(res.eigenvectors.shape), res.converged
-        (2, (100, 2), True)
+        >>> res.k, tuple(res.eigenvectors.shape), res.converged, res.outcome
+        (2, (100, 2), True, <SolveStatus.CONVERGED: 'converged'>)
         >>> bool((res.relative_residuals() <= 1e-6).all()), res.num_matvecs > 0
         (True, True)
     """
@@ -65,7 +134,68 @@ class EigenResult:
     num_matvecs: int
     num_iterations: int
     converged: bool
-    status: str
+    message: str
+    outcome: SolveStatus
+
+    def __init__(
+        self,
+        eigenvalues: Tensor,
+        eigenvectors: Tensor,
+        residual_norms: Tensor,
+        num_matvecs: int,
+        num_iterations: int,
+        converged: bool,
+        message: str | None = None,
+        outcome: SolveStatus | None = None,
+        *,
+        status: str | None = None,
+    ) -> None:
+        if status is not None:
+            warnings.warn(
+                "EigenResult(status=...) is deprecated; pass message= (and outcome=)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            message = status if message is None else message
+        if outcome is None:
+            finite = bool(torch.isfinite(eigenvalues).all()) and bool(
+                torch.isfinite(eigenvectors).all()
+            )
+            outcome = (
+                SolveStatus.NON_FINITE
+                if not finite and not converged
+                else SolveStatus.CONVERGED
+                if converged
+                else SolveStatus.MAX_ITERATIONS
+            )
+        elif not isinstance(outcome, SolveStatus):
+            raise TypeError(f"outcome must be a SolveStatus; got {outcome!r}")
+        if bool(converged) != outcome.ok:
+            raise ValueError(
+                f"converged={converged} contradicts outcome={outcome}; converged is True "
+                "exactly when the outcome is SolveStatus.CONVERGED"
+            )
+        for name, value in (
+            ("eigenvalues", eigenvalues),
+            ("eigenvectors", eigenvectors),
+            ("residual_norms", residual_norms),
+            ("num_matvecs", num_matvecs),
+            ("num_iterations", num_iterations),
+            ("converged", bool(converged)),
+            ("message", outcome.message if message is None else message),
+            ("outcome", outcome),
+        ):
+            object.__setattr__(self, name, value)
+
+    @property
+    def status(self) -> str:
+        """Deprecated alias of :attr:`message`."""
+        warnings.warn(
+            "EigenResult.status is deprecated; read .message (text) or .outcome (a SolveStatus)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.message
 
     @property
     def k(self) -> int:
@@ -97,7 +227,7 @@ class Eigensolver(ABC):
         else.
 
         >>> import torch
-        >>> from subspace_optim import DenseOperator, EigenResult, Eigensolver
+        >>> from subspace_optim import DenseOperator, EigenResult, Eigensolver, SolveStatus
         >>> class OneShot(Eigensolver):
         ...     def _solve(self, op, k, init, generator):
         ...         X = torch.linalg.qr(torch.randn(op.shape[0], k, dtype=op.dtype,
@@ -107,7 +237,8 @@ class Eigensolver(ABC):
         ...         theta, S = theta.flip(0), S.flip(1)
         ...         X, AX = X @ S, AX @ S
         ...         res = (AX - X * theta).norm(dim=0)
-        ...         return EigenResult(theta, X, res, 0, 1, False, "OneShot: one step")
+        ...         return EigenResult(theta, X, res, 0, 1, False, "OneShot: one step",
+        ...                            SolveStatus.MAX_ITERATIONS)
         >>> op = DenseOperator(torch.eye(4, dtype=torch.float64))
         >>> result = OneShot().solve(op, 2)
         >>> [round(v, 12) for v in result.eigenvalues.tolist()], result.num_matvecs
@@ -119,6 +250,10 @@ class Eigensolver(ABC):
     matrix_free: bool = True
     #: smallest ``n - k`` the algorithm needs
     min_gap_to_n: int = 1
+    #: the block width a solver is configured with (``None``: chosen per solve, or no
+    #: block); solvers with a ``block_size`` argument set it, and :meth:`check_k` refuses
+    #: one narrower than ``k``
+    block_size: int | None = None
 
     def __init__(
         self,
@@ -174,7 +309,7 @@ class Eigensolver(ABC):
         if result.num_matvecs != spent:
             result = EigenResult(**{**result.__dict__, "num_matvecs": spent})
         if self.raise_on_failure and not result.converged:
-            raise EigensolverError(result.status)
+            raise EigensolverError(result.message, result.outcome)
         return result
 
     def check_k(self, n: int, k: int) -> None:
@@ -198,7 +333,7 @@ class Eigensolver(ABC):
                 f"k={k} is too large for {type(self).__name__} on an operator of size {n} "
                 f"(at most {n - self.min_gap_to_n}); lower k or use Eigh for tiny operators"
             )
-        block = getattr(self, "block_size", None)
+        block = self.block_size
         if isinstance(block, int) and block < k:
             raise ValueError(
                 f"block_size={block} of {type(self).__name__} is narrower than k={k}; set "

@@ -26,6 +26,8 @@ class LOBPCGState:
         residual_norms: ``(b,)``, ``‖A x_i − θ_i x_i‖``.
         iterations: block iterations done (the Rayleigh–Ritz of the start block counts 0).
         converged: the first ``k`` residuals met the target.
+        breakdown: it stopped unconverged because the search space could not grow (the
+            residuals lie in the current basis, or the basis collapsed below ``b``).
     """
 
     theta: Tensor
@@ -34,6 +36,7 @@ class LOBPCGState:
     residual_norms: Tensor
     iterations: int
     converged: bool
+    breakdown: bool = False
 
 
 def _orthonormal_columns(W: Tensor, drop: float) -> Tensor:
@@ -174,7 +177,7 @@ def lobpcg_iterations(
             W = W - Q @ (Q.T @ W)
         W = _orthonormal_columns(W, drop)
         if W.shape[1] == 0:  # residuals inside the current basis: nothing new to add
-            return LOBPCGState(theta, X, AX, res, iterations, False)
+            return LOBPCGState(theta, X, AX, res, iterations, False, breakdown=True)
         AW = op.matmat(W)
         S = torch.cat([Q, W], dim=1)
         AS = AX if AP is None else torch.cat([AX, AP], dim=1)
@@ -184,7 +187,7 @@ def lobpcg_iterations(
         theta_all, C = _gram_eigh((G + G.T) / 2, M, drop)
         idx = _common.order(theta_all, which)[:b]
         if idx.shape[0] < b:  # the basis collapsed below b directions (n tiny): stop here
-            return LOBPCGState(theta, X, AX, res, iterations, False)
+            return LOBPCGState(theta, X, AX, res, iterations, False, breakdown=True)
         Cx = C[:, idx]
         # new directions: the parts of the active Ritz vectors outside the old X, made
         # M-orthogonal to the new Ritz vectors in coefficient space
@@ -286,6 +289,7 @@ class LOBPCG(Eigensolver):
             self.tol,
             state.iterations,
             f"raise max_iter (now {self.max_iter}) or block_size (now {b}), or loosen tol",
+            breakdown=state.breakdown,
         )
 
     def __repr__(self) -> str:

@@ -236,7 +236,7 @@ class WarmRefresh(Eigensolver):
                 out = dataclasses.replace(
                     out,
                     converged=True,
-                    status=f"WarmRefresh[{how}]: converged after {iterations} iterations "
+                    message=f"WarmRefresh[{how}]: converged after {iterations} iterations "
                     f"(largest Davis–Kahan sin θ estimate {worst:.2e} <= sin_tol {self.sin_tol:g})",
                 )
             return out
