@@ -116,10 +116,11 @@ def test_accepted_refresh_is_within_sin_tol_of_the_exact_subspace(kind, seed, si
 
 def test_unchanged_operator_costs_exactly_one_block() -> None:
     """When the basis is still good, the refresh is one block product of k + extra columns
-    and no LOBPCG iteration."""
+    and no LOBPCG iteration (without the sketched check, ``probes=0``; with it, see
+    ``tests/test_warm_check.py``)."""
     n, k, extra = 200, 8, 5
     op = DenseOperator.from_spectrum(spectrum("clustered", n, k), rotation(n, 3))
-    warm = WarmRefresh(extra=extra)
+    warm = WarmRefresh(extra=extra, probes=0)
     U = warm.solve(op, k).eigenvectors
     U = warm.solve(op, k, init=U).eigenvectors  # meets the angle target (the cold tol is looser)
     again = warm.solve(op, k, init=U)

@@ -4,6 +4,8 @@ checked by residuals, and a cold solve only when the residuals say so."""
 from __future__ import annotations
 
 import dataclasses
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -12,7 +14,7 @@ from torch import Tensor
 from .._utils import check_int, check_positive_float
 from ..operators.base import LinearOperator
 from . import _common
-from .base import EigenResult, Eigensolver
+from .base import EigenResult, Eigensolver, SolveStatus
 from .lobpcg import LOBPCG, lobpcg_iterations, pair_targets
 
 __all__ = ["WarmRefresh"]
@@ -21,6 +23,27 @@ __all__ = ["WarmRefresh"]
 DEFAULT_SIN_TOL = 0.04
 #: the default residual target of the cold solve
 DEFAULT_TOL = 3e-3
+#: the default number of random probes of the sketched check (0: no check)
+DEFAULT_PROBES = 2
+#: the sketched check accepts the previous pairs when the estimated residuals are at most
+#: this fraction of their targets (see :class:`WarmRefresh`)
+CHECK_MARGIN = 0.5
+#: a refresh that will be checked next time aims this much lower than the target, so that
+#: the checks that follow have room for the drift
+CHECK_TIGHTEN = 0.25
+#: the longest run of refreshes without a check after repeated failed checks
+MAX_BACKOFF = 8
+
+
+@dataclass(frozen=True)
+class _Kept:
+    """The last accepted pairs, as the sketched check needs them.
+
+    ``theta``: ``(k,)`` Ritz values; ``targets``: ``(k,)`` absolute residual targets.
+    """
+
+    theta: Tensor
+    targets: Tensor
 
 
 class WarmRefresh(Eigensolver):
@@ -43,6 +66,33 @@ class WarmRefresh(Eigensolver):
 
     Without ``init`` (the first refresh) it runs the ``cold`` solver on ``b`` pairs, which
     provides the guard columns for the next call.
+
+    Before step 2, a *sketched check* (``probes`` > 0, the default) may accept the previous
+    pairs for ``probes`` matvecs instead of ``b``: when ``init`` is exactly the basis this
+    object returned last time, it draws a Gaussian ``Z`` ``(k, probes)`` and forms
+
+    .. math::
+
+        R\\,D^{-1} Z = A X D^{-1} Z - X\\,\\Theta\\,D^{-1} Z, \\qquad
+        \\rho^2 = \\frac{\\|R\\,D^{-1} Z\\|_F^2}{\\text{probes}}, \\qquad
+        \\mathbb{E}\\,\\rho^2 = \\sum_{i \\le k} \\frac{\\|A x_i - \\theta_i x_i\\|^2}{t_i^2},
+
+    with ``X``, ``Θ`` the previous vectors and Ritz values and ``D = diag(t_i)`` their
+    residual targets (the angle or residual target below). If ``ρ <= 1/2``
+    (:data:`CHECK_MARGIN`) every pair is estimated to meet its target with room to spare,
+    and the previous pairs are returned as they are (``num_iterations`` 0, ``status``
+    "sketch check"; the residual norms reported are the estimates ``ρ · t_i``). Otherwise
+    the full refresh follows, aiming at a quarter of the targets (:data:`CHECK_TIGHTEN`)
+    so that the checks after it have room for the drift. After a failed check the next
+    ``1, 2, 4, …, 8`` refreshes skip the check (:data:`MAX_BACKOFF`), so an operator that
+    moves fast (the digits MLP at lr 0.1) pays almost nothing for it. The check is
+    attempted when ``init`` has orthonormal columns (to 1e-4); it verifies the pairs
+    ``(θ_i, init_i)`` themselves, so a start that is not the previous basis (rotated within
+    its span, reordered) simply fails it. The estimate is
+    unbiased for the sum of squared ratios, which is at least the largest one; with 2
+    probes it falls below a quarter of that sum with probability at most
+    ``1 − e^{−1/4} ≈ 0.22`` (a single dominant residual, χ² with 2 degrees of freedom), in
+    which case a pair up to twice its target can be accepted for one step.
 
     Two accuracy targets are available:
 
@@ -78,6 +128,8 @@ class WarmRefresh(Eigensolver):
         cold: the solver for the first call and for escalation (default
             ``LOBPCG(tol=tol)``, which, unlike single-vector Lanczos, finds every copy of a
             repeated eigenvalue); any :class:`Eigensolver`.
+        probes: random probes of the sketched check (default 2; 0 turns the check off,
+            so every call spends at least ``b`` matvecs, the behaviour before the check).
         which, raise_on_failure: see :class:`Eigensolver`.
 
     The cost of every call is in the returned :class:`EigenResult` (``num_matvecs``,
@@ -89,6 +141,14 @@ class WarmRefresh(Eigensolver):
         guards only add search directions, so a result never depends on them for
         correctness, only for cost; after a checkpoint reload the first refresh draws random
         guards and costs a little more. The previous basis ``init`` is what the caller owns.
+        With the sketched check it also keeps the last Ritz values and their residual
+        targets (``k`` numbers each, in :meth:`state_dict`).
+
+    .. note::
+        The paper recomputes the eigenvectors at every step. With the sketched check, a
+        step may keep the previous basis when its residuals at the new parameters are
+        estimated to be well within the target; the basis is then exactly as accurate as
+        the check says, not recomputed. ``probes=0`` recomputes at every call.
 
     Example:
         >>> import torch
@@ -115,6 +175,7 @@ class WarmRefresh(Eigensolver):
         max_iter: int = 6,
         sin_tol: float | None = None,
         cold: Eigensolver | None = None,
+        probes: int = DEFAULT_PROBES,
         which: str = "LA",
         raise_on_failure: bool = False,
     ) -> None:
@@ -137,23 +198,54 @@ class WarmRefresh(Eigensolver):
         if cold.which != self.which:
             raise ValueError(f"cold.which={cold.which!r} differs from which={self.which!r}")
         self.cold = cold
+        self.probes = check_int("probes", probes, low=0)
         self._guards: Tensor | None = None
+        self._kept: _Kept | None = None
+        self._backoff = 0  # refreshes to skip the check for after the next failed one / 2
+        self._skip = 0  # refreshes left without a check
 
     def reset(self) -> None:
-        """Forget the guard columns kept from the previous solve."""
+        """Forget the guard columns and the pairs kept from the previous solve."""
         self._guards = None
+        self._kept = None
+        self._backoff = self._skip = 0
 
     def state_dict(self) -> dict[str, Any]:
-        """The guard columns kept from the previous solve (checkpoints resume exactly)."""
-        return {"guards": None if self._guards is None else self._guards.clone()}
+        """What the next call depends on (checkpoints resume exactly): the guard columns,
+        and for the sketched check the last Ritz values, their targets and the check's
+        back-off counters."""
+        kept = self._kept
+        return {
+            "guards": None if self._guards is None else self._guards.clone(),
+            "kept": None
+            if kept is None
+            else {"theta": kept.theta.clone(), "targets": kept.targets.clone()},
+            "backoff": self._backoff,
+            "skip": self._skip,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; a state saved before the sketched check existed
+        (only ``"guards"``) loads too, and the next call then runs the full refresh."""
         guards = state.get("guards")
         if guards is not None and not isinstance(guards, Tensor):
             raise TypeError(
                 f"WarmRefresh state 'guards' must be a Tensor or None; got {type(guards).__name__}"
             )
+        kept = state.get("kept")
+        if kept is not None:
+            if not isinstance(kept, dict) or not all(
+                isinstance(kept.get(key), Tensor) for key in ("theta", "targets")
+            ):
+                raise TypeError(
+                    "WarmRefresh state 'kept' must be None or a dict of the Tensors 'theta' "
+                    "and 'targets'"
+                )
+            kept = _Kept(kept["theta"].clone(), kept["targets"].clone())
         self._guards = None if guards is None else guards.clone()
+        self._kept = kept
+        self._backoff = int(state.get("backoff", 0))
+        self._skip = int(state.get("skip", 0))
 
     def _usable_guards(self, op: LinearOperator) -> Tensor | None:
         G = self._guards
@@ -168,26 +260,32 @@ class WarmRefresh(Eigensolver):
         b = min(n - self.cold.min_gap_to_n, k + self.extra)
         if init is None:
             return self._cold(op, k, b, generator, "cold start")
+        checked = self._check(op, k, init, generator)
+        if checked is not None:
+            return checked
         guards = self._usable_guards(op)
         block = init if guards is None else torch.cat([init, guards], dim=1)
         width = min(n - 1, max(b, init.shape[1]))
         X = _common.start_block(op, width, block[:, :width], generator)
+        # aim lower when the next call will be checked: the checks need room for the drift
+        tighten = CHECK_TIGHTEN if self.probes and self._skip == 0 else 1.0
         state = lobpcg_iterations(
             op,
             X,
             k,
-            tol=self.tol,
+            tol=self.tol * (tighten if self.sin_tol is None else 1.0),
             max_iter=self.max_iter,
             which=self.which,
             expand_all=False,
-            sin_tol=self.sin_tol,
+            sin_tol=None if self.sin_tol is None else self.sin_tol * tighten,
         )
         if not bool(torch.isfinite(state.theta).all()):
+            self._kept = None
             return self._finish(
                 state.theta, state.X, state.residual_norms, k, state.iterations, "warm"
             )
-        if state.converged:
-            self._keep(state.X, k)
+        if state.converged or (tighten < 1 and self._meets(state.theta, state.residual_norms, k)):
+            self._keep(state.theta, state.X, k)
             return self._finish(
                 state.theta, state.X, state.residual_norms, k, state.iterations, "warm", met=True
             )
@@ -195,13 +293,72 @@ class WarmRefresh(Eigensolver):
         warm_worst = float(state.residual_norms[:k].max())
         if cold.converged or float(cold.residual_norms.max()) <= warm_worst:
             return cold
-        self._keep(state.X, k)
+        self._keep(state.theta, state.X, k)
         return self._finish(
             state.theta, state.X, state.residual_norms, k, state.iterations, "warm (cold was worse)"
         )
 
-    def _keep(self, X: Tensor, k: int) -> None:
+    def _targets(self, theta: Tensor, k: int) -> Tensor:
+        """Absolute residual targets ``(k,)`` of the first ``k`` of the ``b`` pairs ``theta``."""
+        floor = _common.tolerance(theta[:k], 0.0)
+        if self.sin_tol is None:
+            return _common.tolerance(theta[:k], self.tol).expand(k).clone()
+        return torch.maximum(floor, pair_targets(theta, k, self.sin_tol, self.which)[:k])
+
+    def _meets(self, theta: Tensor, res: Tensor, k: int) -> bool:
+        """Whether the first ``k`` residuals meet the (untightened) targets."""
+        return bool((res[:k] <= self._targets(theta, k)).all())
+
+    def _check(
+        self, op: LinearOperator, k: int, init: Tensor, generator: torch.Generator
+    ) -> EigenResult | None:
+        """The sketched check of the class docstring: the previous pairs if they pass, else
+        ``None`` (the full refresh follows)."""
+        kept = self._kept
+        if not self.probes or kept is None or init.shape[1] < k or kept.theta.shape[0] != k:
+            return None
+        if self._skip > 0:
+            self._skip -= 1
+            return None
+        X = init[:, :k]
+        if kept.theta.device != X.device or kept.theta.dtype != X.dtype:
+            return None
+        gram = X.T @ X
+        gram.diagonal().sub_(1)
+        if not float(gram.abs().max()) <= 1e-4:  # the result must have orthonormal columns
+            return None
+        Z = _common.random_block(k, self.probes, op, generator) / kept.targets[:, None]
+        R = op.matmat(X @ Z) - X @ (kept.theta[:, None] * Z)
+        rho = float(R.norm()) / math.sqrt(self.probes)
+        if not math.isfinite(rho) or rho > CHECK_MARGIN:
+            self._backoff = min(MAX_BACKOFF, 2 * self._backoff) if self._backoff else 1
+            self._skip = self._backoff
+            return None
+        self._backoff = 0
+        out = _common.result(
+            "WarmRefresh[sketch check]",
+            kept.theta.clone(),
+            X.clone(),
+            kept.targets * rho,
+            k,
+            self.tol,
+            0,
+            "",
+        )
+        return dataclasses.replace(
+            out,
+            converged=True,
+            outcome=SolveStatus.CONVERGED,
+            message=f"WarmRefresh[sketch check]: previous pairs kept (estimated residuals "
+            f"{rho:.2f} of their targets, {self.probes} probes)",
+        )
+
+    def _keep(self, theta: Tensor, X: Tensor, k: int) -> None:
         self._guards = X[:, k:].detach().clone() if X.shape[1] > k else None
+        if self.probes:
+            self._kept = _Kept(theta[:k].detach().clone(), self._targets(theta.detach(), k))
+        else:
+            self._kept = None
 
     def _cold(
         self, op: LinearOperator, k: int, b: int, generator: torch.Generator, why: str
@@ -210,7 +367,9 @@ class WarmRefresh(Eigensolver):
         # the k-pair verdict: guards need not meet tol
         X, theta = res.eigenvectors, res.eigenvalues
         if bool(torch.isfinite(theta).all()):
-            self._keep(X, k)
+            self._keep(theta, X, k)
+        else:
+            self._kept = None
         out = self._finish(theta, X, res.residual_norms, k, res.num_iterations, why)
         return out
 
@@ -236,6 +395,7 @@ class WarmRefresh(Eigensolver):
                 out = dataclasses.replace(
                     out,
                     converged=True,
+                    outcome=SolveStatus.CONVERGED,
                     message=f"WarmRefresh[{how}]: converged after {iterations} iterations "
                     f"(largest Davis–Kahan sin θ estimate {worst:.2e} <= sin_tol {self.sin_tol:g})",
                 )
@@ -256,5 +416,5 @@ class WarmRefresh(Eigensolver):
         return (
             f"WarmRefresh(extra={self.extra}, tol={self.tol}, sin_tol={self.sin_tol}, "
             f"max_iter={self.max_iter}, "
-            f"cold={self.cold!r}, which={self.which!r})"
+            f"cold={self.cold!r}, probes={self.probes}, which={self.which!r})"
         )

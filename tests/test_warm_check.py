@@ -1,0 +1,165 @@
+"""The warm refresh's sketched check (``WarmRefresh(probes=...)``): what it costs, when it
+is attempted, and that what it accepts stays within the angle target of the exact top-k.
+
+References are dense float64 eigendecompositions; angles are the sine of the largest
+principal angle (rotation- and sign-invariant).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from subspace_optim import DenseOperator, WarmRefresh, orthonormalize, subspace_distance
+
+F64 = torch.float64
+
+
+def operator(n: int = 200, k: int = 6, seed: int = 0) -> torch.Tensor:
+    """A symmetric matrix with ``k`` separated top eigenvalues above a bulk in ``[-0.5, 1]``."""
+    g = torch.Generator().manual_seed(seed)
+    Q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=F64))
+    lam = torch.cat(
+        [torch.linspace(20.0, 8.0, k, dtype=F64), torch.linspace(-0.5, 1.0, n - k, dtype=F64)]
+    )
+    return DenseOperator.from_spectrum(lam, Q).A
+
+
+def nudge(A: torch.Tensor, size: float, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    E = torch.randn(A.shape, generator=g, dtype=F64)
+    E = (E + E.T) / 2
+    return A + size * E / torch.linalg.matrix_norm(E, 2)
+
+
+def exact_top(A: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.linalg.eigh(A)[1].flip(1)[:, :k]
+
+
+def settle(warm: WarmRefresh, A: torch.Tensor, k: int) -> torch.Tensor:
+    """Cold start, then refreshes at ``A`` until one is accepted by the check."""
+    U = warm.solve(DenseOperator(A), k).eigenvectors
+    for _ in range(4):
+        res = warm.solve(DenseOperator(A), k, init=U)
+        U = res.eigenvectors
+        if "sketch check" in res.message:
+            return U
+    raise AssertionError("the check never accepted an unchanged operator")
+
+
+def test_unchanged_operator_costs_the_probes_only() -> None:
+    """Once a refresh has left room below the targets, an unchanged operator costs exactly
+    ``probes`` matvecs per call and the basis comes back as it went in."""
+    k = 6
+    A = operator(k=k)
+    warm = WarmRefresh(probes=3)
+    U = settle(warm, A, k)
+    res = warm.solve(DenseOperator(A), k, init=U)
+    assert res.converged and res.num_matvecs == 3 and res.num_iterations == 0
+    assert torch.equal(res.eigenvectors, U)
+    assert float(subspace_distance(res.eigenvectors, exact_top(A, k))) <= warm.sin_tol
+    # without the check, the same call is a full block of k + extra columns
+    off = WarmRefresh(probes=0)
+    U0 = off.solve(DenseOperator(A), k).eigenvectors
+    assert off.solve(DenseOperator(A), k, init=U0).num_matvecs >= k + off.extra
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_drift_is_caught_and_refreshed(seed: int) -> None:
+    """Along a slowly moving operator, the check keeps the basis while it is good and hands
+    over to a full refresh when the drift has used up the room: every accepted basis is
+    within the angle target of the exact top-k, and the check saved matvecs overall."""
+    k = 6
+    A = operator(k=k, seed=seed)
+    warm, full = WarmRefresh(), WarmRefresh(probes=0)
+    U, V = (
+        warm.solve(DenseOperator(A), k).eigenvectors,
+        full.solve(DenseOperator(A), k).eigenvectors,
+    )
+    kept = refreshed = spent = spent_full = 0
+    for t in range(30):
+        A = nudge(A, 0.05, 1000 * seed + t)
+        res = warm.solve(DenseOperator(A), k, init=U)
+        ref = full.solve(DenseOperator(A), k, init=V)
+        assert res.converged, res.message
+        U, V = res.eigenvectors, ref.eigenvectors
+        spent, spent_full = spent + res.num_matvecs, spent_full + ref.num_matvecs
+        if "sketch check" in res.message:
+            kept += 1
+        else:
+            refreshed += 1
+        assert float(subspace_distance(orthonormalize(U), exact_top(A, k))) <= 1.5 * warm.sin_tol
+    assert kept > 0 and refreshed > 1, (kept, refreshed, spent, spent_full)  # both paths
+    assert spent < 0.5 * spent_full, (spent, spent_full)
+
+
+def test_check_verifies_the_pairs_it_is_given() -> None:
+    """The check verifies ``(θ_i, init_i)`` as given: the same span with other columns
+    (rotated) fails it and the full refresh runs; columns with flipped signs are the same
+    eigenpairs and pass; a start without orthonormal columns is never accepted."""
+    k = 6
+    A = operator(k=k)
+    warm = WarmRefresh()
+    U = settle(warm, A, k)
+    g = torch.Generator().manual_seed(5)
+    Qk, _ = torch.linalg.qr(torch.randn(k, k, generator=g, dtype=F64))
+    res = warm.solve(DenseOperator(A), k, init=U @ Qk)  # same span, other columns
+    assert "sketch check" not in res.message and res.num_matvecs >= k + warm.extra
+    U = settle(warm, A, k)
+    signs = torch.tensor([1.0, -1.0] * (k // 2), dtype=F64)
+    flipped = warm.solve(DenseOperator(A), k, init=U * signs)
+    assert "sketch check" in flipped.message and torch.equal(flipped.eigenvectors, U * signs)
+    U = settle(warm, A, k)
+    scaled = warm.solve(DenseOperator(A), k, init=2 * U)
+    assert "sketch check" not in scaled.message
+    gram = scaled.eigenvectors.T @ scaled.eigenvectors
+    assert float((gram - torch.eye(k, dtype=F64)).abs().max()) < 1e-8
+
+
+def test_fast_moving_operator_backs_off() -> None:
+    """When every check fails (the operator moves a lot at each call), the check is tried
+    at calls 1, 3, 6, 11, 20, ... (skips of 1, 2, 4, 8), so it costs few matvecs."""
+    k = 6
+    A = operator(k=k)
+    warm = WarmRefresh(probes=2)
+    U = warm.solve(DenseOperator(A), k).eigenvectors
+    checked = []
+    for t in range(30):
+        A = nudge(A, 3.0, t)
+        before = warm._skip
+        res = warm.solve(DenseOperator(A), k, init=U)
+        assert "sketch check" not in res.message
+        checked.append(before == 0 and warm._kept is not None)
+        U = res.eigenvectors
+    assert sum(checked) <= 8, checked
+
+
+def test_state_dict_resumes_exactly() -> None:
+    """A fresh object loaded with the state continues bit for bit (same decisions, same
+    matvecs, same vectors); a state from before the check existed (guards only) loads."""
+    k = 6
+    A = operator(k=k)
+    warm = WarmRefresh()
+    U = settle(warm, A, k)
+    state = warm.state_dict()
+    twin = WarmRefresh()
+    twin.load_state_dict(state)
+    for t in range(6):
+        A = nudge(A, 0.05, t)
+        a = warm.solve(DenseOperator(A), k, init=U, generator=torch.Generator().manual_seed(t))
+        b = twin.solve(DenseOperator(A), k, init=U, generator=torch.Generator().manual_seed(t))
+        assert a.num_matvecs == b.num_matvecs and a.message == b.message
+        assert torch.equal(a.eigenvectors, b.eigenvectors)
+        U = a.eigenvectors
+    old = WarmRefresh()
+    old.load_state_dict({"guards": state["guards"]})
+    assert "sketch check" not in old.solve(DenseOperator(A), k, init=U).message
+    with pytest.raises(TypeError, match="kept"):
+        WarmRefresh().load_state_dict({"guards": None, "kept": {"theta": 1.0}})
+    assert set(state["kept"]) == {"theta", "targets"}
+
+
+def test_probes_validated() -> None:
+    with pytest.raises(ValueError, match="probes"):
+        WarmRefresh(probes=-1)
+    assert WarmRefresh().probes == 2 and "probes=2" in repr(WarmRefresh())
