@@ -2,8 +2,9 @@
 
 A curvature operator reads its data once per product, so the data must be re-iterable:
 one ``(inputs, targets)`` batch, or a list / ``DataLoader`` of such batches. ``inputs`` is
-a Tensor or a tuple of Tensors (passed as ``model(*inputs)``); the first dimension of every
-tensor is the batch dimension. Batches may differ in size; the operators weight each
+a Tensor, a tuple of Tensors (passed as ``model(*inputs)``) or a dict of Tensors (passed as
+``model(**inputs)``, the shape Hugging Face-style models take); the first dimension of
+every tensor is the batch dimension. Batches may differ in size; the operators weight each
 micro-batch by its number of examples.
 """
 
@@ -20,6 +21,7 @@ __all__ = [
     "Batch",
     "check_batch",
     "data_tensors",
+    "input_tensors",
     "micro_batches",
     "normalize_data",
     "num_micro_batches",
@@ -36,33 +38,40 @@ RAN_DRY = (
 )
 
 
-def batch_size(x: Any) -> int:
-    """Number of examples in ``inputs`` (a Tensor or a tuple of Tensors)."""
+def input_tensors(x: Any) -> list[Tensor]:
+    """The tensors of ``inputs``: ``[x]``, the items of a tuple, or the values of a dict.
+
+    Raises:
+        TypeError: ``x`` is none of a Tensor, a non-empty tuple/list of Tensors or a
+            non-empty dict of Tensors.
+    """
     if isinstance(x, Tensor):
-        return x.shape[0] if x.ndim else 0
-    if isinstance(x, (tuple, list)) and x and isinstance(x[0], Tensor):
-        return x[0].shape[0]
+        return [x]
+    items = list(x.values()) if isinstance(x, dict) else x
+    if isinstance(items, (tuple, list)) and items and all(isinstance(t, Tensor) for t in items):
+        return list(items)
     raise TypeError(
-        f"inputs must be a Tensor or a tuple of Tensors; got {type(x).__name__}. "
-        "Wrap other input types in a module that takes a Tensor."
+        f"inputs must be a Tensor, a tuple of Tensors (model(*inputs)) or a dict of Tensors "
+        f"(model(**inputs)); got {type(x).__name__}. Wrap other input types in a module "
+        "that takes Tensors."
     )
+
+
+def batch_size(x: Any) -> int:
+    """Number of examples in ``inputs`` (the first dimension of its first tensor)."""
+    first = input_tensors(x)[0]
+    return first.shape[0] if first.ndim else 0
 
 
 def is_single_batch(data: Any) -> bool:
     """Whether ``data`` is one ``(inputs, targets)`` pair rather than an iterable of them."""
-    return (
-        isinstance(data, (tuple, list))
-        and len(data) == 2
-        and isinstance(data[1], Tensor)
-        and (
-            isinstance(data[0], Tensor)
-            or (
-                isinstance(data[0], (tuple, list))
-                and bool(data[0])
-                and all(isinstance(t, Tensor) for t in data[0])
-            )
-        )
-    )
+    if not (isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[1], Tensor)):
+        return False
+    try:
+        input_tensors(data[0])
+    except TypeError:
+        return False
+    return True
 
 
 def check_batch(batch: Any, index: int) -> int:
@@ -72,6 +81,13 @@ def check_batch(batch: Any, index: int) -> int:
         TypeError: not an ``(inputs, targets)`` pair, non-Tensor targets, complex inputs.
         ValueError: inputs and targets disagree on the number of examples.
     """
+    if isinstance(batch, dict):
+        raise TypeError(
+            f"batch {index} of data is a dict with keys {sorted(batch)}; each batch must be "
+            "an (inputs, targets) pair, because loss_fn(outputs, targets) needs the targets "
+            "apart. Map the batches, e.g. [({k: v for k, v in b.items() if k != 'labels'}, "
+            "b['labels']) for b in loader]: a dict of inputs is passed as model(**inputs)"
+        )
     if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
         raise TypeError(
             f"batch {index} of data is a {type(batch).__name__}; each batch must be an "
@@ -86,7 +102,7 @@ def check_batch(batch: Any, index: int) -> int:
             f"batch {index}: inputs hold {nx} examples but targets hold {ny}; "
             "the first dimension of both must be the batch dimension"
         )
-    for t in x if isinstance(x, (tuple, list)) else (x,):
+    for t in input_tensors(x):
         if t.is_complex():
             raise TypeError(
                 f"batch {index}: complex inputs are not supported; pass real tensors (e.g. "
@@ -98,13 +114,17 @@ def check_batch(batch: Any, index: int) -> int:
 def _split(x: Any, size: int) -> list[Any]:
     if isinstance(x, Tensor):
         return list(torch.split(x, size))
-    pieces = [torch.split(t, size) for t in x]
-    return [type(x)(p) for p in zip(*pieces)]
+    if isinstance(x, dict):
+        pieces = {k: torch.split(t, size) for k, t in x.items()}
+        return [dict(zip(pieces, p)) for p in zip(*pieces.values())]
+    return [type(x)(p) for p in zip(*(torch.split(t, size) for t in x))]
 
 
 def _to(x: Any, device: torch.device) -> Any:
     if isinstance(x, Tensor):
         return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: t.to(device, non_blocking=True) for k, t in x.items()}
     return type(x)(t.to(device, non_blocking=True) for t in x)
 
 
@@ -192,6 +212,5 @@ def num_micro_batches(data: Any, chunk_size: int | None) -> int:
 def data_tensors(data: Any) -> Iterator[Tensor]:
     """Every tensor of in-memory ``data``, inputs before targets, batch by batch."""
     for x, y in data:
-        for t in (*(x if isinstance(x, (tuple, list)) else (x,)), y):
-            if isinstance(t, Tensor):
-                yield t
+        yield from input_tensors(x)
+        yield y

@@ -171,9 +171,11 @@ class ModelOperator(LinearOperator):
         state: dict[str, Tensor] = dict(zip(self.param_names, tensors))
         for name, b in self.model.named_buffers():
             state[name] = self._upcast(b) if self._upcasting else b.clone()
-        args = tuple(x) if isinstance(x, (tuple, list)) else (x,)
-        if self._upcasting:
-            args = tuple(self._upcast(a) for a in args)
+        cast = self._upcast if self._upcasting else (lambda t: t)
+        if isinstance(x, dict):  # model(**inputs)
+            kwargs = {k: cast(t) for k, t in x.items()}
+            return functional_call(self.model, state, (), kwargs, strict=False, tie_weights=True)
+        args = tuple(map(cast, x)) if isinstance(x, (tuple, list)) else (cast(x),)
         return functional_call(self.model, state, args, strict=False, tie_weights=True)
 
     def _targets(self, y: Tensor) -> Tensor:
@@ -220,7 +222,7 @@ class ModelOperator(LinearOperator):
         graph = 0
         if first is not None:  # a data-parallel rank with an empty shard holds no graph
             x, y, _ = first
-            inputs = list(x) if isinstance(x, (tuple, list)) else [x]
+            inputs = _data.input_tensors(x)
             with self._evaluation_context():
                 leaves = self._leaves()
                 graph = saved_bytes(
