@@ -10,12 +10,14 @@ from .eos import (
     stability_threshold,
 )
 from .projected import MODES, ON_FAULT, SubspaceProjectedOptimizer
+from .protocol import CompositeOptimizer
 from .sam import SAM
 
 __all__ = [
     "MODES",
     "ON_FAULT",
     "SAM",
+    "CompositeOptimizer",
     "EdgeOfStabilityWarning",
     "LearningRatePick",
     "SharpnessRecord",

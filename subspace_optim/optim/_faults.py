@@ -15,8 +15,10 @@ Anything else (a bug, a ``loss_fn`` of the wrong shape) is not a fault and propa
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -27,6 +29,21 @@ from ..eigensolvers import EigenResult, EigensolverError
 #: exceptions a refresh treats as numerical faults (handled by ``on_fault``). Anything else (a
 #: bug, a ``loss_fn`` of the wrong shape, data that ran dry) propagates, parameters untouched.
 NUMERICAL_ERRORS = (torch.linalg.LinAlgError, EigensolverError, FloatingPointError)
+
+
+def new_counters() -> dict[str, float]:
+    """The wrapper's cost and fault counters, all zero (``refresh_seconds`` a float)."""
+    return {
+        "refreshes": 0,
+        "matvecs": 0,
+        "refresh_seconds": 0.0,
+        "faults": 0,
+        "skipped_steps": 0,
+        "unconverged": 0,
+        "reorthonormalized": 0,
+        "cold_restarts": 0,
+        "unstable_refreshes": 0,
+    }
 
 
 class NonFiniteGradient(Exception):
@@ -57,34 +74,42 @@ def solve_with_policy(
     warm: Tensor | None,
     on_fault: str,
     counters: dict[str, float],
+    *,
+    scope: Callable[[], AbstractContextManager[Any]],
     before: Callable[[], Any] | None = None,
-    reset: Callable[[], None] | None = None,
 ) -> tuple[EigenResult | None, Exception | None, Any]:
-    """``solve(warm)`` (after ``before()``, whose value is passed through), with the
-    numerical errors caught; under ``"cold"`` a faulty warm solve is retried once from a
-    random block, after ``reset()`` (which drops cached state, such as a gradient graph
-    built on a faulty forward pass) and ``before()`` again. Returns ``(result or None, the
-    error or None, before's value)``."""
-    result: EigenResult | None = None
-    error: Exception | None = None
-    extra = None
-    try:
-        if before is not None:
-            extra = before()
-        result = solve(warm)
-    except NUMERICAL_ERRORS as exc:  # NaN-driven failures inside the solver
-        error, result = exc, None
-    if (result is None or not usable(result)) and on_fault == "cold" and warm is not None:
-        counters["cold_restarts"] += 1
-        try:  # the warm start may be what went wrong: retry from a random block
-            if reset is not None:
-                reset()
+    """``before()`` then ``solve(warm)`` inside one ``scope()``, numerical errors caught.
+
+    Under ``"cold"`` a faulty warm solve is retried once from a random block, in a fresh
+    scope (so state cached on a faulty pass, such as a gradient graph, is gone) with
+    ``before()`` called again.
+
+    Returns:
+        ``(result or None, the error or None, before's value)``.
+    """
+
+    def attempt(init: Tensor | None) -> tuple[EigenResult | None, Exception | None, Any]:
+        extra = None
+        try:
+            with scope():
                 if before is not None:
                     extra = before()
-            result, error = solve(None), None
-        except NUMERICAL_ERRORS as exc:
-            error, result = exc, None
+                return solve(init), None, extra
+        except NUMERICAL_ERRORS as exc:  # NaN-driven failures inside the solver
+            return None, exc, extra
+
+    result, error, extra = attempt(warm)
+    if (result is None or not usable(result)) and on_fault == "cold" and warm is not None:
+        counters["cold_restarts"] += 1
+        # the warm start may be what went wrong: retry from a random block
+        result, error, extra = attempt(None)
     return result, error, extra
+
+
+def describe(result: EigenResult) -> str:
+    """The solver's message for ``result`` (its ``message`` field, or the older ``status``)."""
+    fields = {f.name for f in dataclasses.fields(result)}
+    return str(result.message if "message" in fields else result.status)
 
 
 def refresh_failed(
@@ -94,7 +119,7 @@ def refresh_failed(
     counters["faults"] += 1
     msg = (
         "subspace refresh failed"
-        + (f" ({error})" if error else f" ({result.status})" if result is not None else "")
+        + (f" ({error})" if error else f" ({describe(result)})" if result is not None else "")
         + "; keeping the previous basis"
     )
     if on_fault == "raise":

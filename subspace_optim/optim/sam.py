@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ from torch.optim import Optimizer
 
 from .._utils import check_positive_float
 from ._guard import check_not_bypassed
+from .projected import SubspaceProjectedOptimizer
 
 __all__ = ["SAM"]
 
@@ -118,7 +119,7 @@ class SAM(Optimizer):
             )
         if isinstance(base, SAM):
             raise TypeError("base is already a SAM; wrap the underlying optimizer once")
-        if hasattr(base, "curvature") and hasattr(base, "base"):  # a projection wrapper
+        if isinstance(base, SubspaceProjectedOptimizer):
             raise TypeError(
                 f"base is a {type(base).__name__}; put SAM inside it instead: "
                 "SubspaceProjectedOptimizer(SAM(torch.optim.SGD(...)), curvature, ...)"
@@ -280,6 +281,41 @@ class SAM(Optimizer):
             for p in group["params"]
             if p.grad is not None
         ]
+
+    # ------------------------------------------- CompositeOptimizer protocol
+    def inner_optimizers(self) -> Sequence[Optimizer]:
+        """``[base]``: SAM takes its step through the base optimizer."""
+        return [self.base]
+
+    def step_in_progress(self) -> bool:
+        """:meth:`first_step` ran and the step is not finished: the parameters are at
+        ``θ + ε``, or :meth:`unperturb` left the gradient there for the next :meth:`step`."""
+        return self._perturbed or self.awaiting_step
+
+    def check_ready_to_step(self, *, closure: bool) -> None:
+        """Refuse a step by a wrapping optimizer that SAM cannot take now (nothing changes).
+
+        Raises:
+            RuntimeError: the parameters are at ``θ + ε`` (call :meth:`unperturb` first).
+            ValueError: no closure, and no :meth:`unperturb` left a gradient to apply.
+        """
+        if self._perturbed:
+            raise RuntimeError(
+                "SAM is at its perturbed point (first_step() was called): call "
+                "sam.unperturb() after the backward pass at θ + ε, then opt.step() (or "
+                "scaler.step(opt))"
+            )
+        if not closure and not self.awaiting_step:
+            raise ValueError(
+                "a SAM base needs opt.step(closure), the closure recomputing the loss and "
+                "calling backward(); loops that cannot pass one (a GradScaler) use "
+                "loss.backward(); sam.first_step(zero_grad=True); "
+                "loss_at_perturbed.backward(); sam.unperturb(); opt.step()"
+            )
+
+    def uses_existing_gradient(self) -> bool:
+        """``step(closure)`` takes ``g_t`` from ``.grad`` (a fresh gradient is there)."""
+        return self._has_fresh_gradient()
 
     def _has_fresh_gradient(self) -> bool:
         """Some ``.grad`` was produced (or accumulated into) after the last second_step."""

@@ -245,22 +245,35 @@ class FaultySolver(Eigensolver, _Counted):
             return result
         if self.fault == "nan":
             nan = math.nan
-            return dataclasses.replace(
+            return _altered(
                 result,
+                "injected: non-finite eigenpairs",
+                "NON_FINITE",
                 eigenvalues=torch.full_like(result.eigenvalues, nan),
                 eigenvectors=torch.full_like(result.eigenvectors, nan),
                 converged=False,
-                status="injected: non-finite eigenpairs",
             )
         if self.fault == "unconverged":
-            return dataclasses.replace(result, converged=False, status="injected: not converged")
+            return _altered(result, "injected: not converged", "MAX_ITERATIONS", converged=False)
         V = result.eigenvectors
         m = V.shape[1]
         mix = torch.eye(m, dtype=V.dtype, device=V.device) + 0.5
         W = V @ mix
         if m > 1:
             W[:, -1] = W[:, 0]
-        return dataclasses.replace(result, eigenvectors=W, status="injected: non-orthonormal basis")
+        return _altered(result, "injected: non-orthonormal basis", None, eigenvectors=W)
 
     def __repr__(self) -> str:
         return f"FaultySolver({self.inner!r}, fault={self.fault!r})"
+
+
+def _altered(result: EigenResult, message: str, outcome: str | None, **changes: Any) -> EigenResult:
+    """``result`` with ``changes`` and the injected ``message``; ``outcome`` names the
+    result's status member for a failed solve (kept as is when ``None``)."""
+    if "outcome" in {f.name for f in dataclasses.fields(result)}:
+        changes["message"] = message
+        if outcome is not None:
+            changes["outcome"] = getattr(type(result.outcome), outcome)
+    else:
+        changes["status"] = message
+    return dataclasses.replace(result, **changes)

@@ -1,0 +1,222 @@
+"""The wrapper's constructor arguments, checked and resolved before any state exists.
+
+:func:`check_arguments` refuses every bad argument (with what to do) and returns a
+:class:`Config`; the wrapper's constructor then only stores it. :func:`resolve_mode` turns a
+mode name or a pair of scales into ``(mode, (a, b))``.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from .._utils import check_int, choice
+from ..eigensolvers import Eigensolver, resolve_eigensolver
+from ..operators.base import LinearOperator
+from ..schedules import RefreshSchedule, resolve_schedule
+from . import _faults, _guard
+from ._update import MODE_SCALES
+from .eos import stability_threshold
+
+__all__ = ["MODES", "ON_FAULT", "PROJECT", "Config", "check_arguments", "resolve_mode"]
+
+#: the named ``mode`` values: ``"bulk"``, ``"dominant"`` and ``"none"`` (a pair ``(a, b)``
+#: of scales is accepted too)
+MODES = ("bulk", "dominant", "none")
+#: what is projected: the base optimizer's ``"update"`` or the ``"gradient"`` it reads
+PROJECT = ("update", "gradient")
+#: the valid ``on_fault`` policies: ``"keep"``, ``"cold"`` and ``"raise"``
+ON_FAULT = ("keep", "cold", "raise")
+
+
+@dataclass(frozen=True)
+class Config:
+    """The checked constructor arguments of the wrapper."""
+
+    mode: str | tuple[float, float]
+    scales: tuple[float, float]
+    project: str
+    on_fault: str
+    k: int
+    num_extra: int
+    eigensolver: Eigensolver
+    schedule: RefreshSchedule
+    adaptive_k: float | None
+    params: list[Tensor]
+
+
+def resolve_mode(mode: object) -> tuple[str | tuple[float, float], tuple[float, float]]:
+    """``(mode, (a, b))`` for a mode name or a pair of scales; raises before any change.
+
+    A pair equal to a named mode's scales is that mode (``(0, 1)`` is ``"bulk"``).
+
+    Raises:
+        ValueError: an unknown name, a pair with a NaN/inf entry, or ``(0, 0)``.
+        TypeError: a sequence that is not a pair of real numbers.
+
+    Example:
+        >>> resolve_mode("bulk"), resolve_mode((0.5, 1.5)), resolve_mode([1, 0])
+        (('bulk', (0.0, 1.0)), ((0.5, 1.5), (0.5, 1.5)), ('dominant', (1.0, 0.0)))
+    """
+    if not isinstance(mode, (tuple, list)):
+        name = choice("mode", mode, MODES)
+        return name, MODE_SCALES[name]
+    if len(mode) != 2 or not all(
+        isinstance(x, numbers.Real) and not isinstance(x, bool) for x in mode
+    ):
+        raise TypeError(
+            "mode as scales is a pair (a, b) of real numbers, the update becoming "
+            f"a·P_kΔ + b·(Δ − P_kΔ); got {mode!r}"
+        )
+    a, b = float(mode[0]), float(mode[1])
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"mode scales must be finite reals; got {mode!r}")
+    if a == 0 and b == 0:
+        raise ValueError(
+            "mode=(0, 0) removes the whole update, so nothing would train; use (1, 0) for "
+            "Dom, (0, 1) for Bulk, or scales with at least one nonzero entry"
+        )
+    for name, scales in MODE_SCALES.items():
+        if scales == (a, b):
+            return name, scales
+    return (a, b), (a, b)
+
+
+def check_arguments(
+    base: Any,
+    curvature: Any,
+    *,
+    k: Any,
+    mode: Any,
+    eigensolver: Any,
+    refresh: Any,
+    project: Any,
+    num_extra: Any,
+    on_fault: Any,
+    generator: Any,
+    adaptive_k: Any,
+    grad_scaler: Any,
+) -> Config:
+    """Check :class:`~subspace_optim.SubspaceProjectedOptimizer`'s arguments.
+
+    Raises:
+        TypeError: an argument of the wrong type (see the message).
+        ValueError: a value out of range, or an operator and an optimizer over different
+            parameters or devices, or parameters that already hold NaN/Inf.
+    """
+    if not isinstance(base, Optimizer):
+        raise TypeError(
+            f"base must be a torch.optim.Optimizer (e.g. torch.optim.SGD(model.parameters(), "
+            f"lr=0.1)); got {type(base).__name__}"
+        )
+    if not isinstance(curvature, LinearOperator):
+        raise TypeError(
+            "curvature must be a LinearOperator such as "
+            "subspace_optim.HessianOperator(model, loss_fn, data); got "
+            f"{type(curvature).__name__}"
+        )
+    mode_value, scales = resolve_mode(mode)
+    project = choice("project", project, PROJECT)
+    if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
+        raise TypeError(
+            "grad_scaler must be the torch.amp.GradScaler of the training loop (or None); "
+            f"got {type(grad_scaler).__name__}"
+        )
+    _guard.check_wrappable(base)
+    on_fault = choice("on_fault", on_fault, ON_FAULT)
+    n = curvature.shape[0]
+    k_value = check_int("k", k, low=0)
+    if k_value >= n:
+        raise ValueError(
+            f"k={k} must be smaller than the number of parameters ({n}); the paper uses k = "
+            "number of classes"
+        )
+    num_extra = check_int("num_extra", num_extra, low=0)
+    solver = resolve_eigensolver(eigensolver)
+    if k_value > 0:  # k + num_extra too large for the solver, or wider than its block
+        solver.check_k(n, k_value + num_extra)
+    schedule = resolve_schedule(refresh)
+    if adaptive_k is not None:
+        if (
+            isinstance(adaptive_k, bool)
+            or not isinstance(adaptive_k, (int, float))
+            or not (0 < adaptive_k <= 1)
+        ):
+            raise ValueError(f"adaptive_k is a fraction of 2/η in (0, 1]; got {adaptive_k!r}")
+        if stability_threshold(base) is None:
+            raise ValueError(
+                f"adaptive_k needs a stability threshold, which {type(base).__name__} does not "
+                "define (only SGD, with momentum/Nesterov, or SAM around SGD); pass a fixed k"
+            )
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
+    params = check_coverage(base, curvature)
+    for p in params:
+        if p.is_complex():
+            raise TypeError(
+                "complex parameters are not supported: the Hessian subspace is defined over "
+                "real parameters; store complex weights as real pairs (torch.view_as_real)"
+            )
+    devices = {p.device for p in params}
+    if devices != {curvature.device}:
+        raise ValueError(
+            f"the parameters live on {sorted(map(str, devices))} but the curvature operator "
+            f"works on {curvature.device}; move the model to one device before building "
+            "the operator and the optimizer"
+        )
+    _faults.check_finite_params(params, when="at construction")
+
+    return Config(
+        mode=mode_value,
+        scales=scales,
+        project=project,
+        on_fault=on_fault,
+        k=k_value,
+        num_extra=num_extra,
+        eigensolver=solver,
+        schedule=schedule,
+        adaptive_k=None if adaptive_k is None else float(adaptive_k),
+        params=params,
+    )
+
+
+def check_coverage(base: Optimizer, curvature: LinearOperator) -> list[Tensor]:
+    """The parameters the projection acts on, in the operator's flat order; refuses an
+    operator and an optimizer over different parameters (``ValueError``) and sparse
+    gradients (``TypeError``)."""
+    op_params = getattr(curvature, "params", None)
+    base_params = [p for g in base.param_groups for p in g["params"]]
+    if op_params is None:
+        n = curvature.shape[0]
+        total = sum(p.numel() for p in base_params if p.requires_grad)
+        if total != n:
+            raise ValueError(
+                f"the curvature operator has size {n} but the optimizer's trainable "
+                f"parameters hold {total} entries; they must be the same parameters"
+            )
+        return [p for p in base_params if p.requires_grad]
+    op_ids = {id(p) for p in op_params}
+    base_ids = {id(p) for p in base_params}
+    missing = [tuple(p.shape) for p in base_params if p.requires_grad and id(p) not in op_ids]
+    if missing:
+        raise ValueError(
+            f"the optimizer updates parameters the curvature operator does not cover "
+            f"(shapes {missing[:4]}); build the operator with "
+            "params=[p for g in base.param_groups for p in g['params']]"
+        )
+    extra = [tuple(p.shape) for p in op_params if id(p) not in base_ids]
+    if extra:
+        raise ValueError(
+            f"the curvature operator covers parameters the optimizer does not update "
+            f"(shapes {extra[:4]}); build the operator with params= the optimizer's parameters"
+        )
+    for p in base_params:
+        if p.requires_grad and p.grad is not None and p.grad.is_sparse:
+            raise TypeError("sparse gradients are not supported; use dense embeddings")
+    return list(op_params)

@@ -1,0 +1,100 @@
+"""The record one step of the wrapper fills in, stage by stage.
+
+:class:`~subspace_optim.SubspaceProjectedOptimizer` runs each step as begin → refresh →
+base step → project → record; every fact a stage establishes goes into a
+:class:`StepFacts`, and the next stage reads it from there (nothing travels in attributes
+of the optimizer).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+from torch.optim import Optimizer
+
+from ._flat import FlatParams
+from ._refresh import RefreshOutcome
+from ._update import project_gradient
+from .protocol import CompositeOptimizer
+
+__all__ = ["StepFacts", "project_existing_grads", "projecting_closure"]
+
+
+@dataclass
+class StepFacts:
+    """What one step of the wrapper has established so far (filled stage by stage).
+
+    Attributes:
+        t: index of the step.
+        active: the wrapper projects at all (``k > 0``).
+        theta_old: ``(n,)`` parameters before the step (``None`` when inactive).
+        g_mini: ``(n,)`` the gradient in ``.grad`` (or the first closure gradient).
+        grad_finite: ``g_mini`` is finite.
+        wants_projection: the schedule and mode ask for a projected update.
+        refresh: this step's refresh, or ``None``.
+        U: ``(n, active_k)`` basis the step projects with, or ``None``.
+        skip: why the step was skipped before the base step, or ``None``.
+        delta_base: ``(n,)`` the base optimizer's update.
+        delta: ``(n,)`` the realized update.
+        undone: the update came out non-finite and was undone.
+    """
+
+    t: int
+    active: bool
+    theta_old: Tensor | None = None
+    g_mini: Tensor | None = None
+    grad_finite: bool = True
+    wants_projection: bool = False
+    refresh: RefreshOutcome | None = None
+    U: Tensor | None = None
+    skip: str | None = None
+    delta_base: Tensor | None = None
+    delta: Tensor | None = None
+    undone: bool = False
+
+    @property
+    def project_now(self) -> bool:
+        """A projected update is due and a basis exists."""
+        return self.wants_projection and self.U is not None
+
+
+def project_existing_grads(
+    vec: FlatParams, base: Optimizer, U: Tensor, scales: tuple[float, float], raw: list[Tensor]
+) -> None:
+    """Before a closure step: project the gradient in ``.grad`` if ``base`` will use it.
+
+    A :class:`~subspace_optim.optim.CompositeOptimizer` says whether it will
+    (``uses_existing_gradient``); any other optimizer uses it whenever one is there. A
+    gradient the base will not use is left alone: projecting it in place would make a stale
+    gradient look fresh. The unprojected gradient is appended to ``raw``.
+    """
+    if all(vec.frozen()):
+        return
+    if isinstance(base, CompositeOptimizer) and not base.uses_existing_gradient():
+        return
+    g = vec.grads()
+    raw.append(g)
+    vec.set_grads(project_gradient(g, U, scales))
+
+
+def projecting_closure(
+    closure: Callable[[], Tensor],
+    vec: FlatParams,
+    U: Tensor,
+    scales: tuple[float, float],
+    raw: list[Tensor],
+) -> Callable[[], Tensor]:
+    """``closure`` whose gradients come back projected (the first unprojected one is kept
+    in ``raw``, for the step's record)."""
+
+    def projecting() -> Tensor:
+        loss = closure()
+        g = vec.grads()
+        if not raw:
+            raw.append(g)
+        vec.set_grads(project_gradient(g, U, scales))
+        return loss
+
+    return projecting

@@ -1,0 +1,220 @@
+"""The projection of an update and the statistics of a step, as pure functions.
+
+Nothing here reads or writes an optimizer, a parameter or a counter: each function maps
+tensors to tensors (or floats), so each is tested on its own (``tests/test_update_math.py``).
+Vectors are flat, shape ``(n,)``; a basis ``U`` is ``(n, m)`` with orthonormal columns.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "UpdatePlan",
+    "dominant_part",
+    "moved_eigenvalue",
+    "plan_update",
+    "project_gradient",
+    "step_statistics",
+    "zero_frozen",
+]
+
+#: the ``(a, b)`` scales of the named modes: ``a·P_kΔ + b·(Δ − P_kΔ)``
+MODE_SCALES = {"dominant": (1.0, 0.0), "bulk": (0.0, 1.0), "none": (1.0, 1.0)}
+
+
+def zero_frozen(vec: Tensor, sizes: Sequence[int], frozen: Sequence[bool]) -> Tensor:
+    """``vec`` with the slices of frozen parameters set to zero (in place; returned).
+
+    Args:
+        vec: ``(n,)``, the concatenation of slices of ``sizes``.
+        sizes: number of entries of each parameter, in flat order.
+        frozen: per parameter, whether its slice must be zero (no gradient: torch leaves
+            such a parameter untouched, and so must the projection).
+
+    Example:
+        >>> import torch
+        >>> zero_frozen(torch.ones(5), [2, 3], [False, True]).tolist()
+        [1.0, 1.0, 0.0, 0.0, 0.0]
+    """
+    offset = 0
+    for m, off in zip(sizes, frozen):
+        if off:
+            vec[offset : offset + m] = 0
+        offset += m
+    return vec
+
+
+def dominant_part(U: Tensor, delta: Tensor) -> Tensor:
+    """``U Uᵀ Δ``: the component of ``delta`` (``(n,)``) in the span of ``U`` (``(n, m)``).
+
+    Example:
+        >>> import torch
+        >>> U = torch.tensor([[1.0], [0.0]])
+        >>> dominant_part(U, torch.tensor([3.0, 4.0])).tolist()
+        [3.0, 0.0]
+    """
+    return U @ (U.T @ delta)
+
+
+def project_gradient(g: Tensor, U: Tensor, scales: tuple[float, float]) -> Tensor:
+    """``a·U Uᵀ g + b·(g − U Uᵀ g)`` for ``scales = (a, b)``: exactly ``U Uᵀ g`` for Dom
+    ``(1, 0)`` and ``g − U Uᵀ g`` for Bulk ``(0, 1)``.
+
+    Example:
+        >>> import torch
+        >>> U = torch.tensor([[1.0], [0.0]])
+        >>> project_gradient(torch.tensor([3.0, 4.0]), U, (0.0, 1.0)).tolist()
+        [0.0, 4.0]
+    """
+    dom = U @ (U.T @ g)
+    a, b = scales
+    if (a, b) == (1.0, 0.0):
+        return dom
+    if (a, b) == (0.0, 1.0):
+        return g - dom
+    return a * dom + b * (g - dom)
+
+
+@dataclass(frozen=True)
+class UpdatePlan:
+    """How to turn the base optimizer's update into the projected one.
+
+    Attributes:
+        delta: the realized update ``θ_new − θ_old``, ``(n,)``.
+        vector: what to write into the flat parameters, ``(n,)``.
+        add: ``vector`` is added to the parameters as the base step left them
+            (``True``), or copied over them (``False``).
+    """
+
+    delta: Tensor
+    vector: Tensor
+    add: bool
+
+
+def plan_update(
+    theta_old: Tensor, delta_base: Tensor, dom: Tensor, scales: tuple[float, float]
+) -> UpdatePlan:
+    """The projected step ``θ_old + a·P_kΔ + b·(Δ − P_kΔ)`` for ``scales = (a, b)``.
+
+    Args:
+        theta_old: ``(n,)`` parameters before the base step.
+        delta_base: ``(n,)`` the base optimizer's update ``Δ``.
+        dom: ``(n,)`` its dominant part ``P_kΔ`` (:func:`dominant_part`).
+        scales: ``(a, b)``, finite. Dom ``(1, 0)`` writes ``θ_old + P_kΔ``; Bulk ``(0, 1)``
+            subtracts ``P_kΔ`` from where the base step left the parameters (so the
+            result does not depend on rounding of ``θ_old + Δ``); any other pair adds
+            ``(a − 1)·P_kΔ + (b − 1)·(Δ − P_kΔ)`` there.
+
+    Example:
+        >>> import torch
+        >>> plan = plan_update(torch.zeros(2), torch.tensor([3.0, 4.0]), torch.tensor([3.0, 0.0]),
+        ...                    (0.5, 2.0))
+        >>> plan.delta.tolist(), plan.add
+        ([1.5, 8.0], True)
+    """
+    a, b = scales
+    if (a, b) == (1.0, 0.0):
+        return UpdatePlan(delta=dom, vector=theta_old + dom, add=False)
+    if (a, b) == (0.0, 1.0):
+        return UpdatePlan(delta=delta_base - dom, vector=-dom, add=True)
+    delta = a * dom + b * (delta_base - dom)
+    return UpdatePlan(delta=delta, vector=delta - delta_base, add=True)
+
+
+def step_statistics(
+    U: Tensor, delta_base: Tensor, delta: Tensor, g: Tensor, loss: Tensor | None
+) -> dict[str, float]:
+    """χ_k of ``g``, the dominant share of the base update and the effective-LR terms.
+
+    Args:
+        U: ``(n, m)`` orthonormal basis of the projected subspace.
+        delta_base: ``(n,)`` the base optimizer's update.
+        delta: ``(n,)`` the realized update.
+        g: ``(n,)`` the gradient the step is measured against.
+        loss: the full-data loss (a 0-d tensor) or ``None``.
+
+    Returns:
+        The :class:`~subspace_optim.StepStats` fields ``loss``, ``grad_alignment``,
+        ``update_alignment``, ``eta_dom``, ``eta_bulk``, ``dot_dom``, ``dot_bulk``,
+        ``sq_dom`` and ``sq_bulk`` as floats (``nan`` where a ratio is undefined). One
+        device synchronization.
+
+    Example:
+        >>> import torch
+        >>> U = torch.tensor([[1.0], [0.0]])
+        >>> g = torch.tensor([2.0, 1.0])
+        >>> s = step_statistics(U, -0.1 * g, -0.1 * g, g, None)
+        >>> round(s["eta_dom"], 6), round(s["eta_bulk"], 6), round(s["grad_alignment"], 4)
+        (0.1, 0.1, 0.8944)
+    """
+    cg = U.T @ g
+    cd = U.T @ delta
+    cb = U.T @ delta_base
+    sq_dom = cg @ cg
+    sq_bulk = (g @ g - sq_dom).clamp_min(0)
+    dot_dom = -(cd @ cg)
+    dot_bulk = -(delta @ g) - dot_dom
+    nan_t = torch.full((), math.nan, dtype=g.dtype, device=g.device)
+    values = torch.stack(
+        [
+            sq_dom,
+            sq_bulk,
+            dot_dom,
+            dot_bulk,
+            g.norm(),
+            cg.norm(),
+            delta_base.norm(),
+            cb.norm(),
+            nan_t if loss is None else loss.to(g.dtype),
+        ]
+    ).tolist()
+    sqd, sqb, dd, db, gn, cgn, dn, cbn, lf = values
+    nan = math.nan
+    return {
+        "loss": lf,
+        "grad_alignment": cgn / gn if gn > 0 else nan,
+        "update_alignment": cbn / dn if dn > 0 else nan,
+        "eta_dom": dd / sqd if sqd > 0 else nan,
+        "eta_bulk": db / sqb if sqb > 0 else nan,
+        "dot_dom": dd,
+        "dot_bulk": db,
+        "sq_dom": sqd,
+        "sq_bulk": sqb,
+    }
+
+
+def moved_eigenvalue(
+    eigenvalues: Tensor, j: int, threshold: float, scales: tuple[float, float]
+) -> tuple[float, float] | None:
+    """``(λ_{j+1}, threshold / b)``: the largest eigenvalue a projected update still moves
+    along, and the stability threshold it faces, for ``scales = (a, b)``.
+
+    Checked only when the update damps the dominant part (``a < b``: Bulk, or pairs such as
+    ``(0.5, 1.5)``), whose bulk directions step with an effective learning rate ``b·η``.
+
+    Args:
+        eigenvalues: ``(m,)`` tracked eigenvalues, descending.
+        j: number of projected directions (``λ_{j+1}`` is ``eigenvalues[j]``).
+        threshold: the base optimizer's threshold (``2/η`` for SGD).
+        scales: ``(a, b)``.
+
+    Returns:
+        The pair, or ``None`` when not checked or ``λ_{j+1}`` is not tracked.
+
+    Example:
+        >>> import torch
+        >>> moved_eigenvalue(torch.tensor([9.0, 5.0, 1.0]), 1, 4.0, (0.0, 1.0))
+        (5.0, 4.0)
+        >>> moved_eigenvalue(torch.tensor([9.0, 5.0, 1.0]), 1, 4.0, (1.0, 0.0)) is None
+        True
+    """
+    a, b = scales
+    if not a < b or j >= eigenvalues.shape[0]:
+        return None
+    return float(eigenvalues[j]), threshold if b == 1.0 else threshold / b
