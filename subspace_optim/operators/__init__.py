@@ -1,17 +1,33 @@
 """Matrix-free linear operators over the flat parameter space."""
 
 from .base import LinearOperator
+from .covariance import COVARIANCE_METHODS, GradientCovarianceOperator
 from .dense import DenseOperator
-from .distributed import DistributedHessianError, DistributedHessianOperator
+from .distributed import (
+    DataParallel,
+    DistributedGGNOperator,
+    DistributedGradientCovarianceOperator,
+    DistributedHessianError,
+    DistributedHessianOperator,
+)
+from .ggn import GGN_METHODS, SUPPORTED_GGN_LOSSES, GGNOperator
 from .hessian import HVP_METHODS, HessianOperator
 from .protocol import Curvature
 
 __all__ = [
+    "COVARIANCE_METHODS",
+    "GGN_METHODS",
     "HVP_METHODS",
+    "SUPPORTED_GGN_LOSSES",
     "Curvature",
+    "DataParallel",
     "DenseOperator",
+    "DistributedGGNOperator",
+    "DistributedGradientCovarianceOperator",
     "DistributedHessianError",
     "DistributedHessianOperator",
+    "GGNOperator",
+    "GradientCovarianceOperator",
     "HessianOperator",
     "LinearOperator",
 ]

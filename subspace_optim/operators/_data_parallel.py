@@ -384,9 +384,8 @@ class DataParallel:
 
 def _merged_signature(cls: type) -> inspect.Signature:
     """``cls``'s constructor signature: its operator's arguments and the mixin's keywords."""
-    after = cls.__mro__[cls.__mro__.index(DataParallel) + 1 :]
-    init = next(c.__dict__["__init__"] for c in after if "__init__" in c.__dict__)
-    own = list(inspect.signature(init).parameters.values())[1:]  # without self
+    operator = cls.__mro__[cls.__mro__.index(DataParallel) + 1]
+    own = list(inspect.signature(operator).parameters.values())
     extra = [
         p
         for name, p in inspect.signature(DataParallel.__init__).parameters.items()

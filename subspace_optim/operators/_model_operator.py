@@ -20,7 +20,8 @@ all examples whatever the batching.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+import inspect
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -33,7 +34,7 @@ from . import _data
 from ._data import RAN_DRY, Batch
 from ._graph_cache import GraphCache, resolve_cache_graph, state_key
 from ._memory import BlockMemoryEstimate, MemoryRule, budget_message, check_budget, saved_bytes
-from ._params import LossFn, check_model, missing_from, select_params
+from ._params import check_model, missing_from, select_params
 from .base import LinearOperator
 
 __all__ = ["ModelOperator"]
@@ -63,7 +64,7 @@ class ModelOperator(LinearOperator):
     def __init__(
         self,
         model: nn.Module,
-        loss_fn: LossFn,
+        loss_fn: Callable[[Any, Tensor], Tensor],
         data: Batch | Iterable[Batch],
         *,
         params: Iterable[Tensor] | None = None,
@@ -118,6 +119,24 @@ class ModelOperator(LinearOperator):
             chunk_size=chunk_size,
         )
         self._cache: GraphCache[Any] = GraphCache()
+        self._check_setup()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # a subclass whose constructor adds keywords and passes **settings on: its public
+        # signature lists those settings instead of **settings
+        init = cls.__dict__.get("__init__")
+        if init is not None and any(
+            p.kind is inspect.Parameter.VAR_KEYWORD
+            for p in inspect.signature(init).parameters.values()
+        ):
+            cls.__signature__ = _with_settings(init)  # type: ignore[attr-defined]
+
+    def _check_setup(self) -> None:
+        """Refuse a model or loss this operator cannot be built from (default: accept).
+
+        Runs at the end of construction, before any product.
+        """
 
     def _resolved_method(self) -> str:
         """The back end ``"auto"`` stands for (a fixed rule, never a timing race)."""
@@ -380,3 +399,17 @@ class ModelOperator(LinearOperator):
     def flat_params(self) -> Tensor:
         """The current parameters as one flat vector (a copy), shape ``(n,)``."""
         return flatten(p.detach() for p in self.params)
+
+
+def _with_settings(init: Any) -> inspect.Signature:
+    """``init``'s signature without ``self``, its ``**settings`` spelled out as
+    :class:`ModelOperator`'s keyword-only arguments."""
+    own = list(inspect.signature(init).parameters.values())[1:]
+    names = {p.name for p in own}
+    settings = [
+        p
+        for p in inspect.signature(ModelOperator.__init__).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names
+    ]
+    fixed = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return inspect.Signature([*fixed, *settings], return_annotation=None)

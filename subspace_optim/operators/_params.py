@@ -6,7 +6,7 @@ parameters count once). Every curvature operator over a model selects it the sam
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -129,6 +129,3 @@ def missing_from(old: Iterable[Tensor], new: Iterable[Tensor]) -> list[tuple[int
     """Shapes of the tensors of ``old`` that ``new`` lacks (by identity)."""
     kept = {id(p) for p in new}
     return [tuple(p.shape) for p in old if id(p) not in kept]
-
-
-LossFn = Callable[[Any, Tensor], Tensor]

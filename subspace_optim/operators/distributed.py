@@ -12,15 +12,24 @@ all-reduces both in one flat buffer, and divides by the global count:
 so the operator is the Hessian of the mean loss over the union of the shards, whatever
 their sizes (uneven and empty shards are weighted correctly). The reduction, the failure
 protocol and the agreement of results across ranks are the :class:`DataParallel` mixin's,
-shared with the other curvature operators.
+shared with the other curvature operators, which get their data-parallel variants here
+the same way (:class:`DistributedGGNOperator`, :class:`DistributedGradientCovarianceOperator`).
 """
 
 from __future__ import annotations
 
 from ._data_parallel import DataParallel, DistributedHessianError
+from .covariance import GradientCovarianceOperator
+from .ggn import GGNOperator
 from .hessian import HessianOperator
 
-__all__ = ["DataParallel", "DistributedHessianError", "DistributedHessianOperator"]
+__all__ = [
+    "DataParallel",
+    "DistributedGGNOperator",
+    "DistributedGradientCovarianceOperator",
+    "DistributedHessianError",
+    "DistributedHessianOperator",
+]
 
 
 class DistributedHessianOperator(DataParallel, HessianOperator):
@@ -98,5 +107,63 @@ class DistributedHessianOperator(DataParallel, HessianOperator):
         True
         >>> H.last_counts
         [10]
+        >>> dist.destroy_process_group()
+    """
+
+
+class DistributedGGNOperator(DataParallel, GGNOperator):
+    """Gauss–Newton matrix of the global mean loss over every rank's data shard.
+
+    :class:`~subspace_optim.GGNOperator` made data-parallel by the same mixin as
+    :class:`DistributedHessianOperator`: its arguments, then ``group`` and
+    ``check_consistency``; one all-reduce per product; every rank gets the same bits;
+    :meth:`agree` gives every rank rank 0's eigenpairs. Construct it on every rank, each
+    with its own shard.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> import torch.distributed as dist
+        >>> from torch import nn
+        >>> import subspace_optim as so
+        >>> store = os.path.join(tempfile.mkdtemp(), "store")
+        >>> dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
+        >>> X = torch.randn(10, 3, generator=g, dtype=torch.float64)
+        >>> y = torch.randint(0, 2, (10,), generator=g)
+        >>> shards = [(X[:3], y[:3]), (X[3:], y[3:])]
+        >>> G = so.DistributedGGNOperator(model, nn.CrossEntropyLoss(), shards)
+        >>> ref = so.GGNOperator(model, nn.CrossEntropyLoss(), (X, y))
+        >>> v = torch.randn(G.shape[0], generator=g, dtype=torch.float64)
+        >>> torch.allclose(G @ v, ref @ v)
+        True
+        >>> dist.destroy_process_group()
+    """
+
+
+class DistributedGradientCovarianceOperator(DataParallel, GradientCovarianceOperator):
+    """Per-example gradient covariance over every rank's data shard.
+
+    :class:`~subspace_optim.GradientCovarianceOperator` made data-parallel by the same
+    mixin as :class:`DistributedHessianOperator`. The mean gradient ``ḡ`` of the centred
+    form travels in the same all-reduce as the product (one more column), so the centring
+    uses the mean over all ranks' examples.
+
+    Example:
+        >>> import os, tempfile, torch
+        >>> import torch.distributed as dist
+        >>> from torch import nn
+        >>> import subspace_optim as so
+        >>> store = os.path.join(tempfile.mkdtemp(), "store")
+        >>> dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> model = nn.Linear(3, 2).double()
+        >>> X = torch.randn(10, 3, generator=g, dtype=torch.float64)
+        >>> Y = torch.randn(10, 2, generator=g, dtype=torch.float64)
+        >>> C = so.DistributedGradientCovarianceOperator(model, nn.MSELoss(), [(X[:4], Y[:4]), (X[4:], Y[4:])])
+        >>> ref = so.GradientCovarianceOperator(model, nn.MSELoss(), (X, Y))
+        >>> v = torch.randn(C.shape[0], generator=g, dtype=torch.float64)
+        >>> torch.allclose(C @ v, ref @ v)
+        True
         >>> dist.destroy_process_group()
     """
