@@ -217,6 +217,16 @@ def _scenarios(rank: int, out_dir: Path) -> dict:
         res["mismatch"] = None
     except RuntimeError as exc:
         res["mismatch"] = str(exc)
+
+    # 8. the other curvatures: the same shards, one reduction per product, the same bits
+    model, X, Y = problem()
+    shard = uneven_shard(rank, X, Y)
+    ggn = so.DistributedGGNOperator(model, mse, shard, chunk_size=4 if rank else None)
+    res["GV"] = ggn.matmat(V)
+    cov = so.DistributedGradientCovarianceOperator(model, mse, shard, chunk_size=4)
+    res["CV"] = cov.matmat(V)
+    res["cov_counts"] = torch.tensor(cov.last_counts)
+    res["ggn_loss"], res["ggn_grad"] = ggn.loss_and_grad()
     return res
 
 
@@ -396,6 +406,18 @@ def test_bulk_sgd_under_ddp_matches_single_process(runs):
 def test_checkpoint_from_two_ranks_resumes_in_one_process(runs):
     resumed, _ = reference_training(start=RESUME_AT, checkpoint=runs[0]["checkpoint"])
     assert rel(resumed, runs[0]["ddp_params"]) < 1e-9
+
+
+def test_gauss_newton_and_covariance_over_uneven_shards(runs):
+    model, X, Y = problem()
+    V = probe_block()
+    G = so.GGNOperator(model, mse, (X, Y)) @ V
+    C = so.GradientCovarianceOperator(model, mse, (X, Y)) @ V
+    for r, res in enumerate(runs):
+        assert rel(res["GV"], G) < 1e-12 and rel(res["CV"], C) < 1e-12, f"rank {r}"
+        assert torch.equal(res["GV"], runs[0]["GV"]) and torch.equal(res["CV"], runs[0]["CV"])
+        assert res["cov_counts"].tolist() == [12, 25]
+        assert torch.allclose(res["ggn_grad"], runs[0]["grad"], rtol=1e-13, atol=1e-15)
 
 
 def test_exception_on_one_rank_raises_on_every_rank(runs):
