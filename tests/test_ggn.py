@@ -248,3 +248,25 @@ def test_an_operator_over_other_parameters_than_the_optimizer_is_refused(generat
         so.SubspaceProjectedOptimizer(base, GGNOperator(other, loss_fn, data), k=2)
     assert all(torch.equal(a, b) for a, b in zip(state, model.parameters()))
     assert base.state == {} or all(not s for s in base.state.values())
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "covariance"])
+@pytest.mark.parametrize("family", ["sgd", "adam"])
+def test_bulk_steps_with_either_basis_remove_their_component(curvature, family, generator):
+    model, loss_fn, (X, Y) = make_case("mlp", generator)
+    Op = GGNOperator if curvature == "ggn" else so.GradientCovarianceOperator
+    base = (
+        torch.optim.SGD(model.parameters(), lr=0.1)
+        if family == "sgd"
+        else torch.optim.Adam(model.parameters(), lr=1e-2)
+    )
+    opt = so.SubspaceProjectedOptimizer(base, Op(model, loss_fn, (X, Y)), k=2, mode="bulk")
+    for _ in range(3):
+        before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        base.zero_grad()
+        loss_fn(model(X), Y).backward()
+        opt.step()
+        delta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]) - before
+        assert float(delta.norm()) > 0
+        assert float((opt.basis.T @ delta).norm()) <= 1e-10 * float(delta.norm())
+    assert opt.counters["refreshes"] == 3 and opt.counters["faults"] == 0
