@@ -16,7 +16,7 @@ and the user's) exactly once:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ from torch.optim import Optimizer
 from ..subspace import orthonormalize
 from ._refresh import needs_reorthonormalization
 
-__all__ = ["pack", "register", "subspace_state"]
+__all__ = ["delegate_to_base", "pack", "register", "subspace_state"]
 
 
 def _shapes(opt: Any) -> list[list[int]]:
@@ -158,21 +158,37 @@ def _apply(opt: Any, restore: _Restore) -> None:
     opt.generator.set_state(sub["generator"])
 
 
-def register(opt: Optimizer) -> None:
-    """Install the wrapper's checkpoint hooks on ``opt`` (once, from its constructor)."""
-    pending: list[_Restore] = []  # from the load pre-hook to the load post-hook
+def delegate_to_base(
+    opt: Any,
+    *,
+    extra: Callable[[Any], dict[str, Any]] | None = None,
+    check: Callable[[Any, dict[str, Any]], Any] | None = None,
+    restore: Callable[[Any, Any], None] | None = None,
+) -> None:
+    """Make ``opt``'s checkpoint its base optimizer's, through torch's own hooks.
+
+    For an optimizer that shares ``param_groups`` and ``state`` with ``opt.base`` (a
+    wrapper): ``state_dict()`` returns ``opt.base.state_dict()`` plus ``extra(opt)``;
+    ``load_state_dict(sd)`` first calls ``check(opt, sd)`` (which raises before anything
+    changes, and returns what ``restore`` needs), lets torch check and load the groups and
+    state, hands them to ``opt.base.load_state_dict`` (so the base's own checks, hooks and
+    bookkeeping run and the sharing is kept), then calls ``restore(opt, checked)``.
+    Hooks the user registers on ``opt`` run after these, as torch orders them.
+    """
+    pending: list[Any] = []  # from the load pre-hook to the load post-hook
 
     def save(optimizer: Any, state_dict: dict[str, Any]) -> dict[str, Any]:
         out = dict(optimizer.base.state_dict())
-        out["subspace"] = subspace_state(optimizer)
+        if extra is not None:
+            out.update(extra(optimizer))
         return out
 
-    def check(optimizer: Any, state_dict: dict[str, Any]) -> None:
-        restore = _validate(optimizer, state_dict)
+    def pre_load(optimizer: Any, state_dict: dict[str, Any]) -> None:
+        checked = None if check is None else check(optimizer, state_dict)
         pending.clear()
-        pending.append(restore)
+        pending.append(checked)
 
-    def finish(optimizer: Any) -> None:
+    def post_load(optimizer: Any) -> None:
         # torch loaded the groups and state into the wrapper's own attributes; the base
         # optimizer owns them: hand them over, and share the base's again
         loaded = pack(optimizer.state, optimizer.param_groups)
@@ -181,9 +197,20 @@ def register(opt: Optimizer) -> None:
         optimizer.base.load_state_dict(loaded)
         optimizer.param_groups = optimizer.base.param_groups
         optimizer.state = optimizer.base.state
-        restore = pending.pop()
-        _apply(optimizer, restore)
+        checked = pending.pop() if pending else None
+        if restore is not None:
+            restore(optimizer, checked)
 
     opt.register_state_dict_post_hook(save, prepend=True)
-    opt.register_load_state_dict_pre_hook(check, prepend=True)
-    opt.register_load_state_dict_post_hook(finish, prepend=True)
+    opt.register_load_state_dict_pre_hook(pre_load, prepend=True)
+    opt.register_load_state_dict_post_hook(post_load, prepend=True)
+
+
+def register(opt: Optimizer) -> None:
+    """Install the projection wrapper's checkpoint hooks (once, from its constructor)."""
+    delegate_to_base(
+        opt,
+        extra=lambda o: {"subspace": subspace_state(o)},
+        check=_validate,
+        restore=_apply,
+    )

@@ -244,10 +244,8 @@ def pick_learning_rate(
     solver = Lanczos(tol=1e-4) if eigensolver is None else resolve_eigensolver(eigensolver)
     if generator is None:
         generator = torch.Generator(device=curvature.device).manual_seed(0)
-    try:
+    with curvature.solve_scope():
         res = solver.solve(curvature, 1, generator=generator)
-    finally:
-        curvature.release_graph()
     lam = float(res.eigenvalues[0])
     if not math.isfinite(lam) or lam <= 0:
         raise ValueError(
@@ -380,12 +378,10 @@ class SharpnessTracker:
         init = None if self.last_result is None else self.last_result.eigenvectors
         if init is not None and not bool(torch.isfinite(init).all()):
             init = None
-        try:
+        with self.curvature.solve_scope():  # training moves θ next: the graph is stale
             res = self.solver.solve(
                 self.curvature, self.num_eigs, init=init, generator=self.generator
             )
-        finally:
-            self.curvature.release_graph()  # training moves θ next: the graph is stale
         self.num_matvecs += res.num_matvecs
         if bool(torch.isfinite(res.eigenvectors).all()):
             self.last_result = res

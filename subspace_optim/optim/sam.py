@@ -11,6 +11,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from .._utils import check_positive_float
+from . import _checkpoint
 from ._guard import check_not_bypassed
 from .projected import SubspaceProjectedOptimizer
 
@@ -146,6 +147,7 @@ class SAM(Optimizer):
         self._left: list[tuple[Tensor, Tensor, int]] = []
         # after unperturb(): the gradients at θ + ε that the next step() applies
         self._awaiting: list[tuple[Tensor, Tensor]] = []
+        _checkpoint.delegate_to_base(self, check=SAM._check_loadable, restore=SAM._after_load)
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
@@ -379,34 +381,17 @@ class SAM(Optimizer):
         return loss
 
     # -------------------------------------------------------------- checkpoint
-    def state_dict(self) -> dict[str, Any]:
-        """The base optimizer's ``state_dict()`` (its state and param_groups, with ``rho``)."""
-        for pre_hook in self._optimizer_state_dict_pre_hooks.values():
-            pre_hook(self)
-        sd = self.base.state_dict()
-        for post_hook in self._optimizer_state_dict_post_hooks.values():
-            out = post_hook(self, sd)
-            if out is not None:
-                sd = out
-        return sd
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load a :meth:`state_dict` (or the base optimizer's own) into the base optimizer."""
+    # state_dict() is the base optimizer's own (its state and param_groups, with rho);
+    # load_state_dict() loads into the base. Both through torch's hooks (see __init__).
+    def _check_loadable(self, state_dict: dict[str, Any]) -> None:
         if self._perturbed:
             raise RuntimeError("cannot load a state_dict between first_step() and second_step()")
-        for pre_hook in self._optimizer_load_state_dict_pre_hooks.values():
-            out = pre_hook(self, state_dict)
-            if out is not None:
-                state_dict = out
-        self.base.load_state_dict(state_dict)
+
+    def _after_load(self, _: Any) -> None:
         self._awaiting = []
-        self.param_groups = self.base.param_groups
-        self.state = self.base.state
         for group in self.param_groups:
             for key, value in self.defaults.items():
                 group.setdefault(key, value)
-        for post_hook in self._optimizer_load_state_dict_post_hooks.values():
-            post_hook(self)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients of the base optimizer's parameters."""

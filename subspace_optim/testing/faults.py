@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable, Collection
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -167,6 +168,14 @@ class FaultyOperator(LinearOperator, _Counted):
 
     def release_graph(self) -> None:
         self.op.release_graph()
+
+    def solve_scope(self) -> AbstractContextManager[None]:
+        """The wrapped operator's scope (its cached state is what a solve shares)."""
+        return self.op.solve_scope()
+
+    def agree(self, result: EigenResult) -> EigenResult:
+        """The wrapped operator's agreement across ranks."""
+        return self.op.agree(result)
 
 
 #: the faults :class:`FaultySolver` can inject
