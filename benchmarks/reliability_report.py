@@ -1,5 +1,5 @@
 """Reliability report: run every bad input, injected fault, determinism check and a long soak
-from :mod:`subspace_optim.testing.scenarios` (the same catalogue the tests check) and write
+from ``tests/scenarios/`` (the same catalogue the tests check) and write
 what happened in each case.
 
 Outputs a JSON artefact (``benchmarks/results/reliability.json``) and a markdown page
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from subspace_optim.testing.scenarios import (
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from scenarios import (
     BAD_INPUTS,
     DETERMINISM_CONFIGS,
     FAULTS,
@@ -72,7 +73,7 @@ def markdown(report: dict) -> str:
         "",
         "What the wrapper does with bad input, numerical faults, checkpoints and long runs.",
         "Every row is produced by `benchmarks/reliability_report.py` from the catalogue in",
-        "`subspace_optim/testing/scenarios/`, the same cases that `tests/test_bad_input.py`,",
+        "`tests/scenarios/`, the same cases that `tests/test_bad_input.py`,",
         "`tests/test_reliability.py`, `tests/test_soak.py` assert on.",
         "",
         f"Machine: {m['platform']}, {m['cpus']} CPUs ({m['torch_threads']} torch threads), "

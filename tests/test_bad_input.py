@@ -5,11 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-import subspace_optim as so
-from subspace_optim.testing import StateSnapshot
-from subspace_optim.testing.scenarios import (
+from scenarios import (
     BAD_INPUTS,
     BadInput,
     Trial,
@@ -18,6 +14,10 @@ from subspace_optim.testing.scenarios import (
     tiny_problem,
     train,
 )
+from torch import nn
+
+import subspace_optim as so
+from subspace_optim.testing import StateSnapshot
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda c: c.name)

@@ -17,10 +17,10 @@ import warnings
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
+from scenarios import checkpoint_bytes, load_bytes, train
 
 import subspace_optim as so
 from subspace_optim.testing import StateSnapshot, all_finite, orthonormality_error
-from subspace_optim.testing.scenarios import checkpoint_bytes, load_bytes, train
 from subspace_optim.testing.strategies import FAMILIES, build_optimizer, training_setups
 
 FAST = settings(

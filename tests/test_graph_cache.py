@@ -169,7 +169,7 @@ def test_solves_release_the_graph_when_they_are_over(generator):
 
 
 def test_a_cold_retry_rebuilds_a_graph_built_on_a_faulty_forward_pass():
-    from subspace_optim.testing.scenarios import FAULTS, run_fault
+    from scenarios import FAULTS, run_fault
 
     (case,) = [c for c in FAULTS if c.name.startswith("Inf in the forward pass of a cached")]
     outcome = run_fault(case)

@@ -14,10 +14,7 @@ import warnings
 
 import pytest
 import torch
-
-import subspace_optim as so
-from subspace_optim.testing import FaultyModule, FaultyOperator, StateSnapshot, orthonormality_error
-from subspace_optim.testing.scenarios import (
+from scenarios import (
     DETERMINISM_CONFIGS,
     FAULTS,
     mse,
@@ -27,6 +24,9 @@ from subspace_optim.testing.scenarios import (
     tiny_problem,
     train,
 )
+
+import subspace_optim as so
+from subspace_optim.testing import FaultyModule, FaultyOperator, StateSnapshot, orthonormality_error
 from subspace_optim.testing.strategies import FAMILIES
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
-
-from subspace_optim.testing.scenarios import soak
+from scenarios import soak
 
 
 def _check_flat(outcome, *, max_time_ratio):

@@ -5,9 +5,10 @@
   basis that lost orthonormality;
 * :mod:`~subspace_optim.testing.checks`: :class:`StateSnapshot` ("a failed call changed
   nothing"), finiteness and orthonormality checks;
-* :mod:`~subspace_optim.testing.scenarios`: the reliability catalogue (bad inputs, injected
-  faults, soak) that the library's own tests and report run;
 * :mod:`~subspace_optim.testing.strategies`: hypothesis strategies (needs ``hypothesis``).
+
+The project's own reliability catalogue lives in the repository's ``tests/scenarios/``
+(``subspace_optim.testing.scenarios`` is a deprecated alias for it in a source checkout).
 """
 
 from .checks import StateSnapshot, all_finite, orthonormality_error

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ...eigensolvers import Lanczos, PowerIteration
-from ...operators.hessian import HessianOperator
-from ...optim.projected import SubspaceProjectedOptimizer
-from ..checks import StateSnapshot, all_finite, orthonormality_error
-from ..faults import FaultyLoss, FaultyModule, FaultySolver
+from subspace_optim import HessianOperator, SubspaceProjectedOptimizer
+from subspace_optim.eigensolvers import Lanczos, PowerIteration
+from subspace_optim.testing.checks import StateSnapshot, all_finite, orthonormality_error
+from subspace_optim.testing.faults import FaultyLoss, FaultyModule, FaultySolver
+
 from .problem import full_loss, tiny_problem
 
 

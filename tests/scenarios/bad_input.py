@@ -13,11 +13,10 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ...eigensolvers import Lanczos, PowerIteration
-from ...operators.dense import DenseOperator
-from ...operators.hessian import HessianOperator
-from ...optim.projected import SubspaceProjectedOptimizer
-from ..checks import StateSnapshot
+from subspace_optim import DenseOperator, HessianOperator, SubspaceProjectedOptimizer
+from subspace_optim.eigensolvers import Lanczos, PowerIteration
+from subspace_optim.testing.checks import StateSnapshot
+
 from .problem import mse, tiny_problem, train
 
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from ..checks import all_finite
+from subspace_optim.testing.checks import all_finite
 
 
 def mse(out: Tensor, y: Tensor) -> Tensor:

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ...eigensolvers import Lanczos, PowerIteration
-from ...operators.hessian import HessianOperator
-from ...optim.projected import SubspaceProjectedOptimizer
-from ...schedules import AlignmentSwitch, Every
-from ..checks import all_finite
+from subspace_optim import HessianOperator, SubspaceProjectedOptimizer
+from subspace_optim.eigensolvers import Lanczos, PowerIteration
+from subspace_optim.schedules import AlignmentSwitch, Every
+from subspace_optim.testing.checks import all_finite
+
 from .problem import checkpoint_bytes, full_loss, load_bytes, tiny_problem, train
 
 
@@ -212,7 +212,7 @@ def setup_factory(
 ) -> Callable[[], tuple[nn.Module, Callable, tuple[Tensor, Tensor], SubspaceProjectedOptimizer]]:
     """A ``make()`` for :func:`resume_check`: the tiny problem wrapped with a fresh schedule,
     a fresh eigensolver (``None``: the library default) and a generator seeded with 7."""
-    from ..strategies import FAMILIES
+    from subspace_optim.testing.strategies import FAMILIES
 
     def make() -> tuple[nn.Module, Callable, tuple[Tensor, Tensor], SubspaceProjectedOptimizer]:
         model, loss_fn, data = tiny_problem()
