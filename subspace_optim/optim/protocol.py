@@ -6,12 +6,12 @@ optimizer, and may spread one step over several calls (``first_step`` / ``unpert
 must then know three things, and this protocol is how it asks, without knowing which
 optimizer it holds:
 
-* :meth:`~CompositeOptimizer.inner_optimizers`: which optimizers it steps (the wrapper
+* ``inner_optimizers``: which optimizers it steps (the wrapper
   refuses direct steps of all of them, since those would bypass the projection);
-* :meth:`~CompositeOptimizer.check_ready_to_step` and
-  :meth:`~CompositeOptimizer.step_in_progress`: whether a step can be taken now, and
+* ``check_ready_to_step`` and
+  ``step_in_progress``: whether a step can be taken now, and
   whether part of the current step already ran outside the wrapper;
-* :meth:`~CompositeOptimizer.uses_existing_gradient`: whether ``step(closure)`` will read
+* ``uses_existing_gradient``: whether ``step(closure)`` will read
   the gradient already in ``.grad`` (so a gradient projection must project it first).
 
 The protocol is structural (:class:`typing.Protocol`): a third-party two-step optimizer
@@ -73,7 +73,7 @@ def inner_chain(optimizer: Optimizer) -> list[Optimizer]:
     """``optimizer`` and every optimizer it steps through, outermost first.
 
     Args:
-        optimizer: any optimizer; a :class:`CompositeOptimizer` is followed into its inner
+        optimizer: any optimizer; a :class:`~subspace_optim.optim.CompositeOptimizer` is followed into its inner
             optimizers (depth first, each listed once).
 
     Returns:
