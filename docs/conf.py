@@ -1,14 +1,16 @@
 """Sphinx configuration of the subspace-optim documentation.
 
-Build (offline; fails on any warning, including a public name missing from the API
-reference)::
+Build (offline; nitpicky, and fails on any warning, including an unresolved cross-reference
+or a public name missing from the API reference)::
 
-    sphinx-build -W --keep-going -b html docs docs/_build/html
+    sphinx-build -n -W --keep-going -b html docs docs/_build/html
+
+The build runs the scripts under ``examples/`` (sphinx-gallery, with ``--quick`` and one
+torch thread) and writes their pages under ``docs/auto_examples/`` (not committed).
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -29,14 +31,28 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.intersphinx",
     "sphinx.ext.mathjax",
+    # copies a MathJax 3 bundle into _static/mathjax and points mathjax_path at it: the
+    # formulas render without a network connection
+    "sphinx-mathjax-offline",  # the module name has hyphens
+    # every API entry links to its highlighted source ("[source]")
     "sphinx.ext.viewcode",
+    "sphinx_gallery.gen_gallery",
     "myst_parser",
     "subspace_docs",
 ]
 
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
 root_doc = "index"
-exclude_patterns = ["_build", "_tools", "_ext", "_inventories", "Thumbs.db", ".DS_Store"]
+exclude_patterns = [
+    "_build",
+    "_tools",
+    "_ext",
+    "_inventories",
+    "auto_examples/*.ipynb",
+    "auto_examples/*.py",
+    "Thumbs.db",
+    ".DS_Store",
+]
 templates_path: list[str] = []
 
 # -- autodoc / napoleon -------------------------------------------------------------------
@@ -47,7 +63,8 @@ autodoc_preserve_defaults = True
 autodoc_default_options = {"no-value": True}
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
-napoleon_use_ivar = True
+# attributes as entries of their own (cross-reference targets such as StepStats.loss)
+napoleon_use_ivar = False
 napoleon_use_rtype = False
 napoleon_custom_sections = [("Shapes", "notes_style")]
 python_use_unqualified_type_names = True
@@ -65,11 +82,39 @@ intersphinx_mapping = {
 }
 intersphinx_timeout = 1
 
+# -- nitpicky references --------------------------------------------------------------------
+# With ``-n`` every cross-reference must resolve. The only exceptions are names that no
+# inventory can hold: third-party classes of optional test dependencies.
+nitpicky = True
+nitpick_ignore = [
+    # hypothesis (an optional test dependency) publishes no Sphinx inventory of its own
+    ("py:class", "hypothesis.strategies.SearchStrategy"),
+]
+
 # -- math ---------------------------------------------------------------------------------
-# MathJax runs in the reader's browser; SUBSPACE_OPTIM_MATHJAX may point at a local copy
-# (e.g. to read the docs offline).
-if os.environ.get("SUBSPACE_OPTIM_MATHJAX"):
-    mathjax_path = os.environ["SUBSPACE_OPTIM_MATHJAX"]
+# sphinx-mathjax-offline (above) serves MathJax from _static/mathjax/tex-chtml.js, inside the
+# built tree: no page loads anything from the network.
+
+# -- gallery ---------------------------------------------------------------------------------
+# Each script under examples/ runs once per build with ``--quick`` (see
+# subspace_docs.gallery_argv); its printed output and matplotlib figures appear on its page.
+# The DDP example needs torchrun and several processes: it is shown, not executed.
+sphinx_gallery_conf = {
+    "examples_dirs": "../examples",
+    "gallery_dirs": "auto_examples",
+    "filename_pattern": r"/(?!ddp_)[^/]*\.py$",
+    "reset_argv": "subspace_docs.gallery_argv",
+    "reset_modules": ("matplotlib", "subspace_docs.reset_torch"),
+    "within_subsection_order": "subspace_docs.gallery_order",
+    "download_all_examples": False,
+    "remove_config_comments": True,
+    "min_reported_time": 1,
+    "show_signature": False,
+    "capture_repr": (),
+    "matplotlib_animations": False,
+    "image_srcset": [],
+    "copyfile_regex": "",
+}
 
 # -- MyST (generated Markdown pages) -------------------------------------------------------
 myst_enable_extensions = ["dollarmath", "amsmath"]

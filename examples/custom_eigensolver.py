@@ -1,4 +1,6 @@
-"""Bring your own eigensolver: SciPy's ARPACK ``eigsh`` behind the library's interface.
+"""
+Bring your own eigensolver: SciPy's ARPACK behind the library's interface
+=========================================================================
 
 An eigensolver is a configured object with one verb. Subclass
 :class:`~subspace_optim.Eigensolver`, set the hyperparameters in ``__init__`` (validated
@@ -11,7 +13,9 @@ applies ``raise_on_failure``. Register the class under a name and any place that
 Run::
 
     python examples/custom_eigensolver.py          # digits MLP, 1000 examples
-    python examples/custom_eigensolver.py --quick  # 64 examples, a narrower MLP
+    python examples/custom_eigensolver.py --quick  # 64 examples, a narrower MLP (docs)
+
+Threads: small products, so one torch thread (see :doc:`/guide/troubleshooting`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,13 @@ from scipy.sparse.linalg import LinearOperator as ScipyOperator
 
 import subspace_optim as so
 from subspace_optim.experiments import half_sum_mse, load_digits, mlp
+
+# %%
+# The solver
+# ----------
+#
+# ``_solve`` receives the operator, ``k``, an optional warm start ``init`` of shape
+# ``(n, m)`` and a random generator; the base class does the rest.
 
 
 class ArpackEigsh(so.Eigensolver):
@@ -81,10 +92,19 @@ class ArpackEigsh(so.Eigensolver):
         )
 
 
+# %%
+# Check it, register it, use it
+# -----------------------------
+#
+# First on a matrix with a known spectrum against the exact dense solver, then by name
+# inside Bulk-GD on digits.
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description="A custom eigensolver (SciPy's eigsh).")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # small products: one thread is fastest
     n, widths, steps = (64, (64, 16, 10), 3) if args.quick else (1000, (64, 64, 64, 10), 20)
 
     # 1. check it on a matrix with a known spectrum, against the exact dense solver
@@ -131,6 +151,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "optimizer_eigenvalues": list(opt.last_stats.eigenvalues),
     }
 
+
+# %%
+# Run it (the docs run ``--quick``)
+# ---------------------------------
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,12 @@
-"""Bulk-SGD under DistributedDataParallel, the dominant subspace computed over every rank's data.
+"""
+Bulk-SGD under DistributedDataParallel
+======================================
 
-Launch (CPU, gloo; one process per rank)::
+The dominant subspace is computed over every rank's data. Launch (CPU, gloo; one process
+per rank)::
 
     torchrun --nproc_per_node 2 examples/ddp_bulk_sgd.py
+    torchrun --nproc_per_node 2 examples/ddp_bulk_sgd.py --quick   # 30 steps, switch at 20
 
 or on GPUs (NCCL, one GPU per rank)::
 
@@ -15,6 +19,10 @@ training loss (all shards) recomputed every step. Every rank runs the eigensolve
 lockstep on the same all-reduced products and finally takes rank 0's basis, so the
 projected updates, and DDP's replicas, stay bit-for-bit identical; the script checks that
 at the end. Rank 0 saves a checkpoint that resumes on any number of ranks.
+
+Threads: on CPU each rank uses ``cpu_count // ranks`` torch threads, so the ranks do not
+oversubscribe the cores. The documentation shows this script without running it (it needs
+``torchrun``); the test suite runs it on two gloo processes.
 """
 
 from __future__ import annotations
@@ -31,8 +39,8 @@ import subspace_optim as so
 from subspace_optim.experiments import half_sum_mse, load_digits, mlp
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Bulk-SGD under DistributedDataParallel.")
     parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--switch", type=int, default=100, help="first projected step")
@@ -47,7 +55,12 @@ def main() -> None:
         help="MiB one Hessian product may use on each rank (sub-blocks the solver's blocks)",
     )
     parser.add_argument("--checkpoint", default=None, help="rank 0 saves here at the end")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--quick", action="store_true", help="a short run: 30 steps, switch at step 20"
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.switch = min(args.steps, 30), min(args.switch, 20)
 
     dist.init_process_group(args.backend, timeout=datetime.timedelta(minutes=5))
     rank, world = dist.get_rank(), dist.get_world_size()

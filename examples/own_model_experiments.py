@@ -1,4 +1,6 @@
-"""The paper's Dom / Bulk experiment on your own model, through the experiments API.
+"""
+The paper's experiment on your own model, through the experiments API
+======================================================================
 
 :func:`subspace_optim.experiments.run` is what ``subspace-optim reproduce`` calls. Give it
 any ``nn.Module``, a loss and the training set as two tensors; for each optimizer family it
@@ -12,7 +14,9 @@ Here the "own model" is a small convolutional network on scikit-learn's 8×8 dig
 Run::
 
     python examples/own_model_experiments.py --out runs/my-cnn   # SGD and Adam, minutes
-    python examples/own_model_experiments.py --quick             # SGD only, a short run
+    python examples/own_model_experiments.py --quick             # SGD only, a short run (docs)
+
+Threads: a small CNN, so one torch thread (see :doc:`/guide/troubleshooting`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ from torch import nn
 
 from subspace_optim.experiments import half_sum_mse, load_digits, run
 from subspace_optim.experiments.report import format_table, write_report
+
+# %%
+# The model
+# ---------
 
 
 class SmallCNN(nn.Module):
@@ -47,11 +55,20 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x.view(-1, 1, 8, 8)).flatten(1))
 
 
+# %%
+# The experiment
+# --------------
+#
+# :func:`~subspace_optim.experiments.run` trains to the switch, then runs base, Dom and Bulk
+# from the same point; the report goes to a temporary folder unless ``--out`` names one.
+
+
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description="Dom/Bulk experiment on your own model.")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke test)")
     parser.add_argument("--out", type=Path, default=None, help="run folder to write")
     args = parser.parse_args(argv)
+    torch.set_num_threads(1)  # a small CNN: one thread is fastest
     if args.quick:
         n, settings = 64, {"optimizers": "sgd", "steps": 10, "switch": 6, "k": 10}
     else:
@@ -85,6 +102,10 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "files": files,
     }
 
+
+# %%
+# Run it (the docs run ``--quick``)
+# ---------------------------------
 
 if __name__ == "__main__":
     main()

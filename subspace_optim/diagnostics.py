@@ -36,11 +36,15 @@ class StepStats:
         grad_alignment: χ_k(g) = ‖P g‖/‖g‖ for that gradient, else ``nan``.
         update_alignment: ‖P Δ_base‖/‖Δ_base‖ of the *unprojected* base update: the
             fraction of its norm that Dom keeps and Bulk removes.
-        eta_dom, eta_bulk: effective learning rates of the realized update.
-        dot_dom, dot_bulk, sq_dom, sq_bulk: ``−⟨Δ, P g⟩``, ``−⟨Δ, P⊥ g⟩``, ``‖P g‖²``,
-            ``‖P⊥ g‖²`` (the terms of the ratio-of-sums summary).
+        eta_dom: effective learning rate of the realized update along ``P g``.
+        eta_bulk: effective learning rate of the realized update along ``P⊥ g``.
+        dot_dom: ``−⟨Δ, P g⟩``, numerator of the ratio-of-sums summary of ``eta_dom``.
+        dot_bulk: ``−⟨Δ, P⊥ g⟩``, numerator of the summary of ``eta_bulk``.
+        sq_dom: ``‖P g‖²``, denominator of the summary of ``eta_dom``.
+        sq_bulk: ``‖P⊥ g‖²``, denominator of the summary of ``eta_bulk``.
         eigenvalues: tracked eigenvalues, descending (``k + num_extra`` of them).
-        refresh_matvecs, refresh_seconds: cost of this step's refresh.
+        refresh_matvecs: Hessian-vector products of this step's refresh (0 without one).
+        refresh_seconds: wall time of this step's refresh (0 without one).
         refresh_converged: the eigensolver met its tolerance (``True`` when no refresh).
         skipped: the step was undone to protect the parameters (non-finite update).
         faults: cumulative count of numerical faults handled so far.
@@ -93,6 +97,11 @@ class StepStats:
     def as_dict(self) -> dict[str, Any]:
         """A flat dict (eigenvalues as ``eig_0, eig_1, …``) for CSV / TensorBoard / W&B.
 
+        Returns:
+            Every field by name, with ``eigenvalues`` replaced by one ``eig_i`` entry per
+            eigenvalue (descending); all values are plain Python numbers, booleans or
+            strings.
+
         Example:
             >>> from subspace_optim import StepStats
             >>> s = StepStats(step=3, projected=True, refreshed=True, gradient_source="full",
@@ -107,6 +116,13 @@ class StepStats:
         return d
 
 
+def _is_projected(value: Any) -> bool:
+    """``projected`` of a record: a bool, a number, or a string as read back from a CSV."""
+    if isinstance(value, str):
+        return value.strip().lower() in ("true", "1", "1.0", "yes")
+    return bool(value) and not (isinstance(value, float) and math.isnan(value))
+
+
 def effective_lr_summary(records: Iterable[StepStats | Mapping[str, Any]]) -> dict[str, float]:
     """Window summary of effective learning rates as ratios of sums.
 
@@ -115,25 +131,66 @@ def effective_lr_summary(records: Iterable[StepStats | Mapping[str, Any]]) -> di
 
     (likewise for bulk), over the records whose terms are finite.
 
+    Effective learning rates describe what the *base optimizer* does along the dominant and
+    bulk directions, so they are measured on an unprojected run (``mode="none"``, or the
+    steps before a switch): that is the paper's Table 1. On a projected step the realized
+    update is the projection's (a Bulk update has no component along ``P g``, so its
+    ``eta_dom`` is zero and the ratio is meaningless), and such records are refused. The
+    decision is made from the records themselves (their ``projected`` field), not from an
+    argument.
+
+    Args:
+        records: :class:`StepStats`, or mappings with the same keys (e.g. rows of
+            :meth:`StepStats.as_dict` read back from a CSV file), of the steps to summarise.
+            Records whose four terms are not all finite (steps without a full-batch
+            gradient) are skipped.
+
+    Returns:
+        ``{"eta_dom", "eta_bulk", "ratio", "steps"}``: the two ratios of sums, their ratio
+        ``eta_bulk / eta_dom`` (``nan`` when a denominator is zero or nothing was
+        summarised), and the number of records used.
+
+    Raises:
+        ValueError: a summarised record has ``projected`` true. Summarise the unprojected
+            run instead, or keep only its unprojected steps
+            (``[r for r in records if not r.projected]``).
+
     Example:
         >>> from subspace_optim import StepStats, effective_lr_summary
         >>> r = [StepStats(step=i, projected=False, refreshed=True, gradient_source="full",
         ...                dot_dom=0.1, sq_dom=1.0, dot_bulk=0.2, sq_bulk=1.0) for i in range(3)]
         >>> effective_lr_summary(r)
         {'eta_dom': 0.1, 'eta_bulk': 0.2, 'ratio': 2.0, 'steps': 3}
+        >>> bulk = StepStats(step=3, projected=True, refreshed=True, gradient_source="full",
+        ...                  dot_dom=0.0, sq_dom=1.0, dot_bulk=0.2, sq_bulk=1.0)
+        >>> effective_lr_summary(r + [bulk])
+        Traceback (most recent call last):
+            ...
+        ValueError: effective_lr_summary: 1 of 4 records (first: step 3) were projected; ...
     """
     num_d = den_d = num_b = den_b = 0.0
     steps = 0
+    projected: list[Any] = []
     for r in records:
         get = r.get if isinstance(r, Mapping) else lambda key, _r=r: getattr(_r, key)
         terms = [float(get(key)) for key in ("dot_dom", "sq_dom", "dot_bulk", "sq_bulk")]
         if not all(math.isfinite(x) for x in terms):
             continue
+        if _is_projected(get("projected")):
+            projected.append(get("step"))
         num_d += terms[0]
         den_d += terms[1]
         num_b += terms[2]
         den_b += terms[3]
         steps += 1
+    if projected:
+        raise ValueError(
+            f"effective_lr_summary: {len(projected)} of {steps} records (first: step "
+            f"{projected[0]}) were projected; their realized updates are the projection's, "
+            "not the base optimizer's (a Bulk step has eta_dom = 0 by construction). "
+            "Summarise the unprojected run (mode='none', or the steps before the switch), "
+            "e.g. [r for r in records if not r.projected]."
+        )
     eta_d = num_d / den_d if den_d > 0 else math.nan
     eta_b = num_b / den_b if den_b > 0 else math.nan
     ratio = eta_b / eta_d if eta_d not in (0.0,) and math.isfinite(eta_d) else math.nan

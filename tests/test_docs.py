@@ -1,14 +1,23 @@
-"""The documentation builds offline without a single warning, and documents the whole API.
+"""The documentation builds offline, nitpicky and without a warning, and reads well offline.
 
-``sphinx-build -W --keep-going`` fails on any warning, including the API-coverage warning
-that ``docs/_ext/subspace_docs.py`` emits for a public name with no entry in the reference.
+``sphinx-build -n -W --keep-going`` fails on any warning: an unresolved cross-reference, or
+the API-coverage warning that ``docs/_ext/subspace_docs.py`` emits for a public name with no
+entry in the reference. The build runs on a copy of ``docs/`` and ``examples/`` (the gallery
+writes its pages into the source tree), with the network unreachable, and executes the
+examples gallery. The tests then read the built HTML: no page loads anything from the
+network, the formulas have their MathJax, the gallery pages show output and figures, and
+the reference has its links, values and flags.
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import re
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,10 +29,16 @@ sys.path.insert(0, str(DOCS / "_ext"))
 
 import subspace_docs  # noqa: E402
 
+#: what the build of a source copy leaves out: earlier builds' output
+_NOT_COPIED = shutil.ignore_patterns("_build", "auto_examples", "sg_execution_times.rst")
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("html")
+
+def build_docs(out: Path) -> tuple[Path, float]:
+    """Build a copy of docs/ (and examples/) into ``out/html``; ``(html dir, seconds)``."""
+    src = out / "src"
+    shutil.copytree(DOCS, src / "docs", ignore=_NOT_COPIED)
+    shutil.copytree(ROOT / "examples", src / "examples", ignore=_NOT_COPIED)
+    html = out / "html"
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
@@ -33,30 +48,44 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "HTTP_PROXY": "http://127.0.0.1:9",
         "HTTPS_PROXY": "http://127.0.0.1:9",
     }
+    start = time.perf_counter()
     proc = subprocess.run(
         [
             sys.executable,
             "-m",
             "sphinx",
+            "-n",
             "-W",
             "--keep-going",
             "-q",
             "-b",
             "html",
             "-d",
-            str(out / ".doctrees"),
-            str(DOCS),
-            str(out),
+            str(out / "doctrees"),
+            str(src / "docs"),
+            str(html),
         ],
-        cwd=ROOT,
+        cwd=src,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
+    seconds = time.perf_counter() - start
     assert proc.returncode == 0, f"sphinx-build failed:\n{proc.stdout}\n{proc.stderr}"
     assert "WARNING" not in proc.stderr, proc.stderr
-    return out
+    return html, seconds
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    html, seconds = build_docs(tmp_path_factory.mktemp("docs"))
+    print(f"\ndocs build with the gallery: {seconds:.0f} s")
+    return html
+
+
+def _pages(built: Path) -> list[Path]:
+    return sorted(p for p in built.rglob("*.html") if "_static" not in p.parts)
 
 
 def _documented(built: Path) -> set[str]:
@@ -69,6 +98,7 @@ def _documented(built: Path) -> set[str]:
     return names
 
 
+# ------------------------------------------------------------------ coverage and pages
 def test_every_public_name_is_in_the_built_reference(built: Path) -> None:
     documented = _documented(built)
     assert "subspace_optim.SubspaceProjectedOptimizer" in documented
@@ -88,28 +118,202 @@ def test_pages_exist_and_link_offline_to_torch(built: Path) -> None:
         "guide/checkpointing",
         "guide/distributed",
         "guide/reproducing",
-        "examples",
+        "guide/troubleshooting",
+        "auto_examples/index",
         "api/index",
         "changelog",
     ]:
         assert (built / f"{page}.html").is_file(), page
-    optim = (built / "api" / "optim.html").read_text(encoding="utf-8")
-    # intersphinx resolved torch.optim.Optimizer from the local inventory
-    assert "docs.pytorch.org/docs/stable/generated/torch.optim.Optimizer.html" in optim
-    # the math is there for MathJax
+
+
+# ------------------------------------------------------------------ offline
+_REMOTE = re.compile(
+    r"<(?:script[^>]*\bsrc|link[^>]*\bhref)\s*=\s*[\"']((?:https?:)?//[^\"']*)", re.IGNORECASE
+)
+
+
+def test_no_page_loads_anything_from_the_network(built: Path) -> None:
+    pages = _pages(built)
+    assert len(pages) > 20
+    remote = {
+        str(p.relative_to(built)): _REMOTE.findall(p.read_text(encoding="utf-8")) for p in pages
+    }
+    assert {page: urls for page, urls in remote.items() if urls} == {}
+    # the check itself sees a remote script and a protocol-relative stylesheet
+    assert _REMOTE.findall('<script defer src="https://cdn.example/tex-chtml.js"></script>')
+    assert _REMOTE.findall('<link rel="stylesheet" href="//cdn.example/x.css" />')
+
+
+def test_formulas_have_their_mathjax_in_the_built_tree(built: Path) -> None:
     concepts = (built / "guide" / "concepts.html").read_text(encoding="utf-8")
-    assert "mathjax" in concepts.lower() and r"\chi_k" in concepts
+    assert r"\chi_k" in concepts
+    scripts = re.findall(r"<script[^>]*\bsrc=\"([^\"]*mathjax[^\"]*)\"", concepts, re.IGNORECASE)
+    assert scripts, "the Concepts page loads no MathJax"
+    for src in scripts:
+        assert (built / "guide" / src.split("?")[0]).resolve().is_file(), src
+    mathjax = built / "_static" / "mathjax"
+    assert (mathjax / "tex-chtml.js").is_file()
+    # the CHTML output's fonts are there too, or the formulas render as boxes
+    assert list((mathjax / "output" / "chtml" / "fonts").rglob("*.woff"))
 
 
-def test_every_example_is_shown_in_the_docs(built: Path) -> None:
-    page = (built / "examples.html").read_text(encoding="utf-8")
+# ------------------------------------------------------------------ the gallery
+_EXECUTED = sorted(p.stem for p in (ROOT / "examples").glob("*.py") if p.name != "ddp_bulk_sgd.py")
+_WITH_FIGURES = ["wrap_sgd", "dom_bulk_adam", "sharpness_monitor", "checkpoint_resume"]
+
+
+def test_every_example_has_a_gallery_page(built: Path) -> None:
+    index = (built / "auto_examples" / "index.html").read_text(encoding="utf-8")
     for script in sorted((ROOT / "examples").glob("*.py")):
-        assert script.name in page, script.name
-        # the literal include carries the script's first docstring line
-        first = script.read_text(encoding="utf-8").split('"""')[1].splitlines()[0]
-        assert first.split(":")[0].replace("'", "&#39;") in page or first[:30] in page
+        assert (built / "auto_examples" / f"{script.stem}.html").is_file(), script.name
+        assert f"{script.stem}.html" in index, script.name
+    for required in [*_WITH_FIGURES, "custom_eigensolver", "own_model_experiments"]:
+        assert required in _EXECUTED
 
 
+@pytest.mark.parametrize("name", _EXECUTED)
+def test_gallery_pages_show_what_the_examples_printed(built: Path, name: str) -> None:
+    page = (built / "auto_examples" / f"{name}.html").read_text(encoding="utf-8")
+    outputs = re.findall(r'class="sphx-glr-script-out".*?<pre>(.*?)</pre>', page, re.DOTALL)
+    assert outputs and any(out.strip() for out in outputs), f"{name}: no printed output"
+    assert "Traceback" not in page
+
+
+@pytest.mark.parametrize("name", _WITH_FIGURES)
+def test_gallery_pages_show_their_figures(built: Path, name: str) -> None:
+    page = (built / "auto_examples" / f"{name}.html").read_text(encoding="utf-8")
+    images = re.findall(rf'src="(\.\./_images/sphx_glr_{name}_\d+\.png)"', page)
+    assert images, f"{name}: no figure on the page"
+    for src in images:
+        assert (built / "auto_examples" / src).resolve().stat().st_size > 5000, src
+
+
+def test_landing_page_shows_the_figure_1_loss_plot(built: Path) -> None:
+    index = (built / "index.html").read_text(encoding="utf-8")
+    images = re.findall(r'src="(_images/sphx_glr_wrap_sgd_001\.png)"', index)
+    assert images and (built / images[0]).stat().st_size > 5000
+    assert 'href="auto_examples/wrap_sgd.html"' in index
+
+
+def test_ddp_example_accepts_quick() -> None:
+    # the examples' README (the gallery's index) says every script accepts --quick
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "ddp_bulk_sgd.py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "--quick" in proc.stdout
+
+
+# ------------------------------------------------------------------ reference quality
+def test_signatures_link_torch_types_to_their_real_pages(built: Path) -> None:
+    optim = (built / "api" / "optim.html").read_text(encoding="utf-8")
+    operators = (built / "api" / "operators.html").read_text(encoding="utf-8")
+    both = optim + operators
+    for url in [
+        "docs.pytorch.org/docs/stable/optim.html#torch.optim.Optimizer",
+        "docs.pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module",
+        "docs.pytorch.org/docs/stable/generated/torch.Generator.html#torch.Generator",
+        "docs.pytorch.org/docs/stable/amp.html#torch.amp.GradScaler",
+    ]:
+        assert url in both, url
+
+
+def test_constants_show_their_own_text_and_value(built: Path) -> None:
+    type_docs = ["Built-in immutable sequence", "Create a new string object", "str(object="]
+    for page in _pages(built):
+        text = page.read_text(encoding="utf-8")
+        for doc in type_docs:
+            assert doc not in text, f"{page.relative_to(built)} shows {doc!r}"
+    optim = (built / "api" / "optim.html").read_text(encoding="utf-8")
+    assert "The value is <code" in optim and "&#39;dominant&#39;" in optim
+    index = (built / "api" / "index.html").read_text(encoding="utf-8")
+    import subspace_optim
+
+    assert f"&#39;{subspace_optim.__version__}&#39;" in index
+
+
+def test_attributes_are_entries_of_their_own(built: Path) -> None:
+    page = (built / "api" / "diagnostics.html").read_text(encoding="utf-8")
+    for field in ("eta_dom", "eta_bulk", "dot_dom", "sq_bulk", "refresh_seconds"):
+        assert f'id="subspace_optim.StepStats.{field}"' in page, field
+    # the garbled form a comma-separated attribute list gave: ``eta_bulk (eta_dom,)``
+    assert not re.search(r"\w+ \(\w+,\)", re.sub(r"<[^>]+>", "", page))
+
+
+def test_reproducing_page_lists_every_flag_of_the_parser(built: Path) -> None:
+    from subspace_optim.__main__ import build_parser
+
+    page = (built / "guide" / "reproducing.html").read_text(encoding="utf-8")
+    rows = subspace_docs.subcommand_flags(build_parser(), "reproduce")
+    flags = {opt for row, _ in rows for opt in re.findall(r"--[\w-]+", row)}
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    expected = {
+        opt
+        for action in sub.choices["reproduce"]._actions
+        for opt in action.option_strings
+        if opt.startswith("--") and opt != "--help"
+    }
+    assert flags == expected and len(expected) >= 20
+    for flag in expected:
+        assert f"{flag}" in page, flag
+
+
+def test_every_api_entry_links_to_its_source(built: Path) -> None:
+    for name in ("optim", "operators", "eigensolvers", "diagnostics", "subspace"):
+        page = (built / "api" / f"{name}.html").read_text(encoding="utf-8")
+        links = set(re.findall(r'href="(\.\./_modules/[^"#]+)', page))
+        assert links, name
+        for link in links:
+            assert (built / "api" / link).resolve().is_file(), link
+
+
+# ------------------------------------------------------------------ snippets
+_BLOCK = re.compile(
+    r"^\.\. code-block:: python\n((?:   :[\w-]+:.*\n)*)\n((?:(?:   .*)?\n)+)", re.MULTILINE
+)
+
+
+def python_snippets() -> list[tuple[str, str, str]]:
+    """``(page:line, options, code)`` of every ``.. code-block:: python`` under docs/."""
+    out = []
+    for page in sorted(DOCS.rglob("*.rst")):
+        if "auto_examples" in page.parts or "_build" in page.parts:
+            continue
+        text = page.read_text(encoding="utf-8")
+        for m in _BLOCK.finditer(text):
+            line = text[: m.start()].count("\n") + 1
+            code = "\n".join(ln[3:] for ln in m.group(2).splitlines())
+            out.append((f"{page.relative_to(DOCS)}:{line}", m.group(1), code))
+    return out
+
+
+def test_snippets_are_found() -> None:
+    snippets = python_snippets()
+    assert len(snippets) >= 20
+    assert any(":caption: Fragment" in options for _, options, _ in snippets)
+
+
+@pytest.mark.parametrize(
+    "where,options,code",
+    [s for s in python_snippets() if ":caption: Fragment" not in s[1]],
+    ids=lambda v: v if isinstance(v, str) and ".rst:" in v else "",
+)
+def test_every_snippet_runs_or_is_marked_as_a_fragment(where: str, options: str, code: str):
+    """A snippet without a ``:caption: Fragment...`` runs on its own, as printed."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        exec(compile(code, where, "exec"), {"__name__": "snippet"})
+    finally:
+        torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ the extension
 def test_coverage_check_reports_an_undocumented_name() -> None:
     import subspace_optim as so
 
@@ -129,3 +333,30 @@ def test_generated_pages_are_optional(tmp_path: Path) -> None:
     assert subspace_docs.existing_generated_pages(tmp_path) == []
     (tmp_path / "performance.md").write_text("# Performance\n", encoding="utf-8")
     assert subspace_docs.existing_generated_pages(tmp_path) == ["performance"]
+
+
+def test_constants_lose_their_type_docstring_and_state_their_value() -> None:
+    modes = ("bulk", "dominant", "none")
+    described = subspace_docs.describe_constant(modes, tuple.__doc__.splitlines())
+    assert described == ["The value is ``('bulk', 'dominant', 'none')``."]
+    own = subspace_docs.describe_constant(modes, ["The modes: bulk, dominant, none.", ""])
+    assert own == [": The modes: bulk, dominant, none.", "", "", described[0]]
+    big = {str(i): i for i in range(100)}
+    assert subspace_docs.describe_constant(big, ["A table."]) == ["A table."]
+
+
+def test_references_to_reexports_find_the_documented_entry() -> None:
+    candidates = subspace_docs.reexport_candidates("Eigensolver", "subspace_optim", "ScipyEigsh")
+    found = [c for c in candidates if subspace_docs.resolve(c)[0]]
+    import subspace_optim as so
+
+    assert any(subspace_docs.resolve(c)[1] is so.Eigensolver for c in found)
+
+
+def test_gallery_runs_each_script_with_quick_in_order() -> None:
+    assert subspace_docs.gallery_argv({}, {}) == ["--quick"]
+    scripts = sorted(
+        (ROOT / "examples").glob("*.py"), key=lambda p: subspace_docs.gallery_order(str(p))
+    )
+    assert next(p.name for p in scripts) == "wrap_sgd.py"
+    assert set(subspace_docs.GALLERY_ORDER) == {p.name for p in scripts}

@@ -9,6 +9,11 @@ URL layout each project's documentation uses (one generated page per object for 
 NumPy and SciPy; one page per module for the Python standard library). Links therefore
 point at the right pages of the online documentation, and only names that exist are linked.
 
+Autodoc writes a signature's types by their defining module (``torch.nn.modules.module.
+Module``, ``torch._C.Generator``, ``torch.amp.grad_scaler.GradScaler``), which the projects'
+own inventories do not list; each class is therefore also entered under that path, pointing
+at the page of its public name.
+
 Run from the repository root (the output is committed)::
 
     python docs/_tools/make_inventories.py
@@ -44,6 +49,38 @@ def _public(module_name: str) -> list[tuple[str, str]]:
             continue
         out.append((name, role))
     return out
+
+
+def _add_defining_paths(entries: dict[str, tuple[str, str]], root: str) -> None:
+    """Enter each class also under ``__module__.__qualname__`` (same page and anchor).
+
+    Entries made later (the explicit ones after the generated listings) claim the path first.
+    """
+    for name, (role, uri) in reversed(list(entries.items())):
+        if role not in ("class", "exception"):
+            continue
+        found, obj = _resolve(name)
+        if not found or not inspect.isclass(obj):
+            continue
+        defining = f"{obj.__module__}.{obj.__qualname__}"
+        if defining != name and defining.startswith(root) and defining not in entries:
+            entries[defining] = (role, uri.replace("#$", f"#{name}"))
+
+
+def _resolve(name: str) -> tuple[bool, object]:
+    parts = name.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        try:
+            for attr in parts[cut:]:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            return False, None
+        return True, obj
+    return False, None
 
 
 def _write(path: Path, project: str, version: str, entries: dict[str, tuple[str, str]]) -> None:
@@ -85,6 +122,8 @@ def torch_inventory() -> None:
         "class",
         "generated/torch.nn.parallel.DistributedDataParallel.html#$",
     )
+    # documented on their section pages rather than on a generated page of their own
+    entries["torch.optim.Optimizer"] = ("class", "optim.html#$")
     entries["torch.amp.GradScaler"] = ("class", "amp.html#$")
     entries["torch.amp.autocast"] = ("class", "amp.html#$")
     entries["torch.Tensor"] = ("class", "tensors.html#$")
@@ -95,6 +134,7 @@ def torch_inventory() -> None:
         entries[full] = ("method", f"generated/{full}.html#$")
     for method in ("parameters", "named_parameters", "buffers", "train", "eval", "to"):
         entries[f"torch.nn.Module.{method}"] = ("method", "generated/torch.nn.Module.html#$")
+    _add_defining_paths(entries, "torch.")
     _write(OUT / "torch.inv", "PyTorch", torch.__version__.split("+")[0], entries)
 
 
@@ -104,6 +144,7 @@ def numpy_inventory() -> None:
     entries: dict[str, tuple[str, str]] = {}
     for name, role in _public("numpy"):
         entries[f"numpy.{name}"] = (role, f"reference/generated/numpy.{name}.html#$")
+    _add_defining_paths(entries, "numpy.")
     _write(OUT / "numpy.inv", "NumPy", numpy.__version__, entries)
 
 
@@ -115,6 +156,7 @@ def scipy_inventory() -> None:
         for name, role in _public(mod):
             full = f"{mod}.{name}"
             entries[full] = (role, f"reference/generated/{full}.html#$")
+    _add_defining_paths(entries, "scipy.")
     _write(OUT / "scipy.inv", "SciPy", scipy.__version__, entries)
 
 
