@@ -28,9 +28,8 @@ class Lanczos(Eigensolver):
     Args:
         ncv: Krylov basis size (default ``max(3k, 30)``, capped at ``n``). SciPy's
             :func:`~scipy.sparse.linalg.eigsh` uses ``max(2k + 1, 20)``; the larger basis
-            costs ``n · k`` more numbers of memory and restarts less: on the digits MLP
-            Hessian (top-10, tol 1e-3, ``benchmarks/eigensolvers.py``'s workload, four
-            seeds) it took 58–67 products against 59–69 with SciPy's size.
+            costs ``n · k`` more numbers of memory and restarts less
+            (``benchmarks/eigensolvers.py`` compares the two).
         tol, max_iter, which, raise_on_failure: see :class:`Eigensolver`; ``max_iter``
             counts restarts.
 

@@ -80,12 +80,12 @@ class WarmRefresh(Eigensolver):
     with ``X``, ``Θ`` the previous vectors and Ritz values and ``D = diag(t_i)`` their
     residual targets (the angle or residual target below). If ``ρ <= 1/2``
     (:data:`CHECK_MARGIN`) every pair is estimated to meet its target with room to spare,
-    and the previous pairs are returned as they are (``num_iterations`` 0, ``status``
+    and the previous pairs are returned as they are (``num_iterations`` 0, ``message``
     "sketch check"; the residual norms reported are the estimates ``ρ · t_i``). Otherwise
     the full refresh follows, aiming at a quarter of the targets (:data:`CHECK_TIGHTEN`)
     so that the checks after it have room for the drift. After a failed check the next
     ``1, 2, 4, …, 8`` refreshes skip the check (:data:`MAX_BACKOFF`), so an operator that
-    moves fast (the digits MLP at lr 0.1) pays almost nothing for it. The check is
+    moves fast pays almost nothing for it. The check is
     attempted when ``init`` has orthonormal columns (to 1e-4); it verifies the pairs
     ``(θ_i, init_i)`` themselves, so a start that is not the previous basis (rotated within
     its span, reordered) simply fails it. The estimate is
@@ -106,18 +106,11 @@ class WarmRefresh(Eigensolver):
     * a residual (``tol`` given, ``sin_tol`` not): ``‖A v_i − θ_i v_i‖ <= tol · |θ_1|``
       for ``i <= k``, the target of every other solver.
 
-    The default was chosen by measurement (``benchmarks/refresh_analysis.py``, whose
-    results are in ``benchmarks/results/refresh_analysis.json``): on the digits MLP (k =
-    10) along 119 Bulk-SGD steps (lr 0.1, batch 50, from step 100) the angle target 0.04
-    spent 27.9 matvecs per refresh and kept the largest principal angle to the exact
-    top-10 at ``sin θ <= 0.037``, against 30.0 matvecs and ``0.036`` for the former default,
-    the residual target ``tol=3e-3``; a residual target of ``5e-3``, as cheap as the angle
-    target (26.0), let ``sin θ`` reach ``0.098``. The estimate is not a bound: ``θ_b``
-    only stands in for the largest eigenvalue outside the block, and the angle to the top
-    ``k`` also depends on how well the guards are resolved; the measured angle stays near
-    or below ``sin_tol``. The spectrum there is clustered (``λ_10/λ_11`` down to 1.004),
-    and the exact top-10 subspace itself turns by ``sin θ ≈ 0.11`` (median; up to 0.51)
-    per SGD step, which is why the basis is refreshed every step.
+    The default target was chosen by measurement (``benchmarks/refresh_analysis.py``;
+    results in ``benchmarks/results/refresh_analysis.json``, summary in the changelog).
+    The Davis–Kahan estimate is not a bound: ``θ_b`` only stands in for the largest
+    eigenvalue outside the block, and the angle to the top ``k`` also depends on how well
+    the guards are resolved.
 
     Args:
         extra: guard columns beyond ``k`` (default 5; at least 1 with ``sin_tol``).
@@ -133,7 +126,7 @@ class WarmRefresh(Eigensolver):
         which, raise_on_failure: see :class:`Eigensolver`.
 
     The cost of every call is in the returned :class:`EigenResult` (``num_matvecs``,
-    ``num_iterations``; ``status`` says whether the call was cold, warm or escalated).
+    ``num_iterations``; ``message`` says whether the call was cold, warm or escalated).
 
     .. note::
         This object is *stateful*: it remembers the ``extra`` guard columns of its last
