@@ -52,6 +52,18 @@ def orthonormalize(V: Tensor, *, generator: torch.Generator | None = None) -> Te
     dependent are replaced by random directions orthogonal to the rest, so the output always
     has ``m`` orthonormal columns (``m <= n`` required).
 
+    Args:
+        V: the block ``(n, m)`` whose column span to orthonormalize; not modified.
+        generator: randomness for the directions that replace dependent columns (default:
+            the global generator, used only when a column is dependent).
+
+    Returns:
+        ``Q`` of shape ``(n, m)`` with ``Qᵀ Q = I``; its first columns span what the
+        independent columns of ``V`` span.
+
+    Raises:
+        ValueError: ``V`` is not a 2-D block, or has more columns than rows.
+
     Example:
         >>> import torch
         >>> from subspace_optim import orthonormalize
@@ -92,6 +104,13 @@ def orthonormalize(V: Tensor, *, generator: torch.Generator | None = None) -> Te
 def project(v: Tensor, U: Tensor) -> Tensor:
     """``U Uᵀ v``: the component of ``v`` (``(n,)`` or ``(n, b)``) in ``span(U)``.
 
+    Args:
+        v: a vector ``(n,)`` or a block ``(n, b)``.
+        U: an orthonormal basis ``(n, k)``.
+
+    Returns:
+        ``U Uᵀ v``, with the shape of ``v``.
+
     Example:
         >>> import torch
         >>> from subspace_optim import project
@@ -105,6 +124,13 @@ def project(v: Tensor, U: Tensor) -> Tensor:
 @_full_precision
 def project_out(v: Tensor, U: Tensor) -> Tensor:
     """``v − U Uᵀ v``: the component of ``v`` orthogonal to ``span(U)``.
+
+    Args:
+        v: a vector ``(n,)`` or a block ``(n, b)``.
+        U: an orthonormal basis ``(n, k)``.
+
+    Returns:
+        ``v − U Uᵀ v``, with the shape of ``v``.
 
     Example:
         >>> import torch
@@ -121,6 +147,13 @@ def alignment(v: Tensor, U: Tensor) -> Tensor:
 
     ``U`` must have orthonormal columns. Returns 0 for a zero vector. For a block, one
     value per column.
+
+    Args:
+        v: a vector ``(n,)`` or a block ``(n, b)``.
+        U: an orthonormal basis ``(n, k)``.
+
+    Returns:
+        A 0-d tensor for a vector, or ``(b,)`` for a block: values in ``[0, 1]``.
 
     Example:
         >>> import torch
@@ -142,6 +175,16 @@ def principal_angles(U: Tensor, W: Tensor) -> Tensor:
     Both bases need orthonormal columns; the result has ``min(k_U, k_W)`` entries. Angles
     are computed from the singular values of ``Uᵀ W`` for small angles' accuracy via the
     sine formula (Björck & Golub), so an exactly equal subspace gives angles near 0.
+
+    Args:
+        U: an orthonormal basis ``(n, k_U)``.
+        W: an orthonormal basis ``(n, k_W)``.
+
+    Returns:
+        ``(min(k_U, k_W),)`` angles in ``[0, π/2]``, ascending.
+
+    Raises:
+        ValueError: the bases have different numbers of rows.
 
     Example:
         >>> import torch, math
@@ -168,6 +211,17 @@ def principal_angles(U: Tensor, W: Tensor) -> Tensor:
 def subspace_distance(U: Tensor, W: Tensor) -> Tensor:
     """``sin θ_max``: sine of the largest principal angle (0 for equal subspaces, 1 when some
     direction of the smaller subspace is orthogonal to the other).
+
+    Args:
+        U: an orthonormal basis ``(n, k_U)``.
+        W: an orthonormal basis ``(n, k_W)``.
+
+    Returns:
+        A 0-d tensor in ``[0, 1]``.
+
+    Raises:
+        ValueError: the bases have different numbers of rows (from
+            :func:`principal_angles`).
 
     Example:
         >>> import torch
