@@ -295,7 +295,7 @@ def test_the_data_parallel_operator_inherits_its_constructor_and_keeps_its_signa
     extra = inspect.signature(DistributedHessianOperator).parameters
     assert extra["group"].default is None and extra["check_consistency"].default is True
     assert extra["group"].kind is inspect.Parameter.KEYWORD_ONLY
-    with pytest.raises(RuntimeError, match="torch.distributed is not initialized"):
+    with pytest.raises(RuntimeError, match=r"torch\.distributed is not initialized"):
         DistributedHessianOperator(
             nn.Linear(2, 1), nn.MSELoss(), (torch.ones(2, 2), torch.ones(2, 1))
         )
