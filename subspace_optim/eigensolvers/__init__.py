@@ -51,6 +51,15 @@ _REGISTRY: dict[str, Callable[..., Eigensolver]] = {
 def register_eigensolver(name: str, factory: Callable[..., Eigensolver]) -> None:
     """Make ``factory(**options)`` available under ``name`` wherever a solver name is accepted.
 
+    Args:
+        name: the name (case-insensitive); an existing name is replaced.
+        factory: a callable, typically a class, that takes the solver options as keyword
+            arguments and returns an :class:`Eigensolver`.
+
+    Raises:
+        ValueError: ``name`` is not a non-empty string.
+        TypeError: ``factory`` is not callable.
+
     Example:
         >>> from subspace_optim import Lanczos, register_eigensolver, resolve_eigensolver
         >>> register_eigensolver("tight-lanczos", lambda **kw: Lanczos(tol=1e-8, **kw))
@@ -67,6 +76,9 @@ def register_eigensolver(name: str, factory: Callable[..., Eigensolver]) -> None
 def available_eigensolvers() -> list[str]:
     """The names :func:`resolve_eigensolver` accepts, sorted.
 
+    Returns:
+        The registered names, lower case, in alphabetical order.
+
     Example:
         >>> from subspace_optim import available_eigensolvers
         >>> {"eigh", "lanczos", "lobpcg", "power", "warm"} <= set(available_eigensolvers())
@@ -82,6 +94,14 @@ def resolve_eigensolver(spec: str | Eigensolver, **options: Any) -> Eigensolver:
         spec: a registered name (case-insensitive) or an :class:`Eigensolver`, returned as is.
         **options: constructor arguments for a named solver (``tol=``, ``which=``, …);
             ``None`` values are ignored.
+
+    Returns:
+        The solver: ``spec`` itself, or a new one built by the registered factory.
+
+    Raises:
+        ValueError: an unknown name, or options given with an instance.
+        TypeError: the factory does not accept the options, or returns something that is
+            not an :class:`Eigensolver`.
 
     Example:
         >>> from subspace_optim import resolve_eigensolver

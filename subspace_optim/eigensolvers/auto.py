@@ -53,7 +53,20 @@ class AutoEigensolver(Eigensolver):
         self._max_iter_given = max_iter is not None
 
     def choose(self, op: LinearOperator, k: int, init: Tensor | None = None) -> Eigensolver:
-        """The solver :meth:`solve` would use for ``(op, k, init)``."""
+        """The solver :meth:`solve` would use for ``(op, k, init)``.
+
+        Args:
+            op: the operator to solve.
+            k: the number of eigenpairs wanted.
+            init: a warm start ``(n, m)``, or ``None``.
+
+        Returns:
+            :class:`Eigh` for a small :class:`~subspace_optim.DenseOperator`,
+            :class:`LOBPCG` with a warm start or on a GPU, else :class:`Lanczos`, each
+            configured with this solver's ``tol``, ``which`` and ``max_iter``. (A ``k``
+            too close to ``n`` for the chosen solver falls back to :class:`Eigh` in
+            :meth:`solve`.)
+        """
         kwargs: dict[str, object] = {"tol": self.tol, "which": self.which}
         if self._max_iter_given:
             kwargs["max_iter"] = self.max_iter
@@ -104,6 +117,11 @@ def top_k_eigenpairs(
         :class:`EigenResult`: eigenvalues ``(k,)`` descending, eigenvectors ``(n, k)``,
         residuals, cost and a status. The operator's cached gradient graph (if any) is
         released when the solve is over.
+
+    Raises:
+        ValueError: ``tol`` or ``which`` given together with a solver instance (set them on
+            the instance), an unknown solver name, or a ``k`` the solver cannot return.
+        EigensolverError: the solver failed and was built with ``raise_on_failure=True``.
 
     Example:
         >>> import torch

@@ -158,6 +158,13 @@ class BlockLanczos(Eigensolver):
         """Raise a clear error if ``k`` pairs of an ``(n, n)`` operator are out of reach
         (``k < 1`` or ``k > n − 1``); ``block_size`` may be narrower than ``k``.
 
+        Args:
+            n: the operator's size.
+            k: the number of eigenpairs asked for.
+
+        Raises:
+            ValueError: ``k`` is below 1 or above ``n − 1``.
+
         Example:
             >>> from subspace_optim import BlockLanczos
             >>> BlockLanczos(block_size=2).check_k(100, 10)  # fine: blocks need not hold k
@@ -176,6 +183,14 @@ class BlockLanczos(Eigensolver):
     def sizes(self, n: int, k: int) -> tuple[int, int]:
         """``(b, ncv)``: the block width and the basis size used for ``k`` pairs of an
         ``(n, n)`` operator.
+
+        Args:
+            n: the operator's size.
+            k: the number of eigenpairs asked for.
+
+        Returns:
+            ``block_size`` (default ``max(k, 2)``) capped at ``n − k``, and ``ncv`` (default
+            ``max(k + 6b, 2k + 20)``) at least ``k + 2b`` and at most ``n``.
 
         Example:
             >>> from subspace_optim import BlockLanczos

@@ -20,6 +20,15 @@ class Eigh(Eigensolver):
     Exact up to rounding; for operators up to a few thousand rows (tests, tiny models,
     offline reference bases). ``init`` is ignored.
 
+    Args:
+        which: ``"LA"`` (largest algebraic, default) or ``"LM"`` (largest magnitude).
+        max_size: the largest operator size :meth:`solve` accepts (a dense ``(n, n)``
+            matrix is built).
+
+    Raises:
+        ValueError: ``which`` is not ``"LA"`` or ``"LM"`` (at construction); an operator
+            larger than ``max_size`` (in :meth:`solve`).
+
     Example:
         >>> import torch
         >>> from subspace_optim import DenseOperator, Eigh

@@ -81,6 +81,15 @@ def pair_targets(theta: Tensor, k: int, sin_tol: float, which: str = "LA") -> Te
     beyond ``k`` are 0 (guards never set the verdict); with ``b == k`` (no guard) the
     targets are 0.
 
+    Args:
+        theta: the block's Ritz values ``(b,)``, in the order of ``which``.
+        k: the number of wanted pairs (``k <= b``).
+        sin_tol: the angle bound, as a sine.
+        which: ``"LA"`` or ``"LM"`` (gaps in magnitude).
+
+    Returns:
+        The residual targets ``(b,)``, with the dtype and device of ``theta``.
+
     Example:
         >>> import torch
         >>> from subspace_optim.eigensolvers.lobpcg import pair_targets
@@ -256,7 +265,19 @@ class LOBPCG(Eigensolver):
         self.expand_all = bool(expand_all)
 
     def width(self, n: int, k: int) -> int:
-        """Block width for ``k`` wanted pairs on an operator of size ``n``."""
+        """Block width for ``k`` wanted pairs on an operator of size ``n``.
+
+        Args:
+            n: the operator's size.
+            k: the number of wanted pairs.
+
+        Returns:
+            ``block_size`` if set (at most ``n − 1``), else ``k`` plus ``max(3, k // 2)``
+            guard columns, at most ``n − 1`` and at least ``k``.
+
+        Raises:
+            ValueError: a ``block_size`` smaller than ``k``.
+        """
         if self.block_size is not None:
             if self.block_size < k:
                 raise ValueError(f"block_size={self.block_size} must be >= k={k}")

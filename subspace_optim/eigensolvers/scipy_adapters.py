@@ -152,6 +152,10 @@ class ScipyLOBPCG(Eigensolver):
         block_size: columns of the block (default ``k + max(3, k // 2)``).
         tol, max_iter, raise_on_failure: see :class:`Eigensolver`; only ``which="LA"``.
 
+    Raises:
+        ImportError: SciPy is not installed (``pip install 'subspace-optim[scipy]'``).
+        ValueError: ``which`` other than ``"LA"``, or a count or tolerance out of range.
+
     .. note::
         Each product crosses to the host and back; scipy's LOBPCG reports convergence
         problems as warnings, which this adapter turns into ``converged=False``.

@@ -123,7 +123,13 @@ class WarmRefresh(Eigensolver):
             repeated eigenvalue); any :class:`Eigensolver`.
         probes: random probes of the sketched check (default 2; 0 turns the check off,
             so every call spends at least ``b`` matvecs, the behaviour before the check).
-        which, raise_on_failure: see :class:`Eigensolver`.
+        which: see :class:`Eigensolver`.
+        raise_on_failure: see :class:`Eigensolver`.
+
+    Raises:
+        ValueError: a count or tolerance out of range, ``sin_tol`` with ``extra=0`` (the
+            gap needs guard columns), or a ``cold`` solver whose ``which`` differs.
+        TypeError: ``cold`` is not an :class:`Eigensolver`, or is a ``WarmRefresh``.
 
     The cost of every call is in the returned :class:`EigenResult` (``num_matvecs``,
     ``num_iterations``; ``message`` says whether the call was cold, warm or escalated).
@@ -206,7 +212,12 @@ class WarmRefresh(Eigensolver):
     def state_dict(self) -> dict[str, Any]:
         """What the next call depends on (checkpoints resume exactly): the guard columns,
         and for the sketched check the last Ritz values, their targets and the check's
-        back-off counters."""
+        back-off counters.
+
+        Returns:
+            ``{"guards", "kept", "backoff", "skip"}``: tensors (cloned) or ``None``, and two
+            counters; loadable with ``torch.load(..., weights_only=True)``.
+        """
         kept = self._kept
         return {
             "guards": None if self._guards is None else self._guards.clone(),
@@ -219,7 +230,15 @@ class WarmRefresh(Eigensolver):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; a state saved before the sketched check existed
-        (only ``"guards"``) loads too, and the next call then runs the full refresh."""
+        (only ``"guards"``) loads too, and the next call then runs the full refresh.
+
+        Args:
+            state: a dict returned by :meth:`state_dict`.
+
+        Raises:
+            TypeError: ``"guards"`` is not a tensor or ``None``, or ``"kept"`` is not
+                ``None`` or a dict of the tensors ``"theta"`` and ``"targets"``.
+        """
         guards = state.get("guards")
         if guards is not None and not isinstance(guards, Tensor):
             raise TypeError(
