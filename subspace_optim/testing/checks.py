@@ -17,6 +17,12 @@ __all__ = ["StateSnapshot", "all_finite", "orthonormality_error"]
 def orthonormality_error(U: Tensor) -> float:
     """``max |UᵀU − I|`` of a basis ``U`` of shape ``(n, k)`` (0 for orthonormal columns).
 
+    Args:
+        U: the basis, columns ``(n, k)``.
+
+    Returns:
+        The largest entry of ``|UᵀU − I|``, as a Python float.
+
     Example:
         >>> import torch
         >>> from subspace_optim.testing import orthonormality_error
@@ -28,7 +34,20 @@ def orthonormality_error(U: Tensor) -> float:
 
 
 def all_finite(tensors: Iterable[Tensor]) -> bool:
-    """Whether every tensor holds only finite values."""
+    """Whether every tensor holds only finite values.
+
+    Args:
+        tensors: the tensors to check (an empty iterable counts as finite).
+
+    Returns:
+        ``True`` when no tensor holds a NaN or an infinity.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim.testing import all_finite
+        >>> all_finite([torch.ones(2)]), all_finite([torch.ones(2), torch.tensor([float("nan")])])
+        (True, False)
+    """
     return all(bool(torch.isfinite(t.detach()).all()) for t in tensors)
 
 
@@ -99,6 +118,15 @@ class StateSnapshot:
 
     @classmethod
     def take(cls, params: Iterable[Tensor], optimizers: Iterable[Optimizer] = ()) -> StateSnapshot:
+        """Copy the parameters, their gradients and the optimizers' state now.
+
+        Args:
+            params: the parameters (their values and ``.grad``).
+            optimizers: optimizers whose ``state_dict()`` to copy.
+
+        Returns:
+            The snapshot (deep copies: later changes do not reach it).
+        """
         params = list(params)
         return cls(
             params=tuple(p.detach().clone() for p in params),
@@ -107,7 +135,14 @@ class StateSnapshot:
         )
 
     def differences(self, other: StateSnapshot) -> list[str]:
-        """What differs between ``other`` (earlier) and this snapshot; empty if nothing."""
+        """What differs between ``other`` (earlier) and this snapshot; empty if nothing.
+
+        Args:
+            other: the snapshot taken before the call.
+
+        Returns:
+            One line per difference, naming where it is (``params[0]: tensor changed``).
+        """
         out: list[str] = []
         _diff(list(other.params), list(self.params), "params", out)
         _diff(list(other.grads), list(self.grads), "grads", out)

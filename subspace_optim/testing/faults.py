@@ -74,6 +74,10 @@ class FaultyModule(nn.Module, _Counted):
         fail_on: 1-based forward-call numbers that fail, or a predicate.
         value: what the output becomes (``nan``, ``inf`` or ``-inf``).
 
+    Raises:
+        TypeError: ``module`` is not an ``nn.Module``.
+        ValueError: a finite ``value``.
+
     Example:
         >>> import torch
         >>> from torch import nn
@@ -94,6 +98,15 @@ class FaultyModule(nn.Module, _Counted):
         self.calls = 0
 
     def forward(self, *args: Any, **kwargs: Any) -> Tensor:
+        """The wrapped module's output, plus ``value`` on a failing call.
+
+        Args:
+            *args: passed to the wrapped module.
+            **kwargs: passed to the wrapped module.
+
+        Returns:
+            The output, or the output plus ``value`` (still in the graph) on a failing call.
+        """
         out = self.module(*args, **kwargs)
         self.calls += 1
         if self._fails(self.calls):
@@ -104,6 +117,15 @@ class FaultyModule(nn.Module, _Counted):
 class FaultyLoss(_Counted):
     """Wrap ``loss_fn`` so that the loss is multiplied by ``value`` (NaN by default) on
     chosen calls; the gradient of a failing call is then non-finite too.
+
+    Args:
+        loss_fn: the loss, ``loss_fn(outputs, targets)``.
+        fail_on: 1-based call numbers that fail, or a predicate on the call number.
+        value: the factor of a failing call (``nan``, ``inf`` or ``-inf``).
+
+    Raises:
+        TypeError: ``loss_fn`` is not callable.
+        ValueError: a finite ``value``.
 
     Example:
         >>> import torch
@@ -138,6 +160,15 @@ class FaultyOperator(LinearOperator, _Counted):
     ``params`` is forwarded, so :class:`~subspace_optim.SubspaceProjectedOptimizer` checks
     parameter coverage exactly as for the wrapped operator.
 
+    Args:
+        op: the operator to wrap.
+        fail_on: 1-based ``matmat`` call numbers that fail, or a predicate.
+        value: what a failing application returns everywhere (``nan``, ``inf`` or ``-inf``).
+
+    Raises:
+        TypeError: ``op`` is not a :class:`~subspace_optim.LinearOperator`.
+        ValueError: a finite ``value``.
+
     Example:
         >>> import torch
         >>> from subspace_optim import DenseOperator
@@ -170,11 +201,22 @@ class FaultyOperator(LinearOperator, _Counted):
         self.op.release_graph()
 
     def solve_scope(self) -> AbstractContextManager[None]:
-        """The wrapped operator's scope (its cached state is what a solve shares)."""
+        """The wrapped operator's scope (its cached state is what a solve shares).
+
+        Returns:
+            ``op.solve_scope()`` of the wrapped operator.
+        """
         return self.op.solve_scope()
 
     def agree(self, result: EigenResult) -> EigenResult:
-        """The wrapped operator's agreement across ranks."""
+        """The wrapped operator's agreement across ranks.
+
+        Args:
+            result: the eigensolver's result on this rank.
+
+        Returns:
+            ``op.agree(result)`` of the wrapped operator.
+        """
         return self.op.agree(result)
 
 
@@ -198,6 +240,16 @@ class FaultySolver(Eigensolver, _Counted):
     Capability flags (warm start, ``min_gap_to_n``, ``check_k``) are the inner solver's;
     ``raise_on_failure=True`` turns an (injected) unconverged result into
     :class:`~subspace_optim.EigensolverError`, as for any solver.
+
+    Args:
+        inner: the solver that does the work.
+        fault: one of :data:`SOLVER_FAULTS`.
+        fail_on: 1-based ``solve`` call numbers that fail, or a predicate.
+        raise_on_failure: see :class:`~subspace_optim.Eigensolver`.
+
+    Raises:
+        TypeError: ``inner`` is not an :class:`~subspace_optim.Eigensolver`.
+        ValueError: an unknown ``fault``.
 
     Example:
         >>> import torch
@@ -233,12 +285,28 @@ class FaultySolver(Eigensolver, _Counted):
         self.min_gap_to_n = inner.min_gap_to_n
 
     def check_k(self, n: int, k: int) -> None:
+        """The inner solver's check.
+
+        Args:
+            n: the operator's size.
+            k: the number of eigenpairs asked for.
+        """
         self.inner.check_k(n, k)
 
     def state_dict(self) -> dict[str, Any]:
+        """The inner solver's state and the call count.
+
+        Returns:
+            ``{"inner": inner.state_dict(), "calls": calls}``.
+        """
         return {"inner": self.inner.state_dict(), "calls": self.calls}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`.
+
+        Args:
+            state: a dict returned by :meth:`state_dict`.
+        """
         self.inner.load_state_dict(state.get("inner", {}))
         self.calls = int(state.get("calls", self.calls))
 
