@@ -102,6 +102,12 @@ class MLPSpec:
         return sum((a + 1) * b for a, b in itertools.pairwise(dims))
 
     def build(self) -> tuple[nn.Module, Callable[[Tensor, Tensor], Tensor], tuple[Tensor, Tensor]]:
+        """The model, its mean-squared-error loss and the data set, all from ``seed``.
+
+        Returns:
+            ``(model, loss_fn, (X, Y))`` with ``X`` of shape ``(examples, in_dim)`` and ``Y``
+            of shape ``(examples, out_dim)``, in ``dtype``.
+        """
         dtype = getattr(torch, self.dtype)
         g = torch.Generator().manual_seed(self.seed)
         dims = (self.in_dim, *self.hidden, self.out_dim)
@@ -124,7 +130,15 @@ class MLPSpec:
 
 
 def mlp_specs(*, max_hidden_layers: int = 2, max_width: int = 6) -> st.SearchStrategy[MLPSpec]:
-    """Small MLPs (2 to a few hundred parameters) in float32 or float64."""
+    """Small MLPs (2 to a few hundred parameters) in float32 or float64.
+
+    Args:
+        max_hidden_layers: at most this many hidden layers.
+        max_width: at most this many units per hidden layer.
+
+    Returns:
+        A hypothesis strategy of :class:`MLPSpec`.
+    """
     return st.builds(
         MLPSpec,
         in_dim=st.integers(1, 5),
@@ -138,7 +152,11 @@ def mlp_specs(*, max_hidden_layers: int = 2, max_width: int = 6) -> st.SearchStr
 
 
 def schedule_specs() -> st.SearchStrategy[tuple[Any, ...]]:
-    """``("every", n, start)``, ``("at", steps)`` or ``("switch", threshold)``."""
+    """``("every", n, start)``, ``("at", steps)`` or ``("switch", threshold)``.
+
+    Returns:
+        A hypothesis strategy of such tuples (see :func:`build_schedule`).
+    """
     return st.one_of(
         st.tuples(st.just("every"), st.integers(1, 3), st.integers(0, 2)),
         st.tuples(st.just("at"), st.lists(st.integers(0, 4), min_size=1, max_size=3).map(tuple)),
@@ -147,7 +165,15 @@ def schedule_specs() -> st.SearchStrategy[tuple[Any, ...]]:
 
 
 def build_schedule(spec: tuple[Any, ...]) -> RefreshSchedule:
-    """The schedule a :func:`schedule_specs` tuple describes."""
+    """The schedule a :func:`schedule_specs` tuple describes.
+
+    Args:
+        spec: a tuple drawn from :func:`schedule_specs`.
+
+    Returns:
+        :class:`~subspace_optim.Every`, :class:`~subspace_optim.AtSteps` or an
+        :class:`~subspace_optim.AlignmentSwitch` forced at step 3.
+    """
     if spec[0] == "every":
         return Every(spec[1], start=spec[2])
     if spec[0] == "at":
@@ -156,7 +182,15 @@ def build_schedule(spec: tuple[Any, ...]) -> RefreshSchedule:
 
 
 def build_optimizer(family: str, params: Any) -> Optimizer:
-    """A base optimizer of ``family`` (a key of :data:`FAMILIES`)."""
+    """A base optimizer of ``family`` (a key of :data:`FAMILIES`).
+
+    Args:
+        family: the family's name.
+        params: the parameters (or parameter groups) to optimize.
+
+    Returns:
+        The optimizer, built with the family's settings.
+    """
     return FAMILIES[family](params)
 
 
@@ -196,7 +230,16 @@ class TrainingSetup:
         tuple[Tensor, Tensor],
         SubspaceProjectedOptimizer,
     ]:
-        """``(model, loss_fn, data, optimizer)``; ``overrides`` replace wrapper arguments."""
+        """``(model, loss_fn, data, optimizer)``; ``overrides`` replace wrapper arguments.
+
+        Args:
+            **overrides: keyword arguments of
+                :class:`~subspace_optim.SubspaceProjectedOptimizer` that replace the drawn
+                ones (``k``, ``mode``, ``eigensolver``, ``refresh``, ...).
+
+        Returns:
+            The model, its loss, the data set and the wrapped optimizer.
+        """
         model, loss_fn, data = self.model.build()
         kwargs: dict[str, Any] = {
             "k": self.k,
@@ -226,7 +269,19 @@ def training_setups(
     max_k: int = 4,
 ) -> TrainingSetup:
     """A model, an optimizer family, a valid ``k`` (and ``num_extra``) for the drawn
-    eigensolver, a mode, a schedule and a projection target."""
+    eigensolver, a mode, a schedule and a projection target.
+
+    Args:
+        draw: hypothesis' draw function (supplied by ``st.composite``; call
+            ``training_setups(...)`` without it).
+        families: the families to draw from (default: every key of :data:`FAMILIES`).
+        modes: the modes to draw from.
+        projects: the projection targets to draw from.
+        max_k: the largest ``k`` to draw.
+
+    Returns:
+        A strategy of :class:`TrainingSetup` (through ``st.composite``).
+    """
     spec = draw(mlp_specs().filter(lambda s: s.num_params >= 3))
     n = spec.num_params
     solver = draw(st.sampled_from(SOLVERS))
