@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import warnings
 
 import torch
 
@@ -84,23 +85,28 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     batches = [torch.randint(n, (50,), generator=g) for _ in range(steps)]
     half = steps // 2
 
-    model, opt = build(X, Y, widths, switch_by)
-    uninterrupted = train(model, opt, X, Y, batches)
-    reference = [p.detach().clone() for p in model.parameters()]
+    # the schedule warns when max_steps forces the switch (in both runs): show it once
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model, opt = build(X, Y, widths, switch_by)
+        uninterrupted = train(model, opt, X, Y, batches)
+        reference = [p.detach().clone() for p in model.parameters()]
 
-    model, opt = build(X, Y, widths, switch_by)
-    first = train(model, opt, X, Y, batches[:half])
-    buffer = io.BytesIO()
-    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
-    del model, opt  # as if the process had ended
+        model, opt = build(X, Y, widths, switch_by)
+        first = train(model, opt, X, Y, batches[:half])
+        buffer = io.BytesIO()
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
+        del model, opt  # as if the process had ended
 
-    buffer.seek(0)
-    ckpt = torch.load(buffer, weights_only=True)
-    model, opt = build(X, Y, widths, switch_by)
-    model.load_state_dict(ckpt["model"])
-    opt.load_state_dict(ckpt["opt"])
-    second = train(model, opt, X, Y, batches[half:])
+        buffer.seek(0)
+        ckpt = torch.load(buffer, weights_only=True)
+        model, opt = build(X, Y, widths, switch_by)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["opt"])
+        second = train(model, opt, X, Y, batches[half:])
 
+    for message in dict.fromkeys(str(w.message) for w in caught):
+        print(f"warning: {message}")
     identical = all(torch.equal(a, b) for a, b in zip(reference, model.parameters(), strict=True))
     print(f"checkpoint at step {half}: keys {sorted(ckpt['opt'])}")
     print(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import warnings
 
 import torch
 
@@ -55,10 +56,9 @@ def train(mode, switch, X, Y, widths, batches, *, max_switch=None):
         refresh = so.AlignmentSwitch(threshold=0.95, check_every=5, max_steps=max_switch)
     else:
         refresh = so.Every(1, start=switch)
+    hessian = so.HessianOperator(model, half_sum_mse, (X, Y))  # full-batch curvature
     # --- the one line: wrap the optimizer you already have ---
-    opt = so.SubspaceProjectedOptimizer(
-        base, so.HessianOperator(model, half_sum_mse, (X, Y)), k=10, mode=mode, refresh=refresh
-    )
+    opt = so.SubspaceProjectedOptimizer(base, hessian, k=10, mode=mode, refresh=refresh)
 
     losses, removed = [], []
     for idx in batches:  # the training loop is unchanged
@@ -94,9 +94,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     g = torch.Generator().manual_seed(1)
     batches = [torch.randint(n, (50,), generator=g) for _ in range(steps)]
 
-    bulk, bulk_losses, removed = train(
-        "bulk", None, X, Y, widths, batches, max_switch=latest_switch
-    )
+    # the schedule warns when max_steps forces the switch; show its message here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        bulk, bulk_losses, removed = train(
+            "bulk", None, X, Y, widths, batches, max_switch=latest_switch
+        )
+    for warning in caught:
+        print(f"{warning.category.__name__}: {warning.message}")
     switched_at = bulk.schedule.switched_at
     _, dom_losses, _ = train("dominant", switched_at, X, Y, widths, batches)
     _, sgd_losses, _ = train("none", steps, X, Y, widths, batches)  # never refreshes
@@ -133,8 +138,9 @@ def plot(result):
     fig, ax = plt.subplots(figsize=(6.4, 3.6), layout="constrained")
     colors = {"sgd": "#222222", "dom": "#d62728", "bulk": "#1f77b4"}
     labels = {"sgd": "SGD", "dom": "Dom-SGD", "bulk": "Bulk-SGD"}
-    styles = {"sgd": {"lw": 2.6, "alpha": 0.45}, "dom": {"lw": 1.4}, "bulk": {"lw": 1.4}}
-    for key in ("sgd", "dom", "bulk"):
+    # SGD last, dashed: where Bulk-SGD keeps up with it, both lines stay visible
+    styles = {"sgd": {"lw": 1.2, "ls": (0, (4, 3))}, "dom": {"lw": 1.6}, "bulk": {"lw": 2.2}}
+    for key in ("dom", "bulk", "sgd"):
         ax.plot(result["losses"][key], color=colors[key], label=labels[key], **styles[key])
     ax.axvline(result["switched_at"], color="0.6", ls="--", lw=1)
     ax.annotate(

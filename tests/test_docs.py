@@ -270,6 +270,70 @@ def test_every_api_entry_links_to_its_source(built: Path) -> None:
             assert (built / "api" / link).resolve().is_file(), link
 
 
+# ------------------------------------------------------------------ docstring sections
+#: modules whose public callables may still lack Args/Returns/Raises sections: they were
+#: being refactored when the check was introduced. Remove a module here once its
+#: docstrings are complete; the check then holds it to the rule like every other module.
+PENDING_SECTIONS = (
+    "subspace_optim.eigensolvers.base",
+    "subspace_optim.experiments",
+    "subspace_optim.operators",
+    "subspace_optim.optim",
+    "subspace_optim.schedules",
+)
+
+
+def _defining_module(name: str) -> str:
+    found, obj = subspace_docs.resolve(name)
+    module = getattr(obj, "__module__", None) if found else None
+    if module is None:  # a method: its class's module
+        _, owner = subspace_docs.resolve(name.rpartition(".")[0])
+        module = getattr(owner, "__module__", "")
+    return module
+
+
+def test_every_public_callable_has_args_returns_raises() -> None:
+    missing = {
+        name: sections
+        for name, sections in subspace_docs.missing_docstring_sections().items()
+        if not _defining_module(name).startswith(PENDING_SECTIONS)
+    }
+    assert missing == {}, (
+        "public callables without the Google-style sections they need (Args: when they "
+        "take parameters, Returns: when they return something, Raises: when they raise): "
+        f"{missing}"
+    )
+
+
+def test_section_check_names_what_is_missing() -> None:
+    def documented(x: int) -> int:
+        """Double.
+
+        Args:
+            x: a number.
+
+        Returns:
+            ``2 x``.
+
+        Raises:
+            ValueError: ``x`` is negative.
+        """
+        if x < 0:
+            raise ValueError(x)
+        return 2 * x
+
+    def bare(x: int) -> int:
+        """Double."""
+        if x < 0:
+            raise ValueError(x)
+        return 2 * x
+
+    assert subspace_docs._needs(documented, skip_first=False) == {"args", "returns", "raises"}
+    for kind in ("args", "returns", "raises"):
+        assert subspace_docs._has_section(documented.__doc__, kind)
+        assert not subspace_docs._has_section(bare.__doc__, kind)
+
+
 # ------------------------------------------------------------------ snippets
 _BLOCK = re.compile(
     r"^\.\. code-block:: python\n((?:   :[\w-]+:.*\n)*)\n((?:(?:   .*)?\n)+)", re.MULTILINE

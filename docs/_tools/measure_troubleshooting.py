@@ -7,7 +7,8 @@ Run from the repository root (prints a small report; nothing is written)::
 1. Threads: seconds per Bulk-SGD step (one refresh every step) on the digits MLP
    64-64-64-10 over 1000 examples, with torch's default thread count and with one thread.
 2. Refresh cost: Hessian-vector products of a cold and of a warm refresh (the default
-   solver), and the seconds of one product over 250 and over 1000 examples.
+   solver), and the seconds of one product and of one forward + backward pass over 250 and
+   over 1000 examples.
 """
 
 from __future__ import annotations
@@ -57,6 +58,19 @@ def product_seconds(n: int, repeats: int = 20) -> float:
     return (time.perf_counter() - t0) / repeats
 
 
+def gradient_seconds(n: int, repeats: int = 20) -> float:
+    """Seconds of one forward and backward pass over ``n`` examples (one thread)."""
+    torch.set_num_threads(1)
+    X, Y, _ = load_digits(n)
+    model = mlp((64, 64, 64, 10), generator=torch.Generator().manual_seed(0))
+    half_sum_mse(model(X), Y).backward()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        model.zero_grad()
+        half_sum_mse(model(X), Y).backward()
+    return (time.perf_counter() - t0) / repeats
+
+
 def refresh_products() -> tuple[int, int]:
     """HVPs of the first (cold) and of the second (warm, one SGD step later) refresh."""
     torch.set_num_threads(1)
@@ -87,4 +101,8 @@ if __name__ == "__main__":
     cold, warm = refresh_products()
     print(f"refresh products: cold {cold}, warm {warm}")
     for n in (250, 1000):
-        print(f"one product over {n} examples: {1e3 * product_seconds(n):.2f} ms")
+        product, gradient = product_seconds(n), gradient_seconds(n)
+        print(
+            f"over {n} examples: one product {1e3 * product:.2f} ms, one forward + backward "
+            f"{1e3 * gradient:.2f} ms (ratio {product / gradient:.1f})"
+        )
