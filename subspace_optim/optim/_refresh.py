@@ -4,7 +4,9 @@
 basis) under the ``on_fault`` policy, inside the operator's ``solve_scope`` (so a cached
 gradient graph is freed when the solve is over, on success and on error), makes the
 result agree across ranks, checks it, and returns a :class:`RefreshOutcome`. It changes no
-optimizer state except the cost and fault ``counters`` it is given.
+optimizer state except the cost and fault ``counters`` it is given, and no global state:
+it runs in the curvature's dtype with autocast off, and hands back the global random
+state, grad mode and deterministic-algorithms flags as it found them.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._isolation import isolated
 from ..eigensolvers import EigenResult
 from ..operators.base import LinearOperator
 from ..operators.protocol import Curvature
@@ -91,13 +94,15 @@ def refresh_basis(
     gradient = None
     if with_gradient and isinstance(curvature, Curvature):
         gradient = curvature.loss_and_grad
-    result, error, loss_grad = _faults.solve_with_policy(
-        solve, warm, on_fault, counters, scope=curvature.solve_scope, before=gradient
-    )
-    loss, grad = loss_grad if loss_grad is not None else (None, None)
-    if result is not None:
-        # data-parallel operators: every rank takes rank 0's basis bit for bit
-        result = curvature.agree(result)
+    # the caller's autocast, global RNG, grad mode and determinism flags stay theirs
+    with isolated(curvature.device):
+        result, error, loss_grad = _faults.solve_with_policy(
+            solve, warm, on_fault, counters, scope=curvature.solve_scope, before=gradient
+        )
+        loss, grad = loss_grad if loss_grad is not None else (None, None)
+        if result is not None:
+            # data-parallel operators: every rank takes rank 0's basis bit for bit
+            result = curvature.agree(result)
     if curvature.device.type == "cuda":
         torch.cuda.synchronize(curvature.device)
     seconds = time.perf_counter() - t0

@@ -11,15 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..diagnostics import StepStats
 from ._flat import FlatParams
 from ._refresh import RefreshOutcome
-from ._update import project_gradient
+from ._update import project_gradient, step_statistics
 from .protocol import CompositeOptimizer
 
-__all__ = ["StepFacts", "project_existing_grads", "projecting_closure"]
+__all__ = ["StepFacts", "project_existing_grads", "projecting_closure", "step_record"]
 
 
 @dataclass
@@ -98,3 +100,41 @@ def projecting_closure(
         return loss
 
     return projecting
+
+
+def step_record(facts: StepFacts, eigenvalues: Tensor | None, faults: int) -> StepStats:
+    """The :class:`~subspace_optim.StepStats` of a finished step.
+
+    Measured against the full-data gradient when the step refreshed (else the minibatch
+    one in ``facts.g_mini``, which an active step must have); a skipped step records zero
+    updates. ``eigenvalues`` are the tracked ones after the step, ``faults`` the cumulative
+    fault count.
+    """
+    refresh = facts.refresh
+    if not facts.active:
+        return StepStats(step=facts.t, projected=False, refreshed=False, gradient_source="none")
+    assert facts.g_mini is not None
+    delta_base, delta = facts.delta_base, facts.delta
+    if facts.skip is not None or delta_base is None or delta is None:
+        delta_base = delta = torch.zeros_like(facts.g_mini)
+    full = refresh is not None and refresh.grad is not None
+    g = refresh.grad if full else facts.g_mini  # type: ignore[union-attr]
+    assert g is not None
+    eig = () if eigenvalues is None else tuple(float(x) for x in eigenvalues.tolist())
+    metrics = {}
+    if facts.U is not None:
+        loss = None if refresh is None else refresh.loss
+        metrics = step_statistics(facts.U, delta_base, delta, g, loss)
+    return StepStats(
+        step=facts.t,
+        projected=facts.project_now and facts.skip is None and not facts.undone,
+        refreshed=refresh is not None,
+        gradient_source="full" if full else "minibatch",
+        eigenvalues=eig,
+        refresh_matvecs=0 if refresh is None else refresh.matvecs,
+        refresh_seconds=0.0 if refresh is None else refresh.seconds,
+        refresh_converged=True if refresh is None else refresh.converged,
+        skipped=facts.skip is not None or facts.undone,
+        faults=faults,
+        **metrics,
+    )

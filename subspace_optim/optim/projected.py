@@ -24,13 +24,12 @@ from . import _checkpoint, _config, _faults, _guard
 from ._config import MODES, ON_FAULT
 from ._flat import FlatParams
 from ._refresh import RefreshOutcome, refresh_basis
-from ._step import StepFacts, project_existing_grads, projecting_closure
+from ._step import StepFacts, project_existing_grads, projecting_closure, step_record
 from ._update import (
     dominant_part,
     moved_eigenvalue,
     plan_update,
     project_gradient,
-    step_statistics,
     zero_frozen,
 )
 from .eos import EdgeOfStabilityWarning, choose_k, stability_threshold
@@ -51,7 +50,9 @@ class SubspaceProjectedOptimizer(Optimizer):
         \\theta_{t+1} = \\theta_t + \\begin{cases}
             U U^\\top \\Delta & \\text{mode = "dominant" (Dom-SGD)} \\\\
             \\Delta - U U^\\top \\Delta & \\text{mode = "bulk" (Bulk-SGD)} \\\\
-            \\Delta & \\text{mode = "none" (track only)}
+            \\Delta & \\text{mode = "none" (track only)} \\\\
+            a\\, U U^\\top \\Delta + b\\, (\\Delta - U U^\\top \\Delta)
+                & \\text{mode = (a, b)}
         \\end{cases}
 
     The base optimizer's state (momentum, Adam moments) keeps accumulating unprojected
@@ -91,7 +92,11 @@ class SubspaceProjectedOptimizer(Optimizer):
             must be exactly the trainable parameters of ``base``.
         k: dimension of the dominant subspace (the paper: number of classes). ``k = 0``
             makes the wrapper a no-op.
-        mode: ``"bulk"``, ``"dominant"`` or ``"none"``.
+        mode: ``"bulk"``, ``"dominant"``, ``"none"``, or a pair ``(a, b)`` of finite reals
+            scaling the dominant and bulk parts of the update (Zakarin & Singh 2025
+            interpolate this way). ``"dominant"`` is ``(1, 0)``, ``"bulk"`` ``(0, 1)`` and
+            ``"none"`` ``(1, 1)``, exactly (a pair equal to one of these is that mode);
+            ``(0, 0)`` is refused. The scales are in ``opt.scales`` and the checkpoint.
         eigensolver: a solver instance or a registered name (``"warm"``, the default: a
             :class:`~subspace_optim.WarmRefresh` that refreshes from the previous basis by
             block Rayleigh–Ritz and LOBPCG steps, ``"lanczos"``, ``"lobpcg"``, ``"power"``,
@@ -425,40 +430,12 @@ class SubspaceProjectedOptimizer(Optimizer):
             self._vec.write(plan.vector, add=plan.add)
 
     def _record(self, facts: StepFacts) -> StepStats:
-        """Stage 5: the step's record, against the full-data gradient when this step
-        refreshed (else the mini-batch one); a refresh also feeds the schedule the measured
-        alignment."""
-        refresh = facts.refresh
-        if not facts.active:
-            return StepStats(step=facts.t, projected=False, refreshed=False, gradient_source="none")
-        if facts.g_mini is None:
+        """Stage 5: the step's record; a refresh also feeds the schedule the measured χ_k."""
+        if facts.active and facts.g_mini is None:
             facts.g_mini = self._vec.grads()
-        if facts.skip is not None:
-            facts.delta_base = facts.delta = torch.zeros_like(facts.g_mini)
-        assert facts.delta_base is not None and facts.delta is not None
-        full = refresh is not None and refresh.grad is not None
-        g = refresh.grad if full else facts.g_mini  # type: ignore[union-attr]
-        eig: tuple[float, ...] = ()
-        if self.eigenvalues is not None:
-            eig = tuple(float(x) for x in self.eigenvalues.tolist())
-        metrics = {}
-        if facts.U is not None:
-            loss = None if refresh is None else refresh.loss
-            metrics = step_statistics(facts.U, facts.delta_base, facts.delta, g, loss)
-        stats = StepStats(
-            step=facts.t,
-            projected=facts.project_now and facts.skip is None and not facts.undone,
-            refreshed=refresh is not None,
-            gradient_source="full" if full else "minibatch",
-            eigenvalues=eig,
-            refresh_matvecs=0 if refresh is None else refresh.matvecs,
-            refresh_seconds=0.0 if refresh is None else refresh.seconds,
-            refresh_converged=True if refresh is None else refresh.converged,
-            skipped=facts.skip is not None or facts.undone,
-            faults=int(self.counters["faults"]),
-            **metrics,
-        )
-        if refresh is not None:
+        stats = step_record(facts, self.eigenvalues, int(self.counters["faults"]))
+        if facts.refresh is not None:
+            full = stats.gradient_source == "full"
             self.schedule.observe(facts.t, stats.grad_alignment if full else None)
         return stats
 
