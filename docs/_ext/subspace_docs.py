@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,37 @@ def public_modules(package: str = "subspace_optim") -> list[str]:
     return names
 
 
+def _is_alias(module: Any, package: str) -> bool:
+    """Whether a module only re-exports code defined outside ``package`` (a deprecated
+    alias such as ``subspace_optim.testing.scenarios``, which loads the repository's
+    ``tests/scenarios/``)."""
+    defined = [
+        getattr(getattr(module, name, None), "__module__", None)
+        for name in getattr(module, "__all__", ())
+    ]
+    defined = [m for m in defined if isinstance(m, str)]
+    return bool(defined) and not any(m.startswith(package) for m in defined)
+
+
 def public_names(package: str = "subspace_optim") -> dict[str, Any]:
-    """``{"module.name": object}`` for every entry of every public module's ``__all__``."""
+    """``{"module.name": object}`` for every entry of every public module's ``__all__``.
+
+    Modules that cannot be imported here (an alias of code outside the package, absent
+    from an installed wheel) and modules that only re-export code defined outside the
+    package are not the package's API and are left out.
+    """
+    import warnings
+
     out: dict[str, Any] = {}
     for mod_name in public_modules(package):
-        module = importlib.import_module(mod_name)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                module = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        if _is_alias(module, package):
+            continue
         for name in getattr(module, "__all__", ()):
             out[f"{mod_name}.{name}"] = getattr(module, name)
     return out
@@ -321,11 +348,66 @@ def describe_constant(obj: Any, lines: list[str]) -> list[str]:
     return out
 
 
+_GROUPED = re.compile(r"^(\s+)([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)+)\s*:(\s.*|)$")
+
+
+def split_grouped_attributes(lines: list[str]) -> list[str]:
+    """Give each name of a grouped ``Attributes:`` entry (``a, b: text``) its own entry.
+
+    Napoleon would make one attribute called ``a, b`` of it, which Sphinx shows garbled
+    (``b (a,)``) and which no reference can reach. Each name gets the same text, including
+    its continuation lines.
+
+    Args:
+        lines: a docstring, one line per item, before napoleon reads it.
+
+    Returns:
+        The docstring with grouped entries of its ``Attributes:`` sections split.
+    """
+    out: list[str] = []
+    section_indent: int | None = None
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if stripped.endswith(":") and stripped[:-1] in ("Attributes", "Attributes (read-only)"):
+            section_indent = indent
+            out.append(line)
+            i += 1
+            continue
+        if section_indent is not None and stripped and indent <= section_indent:
+            section_indent = None  # the section ended
+        match = _GROUPED.match(line) if section_indent is not None else None
+        if match is None or len(match.group(1)) <= section_indent:  # type: ignore[operator]
+            out.append(line)
+            i += 1
+            continue
+        lead, names, text = match.group(1), match.group(2), match.group(3)
+        body = []
+        i += 1
+        while i < len(lines) and (
+            not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(lead)
+        ):
+            body.append(lines[i])
+            i += 1
+        trailing: list[str] = []
+        while body and not body[-1].strip():  # blank lines after the entry stay after it
+            trailing.append(body.pop())
+        for each in (n.strip() for n in names.split(",")):
+            out.append(f"{lead}{each}:{text}")
+            out.extend(body)
+        out.extend(trailing)
+    return out
+
+
 def _process_docstring(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
 ) -> None:
     if what == "data":
         lines[:] = describe_constant(obj, lines)
+    elif what in ("class", "exception"):
+        lines[:] = split_grouped_attributes(lines)
 
 
 def reexport_candidates(target: str, module: str | None, cls: str | None) -> list[str]:
