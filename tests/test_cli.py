@@ -155,22 +155,35 @@ def test_torchvision_presets_preprocess_the_paper_way(
 ) -> None:
     _fake_torchvision(monkeypatch)
     (tmp_path / "present").touch()
+    # MNIST as in the paper's public code: pixel / 255, nothing else
     X, Y, labels = load_mnist(40, data_dir=tmp_path)
     assert X.shape == (40, 784) and Y.shape == (40, 10) and labels.tolist()[:3] == [0, 1, 2]
-    torch.testing.assert_close(X.mean(0), torch.zeros(784), atol=1e-5, rtol=0)
-    assert float(X[:, 0].abs().max()) == 0.0  # constant pixel stays 0
-    assert torch.allclose(X[:, 1:].std(0), torch.ones(783), atol=1e-4)
+    g = torch.Generator().manual_seed(0)
+    raw_mnist = torch.randint(0, 256, (60, 28, 28), generator=g, dtype=torch.uint8)
+    raw_mnist[:, 0, 0] = 7
+    torch.testing.assert_close(X, raw_mnist[:40].reshape(40, -1).float() / 255)
     assert torch.equal(Y.argmax(1), labels)
+    # CIFAR-10: / 255, then centred and scaled per feature by the mean and population std of
+    # the whole training set (all 50 stand-in images), before the first n are kept
     Xc, Yc, _ = load_cifar10(30, data_dir=tmp_path)
     assert Xc.shape == (30, 3, 32, 32) and Yc.shape == (30, 10)
-    torch.testing.assert_close(Xc.reshape(30, -1).mean(0), torch.zeros(3072), atol=1e-5, rtol=0)
-    # the channel layout is (C, H, W): channel 1 of image 0 comes from the last axis of HWC
-    raw = torch.as_tensor(
-        np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+    raw = (
+        torch.as_tensor(
+            np.random.default_rng(0).integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+        ).double()
+        / 255
     )
-    raw = raw[:30].double() / 255
-    expect = (raw[0, 2, 5, 1] - raw[:, 2, 5, 1].mean()) / raw[:, 2, 5, 1].std()
-    assert abs(float(Xc[0, 1, 2, 5]) - float(expect)) < 1e-4
+    # the channel layout is (C, H, W): channel 1 of image 0 comes from the last axis of HWC
+    column = raw[:, 2, 5, 1]
+    expect = (column[0] - column.mean()) / column.std(correction=0)
+    assert abs(float(Xc[0, 1, 2, 5]) - float(expect)) < 1e-5
+    everything = load_cifar10(50, data_dir=tmp_path)[0].reshape(50, -1).double()
+    torch.testing.assert_close(
+        everything.mean(0), torch.zeros(3072, dtype=torch.float64), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        everything.std(0, correction=0), torch.ones(3072, dtype=torch.float64), atol=1e-4, rtol=0
+    )
     with pytest.raises(DataUnavailableError, match="holds only 60 training images; 5000"):
         load_setup("mnist-5k-mlp", data_dir=tmp_path, seed=0)
     with pytest.raises(ValueError, match="60,000"):
@@ -261,3 +274,32 @@ def test_user_setup_errors_are_clear(tmp_path: Path, capsys: pytest.CaptureFixtu
         ["reproduce", "--quiet", "--setup", f"{path}:junk", "--out", str(out)], capsys
     )
     assert code == 2 and "returned int" in err and not out.exists()
+
+
+def test_help_shows_the_three_paper_setups_and_the_digits_threshold() -> None:
+    rep = build_parser()._subparsers._group_actions[0].choices["reproduce"]  # type: ignore[union-attr]
+    text = " ".join(rep.format_help().split())
+    for name in ("digits", "mnist-5k-mlp", "cifar10-5k-cnn", "sst2-1k-transformer"):
+        assert f"{name}:" in text, name
+    assert "SST-2/train.tsv" in text and "k=2; SGD lr 0.001; steps 20,000" in text
+    assert "The digits threshold 0.8 is below the paper's 0.95" in text
+    for flag in ("--switch-after", "--after-switch", "--check-every"):
+        assert flag in text
+
+
+def test_digits_defaults_switch_by_the_rule_and_shorter_runs_still_validate() -> None:
+    from subspace_optim.__main__ import _settings
+    from subspace_optim.experiments.setups import DIGITS_DEFAULTS, DIGITS_THRESHOLD
+
+    config = RunConfig(**_settings(build_parser().parse_args(["reproduce"]), dict(DIGITS_DEFAULTS)))
+    assert config.switch == DIGITS_THRESHOLD == 0.8 and config.switch_step is None
+    assert (config.switch_after, config.fallback_step, config.after_switch) == (100, 1000, 200)
+    assert config.end_step(811) == 1011 and config.end_step(1000) == config.steps == 1200
+    # a shorter --steps drops the setup's fallback, minimum and run length that no longer fit
+    args = build_parser().parse_args(["reproduce", "--steps", "60"])
+    short = RunConfig(**_settings(args, dict(DIGITS_DEFAULTS)))
+    assert (short.fallback_step, short.switch_after, short.after_switch) == (20, 0, None)
+    # ... but flags given explicitly are checked, not dropped
+    args = build_parser().parse_args(["reproduce", "--steps", "60", "--after-switch", "50"])
+    with pytest.raises(ValueError, match="need steps >= 70"):
+        RunConfig(**_settings(args, dict(DIGITS_DEFAULTS)))

@@ -198,6 +198,43 @@ def test_threshold_switch_and_forced_fallback() -> None:
     assert any("switch forced at step 10" in n for n in fam.notes())
 
 
+def test_switch_after_delays_a_threshold_switch_to_exactly_that_step() -> None:
+    model, data = _toy()
+    settings = {**SMALL, "switch_by": 10, "check_every": 1, "switch": 0.05}
+    early = run(model, half_sum_mse, data, optimizers="sgd", **settings).families[0]
+    assert early.switch_reason == "threshold" and early.switch_step == 1  # χ_0 >= 0.05
+    late = run(model, half_sum_mse, data, optimizers="sgd", **{**settings, "switch_after": 7})
+    fam = late.families[0]
+    assert fam.switch_reason == "threshold" and fam.switch_step == 7
+
+
+def test_after_switch_runs_the_same_number_of_steps_after_every_switch() -> None:
+    model, data = _toy()
+    settings = {**SMALL, "steps": 16, "check_every": 1, "switch_by": 9, "after_switch": 5}
+    result = run(model, half_sum_mse, data, optimizers="sgd,momentum", **settings)
+    for fam in result.families:
+        for variant, r in fam.runs.items():
+            assert r.steps_run == 5, (fam.family, variant)
+        last = max(row["step"] for row in fam.rows if row["phase"] == "after switch")
+        assert last == fam.switch_step + 5  # the final evaluation row
+    text = format_table(result)
+    assert "5 steps after the switch" in text
+
+
+def test_the_table_says_how_each_switch_happened() -> None:
+    model, data = _toy()
+    settings = {**SMALL, "switch_by": 10, "check_every": 1}
+    rule = run(model, half_sum_mse, data, optimizers="sgd", **{**settings, "switch": 0.05})
+    forced = run(model, half_sum_mse, data, optimizers="sgd", **{**settings, "switch": 1.0})
+    fixed = run(model, half_sum_mse, data, optimizers="sgd", **SMALL)
+    cells = [table_rows(r)[0] for r in (rule, forced, fixed)]
+    assert [c[3] for c in cells] == ["rule", "forced", "fixed"]  # the "by" column
+    fam = rule.families[0]
+    assert cells[0][4] == f"{fam.chi_at_switch:.2f} ({fam.alignment_ema:.2f})"
+    assert "below the paper" not in format_table(forced)  # 1.0 is above the paper's 0.95
+    assert "below the paper's 0.95" in format_table(rule)
+
+
 class _PoisonAfter:
     """A loss that turns NaN after ``n`` calls: a run that blows up after the switch."""
 
@@ -277,6 +314,11 @@ def test_progress_ratio() -> None:
         ({"refresh": 0}, ValueError, "refresh must be >= 1"),
         ({"solver": "nope"}, ValueError, "unknown eigensolver"),
         ({"batch_size": 2.5}, TypeError, "batch_size must be an int"),
+        ({"switch_after": 6, "switch_by": 6}, ValueError, "switch_after (6) must be smaller"),
+        ({"switch_after": -1}, ValueError, "switch_after must be >= 0"),
+        ({"after_switch": 0}, ValueError, "after_switch must be >= 1"),
+        ({"switch_by": 10, "after_switch": 7}, ValueError, "need steps >= 17"),
+        ({"switch": 12, "after_switch": 5}, ValueError, "need steps >= 17"),
     ],
 )
 def test_config_validation(settings: dict[str, Any], error: type, needle: str) -> None:

@@ -41,6 +41,11 @@ class RunConfig:
             fixed switch step.
         switch_by: with a threshold, force the switch at this step if the EMA has not
             reached it (default ``steps // 3``).
+        after_switch: run base / Dom / Bulk this many steps after the switch, wherever the
+            switch falls (then ``steps`` must leave room for it after the latest possible
+            switch); ``None`` (default): until step ``steps``.
+        switch_after: with a threshold, never switch before this step (the EMA starts at
+            χ_k of the initialization, which can already be high); default 0.
         k: dimension of the dominant subspace (the paper: the number of classes).
         lr: one learning rate for every family, a ``{family: lr}`` mapping, or ``None`` for
             each family's default (GD at the Edge of Stability: ``0.82 · 2/λ_1(θ_0)``).
@@ -70,6 +75,8 @@ class RunConfig:
     steps: int = 300
     switch: float | int = 0.95
     switch_by: int | None = None
+    switch_after: int = 0
+    after_switch: int | None = None
     k: int = 10
     lr: float | Mapping[str, float] | None = None
     batch_size: int = 50
@@ -110,6 +117,20 @@ class RunConfig:
                 raise ValueError(
                     f"switch_by ({self.switch_by}) must be smaller than steps ({self.steps})"
                 )
+        check_int("switch_after", self.switch_after, low=0)
+        if self.switch_step is None and self.switch_after >= self.fallback_step:
+            raise ValueError(
+                f"switch_after ({self.switch_after}) must be smaller than the forced-switch step "
+                f"({self.fallback_step}); lower --switch-after or raise --switch-by"
+            )
+        if self.after_switch is not None:
+            check_int("after_switch", self.after_switch, low=1)
+            latest = self.switch_step if self.switch_step is not None else self.fallback_step
+            if latest + self.after_switch > self.steps:
+                raise ValueError(
+                    f"after_switch ({self.after_switch}) steps after the latest switch (step "
+                    f"{latest}) need steps >= {latest + self.after_switch}; got steps {self.steps}"
+                )
         check_int("k", self.k, low=1)
         set_(self, "lr", _parse_lr(self.lr))
         check_int("batch_size", self.batch_size, low=1)
@@ -133,6 +154,12 @@ class RunConfig:
     def fallback_step(self) -> int:
         """The step at which a threshold switch is forced."""
         return self.switch_by if self.switch_by is not None else max(1, self.steps // 3)
+
+    def end_step(self, switch: int) -> int:
+        """The step at which the runs after a switch at ``switch`` stop."""
+        if self.after_switch is None:
+            return self.steps
+        return min(self.steps, switch + self.after_switch)
 
     def lr_for(self, family: Family) -> float | None:
         """The learning rate of ``family`` (``None``: derive from the sharpness)."""

@@ -127,8 +127,9 @@ def load_mnist(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """MNIST's first ``n`` training images, flattened to 784 features, each pixel centred and
-    standardized over those ``n`` images (constant pixels stay 0); one-hot targets.
+    """MNIST's first ``n`` training images, flattened to 784 features scaled to ``[0, 1]``
+    (pixel / 255, no centring: as in the public code that accompanies the paper); one-hot
+    targets.
 
     Needs torchvision and the data under ``data_dir`` (or ``download=True``); raises
     :class:`DataUnavailableError` with instructions otherwise.
@@ -156,7 +157,7 @@ def load_mnist(
     _check_size("MNIST", ds, n)
     images = torch.as_tensor(ds.data[:n]).reshape(n, -1).to(torch.float64) / 255.0
     labels = torch.as_tensor(ds.targets[:n]).long()
-    X = standardize(images).to(dtype=dtype, device=device)
+    X = images.to(dtype=dtype, device=device)
     return X, _one_hot(labels, device, dtype), labels.to(device)
 
 
@@ -168,8 +169,10 @@ def load_cifar10(
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """CIFAR-10's first ``n`` training images as ``(n, 3, 32, 32)``, each of the 3,072
-    features centred and standardized over those ``n`` images; one-hot targets.
+    """CIFAR-10's first ``n`` training images as ``(n, 3, 32, 32)``: pixel / 255, then each of
+    the 3,072 features centred and divided by its standard deviation, both taken over all
+    50,000 training images (population std), as in the public code that accompanies the
+    paper; one-hot targets.
 
     Needs torchvision and the data under ``data_dir`` (or ``download=True``); raises
     :class:`DataUnavailableError` with instructions otherwise.
@@ -199,10 +202,13 @@ def load_cifar10(
         raise ValueError(f"CIFAR-10 has 50,000 training images; n must be in [1, 50000], got {n}")
     ds = _torchvision("CIFAR10", data_dir, download)
     _check_size("CIFAR10", ds, n)
-    images = torch.as_tensor(ds.data[:n])  # (n, 32, 32, 3) uint8
-    if images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(f"unexpected CIFAR-10 array of shape {tuple(images.shape)}")
-    images = images.permute(0, 3, 1, 2).reshape(n, -1).to(torch.float64) / 255.0
+    everything = torch.as_tensor(ds.data)  # (50000, 32, 32, 3) uint8
+    if everything.ndim != 4 or everything.shape[-1] != 3:
+        raise ValueError(f"unexpected CIFAR-10 array of shape {tuple(everything.shape)}")
+    flat = everything.permute(0, 3, 1, 2).reshape(everything.shape[0], -1).to(torch.float64)
+    flat /= 255.0
+    mean, std = flat.mean(0), flat.std(0, correction=0)
+    images = (flat[:n] - mean) / std
     labels = torch.as_tensor(list(ds.targets[:n])).long()
-    X = standardize(images).reshape(n, 3, 32, 32).to(dtype=dtype, device=device)
+    X = images.reshape(n, 3, 32, 32).to(dtype=dtype, device=device)
     return X, _one_hot(labels, device, dtype), labels.to(device)

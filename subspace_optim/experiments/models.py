@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["cnn", "half_sum_mse", "mlp"]
+__all__ = ["TransformerClassifier", "cnn", "half_sum_mse", "mlp"]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
 
@@ -125,3 +126,97 @@ def cnn(
                         u = torch.rand(p.shape, generator=generator, dtype=torch.float64)
                         p.copy_((u * 2 - 1) * bound)
     return model
+
+
+class TransformerClassifier(nn.Module):
+    """The SST-2 network of the experiments: token embedding, sinusoidal positions, a
+    Transformer encoder, mean pooling over positions and a linear head.
+
+    Inputs are ``(n, 2, L)`` integer tensors: token ids in ``[:, 0]`` and the attention mask
+    (1 for a token, 0 for padding) in ``[:, 1]``; padded keys are masked in attention. The
+    mean is taken over all ``L`` positions, padding included, as in the public code that
+    accompanies the paper, so every example must be padded to the same ``L`` for its loss
+    not to depend on its batch. Outputs are ``(n, num_classes)``.
+
+    Args:
+        vocab_size: rows of the token embedding.
+        max_len: longest sequence the positional encoding covers.
+        width: model width (the paper: 64).
+        heads: attention heads (8).
+        layers: encoder layers (2).
+        feedforward: hidden width of each feed-forward block (2048).
+        num_classes: outputs (2).
+        generator: draws the weights from this private stream (embedding ``N(0, 1)``,
+            attention projections Xavier-uniform with zero biases, linear layers
+            uniform ±1/√fan_in, LayerNorm at 1 and 0), like PyTorch's defaults; without it,
+            PyTorch's own initialization.
+
+    .. note::
+        Dropout is 0 and the encoder runs without nested tensors, so training and
+        evaluation compute the same function.
+
+    Example:
+        >>> import torch
+        >>> from subspace_optim.experiments.models import TransformerClassifier
+        >>> model = TransformerClassifier(50, 8, generator=torch.Generator().manual_seed(0))
+        >>> x = torch.stack([torch.randint(2, 50, (3, 8)), torch.ones(3, 8, dtype=torch.long)], 1)
+        >>> model(x).shape
+        torch.Size([3, 2])
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        max_len: int,
+        *,
+        width: int = 64,
+        heads: int = 8,
+        layers: int = 2,
+        feedforward: int = 2048,
+        num_classes: int = 2,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if width % 2 or width % heads:
+            raise ValueError(f"width ({width}) must be even and divisible by heads ({heads})")
+        self.embedding = nn.Embedding(vocab_size, width, dtype=dtype)
+        position = torch.arange(max_len, dtype=torch.float64).unsqueeze(1)
+        freq = torch.exp(torch.arange(0, width, 2, dtype=torch.float64) * (-math.log(1e4) / width))
+        pe = torch.zeros(max_len, width, dtype=torch.float64)
+        pe[:, 0::2], pe[:, 1::2] = torch.sin(position * freq), torch.cos(position * freq)
+        self.register_buffer("positions", pe.to(dtype), persistent=False)
+        layer = nn.TransformerEncoderLayer(
+            width, heads, feedforward, dropout=0.0, batch_first=True, dtype=dtype
+        )
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(width, num_classes, dtype=dtype)
+        if generator is not None:
+            self._init(generator)
+
+    @torch.no_grad()
+    def _init(self, g: torch.Generator) -> None:
+        def uniform(p: Tensor, bound: float) -> None:
+            p.copy_((torch.rand(p.shape, generator=g, dtype=torch.float64) * 2 - 1) * bound)
+
+        self.embedding.weight.copy_(
+            torch.randn(self.embedding.weight.shape, generator=g, dtype=torch.float64)
+        )
+        for name, module in self.named_modules():
+            if isinstance(module, nn.MultiheadAttention):
+                fan_out, fan_in = module.in_proj_weight.shape
+                uniform(module.in_proj_weight, math.sqrt(6.0 / (fan_in + fan_out)))
+                module.in_proj_bias.zero_()
+            elif isinstance(module, nn.Linear):
+                bound = 1.0 / math.sqrt(module.in_features)
+                uniform(module.weight, bound)
+                if name.endswith("out_proj"):
+                    module.bias.zero_()
+                else:
+                    uniform(module.bias, bound)
+
+    def forward(self, x: Tensor) -> Tensor:
+        ids, mask = x[:, 0], x[:, 1]
+        h = self.embedding(ids) + self.positions[: ids.shape[1]]
+        h = self.encoder(h, src_key_padding_mask=mask == 0)
+        return self.head(h.mean(dim=1))

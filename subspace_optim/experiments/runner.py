@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import platform
 import sys
 import time
 import warnings
@@ -30,11 +28,11 @@ import torch
 from torch import Tensor, nn
 
 from ..diagnostics import effective_lr_summary
-from ..operators.hessian import HessianOperator
 from ..optim.eos import pick_learning_rate, stability_threshold
 from ..optim.projected import SubspaceProjectedOptimizer
 from ..schedules import AlignmentSwitch, Every
 from .config import RunConfig
+from .context import RunContext, check_data, machine_info, resolve_device
 from .families import EOS_FRACTION, Family
 from .results import VARIANTS, ExperimentResult, FamilyResult, RunSummary
 
@@ -45,125 +43,11 @@ _MODES = {"base": "none", "dom": "dominant", "bulk": "bulk"}
 _BLOWUP = 10.0
 
 
-def _check_data(train_data: Any) -> tuple[Tensor, Tensor]:
-    if not (
-        isinstance(train_data, (tuple, list))
-        and len(train_data) == 2
-        and all(isinstance(t, Tensor) for t in train_data)
-    ):
-        raise TypeError(
-            "train_data must be an (inputs, targets) pair of tensors holding the whole training "
-            f"set (e.g. the first 1000 examples); got {type(train_data).__name__}"
-        )
-    X, Y = train_data
-    if X.ndim == 0 or Y.ndim == 0 or X.shape[0] != Y.shape[0]:
-        raise ValueError(
-            f"inputs and targets must share their first (example) dimension; got shapes "
-            f"{tuple(X.shape)} and {tuple(Y.shape)}"
-        )
-    if X.shape[0] == 0:
-        raise ValueError("train_data holds no examples")
-    if X.is_floating_point() and not bool(torch.isfinite(X).all()):
-        raise ValueError("the inputs contain NaN or inf; clean or standardize the data first")
-    return X, Y
-
-
-def _resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
-    if device is None:
-        p = next(iter(model.parameters()), None)
-        return p.device if p is not None else torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda' or 'cuda:0'") from exc
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device {device!r} was requested but CUDA is not available; use --device cpu"
-        )
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(
-            f"device {device!r} was requested but MPS is not available; use --device cpu"
-        )
-    return dev
-
-
-def machine_info(device: torch.device) -> dict[str, Any]:
-    """Platform, Python, torch, CPU count, threads and device, for reports."""
-    info: dict[str, Any] = {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "device": str(device),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-class _Context:
-    """Shared, read-only state of one call to :func:`run`."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        loss_fn: Callable[[Any, Tensor], Tensor],
-        X: Tensor,
-        Y: Tensor,
-        config: RunConfig,
-        device: torch.device,
-        progress: bool,
-        log: Callable[[str], None],
-    ) -> None:
-        self.model = model
-        self.loss_fn = loss_fn
-        self.X, self.Y = X, Y
-        self.config = config
-        self.device = device
-        self.progress = progress
-        self.log = log
-        n = X.shape[0]
-        # one shared minibatch sequence: epochs of random permutations, private generator
-        g = torch.Generator().manual_seed(config.seed + 1)
-        bs = min(config.batch_size, n)
-        per_epoch = n // bs
-        epochs = -(-config.steps // per_epoch)
-        order = torch.cat([torch.randperm(n, generator=g)[: per_epoch * bs] for _ in range(epochs)])
-        self.batches = order[: config.steps * bs].view(config.steps, bs).to(device)
-
-    def solver_kwargs(self) -> dict[str, Any]:
-        # a fresh solver per optimizer: some (WarmRefresh) keep per-run state between calls
-        solver = self.config.solver
-        return {} if solver is None else {"eigensolver": copy.deepcopy(solver)}
-
-    def generator(self) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
-
-    def operator(self, model: nn.Module) -> HessianOperator:
-        return HessianOperator(
-            model, self.loss_fn, (self.X, self.Y), chunk_size=self.config.chunk_size
-        )
-
-    @torch.no_grad()
-    def full_loss(self, model: nn.Module) -> float:
-        buffers = {name: b.clone() for name, b in model.named_buffers()}
-        chunk = self.config.chunk_size or self.X.shape[0]
-        total, count = 0.0, 0
-        for xs, ys in zip(torch.split(self.X, chunk), torch.split(self.Y, chunk)):
-            total += float(self.loss_fn(model(xs), ys)) * xs.shape[0]
-            count += xs.shape[0]
-        for name, b in model.named_buffers():
-            b.copy_(buffers[name])
-        return total / count
-
-
 def _trainable(model: nn.Module) -> list[Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _bar(ctx: _Context, total: int, desc: str) -> Any:
+def _bar(ctx: RunContext, total: int, desc: str) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(
@@ -178,7 +62,7 @@ def _bar(ctx: _Context, total: int, desc: str) -> Any:
 
 
 def _step(
-    ctx: _Context, family: Family, model: nn.Module, opt: SubspaceProjectedOptimizer, t: int
+    ctx: RunContext, family: Family, model: nn.Module, opt: SubspaceProjectedOptimizer, t: int
 ) -> float:
     if family.full_batch:
         xb, yb = ctx.X, ctx.Y
@@ -224,7 +108,7 @@ def _row(
 
 
 def _train(
-    ctx: _Context,
+    ctx: RunContext,
     family: Family,
     model: nn.Module,
     opt: SubspaceProjectedOptimizer,
@@ -257,7 +141,7 @@ def _train(
     return t, None
 
 
-def _run_family(ctx: _Context, family: Family) -> FamilyResult:
+def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
     cfg = ctx.config
     model = copy.deepcopy(ctx.model).to(ctx.device)
     initial_loss = ctx.full_loss(model)
@@ -282,8 +166,14 @@ def _run_family(ctx: _Context, family: Family) -> FamilyResult:
     # ---- 1. the shared unprojected prefix, until the switch
     fixed = cfg.switch_step
     if fixed is None:
+        # the runner forces the switch itself (at cfg.fallback_step) and reports it in the
+        # table, so the schedule's own "checks keep failing" warning is off
         schedule: Any = AlignmentSwitch(
-            threshold=float(cfg.switch), ema=0.9**cfg.check_every, check_every=cfg.check_every
+            threshold=float(cfg.switch),
+            ema=0.9**cfg.check_every,
+            check_every=cfg.check_every,
+            min_steps=cfg.switch_after,
+            warn_after=None,
         )
     else:
         schedule = Every(cfg.check_every, start=0)
@@ -351,7 +241,8 @@ def _run_family(ctx: _Context, family: Family) -> FamilyResult:
     del prefix_opt, model
 
     # ---- 2. base / Dom / Bulk from the same snapshot and minibatch sequence
-    remaining = cfg.steps - switch
+    end_step = cfg.end_step(switch)
+    remaining = end_step - switch
     bar.total = switch + len(VARIANTS) * remaining
     bar.refresh()
     run_rows: dict[str, list[dict[str, Any]]] = {}
@@ -381,7 +272,7 @@ def _run_family(ctx: _Context, family: Family) -> FamilyResult:
             m,
             opt,
             switch,
-            lambda t: t >= cfg.steps,
+            lambda t: t >= end_step,
             variant,
             "after switch",
             vrows,
@@ -396,7 +287,7 @@ def _run_family(ctx: _Context, family: Family) -> FamilyResult:
                 div = end
         else:
             final = math.nan
-            bar.update(cfg.steps - end)
+            bar.update(end_step - end)
         if vrows and vrows[0].get("refreshed") and variant == "base":
             chi_at_switch = float(vrows[0].get("grad_alignment", math.nan))
         run_rows[variant] = vrows
@@ -518,8 +409,8 @@ def run(
         raise TypeError("loss_fn must be callable as loss_fn(outputs, targets)")
     if not _trainable(model):
         raise ValueError("the model has no trainable parameters")
-    X, Y = _check_data(train_data)
-    dev = _resolve_device(device, model)
+    X, Y = check_data(train_data)
+    dev = resolve_device(device, model)
     n_params = sum(p.numel() for p in _trainable(model))
     if config.k + config.num_extra >= n_params:
         raise ValueError(
@@ -535,7 +426,7 @@ def run(
     dtype = next(iter(_trainable(model))).dtype
     X = X.to(device=dev, dtype=dtype if X.is_floating_point() else X.dtype)
     Y = Y.to(device=dev, dtype=dtype if Y.is_floating_point() else Y.dtype)
-    ctx = _Context(model, loss_fn, X, Y, config, dev, progress, log)
+    ctx = RunContext(model, loss_fn, X, Y, config, dev, progress, log)
     start, cpu_start = time.perf_counter(), time.process_time()
     families = [_run_family(ctx, f) for f in config.families]
     return ExperimentResult(
