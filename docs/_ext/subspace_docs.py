@@ -305,7 +305,12 @@ class CliFlags(SphinxDirective):
         for i, cell in enumerate(cells):
             entry = nodes.entry()
             para = nodes.paragraph()
-            para += nodes.literal(cell, cell) if literal and i == 0 else nodes.Text(cell)
+            if literal and i == 0:
+                para += nodes.literal(cell, cell)
+            else:
+                # flags named in the help text as code (smart quotes would turn -- into –)
+                for j, part in enumerate(re.split(r"(--[\w-]+)", cell)):
+                    para += nodes.literal(part, part) if j % 2 else nodes.Text(part)
             entry += para
             row += entry
         return row
