@@ -27,6 +27,7 @@ from .eigensolvers import (
 )
 from .operators import (
     Curvature,
+    CurvatureCheckWarning,
     DenseOperator,
     DistributedGGNOperator,
     DistributedGradientCovarianceOperator,
@@ -68,6 +69,7 @@ __all__ = [
     "AutoEigensolver",
     "BlockLanczos",
     "Curvature",
+    "CurvatureCheckWarning",
     "Decision",
     "DenseOperator",
     "DistributedGGNOperator",

@@ -12,27 +12,10 @@ call inside a mixed-precision region returns what it would outside.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
-from typing import TypeVar
-
 import torch
 from torch import Tensor
 
-_F = TypeVar("_F", bound=Callable[..., Tensor])
-
-
-def _full_precision(fn: _F) -> _F:
-    """Run ``fn`` with autocast disabled on the device of its first tensor argument."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):  # type: ignore[no-untyped-def]
-        device_type = args[0].device.type if args and isinstance(args[0], Tensor) else "cpu"
-        with torch.autocast(device_type, enabled=False):
-            return fn(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
+from ._isolation import full_precision
 
 __all__ = [
     "alignment",
@@ -44,7 +27,7 @@ __all__ = [
 ]
 
 
-@_full_precision
+@full_precision
 def orthonormalize(V: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
     """Orthonormal basis of the column span of ``V`` with the same shape ``(n, m)``.
 
@@ -100,7 +83,7 @@ def orthonormalize(V: Tensor, *, generator: torch.Generator | None = None) -> Te
     return Q
 
 
-@_full_precision
+@full_precision
 def project(v: Tensor, U: Tensor) -> Tensor:
     """``U Uᵀ v``: the component of ``v`` (``(n,)`` or ``(n, b)``) in ``span(U)``.
 
@@ -121,7 +104,7 @@ def project(v: Tensor, U: Tensor) -> Tensor:
     return U @ (U.T @ v)
 
 
-@_full_precision
+@full_precision
 def project_out(v: Tensor, U: Tensor) -> Tensor:
     """``v − U Uᵀ v``: the component of ``v`` orthogonal to ``span(U)``.
 
@@ -141,7 +124,7 @@ def project_out(v: Tensor, U: Tensor) -> Tensor:
     return v - U @ (U.T @ v)
 
 
-@_full_precision
+@full_precision
 def alignment(v: Tensor, U: Tensor) -> Tensor:
     """χ(v) = ‖U Uᵀ v‖ / ‖v‖ in ``[0, 1]``: how much of ``v`` lies in ``span(U)``.
 
@@ -168,7 +151,7 @@ def alignment(v: Tensor, U: Tensor) -> Tensor:
     )
 
 
-@_full_precision
+@full_precision
 def principal_angles(U: Tensor, W: Tensor) -> Tensor:
     """Principal angles (radians, ascending) between ``span(U)`` and ``span(W)``.
 
@@ -207,7 +190,7 @@ def principal_angles(U: Tensor, W: Tensor) -> Tensor:
     return torch.where(cos > 0.7071, angles_sin, angles_cos)
 
 
-@_full_precision
+@full_precision
 def subspace_distance(U: Tensor, W: Tensor) -> Tensor:
     """``sin θ_max``: sine of the largest principal angle (0 for equal subspaces, 1 when some
     direction of the smaller subspace is orthogonal to the other).

@@ -56,7 +56,7 @@ def test_solve_scope_frees_the_cached_graph_on_exit_and_on_error(generator):
     model, loss_fn, data = make_case("mlp", generator)
     calls = [0]
     model.register_forward_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    op = HessianOperator(model, loss_fn, data)
+    op = HessianOperator(model, loss_fn, data, check=False)  # the self-check's passes aside
     v = torch.randn(op.shape[0], generator=generator, dtype=torch.float64)
     with op.solve_scope():
         op @ v

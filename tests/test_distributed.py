@@ -188,7 +188,12 @@ def _scenarios(rank: int, out_dir: Path) -> dict:
         return mse(out, target)
 
     model, X, Y = problem()
-    bad = DistributedHessianOperator(model, failing_loss, uneven_shard(rank, X, Y))
+    try:  # the construction self-check finds it first, on every rank
+        DistributedHessianOperator(model, failing_loss, uneven_shard(rank, X, Y))
+        res["failure_at_check"] = None
+    except DistributedHessianError as exc:
+        res["failure_at_check"] = {"ranks": exc.ranks, "messages": exc.messages}
+    bad = DistributedHessianOperator(model, failing_loss, uneven_shard(rank, X, Y), check=False)
     try:
         bad.matvec(V[:, 0])
         res["failure"] = None
@@ -429,6 +434,12 @@ def test_exception_on_one_rank_raises_on_every_rank(runs):
         assert failure["messages"] == ["ValueError: boom on purpose"]
         assert res["failure_grad"] is not None and "boom on purpose" in res["failure_grad"]
         assert res["alive_after_failure"] == WORLD
+        at_check = res["failure_at_check"]
+        assert at_check is not None, f"rank {r} did not raise at construction"
+        assert at_check["ranks"] == [1]
+        (message,) = at_check["messages"]
+        assert "loss_fn(outputs, targets) failed on the first micro-batch" in message
+        assert "boom on purpose" in message
 
 
 def test_diverging_inputs_and_mismatched_models_are_refused(runs):

@@ -44,7 +44,7 @@ def test_cached_products_equal_fresh_ones_and_the_dense_reference(case, generato
 def test_one_forward_pass_per_point_and_a_rebuild_after_each_step(generator):
     model, loss_fn, data = make_case("mlp", generator)
     calls = count_forwards(model)
-    op = HessianOperator(model, loss_fn, data)
+    op = HessianOperator(model, loss_fn, data, check=False)  # the self-check's passes aside
     assert op.caches_graph  # one in-memory micro-batch: cached by default
     V = torch.randn(op.shape[0], 3, generator=generator, dtype=torch.float64)
     first = op @ V
@@ -121,7 +121,7 @@ def test_dropout_draws_its_masks_once_per_cached_graph(generator):
     model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Dropout(0.5), nn.Linear(8, 2)).double()
     X = torch.randn(16, 4, generator=generator, dtype=torch.float64)
     Y = torch.randn(16, 2, generator=generator, dtype=torch.float64)
-    op = HessianOperator(model, nn.MSELoss(), (X, Y), train=True)
+    op = HessianOperator(model, nn.MSELoss(), (X, Y), train=True, check=False)  # random
     H = op.to_dense()
     assert torch.equal(H, op.to_dense())  # one matrix per point: the masks are fixed
     assert rel(H, H.T) < 1e-12  # and it is symmetric

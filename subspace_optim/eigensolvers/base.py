@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .._isolation import isolated
 from .._utils import check_int, check_positive_float, choice
 from ..operators.base import LinearOperator
 
@@ -285,6 +286,11 @@ class Eigensolver(ABC):
                 ``k``), or ``None`` for a random start drawn from ``generator``.
             generator: source of randomness for start vectors; ``None`` uses a fresh
                 generator seeded with 0, so results never depend on global RNG state.
+
+        The solve runs with autocast disabled, in ``op.dtype``, and leaves the global
+        random state, grad mode and deterministic-algorithms flags as it found them
+        (``subspace_optim._isolation.isolated``): calling it inside a mixed-precision
+        region or between two draws of a training loop changes neither.
         """
         if not isinstance(op, LinearOperator):
             raise TypeError(
@@ -304,7 +310,8 @@ class Eigensolver(ABC):
         if generator is None:
             generator = torch.Generator(device=op.device).manual_seed(0)
         start = op.num_matvecs
-        result = self._solve(op, k, init, generator)
+        with isolated(op.device):  # a caller's autocast, RNG draws and flags stay theirs
+            result = self._solve(op, k, init, generator)
         spent = op.num_matvecs - start
         if result.num_matvecs != spent:
             result = EigenResult(**{**result.__dict__, "num_matvecs": spent})

@@ -1,5 +1,6 @@
 """Matrix-free linear operators over the flat parameter space."""
 
+from ._selfcheck import CurvatureCheckWarning
 from .base import LinearOperator
 from .covariance import COVARIANCE_METHODS, GradientCovarianceOperator
 from .dense import DenseOperator
@@ -20,6 +21,7 @@ __all__ = [
     "HVP_METHODS",
     "SUPPORTED_GGN_LOSSES",
     "Curvature",
+    "CurvatureCheckWarning",
     "DataParallel",
     "DenseOperator",
     "DistributedGGNOperator",

@@ -27,6 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from ._selfcheck import check_locally, check_repeatable
+
 if TYPE_CHECKING:  # the eigensolvers import the operators: avoid a cycle at run time
     from ..eigensolvers.base import EigenResult
 
@@ -60,7 +62,8 @@ class DistributedHessianError(RuntimeError):
         >>> def broken_loss(outputs, targets):
         ...     raise ValueError("targets have the wrong shape")
         >>> X = torch.zeros(4, 3, dtype=torch.float64)
-        >>> H = DistributedHessianOperator(nn.Linear(3, 1).double(), broken_loss, (X, X[:, :1]))
+        >>> model = nn.Linear(3, 1).double()
+        >>> H = DistributedHessianOperator(model, broken_loss, (X, X[:, :1]), check=False)
         >>> try:
         ...     H @ torch.ones(4, dtype=torch.float64)
         ... except DistributedHessianError as err:
@@ -135,6 +138,7 @@ class DataParallel:
 
     _allow_empty_data: ClassVar[bool] = True  # an empty shard is fine: other ranks have data
     _collective_budget_check: ClassVar[bool] = True  # refused in _handshake, on every rank
+    _collective_self_check: ClassVar[bool] = True  # products are collectives: after _handshake
 
     def __init__(
         self,
@@ -170,6 +174,20 @@ class DataParallel:
         #: example count of each rank in the latest reduction (index = rank in ``group``)
         self.last_counts: list[int] = []
         self._handshake()
+        if self.check:
+            self._self_check()
+
+    def _self_check(self) -> None:
+        """The construction self-check, collectively: a rank whose first micro-batch fails
+        makes every rank raise (never a hang), then every rank joins the products."""
+        failure: BaseException | None = None
+        try:
+            check_locally(self)  # type: ignore[arg-type]
+        except Exception as exc:
+            failure = exc
+        self._allreduce(None, 0, 0, failure, None)
+        self.last_counts = []
+        check_repeatable(self)  # type: ignore[arg-type]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

@@ -29,12 +29,14 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from .._isolation import forked_rng
 from .._utils import check_int, choice, flatten
 from . import _data
 from ._data import RAN_DRY, Batch
 from ._graph_cache import GraphCache, resolve_cache_graph, state_key
 from ._memory import BlockMemoryEstimate, MemoryRule, budget_message, check_budget, saved_bytes
 from ._params import check_model, missing_from, select_params
+from ._selfcheck import self_check
 from .base import LinearOperator
 
 __all__ = ["ModelOperator"]
@@ -60,6 +62,9 @@ class ModelOperator(LinearOperator):
     #: whether a too small ``memory_budget`` is refused by the subclass in a collective (so
     #: that every rank raises, not only the ranks whose first micro-batch is large)
     _collective_budget_check: ClassVar[bool] = False
+    #: whether the subclass runs the construction self-check itself, once its collective
+    #: set-up is done (its products are collectives)
+    _collective_self_check: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -74,8 +79,21 @@ class ModelOperator(LinearOperator):
         max_block_size: int | None = None,
         memory_budget: int | None = None,
         cache_graph: bool | None = None,
+        check: bool = True,
+        generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
+        if not isinstance(check, bool):
+            raise TypeError(f"check must be True or False; got {check!r}")
+        if generator is None:
+            generator = torch.Generator().manual_seed(0)
+        elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
+            raise TypeError(
+                "generator must be a CPU torch.Generator (it seeds the randomness of each pass "
+                f"over the data); got {generator!r}"
+            )
+        self.check = check
+        self.generator = generator
         self.model = check_model(model, loss_fn)
         self.loss_fn = loss_fn
         self.method = choice("method", method, self._methods)
@@ -95,7 +113,8 @@ class ModelOperator(LinearOperator):
         self.device = space.device
 
         self.data: Any = _data.normalize_data(data)
-        _data.validate_data(self.data, allow_empty=self._allow_empty_data)
+        with forked_rng(self.device, self.generator):  # a loader's first batch: not the
+            _data.validate_data(self.data, allow_empty=self._allow_empty_data)  # caller's RNG
 
         if max_block_size is not None:
             check_int("max_block_size", max_block_size, low=1)
@@ -120,6 +139,8 @@ class ModelOperator(LinearOperator):
         )
         self._cache: GraphCache[Any] = GraphCache()
         self._check_setup()
+        if check and not self._collective_self_check:
+            self_check(self)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -151,15 +172,25 @@ class ModelOperator(LinearOperator):
         """Yield ``(inputs, targets, count)`` micro-batches on the operator's device."""
         return _data.micro_batches(self.data, self.chunk_size, self.device)
 
+    def _first_chunk(self) -> tuple[Any, Tensor, int] | None:
+        """The first micro-batch (``None``: no data), drawn without the caller's RNG."""
+        with forked_rng(self.device, self.generator):
+            batches = self.chunks()
+            first = next(batches, None)
+            batches.close()  # type: ignore[attr-defined]
+        return first
+
     # ------------------------------------------------------- functional model
     @contextlib.contextmanager
     def _evaluation_context(self) -> Iterator[None]:
         """The settings every pass of the operator runs under, and its failure rule.
 
-        Gradients on, autocast off, the model in the requested mode, and scaled dot-product
-        attention on its math kernel: the fused kernels (flash, memory-efficient, cuDNN)
-        have no double backward, so a product through ``nn.MultiheadAttention`` or
-        ``F.scaled_dot_product_attention`` would fail on them. A pass that raises frees
+        Gradients on, autocast off, the model in the requested mode, randomness (dropout
+        masks, a loader's shuffling) drawn from :attr:`generator` with the caller's global
+        random state handed back, and scaled dot-product attention on its math kernel:
+        the fused kernels (flash, memory-efficient, cuDNN) have no double backward, so a
+        product through ``nn.MultiheadAttention`` or ``F.scaled_dot_product_attention``
+        would fail on them. A pass that raises frees
         the cached graph, so a retry rebuilds it instead of reusing a graph built by the
         failed call.
         """
@@ -173,6 +204,7 @@ class ModelOperator(LinearOperator):
                 torch.enable_grad(),
                 torch.autocast(device_type, enabled=False),
                 sdpa_kernel(SDPBackend.MATH),
+                forked_rng(self.device, self.generator),
             ):
                 yield
         except BaseException:
@@ -237,7 +269,7 @@ class ModelOperator(LinearOperator):
     def _estimate_block_memory(self) -> BlockMemoryEstimate:
         """Measure ``G`` on the first micro-batch and apply the back end's memory rule."""
         method = self._resolved_method()
-        first = next(iter(self.chunks()), None)
+        first = self._first_chunk()
         graph = 0
         if first is not None:  # a data-parallel rank with an empty shard holds no graph
             x, y, _ = first
@@ -367,6 +399,8 @@ class ModelOperator(LinearOperator):
             "max_block_size": self.max_block_size,
             "memory_budget": self.memory_budget,
             "cache_graph": self.caches_graph,
+            "check": self.check,
+            "generator": self.generator,
         }
 
     def extended(self, params: Sequence[Tensor]) -> Any:

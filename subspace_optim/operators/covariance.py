@@ -156,7 +156,7 @@ class GradientCovarianceOperator(ModelOperator):
 
     def _check_setup(self) -> None:
         """The per-example losses are a vector whose mean is the loss (first micro-batch)."""
-        first = next(iter(self.chunks()), None)
+        first = self._first_chunk()
         if first is None:  # a data-parallel rank with an empty shard
             return
         x, y, _ = first

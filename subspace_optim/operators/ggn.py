@@ -132,7 +132,7 @@ class GGNOperator(ModelOperator):
     # ------------------------------------------------------------ validation
     def _check_setup(self) -> None:
         """Refuse a model or loss the GGN cannot be built from (on the first micro-batch)."""
-        first = next(iter(self.chunks()), None)
+        first = self._first_chunk()
         if first is None:  # a data-parallel rank with an empty shard
             return
         x, y, _ = first

@@ -43,9 +43,9 @@ class HessianOperator(ModelOperator):
         model: the network. Its parameters are read live; buffers are cloned for each pass.
         loss_fn: ``loss_fn(outputs, targets)`` returning the mean loss of a batch (a scalar).
         data: one ``(inputs, targets)`` batch, or a re-iterable of such batches (a list, a
-            ``DataLoader``): the whole training set, as in the paper. ``inputs`` is a Tensor
-            (or a tuple of Tensors passed as ``model(*inputs)``) whose first dimension is the
-            batch. A one-shot iterator (a generator) is refused, because every product
+            ``DataLoader``): the whole training set, as in the paper. ``inputs`` is a Tensor,
+            a tuple of Tensors passed as ``model(*inputs)`` or a dict of Tensors passed as
+            ``model(**inputs)``; the first dimension of every tensor is the batch. A one-shot iterator (a generator) is refused, because every product
             traverses the data again.
         params: the parameters that span the flat space, in this order. Defaults to every
             parameter of ``model`` with ``requires_grad``; tied parameters count once.
@@ -71,6 +71,17 @@ class HessianOperator(ModelOperator):
             anyway: peak memory does not grow, only how long the graph lives. ``True``
             also caches every micro-batch of a list (their graphs are held together);
             ``False`` never caches. See the note on invalidation.
+        check: run the self-check at construction (two forward passes on the first
+            micro-batch and two products, not counted in ``num_matvecs``): a ``model`` or
+            ``loss_fn`` that fails on the data, a non-scalar loss and a loss that sums over
+            the batch are refused with what to do, and products that differ between two
+            identical calls (dropout in train mode, a loader that shuffles or drops
+            batches) give a :class:`~subspace_optim.CurvatureCheckWarning`. ``False`` skips
+            it.
+        generator: a CPU ``torch.Generator`` that every pass over the data draws its
+            randomness from (dropout masks, a ``DataLoader``'s shuffling and worker seeds);
+            the caller's global random state is never touched. Default: a private
+            generator seeded with 0.
 
     Attributes:
         block_size: columns evaluated per pass (``None``: the whole block at once).

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .._isolation import isolated
+from .._isolation import full_precision, isolated
 from ..eigensolvers import EigenResult
 from ..operators.base import LinearOperator
 from ..operators.protocol import Curvature
@@ -56,6 +56,7 @@ class RefreshOutcome:
     converged: bool
 
 
+@full_precision
 def needs_reorthonormalization(U: Tensor) -> bool:
     """``max |UᵀU − I| > ORTHONORMALITY_TOL`` for a basis ``U`` of shape ``(n, m)``."""
     gram = U.T @ U

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from .._isolation import full_precision
+
 __all__ = [
     "UpdatePlan",
     "dominant_part",
@@ -50,6 +52,7 @@ def zero_frozen(vec: Tensor, sizes: Sequence[int], frozen: Sequence[bool]) -> Te
     return vec
 
 
+@full_precision
 def dominant_part(U: Tensor, delta: Tensor) -> Tensor:
     """``U Uᵀ Δ``: the component of ``delta`` (``(n,)``) in the span of ``U`` (``(n, m)``).
 
@@ -62,6 +65,7 @@ def dominant_part(U: Tensor, delta: Tensor) -> Tensor:
     return U @ (U.T @ delta)
 
 
+@full_precision
 def project_gradient(g: Tensor, U: Tensor, scales: tuple[float, float]) -> Tensor:
     """``a·U Uᵀ g + b·(g − U Uᵀ g)`` for ``scales = (a, b)``: exactly ``U Uᵀ g`` for Dom
     ``(1, 0)`` and ``g − U Uᵀ g`` for Bulk ``(0, 1)``.
@@ -97,6 +101,7 @@ class UpdatePlan:
     add: bool
 
 
+@full_precision
 def plan_update(
     theta_old: Tensor, delta_base: Tensor, dom: Tensor, scales: tuple[float, float]
 ) -> UpdatePlan:
@@ -127,6 +132,7 @@ def plan_update(
     return UpdatePlan(delta=delta, vector=delta - delta_base, add=True)
 
 
+@full_precision
 def step_statistics(
     U: Tensor, delta_base: Tensor, delta: Tensor, g: Tensor, loss: Tensor | None
 ) -> dict[str, float]:
@@ -189,6 +195,7 @@ def step_statistics(
     }
 
 
+@full_precision
 def moved_eigenvalue(
     eigenvalues: Tensor, j: int, threshold: float, scales: tuple[float, float]
 ) -> tuple[float, float] | None:

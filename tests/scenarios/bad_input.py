@@ -231,6 +231,16 @@ class _SameIterator:
         return self._it
 
 
+class _Batches:
+    """A re-iterable that is not a Sequence (checked on its first batch only)."""
+
+    def __init__(self, batches: list[tuple[Tensor, Tensor]]) -> None:
+        self.batches = batches
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.batches)
+
+
 def _later_batch_mismatch() -> Trial:
     # a non-Sequence loader is only checked on its first batch at construction; a bad later
     # batch is caught at the first refresh, before the optimizer changes anything
@@ -242,7 +252,9 @@ def _later_batch_mismatch() -> Trial:
             yield X[16:], Y[16:20]
 
     base = torch.optim.SGD(model.parameters(), lr=0.1)
-    opt = SubspaceProjectedOptimizer(base, HessianOperator(model, loss_fn, Loader()), k=3)
+    # check=False: the construction self-check's products would find it first (its own row)
+    op = HessianOperator(model, loss_fn, Loader(), check=False)
+    opt = SubspaceProjectedOptimizer(base, op, k=3)
     opt.zero_grad()
     loss_fn(model(X), Y).backward()
     return Trial(list(model.parameters()), [opt], opt.step)
@@ -253,7 +265,8 @@ def _bad_loss_fn() -> Trial:
     # propagates (the refresh runs before the base step: nothing has moved)
     model, _, (X, Y) = tiny_problem()
     base = torch.optim.SGD(model.parameters(), lr=0.1)
-    op = HessianOperator(model, lambda out, y: ((out - y) ** 2).mean(1), (X, Y))
+    # check=False: past the construction self-check (which refuses it: its own row)
+    op = HessianOperator(model, lambda out, y: ((out - y) ** 2).mean(1), (X, Y), check=False)
     opt = SubspaceProjectedOptimizer(base, op, k=3)
     opt.zero_grad()
     mse(model(X), Y).backward()
@@ -424,6 +437,45 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         ValueError,
         r"batch 1: inputs hold 16 examples but targets hold 4",
         _later_batch_mismatch,
+    ),
+    BadInput(
+        "mismatched batch sizes in a later batch of a loader (the self-check's products)",
+        "data",
+        ValueError,
+        r"batch 1: inputs hold 16 examples but targets hold 4",
+        _operator_trial(
+            lambda m, d: HessianOperator(
+                m, mse, _Batches([(d[0][:16], d[1][:16]), (d[0][16:], d[1][16:20])])
+            )
+        ),
+    ),
+    BadInput(
+        "loss_fn sums over the batch (the self-check at construction)",
+        "data",
+        ValueError,
+        r"sums over the batch.*reduction='mean'",
+        _operator_trial(lambda m, d: HessianOperator(m, lambda o, y: ((o - y) ** 2).sum(), d)),
+    ),
+    BadInput(
+        "loss_fn with a wrong signature (the self-check at construction)",
+        "data",
+        TypeError,
+        r"loss_fn\(outputs, targets\) failed on the first micro-batch",
+        _operator_trial(lambda m, d: HessianOperator(m, lambda out: out.mean(), d)),
+    ),
+    BadInput(
+        "inputs of another dtype than the parameters (the self-check at construction)",
+        "data",
+        RuntimeError,
+        r"model failed on the first micro-batch.*\.to\(torch\.float64\)",
+        _operator_trial(lambda m, d: HessianOperator(m, mse, (d[0].float(), d[1]))),
+    ),
+    BadInput(
+        "a whole batch as a dict (Hugging Face style) instead of (inputs, targets)",
+        "data",
+        TypeError,
+        r"batch 0 of data is a dict.*model\(\*\*inputs\)",
+        _operator_trial(lambda m, d: HessianOperator(m, mse, [{"x": d[0], "labels": d[1]}])),
     ),
     BadInput(
         "one-shot iterator (generator)",
