@@ -6,8 +6,9 @@ Dom + Bulk = the base update (from one state and one basis, any family); ``mode=
 is the base optimizer bit for bit; a ``state_dict`` survives ``torch.save`` /
 ``torch.load(weights_only=True)`` into a fresh optimizer and the two continue identically.
 
-The default run is derandomized (same examples every time, so the suite never flakes);
-``pytest -m slow tests/test_fuzz.py`` draws fresh, more numerous examples.
+Every run draws fresh examples (a failure prints the falsifying setup and the
+``@reproduce_failure`` blob that replays it), a few per check so the default run stays
+within seconds; ``pytest -m slow tests/test_fuzz.py`` draws many more.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ from scenarios import checkpoint_bytes, load_bytes, train
 
 import subspace_optim as so
 from subspace_optim.testing import StateSnapshot, all_finite, orthonormality_error
-from subspace_optim.testing.strategies import FAMILIES, build_optimizer, training_setups
+from subspace_optim.testing.strategies import FAMILIES, SOLVERS, build_optimizer, training_setups
 
 FAST = settings(
-    max_examples=6,
+    max_examples=8,
     deadline=None,
-    derandomize=True,
+    database=None,  # nothing written into the checkout
+    print_blob=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 SLOW = settings(
@@ -136,9 +138,46 @@ def test_fuzz_long(name):
     SLOW(given(training_setups(**kwargs))(check))()
 
 
-def test_every_family_is_drawn():
-    """The strategy covers every family the library claims to support."""
-    assert set(FAMILIES) >= {"sgd", "momentum", "adam", "sam"}
+def test_every_family_solver_mode_and_schedule_is_drawn():
+    """The strategy really draws every family, solver, mode, schedule kind and projection
+    target, and the widened parts (float32, rank-deficient data, k up to 6, num_extra up
+    to 3, switch schedules with their own parameters)."""
+    seen: dict[str, set] = {
+        key: set()
+        for key in (
+            "family",
+            "solver",
+            "mode",
+            "schedule",
+            "project",
+            "dtype",
+            "rank_deficient",
+            "k",
+            "num_extra",
+        )
+    }
+
+    @settings(max_examples=400, deadline=None, derandomize=True, database=None)
+    @given(training_setups())
+    def collect(setup):
+        seen["family"].add(setup.family)
+        seen["solver"].add(setup.solver)
+        seen["mode"].add(setup.mode)
+        seen["schedule"].add((setup.schedule[0], len(setup.schedule)))
+        seen["project"].add(setup.project)
+        seen["dtype"].add(setup.model.dtype)
+        seen["rank_deficient"].add(setup.model.rank_deficient)
+        seen["k"].add(setup.k)
+        seen["num_extra"].add(setup.num_extra)
+
+    collect()
+    assert seen["family"] == set(FAMILIES) >= {"sgd", "momentum", "adam", "sam"}
+    assert seen["solver"] == set(SOLVERS)
+    assert seen["mode"] == {"bulk", "dominant", "none"}
+    assert seen["schedule"] == {("every", 3), ("at", 2), ("switch", 6)}
+    assert seen["project"] == {"update", "gradient"}
+    assert seen["dtype"] == {"float32", "float64"} and seen["rank_deficient"] == {True, False}
+    assert max(seen["k"]) >= 5 and max(seen["num_extra"]) >= 2
 
 
 def test_a_broken_invariant_is_caught(monkeypatch):

@@ -86,7 +86,12 @@ _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
 
 @dataclass(frozen=True)
 class MLPSpec:
-    """An MLP ``in_dim -> hidden... -> out_dim`` and a regression data set."""
+    """An MLP ``in_dim -> hidden... -> out_dim`` and a regression data set.
+
+    With ``rank_deficient`` the last input feature repeats the first (the first layer's
+    weights on the two are interchangeable), so the Hessian has exactly repeated and zero
+    eigenvalues: degenerate spectra for the eigensolvers.
+    """
 
     in_dim: int
     hidden: tuple[int, ...]
@@ -95,6 +100,7 @@ class MLPSpec:
     dtype: str
     examples: int
     seed: int
+    rank_deficient: bool = False
 
     @property
     def num_params(self) -> int:
@@ -121,6 +127,8 @@ class MLPSpec:
             for p in model.parameters():
                 p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * 0.5)
         X = torch.randn(self.examples, self.in_dim, generator=g, dtype=dtype)
+        if self.rank_deficient and self.in_dim > 1:
+            X[:, -1] = X[:, 0]
         Y = torch.randn(self.examples, self.out_dim, generator=g, dtype=dtype)
 
         def loss_fn(out: Tensor, y: Tensor) -> Tensor:
@@ -146,21 +154,30 @@ def mlp_specs(*, max_hidden_layers: int = 2, max_width: int = 6) -> st.SearchStr
         out_dim=st.integers(1, 4),
         activation=st.sampled_from(sorted(_ACTIVATIONS)),
         dtype=st.sampled_from(["float32", "float64"]),
-        examples=st.integers(4, 24),
+        examples=st.integers(2, 24),
         seed=st.integers(0, 2**16),
+        rank_deficient=st.booleans(),
     )
 
 
 def schedule_specs() -> st.SearchStrategy[tuple[Any, ...]]:
-    """``("every", n, start)``, ``("at", steps)`` or ``("switch", threshold)``.
+    """``("every", n, start)``, ``("at", steps)`` or
+    ``("switch", threshold, ema, check_every, min_steps, max_steps)``.
 
     Returns:
         A hypothesis strategy of such tuples (see :func:`build_schedule`).
     """
     return st.one_of(
-        st.tuples(st.just("every"), st.integers(1, 3), st.integers(0, 2)),
+        st.tuples(st.just("every"), st.integers(1, 4), st.integers(0, 3)),
         st.tuples(st.just("at"), st.lists(st.integers(0, 4), min_size=1, max_size=3).map(tuple)),
-        st.tuples(st.just("switch"), st.floats(0.05, 1.0)),
+        st.tuples(
+            st.just("switch"),
+            st.floats(0.05, 1.0),
+            st.floats(0.0, 0.95),
+            st.integers(1, 3),
+            st.integers(0, 2),
+            st.integers(0, 4),
+        ),
     )
 
 
@@ -172,13 +189,23 @@ def build_schedule(spec: tuple[Any, ...]) -> RefreshSchedule:
 
     Returns:
         :class:`~subspace_optim.Every`, :class:`~subspace_optim.AtSteps` or an
-        :class:`~subspace_optim.AlignmentSwitch` forced at step 3.
+        :class:`~subspace_optim.AlignmentSwitch` (a spec of the older form
+        ``("switch", threshold)`` is forced at step 3 with ``ema=0.5``).
     """
     if spec[0] == "every":
         return Every(spec[1], start=spec[2])
     if spec[0] == "at":
         return AtSteps(spec[1])
-    return AlignmentSwitch(threshold=spec[1], ema=0.5, max_steps=3)
+    if len(spec) == 2:
+        return AlignmentSwitch(threshold=spec[1], ema=0.5, check_every=1, max_steps=3)
+    _, threshold, ema, check_every, min_steps, max_steps = spec
+    return AlignmentSwitch(
+        threshold=threshold,
+        ema=ema,
+        check_every=check_every,
+        min_steps=min_steps,
+        max_steps=max_steps,
+    )
 
 
 def build_optimizer(family: str, params: Any) -> Optimizer:
@@ -266,7 +293,7 @@ def training_setups(
     families: tuple[str, ...] | None = None,
     modes: tuple[str, ...] = MODES,
     projects: tuple[str, ...] = ("update", "gradient"),
-    max_k: int = 4,
+    max_k: int = 6,
 ) -> TrainingSetup:
     """A model, an optimizer family, a valid ``k`` (and ``num_extra``) for the drawn
     eigensolver, a mode, a schedule and a projection target.
@@ -286,7 +313,7 @@ def training_setups(
     n = spec.num_params
     solver = draw(st.sampled_from(SOLVERS))
     k = draw(st.integers(1, min(max_k, n - 2)))
-    num_extra = draw(st.integers(0, 1))
+    num_extra = draw(st.integers(0, min(3, n - 1 - k)))
     try:
         _solver(solver).check_k(n, k + num_extra)
     except ValueError:

@@ -15,7 +15,7 @@ Example:
 """
 
 from .bad_input import BAD_INPUTS, BadInput, BadInputOutcome, Trial, run_bad_input
-from .fault_cases import FAULTS, FaultCase, FaultOutcome, run_fault
+from .fault_cases import FAULT_COUNTERS, FAULTS, FaultCase, FaultOutcome, run_fault
 from .longrun import (
     DETERMINISM_CONFIGS,
     ResumeOutcome,
@@ -30,6 +30,7 @@ __all__ = [
     "BAD_INPUTS",
     "DETERMINISM_CONFIGS",
     "FAULTS",
+    "FAULT_COUNTERS",
     "BadInput",
     "BadInputOutcome",
     "FaultCase",
