@@ -249,6 +249,25 @@ def test_attributes_are_entries_of_their_own(built: Path) -> None:
         assert f'id="subspace_optim.experiments.FamilyResult.{field}"' in experiments, field
 
 
+def test_argument_names_wrapped_over_two_lines_are_joined() -> None:
+    doc = [
+        "Args:",
+        "    model, loss_fn, data,",
+        "        cache_graph: as in HessianOperator; ``model`` must",
+        "        return one Tensor.",
+        "    method: one line.",
+    ]
+    assert subspace_docs.join_wrapped_names(doc) == [
+        "Args:",
+        "    model, loss_fn, data, cache_graph: as in HessianOperator; ``model`` must",
+        "        return one Tensor.",
+        "    method: one line.",
+    ]
+    # a sentence that ends with a comma is left alone
+    prose = ["    Wrap the model,", "    then: train."]
+    assert subspace_docs.join_wrapped_names(prose) == prose
+
+
 def test_grouped_attribute_entries_are_split() -> None:
     doc = [
         "A record.",
