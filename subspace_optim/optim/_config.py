@@ -207,8 +207,11 @@ def check_coverage(base: Optimizer, curvature: LinearOperator) -> list[Tensor]:
     if missing:
         raise ValueError(
             f"the optimizer updates parameters the curvature operator does not cover "
-            f"(shapes {missing[:4]}); build the operator with "
-            "params=[p for g in base.param_groups for p in g['params']]"
+            f"(shapes {missing[:4]}). If they belong to the model, build the operator with "
+            "params=[p for g in base.param_groups for p in g['params'] if p.requires_grad]; "
+            "if they do not (a tensor added to the optimizer by hand), the loss does not "
+            "depend on them: remove them from the optimizer, or register them on the model "
+            "(a submodule's nn.Parameter) and rebuild the operator"
         )
     extra = [tuple(p.shape) for p in op_params if id(p) not in base_ids]
     if extra:

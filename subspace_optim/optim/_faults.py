@@ -117,14 +117,16 @@ def refresh_failed(
 ) -> None:
     """Count a failed refresh; raise under ``"raise"``, else warn that the basis is kept."""
     counters["faults"] += 1
-    msg = (
-        "subspace refresh failed"
-        + (f" ({error})" if error else f" ({describe(result)})" if result is not None else "")
-        + "; keeping the previous basis"
+    msg = "subspace refresh failed" + (
+        f" ({error})" if error else f" ({describe(result)})" if result is not None else ""
     )
     if on_fault == "raise":
-        raise FloatingPointError(msg) from error
-    warnings.warn(msg, RuntimeWarning, stacklevel=4)
+        raise FloatingPointError(
+            f"{msg}; on_fault='raise': the step stops here, with the parameters, the "
+            "optimizer state and the basis as they were. Use on_fault='keep' (go on with "
+            "the previous basis) or 'cold' (retry from a random start first) to train on"
+        ) from error
+    warnings.warn(f"{msg}; keeping the previous basis", RuntimeWarning, stacklevel=4)
 
 
 def guarded(closure: Callable[[], Tensor], params: list[Tensor]) -> Callable[[], Tensor]:

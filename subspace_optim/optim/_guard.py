@@ -21,6 +21,7 @@ from typing import Any
 
 from torch.optim import Optimizer
 
+from ..operators.protocol import Curvature
 from . import _scaler
 from .protocol import CompositeOptimizer, inner_chain
 
@@ -113,3 +114,35 @@ def check_step_call(wrapper: Any, closure: Any) -> None:
     _scaler.check_grad_scaler(
         wrapper.grad_scaler, wrapper, inner_chain(base), closure=closure is not None
     )
+    check_groups_in_sync(base, wrapper.curvature)
+
+
+def check_groups_in_sync(base: Optimizer, curvature: Any) -> None:
+    """Refuse a step when ``base`` trains a parameter the projection does not act on.
+
+    Parameters added with ``base.add_param_group(...)`` behind the wrapper's back would get
+    the plain update, silently; ``wrapper.add_param_group(...)`` extends the curvature
+    operator too. A frozen parameter (``requires_grad=False``) is never updated, so it
+    needs no cover. An operator that is not a :class:`~subspace_optim.Curvature` (no
+    ``params``) is checked at construction only.
+
+    Raises:
+        RuntimeError: a trainable parameter of ``base`` outside ``curvature.params``.
+    """
+    if not isinstance(curvature, Curvature):
+        return
+    ids = {id(p) for p in curvature.params}
+    stray = [
+        tuple(p.shape)
+        for g in base.param_groups
+        for p in g["params"]
+        if p.requires_grad and id(p) not in ids
+    ]
+    if stray:
+        raise RuntimeError(
+            f"the base optimizer trains parameters the projection does not act on (shapes "
+            f"{stray[:4]}): they were added with base.add_param_group(...) behind the "
+            "wrapper, and would get the plain, unprojected update. Nothing was changed. Add "
+            "parameter groups through the wrapper, opt.add_param_group(group), which "
+            "extends the curvature operator to them"
+        )
