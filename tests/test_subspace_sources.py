@@ -34,10 +34,12 @@ def test_outputs_written_and_parse(study):
     saved = json.loads((out / "subspace_sources.json").read_text())
     assert saved["quick"] is True and saved["command"].startswith("python benchmarks/")
     assert set(saved["setups"]) == {"mlp", "cnn"} == set(results["summary"])
-    figures = sorted(p.name for p in (out / "figures").iterdir())
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == sorted(
         f"{s}_{f}.png" for s in ("mlp", "cnn") for f in ("angles", "dom_bulk", "sweep")
     )
+    include = (out / "figures" / "measured.inc").read_text()  # the guide's numbers
+    assert ".. list-table::" in include and include.count("     - GGN") == 2
     md = (out / "subspace_sources.md").read_text()
     page = (out / "page.md").read_text()
     assert all(line in page.splitlines() for line in md.splitlines())  # every table, verbatim
