@@ -113,6 +113,8 @@ sphinx_gallery_conf = {
     "capture_repr": (),
     "matplotlib_animations": False,
     "image_srcset": [],
+    # the execution-times page loads jQuery and DataTables from CDNs: not written
+    "write_computation_times": False,
     "copyfile_regex": "",
 }
 
