@@ -7,6 +7,7 @@ Wrap the optimizer you already have in one line::
                                         mode="bulk")
 """
 
+from .cost import RefreshCostEstimate, estimate_refresh_cost
 from .diagnostics import StepStats, effective_lr_summary
 from .eigensolvers import (
     LOBPCG,
@@ -89,6 +90,7 @@ __all__ = [
     "LearningRatePick",
     "LinearOperator",
     "PowerIteration",
+    "RefreshCostEstimate",
     "RefreshSchedule",
     "SharpnessRecord",
     "SharpnessTracker",
@@ -101,6 +103,7 @@ __all__ = [
     "available_eigensolvers",
     "choose_k",
     "effective_lr_summary",
+    "estimate_refresh_cost",
     "orthonormalize",
     "pick_learning_rate",
     "principal_angles",
