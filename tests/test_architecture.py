@@ -10,10 +10,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "subspace_optim"
 MAX_LINES = 500
-#: circles known when this test was written, each to be removed by its module's owner (a
-#: lazy ``from . import resolve_eigensolver`` inside ``eigensolvers/auto.py``); a new circle,
-#: or a longer one through these modules, still fails
-KNOWN_CIRCLES = [["subspace_optim.eigensolvers", "subspace_optim.eigensolvers.auto"]]
 
 
 def _module_name(path: Path) -> str:
@@ -135,7 +131,7 @@ def test_the_graph_reader_resolves_relative_imports():
 
 
 def test_no_import_circles_between_modules():
-    cycles = [c for c in find_cycles(import_graph()) if c not in KNOWN_CIRCLES]
+    cycles = find_cycles(import_graph())
     assert not cycles, f"import circles: {cycles}"
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from subspace_optim import eigensolvers
+from subspace_optim.eigensolvers import registry as eigensolvers
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 #: examples tested elsewhere: the DDP script needs torchrun (tests/test_distributed.py)

@@ -233,7 +233,7 @@ def reset_torch(gallery_conf: dict[str, Any], fname: str | None) -> None:
     """Between gallery scripts: one torch thread, and the eigensolver registry as it was."""
     import torch
 
-    from subspace_optim import eigensolvers
+    from subspace_optim.eigensolvers import registry as eigensolvers
 
     torch.set_num_threads(1)
     if not _REGISTRY_SNAPSHOT:
