@@ -339,7 +339,8 @@ def compact(obj: Any) -> Any:
     return obj
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with the default paths resolved (``--quick``: all under ``--out``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes (seconds), into a temp dir")
     p.add_argument("--setups", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
@@ -359,13 +360,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             if args.quick
             else ROOT / "benchmarks" / "results"
         )
+    if args.quick and args.docs == ROOT / "docs" / f"{STEM}.md":
+        args.docs = args.out / f"{STEM}_page.md"  # --quick never touches the committed page
     if args.figures is None:
         args.figures = (
             args.out / "figures" if args.quick else ROOT / "docs" / "_static" / "subspace_sources"
         )
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
     if args.render:
         results = json.loads((args.out / f"{STEM}.json").read_text())
     else:
+        threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
         configs = QUICK if args.quick else FULL
         command = "python benchmarks/subspace_sources.py " + " ".join(
@@ -384,6 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             os.getloadavg() if hasattr(os, "getloadavg") else None
         )
         results["wall_seconds"] = time.perf_counter() - t_all
+        torch.set_num_threads(threads)  # main may run inside a test process
     results["summary"] = {n: report.summarize(b) for n, b in results["setups"].items()}
     if not args.render:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -110,3 +110,16 @@ def test_render_reproduces(study, tmp_path):
         sys.path.remove(str(BENCHMARKS))
     assert (out / "subspace_sources.md").read_text() == before
     assert len(list(tmp_path.glob("*.png"))) == 6
+
+
+def test_quick_never_writes_the_committed_outputs(study):
+    module, _, _ = study
+    args = module.parse_args(["--quick", "--docs"])
+    assert module.ROOT not in args.out.parents and args.out.is_dir()
+    args.out.rmdir()  # the fresh, still empty temporary directory
+    for path in (args.docs, args.figures):
+        assert args.out in path.parents
+    full = module.parse_args(["--docs"])
+    assert full.out == module.ROOT / "benchmarks" / "results"
+    assert full.docs == module.ROOT / "docs" / "subspace_sources.md"
+    assert full.figures == module.ROOT / "docs" / "_static" / "subspace_sources"
