@@ -41,6 +41,7 @@ from .operators import (
 )
 from .optim import (
     SAM,
+    CompositeOptimizer,
     EdgeOfStabilityWarning,
     LearningRatePick,
     SharpnessRecord,
@@ -69,6 +70,7 @@ __all__ = [
     "AtSteps",
     "AutoEigensolver",
     "BlockLanczos",
+    "CompositeOptimizer",
     "Curvature",
     "CurvatureCheckWarning",
     "Decision",
