@@ -168,6 +168,9 @@ def choose_k(eigenvalues: Tensor, threshold: float, fraction: float, k_max: int)
         fraction: ``c > 0``.
         k_max: cap.
 
+    Returns:
+        The count of eigenvalues ``>= fraction · threshold``, capped at ``k_max``.
+
     Example:
         >>> import torch
         >>> from subspace_optim import choose_k
@@ -229,8 +232,14 @@ def pick_learning_rate(
         eigensolver: default ``Lanczos(tol=1e-4)``.
         generator: randomness for the start vector.
 
+    Returns:
+        The pick: learning rate, λ_1, ``c`` and the solve's cost and convergence.
+
     Raises:
-        ValueError: ``c <= 0``, or λ_1 is not positive (no curvature to set a step by).
+        TypeError: ``c`` is not a number.
+        ValueError: ``c`` is not finite or ``c <= 0``, λ_1 is not positive (no curvature
+            to set a step by), or ``eigensolver`` is neither an
+            :class:`~subspace_optim.Eigensolver` nor a registered name.
 
     Example:
         >>> import torch
@@ -313,6 +322,15 @@ class SharpnessTracker:
         eigensolver: default ``Lanczos(tol=1e-3)``.
         every: measure every ``every``-th call of :meth:`update` (others return ``None``).
         generator: randomness for the first start vector.
+
+    Raises:
+        TypeError: ``curvature`` is not a :class:`~subspace_optim.LinearOperator`,
+            ``generator`` is not a ``torch.Generator``, or ``num_eigs`` or ``every`` is
+            not an int.
+        ValueError: ``num_eigs`` or ``every`` is below 1, ``eigensolver`` is neither an
+            :class:`~subspace_optim.Eigensolver` nor a registered name, or the solver
+            cannot compute ``num_eigs`` eigenpairs of ``curvature`` (see
+            :meth:`~subspace_optim.Eigensolver.check_k`).
 
     Attributes:
         history: the :class:`SharpnessRecord` list.
