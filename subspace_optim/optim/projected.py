@@ -137,6 +137,20 @@ class SubspaceProjectedOptimizer(Optimizer):
             share the gradients), or come from a closure (``scaler.step(opt, closure)``:
             the scaler cannot unscale them).
 
+    Raises:
+        TypeError: ``base`` is not a :class:`torch.optim.Optimizer` or is already a
+            wrapper, ``curvature`` is not a :class:`~subspace_optim.LinearOperator`, ``k``
+            or ``num_extra`` is not an int, ``mode`` is a sequence that is not a pair of
+            reals, ``generator`` or ``grad_scaler`` has the wrong type, a parameter is
+            complex, or a gradient is sparse.
+        ValueError: a value out of range (an unknown ``mode``, ``project``, ``on_fault``,
+            ``eigensolver`` or ``refresh`` name, ``k`` not in ``[0, n)``, a negative
+            ``num_extra``, ``mode`` scales that are not finite or are ``(0, 0)``,
+            ``adaptive_k`` outside ``(0, 1]`` or with a base that has no stability
+            threshold, ``k + num_extra`` beyond what the solver can compute); a base
+            composite optimizer in the middle of a step; an operator and an optimizer over
+            different parameters or devices; or parameters that already hold NaN/Inf.
+
     Attributes:
         last_stats: :class:`~subspace_optim.StepStats` of the latest step.
         basis: current ``(n, k + num_extra)`` eigenvector block, or ``None``.
@@ -237,6 +251,11 @@ class SubspaceProjectedOptimizer(Optimizer):
         setting kept, and the basis is recomputed at the next projected step (the
         parameter space changed). Other operators must already cover the parameters.
 
+        Args:
+            param_group: as for :meth:`torch.optim.Optimizer.add_param_group`: ``"params"``
+                (a tensor or an iterable of them) and per-group options of the base
+                optimizer (``lr``, ...).
+
         Raises:
             ValueError: new parameters and an operator that cannot be extended, or a
                 tensor the operator refuses (not a parameter of its model, another dtype);
@@ -272,7 +291,15 @@ class SubspaceProjectedOptimizer(Optimizer):
     @torch.no_grad()
     def refresh(self) -> EigenResult | None:
         """Recompute the basis at the current parameters now (warm-started), and return the
-        solver's result; on a fault, apply the ``on_fault`` policy and return ``None``."""
+        solver's result; on a fault, apply the ``on_fault`` policy and return ``None``.
+
+        Returns:
+            The eigensolver's result (``k + num_extra`` eigenpairs, the new basis), or
+            ``None`` when the refresh failed and ``on_fault`` kept the previous basis.
+
+        Raises:
+            FloatingPointError: the refresh failed and ``on_fault="raise"``.
+        """
         return self._refresh(with_gradient=False).result
 
     def _refresh(self, *, with_gradient: bool) -> RefreshOutcome:
@@ -302,13 +329,21 @@ class SubspaceProjectedOptimizer(Optimizer):
                 optimizer, as SAM and LBFGS need). Required with a SAM base, except right
                 after ``sam.unperturb()`` (SAM's two-call API, e.g. with a GradScaler).
 
+        Returns:
+            The loss the base optimizer's step returned (the closure's, when one is
+            given), or ``None``.
+
         Raises:
             ValueError: a SAM base without a closure (and no ``unperturb()`` before), SAM's
-                two-call API with ``project="gradient"``, or a closure while a GradScaler
-                is attached.
-            RuntimeError: SAM is between ``first_step()`` and ``unperturb()``, or the
+                two-call API with ``project="gradient"``, a closure while a GradScaler is
+                attached, or parameters that already hold NaN/Inf.
+            RuntimeError: SAM is between ``first_step()`` and ``unperturb()``, the
                 attached GradScaler's bookkeeping shows the gradients still scaled or
-                unscaled twice.
+                unscaled twice, or the base optimizer trains a parameter the projection does
+                not act on (added with ``base.add_param_group`` behind the wrapper).
+            FloatingPointError: with ``on_fault="raise"``, a failed refresh, a minibatch
+                gradient holding NaN/Inf or an update that comes out non-finite (the
+                parameters are left as they were).
         """
         # misuse is refused here, before anything (basis, counters, parameters) changes
         _guard.check_step_call(self, closure)
@@ -466,7 +501,12 @@ class SubspaceProjectedOptimizer(Optimizer):
         self._unstable = lam > limit
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear the gradients of the base optimizer's parameters."""
+        """Clear the gradients of the base optimizer's parameters.
+
+        Args:
+            set_to_none: set the gradients to ``None`` instead of zeroing them, as in
+                :meth:`torch.optim.Optimizer.zero_grad`.
+        """
         self.base.zero_grad(set_to_none=set_to_none)
 
     def __repr__(self) -> str:
