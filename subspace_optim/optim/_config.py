@@ -26,12 +26,15 @@ from .eos import stability_threshold
 
 __all__ = ["MODES", "ON_FAULT", "PROJECT", "Config", "check_arguments", "resolve_mode"]
 
-#: the named ``mode`` values: ``"bulk"``, ``"dominant"`` and ``"none"`` (a pair ``(a, b)``
-#: of scales is accepted too)
+#: the named ``mode`` values: ``"bulk"`` removes the update's component inside the top-k
+#: subspace (Bulk-SGD), ``"dominant"`` keeps only that component (Dom-SGD), ``"none"``
+#: leaves the update alone and only measures (a pair ``(a, b)`` of scales is accepted too)
 MODES = ("bulk", "dominant", "none")
 #: what is projected: the base optimizer's ``"update"`` or the ``"gradient"`` it reads
 PROJECT = ("update", "gradient")
-#: the valid ``on_fault`` policies: ``"keep"``, ``"cold"`` and ``"raise"``
+#: the valid ``on_fault`` policies, what a failed refresh does: ``"keep"`` the previous
+#: basis, retry ``"cold"`` from a random start (then keep), or ``"raise"``
+#: :class:`FloatingPointError`
 ON_FAULT = ("keep", "cold", "raise")
 
 

@@ -36,6 +36,14 @@ class CompositeOptimizer(Protocol):
 
     Every method is a query or a check: none may change parameters, gradients or state.
 
+    Args:
+        *args: none is accepted: a protocol is never instantiated. An optimizer satisfies
+            it by defining the four methods below (``isinstance`` checks that).
+        **kwargs: none is accepted either.
+
+    Raises:
+        TypeError: on ``CompositeOptimizer()``: a protocol cannot be instantiated.
+
     Example:
         >>> import torch
         >>> import subspace_optim as so
@@ -50,22 +58,44 @@ class CompositeOptimizer(Protocol):
     """
 
     def inner_optimizers(self) -> Sequence[Optimizer]:
-        """The optimizers this one steps directly (SAM: its base optimizer)."""
+        """The optimizers this one steps directly (SAM: its base optimizer).
+
+        Returns:
+            Those optimizers, outermost first; empty for one that steps no other.
+        """
         ...
 
     def check_ready_to_step(self, *, closure: bool) -> None:
         """Raise (``RuntimeError`` or ``ValueError``, saying what to do) if ``step(closure)``
-        cannot be done right now, ``closure`` telling whether one would be passed."""
+        cannot be done right now, ``closure`` telling whether one would be passed.
+
+        Args:
+            closure: whether the coming ``step`` call passes a closure.
+
+        Raises:
+            RuntimeError: the optimizer is in a state that forbids the step now (SAM: at its
+                perturbed point, before ``unperturb()``).
+            ValueError: the step cannot be done with (or without) a closure (SAM: no
+                closure and no ``unperturb()`` before).
+        """
         ...
 
     def step_in_progress(self) -> bool:
         """Part of the current step already ran in earlier calls (parameters moved, or a
-        gradient left in ``.grad`` for the final call), outside any wrapper."""
+        gradient left in ``.grad`` for the final call), outside any wrapper.
+
+        Returns:
+            ``True`` while a step spread over several calls is unfinished.
+        """
         ...
 
     def uses_existing_gradient(self) -> bool:
         """``step(closure)`` would use the gradient now in ``.grad`` instead of calling the
-        closure for it first."""
+        closure for it first.
+
+        Returns:
+            ``True`` when the next ``step(closure)`` reads the existing gradient.
+        """
         ...
 
 

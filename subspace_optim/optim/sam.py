@@ -151,7 +151,17 @@ class SAM(Optimizer):
 
     # ------------------------------------------------------------------ groups
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """Add a group to the base optimizer (``rho``/``adaptive``/``eta`` default to SAM's)."""
+        """Add a group to the base optimizer (``rho``/``adaptive``/``eta`` default to SAM's).
+
+        Args:
+            param_group: as for :meth:`torch.optim.Optimizer.add_param_group`: ``"params"``
+                and per-group options of the base optimizer, plus SAM's own (``rho``,
+                ``adaptive``, ``eta``), which default to the values SAM was built with.
+
+        Raises:
+            TypeError: the group's ``rho`` is not a number.
+            ValueError: the group's ``rho`` is not finite and positive.
+        """
         if not getattr(self, "_ready", False):  # from Optimizer.__init__: the base's own groups
             super().add_param_group(param_group)
             return
@@ -286,16 +296,27 @@ class SAM(Optimizer):
 
     # ------------------------------------------- CompositeOptimizer protocol
     def inner_optimizers(self) -> Sequence[Optimizer]:
-        """``[base]``: SAM takes its step through the base optimizer."""
+        """``[base]``: SAM takes its step through the base optimizer.
+
+        Returns:
+            A one-element list holding the base optimizer.
+        """
         return [self.base]
 
     def step_in_progress(self) -> bool:
         """:meth:`first_step` ran and the step is not finished: the parameters are at
-        ``θ + ε``, or :meth:`unperturb` left the gradient there for the next :meth:`step`."""
+        ``θ + ε``, or :meth:`unperturb` left the gradient there for the next :meth:`step`.
+
+        Returns:
+            ``True`` between :meth:`first_step` and the step that finishes it.
+        """
         return self._perturbed or self.awaiting_step
 
     def check_ready_to_step(self, *, closure: bool) -> None:
         """Refuse a step by a wrapping optimizer that SAM cannot take now (nothing changes).
+
+        Args:
+            closure: whether the wrapper's ``step`` call passes a closure.
 
         Raises:
             RuntimeError: the parameters are at ``θ + ε`` (call :meth:`unperturb` first).
@@ -316,7 +337,11 @@ class SAM(Optimizer):
             )
 
     def uses_existing_gradient(self) -> bool:
-        """``step(closure)`` takes ``g_t`` from ``.grad`` (a fresh gradient is there)."""
+        """``step(closure)`` takes ``g_t`` from ``.grad`` (a fresh gradient is there).
+
+        Returns:
+            ``True`` when some ``.grad`` was produced after the last finished step.
+        """
         return self._has_fresh_gradient()
 
     def _has_fresh_gradient(self) -> bool:
@@ -394,7 +419,12 @@ class SAM(Optimizer):
                 group.setdefault(key, value)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        """Clear the gradients of the base optimizer's parameters."""
+        """Clear the gradients of the base optimizer's parameters.
+
+        Args:
+            set_to_none: set the gradients to ``None`` instead of zeroing them, as in
+                :meth:`torch.optim.Optimizer.zero_grad`.
+        """
         self.base.zero_grad(set_to_none=set_to_none)
 
     def __repr__(self) -> str:
