@@ -44,6 +44,12 @@ class DistributedHessianError(RuntimeError):
     rank packs a failure flag into the reduction buffer, every rank sees it, and the error
     messages are exchanged so each rank reports which rank failed and why.
 
+    Args:
+        message: the error text, naming the failing ranks and their errors.
+        ranks: the ranks (in the operator's group) that failed.
+        messages: ``"ExceptionType: message"`` of each failing rank, in the order of
+            ``ranks``.
+
     Attributes:
         ranks: the ranks (in the operator's group) that failed.
         messages: ``"ExceptionType: message"`` of each failing rank, in the order of ``ranks``.
@@ -120,20 +126,27 @@ class DataParallel:
     inputs diverged (then all raise ``RuntimeError`` instead of silently mixing different
     vectors).
 
-    Keyword Args:
-        group: the process group (default: the world group of ``torch.distributed``).
-        check_consistency: compare a checksum of the input block across ranks at every
-            product (free: it rides in the same all-reduce). Turn off only if the ranks feed
-            deliberately different vectors, which makes the product meaningless.
-
-    Every other argument is the single-process operator's, passed through unchanged (the
-    model may be wrapped in ``DistributedDataParallel``: products run on ``model.module``).
+    Args:
+        model: the model, as for the single-process operator; it may be wrapped in
+            ``DistributedDataParallel`` (products run on ``model.module``).
+        *args: the single-process operator's other positional arguments (``loss_fn``,
+            ``data``: this rank's shard), passed through unchanged.
+        group: keyword only; the process group (default: the world group of
+            ``torch.distributed``).
+        check_consistency: keyword only; compare a checksum of the input block across
+            ranks at every product (free: it rides in the same all-reduce). Turn off only
+            if the ranks feed deliberately different vectors, which makes the product
+            meaningless.
+        **settings: the single-process operator's keyword arguments, passed through
+            unchanged.
 
     Raises:
         RuntimeError: ``torch.distributed`` is not initialized, or the ranks' models differ
             in size or dtype (checked with one collective at construction).
-        ValueError: an NCCL group with parameters on the CPU, or ``memory_budget`` too small
-            for one column on some rank (every rank raises).
+        TypeError: ``check_consistency`` is not a bool.
+        ValueError: this process is not a member of ``group``, an NCCL group with
+            parameters on the CPU, ``memory_budget`` passed on some ranks only, or too
+            small for one column on some rank (every rank raises).
     """
 
     _allow_empty_data: ClassVar[bool] = True  # an empty shard is fine: other ranks have data
@@ -324,6 +337,15 @@ class DataParallel:
 
         A collective; shapes ``()`` and ``(n,)``, identical on every rank. Does not touch
         ``.grad``.
+
+        Returns:
+            ``(loss, grad)``: the mean loss over every rank's examples, shape ``()``, and
+            its gradient, shape ``(n,)``, in the operator's dtype.
+
+        Raises:
+            DistributedHessianError: some rank failed computing its share (every rank
+                raises).
+            ValueError: no rank has any example.
         """
         n = self.shape[0]
         payload: Tensor | None = None
@@ -383,7 +405,15 @@ class DataParallel:
         )
 
     def agree(self, result: EigenResult) -> EigenResult:
-        """Rank 0's eigenpairs on every rank (:meth:`broadcast_result`); a collective."""
+        """Rank 0's eigenpairs on every rank (:meth:`broadcast_result`); a collective.
+
+        Args:
+            result: this rank's result of a solve on this operator.
+
+        Returns:
+            Rank 0's eigenpairs and converged flag, identical on every rank; counters and
+            message stay this rank's.
+        """
         return self.broadcast_result(result)
 
     def _settings(self) -> dict[str, Any]:
