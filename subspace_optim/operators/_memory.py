@@ -48,15 +48,33 @@ class BlockMemoryEstimate:
     bytes_per_column: int
 
     def peak(self, width: int) -> int:
-        """Estimated peak bytes of a sub-block of ``width`` columns."""
+        """Estimated peak bytes of a sub-block of ``width`` columns.
+
+        Args:
+            width: the number of columns of the sub-block.
+
+        Returns:
+            ``fixed_bytes + width · bytes_per_column``, in bytes.
+        """
         return self.fixed_bytes + width * self.bytes_per_column
 
     def max_width(self, budget: int) -> int:
-        """The widest sub-block whose estimated peak fits in ``budget`` bytes (may be 0)."""
+        """The widest sub-block whose estimated peak fits in ``budget`` bytes (may be 0).
+
+        Args:
+            budget: the memory allowed for one product, in bytes.
+
+        Returns:
+            The number of columns, ``0`` when not even one fits.
+        """
         return max(0, (budget - self.fixed_bytes) // self.bytes_per_column)
 
     def describe(self) -> str:
-        """One line: the two numbers and ``G``, for error messages."""
+        """One line: the two numbers and ``G``, for error messages.
+
+        Returns:
+            The line, with the method and the byte counts.
+        """
         return (
             f"method {self.method!r}: {self.fixed_bytes:,} bytes fixed + "
             f"{self.bytes_per_column:,} per column; gradient graph of one micro-batch "
