@@ -167,10 +167,10 @@ def format_table(result: ExperimentResult, *, markdown: bool = False) -> str:
         >>> config = RunConfig(optimizers="sgd", steps=12, switch=4, k=2).as_dict()
         >>> result = ExperimentResult("toy", config, machine={}, families=[fam], seconds=1.0)
         >>> table = format_table(result, markdown=True).splitlines()
-        >>> table[0].split(" | ")[5:9]
-        ['base', 'Dom', 'Bulk', 'Dom/Bulk progress']
+        >>> table[0].split(" | ")[2:10]
+        ['switch', 'by', 'χ_k (EMA)', 'L switch', 'base', 'Dom', 'Bulk', 'Dom/Bulk progress']
         >>> print(table[2])
-        | sgd | 0.1 | 4 | 0.95 | 0.5 | 0.1 | 0.5 | 0.12 | 0.00 / 0.95 | — | 1 | — | — |
+        | sgd | 0.1 | 4 | fixed | 0.95 (0.90) | 0.5 | 0.1 | 0.5 | 0.12 | 0.00 / 0.95 | — | 1 | — | — |
     """
     rows = table_rows(result)
     lines: list[str] = []
