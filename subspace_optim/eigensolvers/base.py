@@ -73,6 +73,10 @@ _MESSAGES = {
 class EigensolverError(RuntimeError):
     """Raised by a solver configured with ``raise_on_failure=True`` that did not converge.
 
+    Args:
+        message: what happened and what to change (the failed result's ``message``).
+        outcome: the :class:`SolveStatus` of the failed solve, or ``None``.
+
     Attributes:
         outcome: the :class:`SolveStatus` of the failed solve (``None`` if raised by hand).
 
@@ -116,6 +120,7 @@ class EigenResult:
         status: deprecated alias of ``message`` (reading it or passing ``status=`` warns).
 
     Raises:
+        TypeError: ``outcome`` is given and is not a :class:`SolveStatus`.
         ValueError: ``converged`` disagrees with ``outcome``.
 
     Example:
@@ -203,7 +208,12 @@ class EigenResult:
         return int(self.eigenvalues.shape[0])
 
     def relative_residuals(self) -> Tensor:
-        """``‖A v_i − λ_i v_i‖ / |λ_1|``, the quantity ``tol`` bounds."""
+        """``‖A v_i − λ_i v_i‖ / |λ_1|``, the quantity ``tol`` bounds.
+
+        Returns:
+            ``(k,)``, the residual norms divided by the largest eigenvalue magnitude
+            (clamped away from 0).
+        """
         scale = self.eigenvalues.abs().max().clamp_min(torch.finfo(self.eigenvalues.dtype).tiny)
         return self.residual_norms / scale
 
@@ -287,6 +297,20 @@ class Eigensolver(ABC):
             generator: source of randomness for start vectors; ``None`` uses a fresh
                 generator seeded with 0, so results never depend on global RNG state.
 
+        Returns:
+            The top-``k`` eigenpairs (eigenvalues ``(k,)`` descending, eigenvectors
+            ``(n, k)``) with their residuals, cost and outcome; ``num_matvecs`` is what
+            ``op`` counted during the solve. A solve that stops short of ``tol`` returns
+            its best estimate with ``converged=False``.
+
+        Raises:
+            TypeError: ``op`` is not a :class:`~subspace_optim.LinearOperator`, or ``k``
+                is not an int.
+            ValueError: this solver cannot compute ``k`` eigenpairs of ``op`` (see
+                :meth:`check_k`), or ``init`` is not of shape ``(n,)`` or ``(n, m)``.
+            EigensolverError: the solve did not converge and the solver was built with
+                ``raise_on_failure=True``.
+
         The solve runs with autocast disabled, in ``op.dtype``, and leaves the global
         random state, grad mode and deterministic-algorithms flags as it found them
         (``subspace_optim._isolation.isolated``): calling it inside a mixed-precision
@@ -327,6 +351,14 @@ class Eigensolver(ABC):
         :class:`~subspace_optim.SubspaceProjectedOptimizer` at construction, so a bad
         configuration fails before training starts rather than at the first refresh.
 
+        Args:
+            n: the operator's size.
+            k: the number of eigenpairs asked for.
+
+        Raises:
+            TypeError: ``k`` is not an int.
+            ValueError: ``k < 1``, ``k > n - min_gap_to_n``, or ``block_size < k``.
+
         Example:
             >>> from subspace_optim import PowerIteration
             >>> PowerIteration(block_size=2).check_k(100, 3)
@@ -355,16 +387,47 @@ class Eigensolver(ABC):
         :class:`~subspace_optim.eigensolvers.warm.WarmRefresh`) return it here, so that
         :class:`~subspace_optim.SubspaceProjectedOptimizer` can save it and a resumed run
         reproduces the uninterrupted one bit for bit.
+
+        Returns:
+            A dict of tensors and plain values (``{}`` here), loadable with
+            ``torch.load(..., weights_only=True)`` once saved.
         """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - stateless default
-        """Restore what :meth:`state_dict` returned (stateless solvers ignore it)."""
+        """Restore what :meth:`state_dict` returned (stateless solvers ignore it).
+
+        Args:
+            state: a dict returned by :meth:`state_dict` of a solver of the same class.
+        """
 
     @abstractmethod
     def _solve(
         self, op: LinearOperator, k: int, init: Tensor | None, generator: torch.Generator
-    ) -> EigenResult: ...
+    ) -> EigenResult:
+        """The algorithm: what a subclass implements, called only by :meth:`solve`.
+
+        :meth:`solve` has already checked ``k`` (:meth:`check_k`), and runs this with
+        autocast disabled and the caller's random state, grad mode and flags isolated.
+        Draw every random number from ``generator``; never touch the global RNG.
+
+        Args:
+            op: the symmetric ``(n, n)`` operator; apply it with ``op.matmat`` (or
+                ``op.matvec``), which counts the products.
+            k: the number of eigenpairs, already valid for this solver.
+            init: ``None`` (start cold) or a finite ``(n, m)`` warm start in ``op.dtype``
+                on ``op.device``; ``m`` may differ from ``k`` and its columns need not be
+                orthonormal.
+            generator: the source of randomness, on ``op.device``.
+
+        Returns:
+            The top-``k`` pairs by ``which``: eigenvalues ``(k,)`` descending,
+            orthonormal eigenvectors ``(n, k)``, residual norms ``(k,)``, and the outcome.
+            A solve that stops short of ``tol`` returns its best estimate with
+            ``converged=False`` rather than raising (:meth:`solve` raises when
+            ``raise_on_failure`` is set). ``num_matvecs`` may be left approximate:
+            :meth:`solve` replaces it with the products ``op`` counted.
+        """
 
     def __repr__(self) -> str:
         return (
