@@ -29,6 +29,15 @@ class LinearOperator(ABC):
     :meth:`_matmat`. Every application is counted in :attr:`num_matvecs` (a block of ``b``
     columns counts ``b``), which is what benchmarks and diagnostics read.
 
+    Attributes:
+        shape: ``(n, n)``, with ``n`` the number of parameters; set by the subclass.
+        dtype: the dtype of the vectors the operator takes and returns; set by the
+            subclass.
+        device: the device of those vectors; set by the subclass.
+        num_matvecs: operator applications so far: a block of ``b`` columns counts ``b``.
+            The eigensolvers' results, the optimizer's ``counters["matvecs"]`` and the
+            benchmarks read it.
+
     Example:
         >>> import torch
         >>> from subspace_optim import DenseOperator
@@ -58,6 +67,10 @@ class LinearOperator(ABC):
 
         Returns:
             ``A @ V``, shape ``(n, b)``.
+
+        Raises:
+            ValueError: ``V`` is not of shape ``(n, b)``.
+            TypeError: ``V`` is not of the operator's dtype.
         """
         n = self.shape[0]
         if V.ndim != 2 or V.shape[0] != n:
@@ -77,7 +90,18 @@ class LinearOperator(ABC):
         return out
 
     def matvec(self, v: Tensor) -> Tensor:
-        """Apply the operator to one vector ``v`` of shape ``(n,)``."""
+        """Apply the operator to one vector ``v`` of shape ``(n,)``.
+
+        Args:
+            v: the vector, shape ``(n,)``, on :attr:`device` with :attr:`dtype`.
+
+        Returns:
+            ``A @ v``, shape ``(n,)``; counts one application.
+
+        Raises:
+            ValueError: ``v`` is not of shape ``(n,)``.
+            TypeError: ``v`` is not of the operator's dtype.
+        """
         if v.ndim != 1:
             raise ValueError(
                 f"matvec expects a vector of shape ({self.shape[0]},); got {tuple(v.shape)}"
@@ -102,6 +126,9 @@ class LinearOperator(ABC):
         callers never have to remember to. Scopes may nest; the state is freed when each
         one exits, and the next product rebuilds it.
 
+        Returns:
+            A context manager; it yields ``None``.
+
         Example:
             >>> import torch
             >>> from subspace_optim import DenseOperator
@@ -122,6 +149,12 @@ class LinearOperator(ABC):
         A single-process operator returns ``result`` unchanged; a data-parallel one
         (:class:`~subspace_optim.DistributedHessianOperator`) gives every rank rank 0's
         eigenpairs bit for bit, so replicas stay identical. A collective where it is one.
+
+        Args:
+            result: this process's result of a solve on this operator.
+
+        Returns:
+            The result every process holds: ``result`` itself here.
         """
         return result
 
@@ -133,6 +166,15 @@ class LinearOperator(ABC):
 
         Built from ``n`` matvecs against identity columns, ``block_size`` at a time, and
         symmetrized is *not* applied, so the result exposes any asymmetry of the operator.
+
+        Args:
+            block_size: how many identity columns to apply per product.
+
+        Returns:
+            ``A`` as a dense tensor, shape ``(n, n)``, in :attr:`dtype` on :attr:`device`.
+
+        Raises:
+            ValueError: ``n > 20000`` (the dense matrix would not fit in memory).
         """
         n = self.shape[0]
         if n > 20_000:

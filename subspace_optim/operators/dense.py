@@ -19,6 +19,10 @@ class DenseOperator(LinearOperator):
         A: square matrix, shape ``(n, n)``. Must be symmetric up to rounding.
         check_symmetric: verify ``max|A - Aᵀ| <= 1e-6 · max|A|`` at construction.
 
+    Raises:
+        ValueError: ``A`` is not square, or (with ``check_symmetric``) not symmetric.
+        TypeError: ``A`` is complex.
+
     Example:
         >>> import torch
         >>> from subspace_optim import DenseOperator
@@ -46,7 +50,17 @@ class DenseOperator(LinearOperator):
 
     @classmethod
     def from_spectrum(cls, eigenvalues: Tensor, Q: Tensor | None = None) -> DenseOperator:
-        """Build ``Q diag(λ) Qᵀ``; ``Q`` defaults to the identity."""
+        """Build ``Q diag(λ) Qᵀ``; ``Q`` defaults to the identity.
+
+        Args:
+            eigenvalues: ``λ``, shape ``(n,)``.
+            Q: orthonormal eigenvectors as columns, shape ``(n, n)``, or ``None`` for the
+                identity (the operator is then ``diag(λ)``).
+
+        Returns:
+            The operator, in the dtype and on the device of ``eigenvalues`` (and ``Q``),
+            symmetrized exactly.
+        """
         if Q is None:
             return cls(torch.diag(eigenvalues))
         A = (Q * eigenvalues) @ Q.T

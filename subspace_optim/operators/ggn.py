@@ -76,11 +76,12 @@ class GGNOperator(ModelOperator):
     the network.
 
     Args:
-        model, loss_fn, data, params, chunk_size, train, max_block_size, memory_budget,
-            cache_graph: as in :class:`~subspace_optim.HessianOperator`. ``model`` must
-            return one Tensor, and ``loss_fn(outputs, targets)`` must be twice
+        model, loss_fn, data: as in :class:`~subspace_optim.HessianOperator`. ``model``
+            must return one Tensor, and ``loss_fn(outputs, targets)`` must be twice
             differentiable in ``outputs`` (see :data:`SUPPORTED_GGN_LOSSES`); ``G`` is
             positive semi-definite when the loss is convex in the outputs.
+        params, chunk_size, train, max_block_size, memory_budget, cache_graph: as in
+            :class:`~subspace_optim.HessianOperator`.
         method: ``"autograd"`` (the double-VJP trick: one forward graph per micro-batch
             shared by the block, and cached between products at one point like the
             Hessian's gradient graph), ``"func"`` (torch.func ``jvp`` and ``vjp``,
@@ -198,5 +199,17 @@ class GGNOperator(ModelOperator):
         """The same operator over ``params``, a superset of :attr:`params`, settings kept.
 
         See :meth:`HessianOperator.extended <subspace_optim.HessianOperator.extended>`.
+
+        Args:
+            params: the parameters of the new operator, in flat-vector order; every tensor
+                of the current ``params`` must be among them.
+
+        Returns:
+            A new :class:`GGNOperator`; this one is unchanged.
+
+        Raises:
+            ValueError: a current parameter is missing from ``params``, or one is not a
+                parameter of the model.
+            TypeError: the new parameters mix dtypes or are not tensors.
         """
         return super().extended(params)

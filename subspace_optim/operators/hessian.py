@@ -84,6 +84,8 @@ class HessianOperator(ModelOperator):
             generator seeded with 0.
 
     Attributes:
+        params: the parameters that span the flat space, in the order of the flat
+            vectors.
         block_size: columns evaluated per pass (``None``: the whole block at once).
         memory_estimate: the estimate behind ``block_size`` when ``memory_budget`` was
             given, else ``None``: a ``BlockMemoryEstimate`` record with ``graph_bytes``,

@@ -42,6 +42,14 @@ class Curvature(Protocol):
         num_matvecs: operator applications so far (a block of ``b`` columns counts ``b``).
         params: the parameters the operator is defined over, in flat-vector order.
 
+    Args:
+        *args: none is accepted: a protocol is never instantiated. An operator satisfies
+            it by having the members below (``isinstance`` checks that).
+        **kwargs: none is accepted either.
+
+    Raises:
+        TypeError: on ``Curvature()``: a protocol cannot be instantiated.
+
     Example:
         >>> import torch
         >>> import subspace_optim as so
@@ -62,7 +70,14 @@ class Curvature(Protocol):
     params: Sequence[Tensor]
 
     def matmat(self, V: Tensor) -> Tensor:
-        """``A @ V`` for a block ``V`` of shape ``(n, b)``; returns shape ``(n, b)``."""
+        """``A @ V`` for a block ``V`` of shape ``(n, b)``; returns shape ``(n, b)``.
+
+        Args:
+            V: the block, shape ``(n, b)``, in :attr:`dtype` on :attr:`device`.
+
+        Returns:
+            ``A @ V``, shape ``(n, b)``; counts ``b`` in :attr:`num_matvecs`.
+        """
         ...
 
     def loss_and_grad(self) -> tuple[Tensor, Tensor]:
@@ -70,6 +85,10 @@ class Curvature(Protocol):
 
         Reads the same data as the products, does not touch ``.grad``, and is a collective
         for a data-parallel operator (every rank calls it).
+
+        Returns:
+            ``(loss, grad)``: the mean training loss, shape ``()``, and its gradient with
+            respect to :attr:`params` flattened, shape ``(n,)``.
         """
         ...
 
@@ -79,13 +98,31 @@ class Curvature(Protocol):
         Every setting (data, micro-batching, memory budget, block width, graph cache,
         process group, …) is kept. Raises before anything changes if a tensor is not a
         parameter of the model or mixes dtypes/devices.
+
+        Args:
+            params: the parameters of the new operator, in flat-vector order; every tensor
+                of :attr:`params` must be among them.
+
+        Returns:
+            A new operator of the same kind; this one is unchanged.
         """
         ...
 
     def solve_scope(self) -> AbstractContextManager[None]:
-        """A context for one solve: state cached between its products is freed on exit."""
+        """A context for one solve: state cached between its products is freed on exit.
+
+        Returns:
+            A context manager that yields ``None``.
+        """
         ...
 
     def agree(self, result: EigenResult) -> EigenResult:
-        """``result`` made identical on every rank (the identity for one process)."""
+        """``result`` made identical on every rank (the identity for one process).
+
+        Args:
+            result: this process's result of a solve on this operator.
+
+        Returns:
+            The result every rank holds (``result`` itself for one process).
+        """
         ...
