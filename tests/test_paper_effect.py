@@ -4,7 +4,9 @@ Setup of Song, Ahn & Yun (2025) scaled to a CPU: first 1000 digits, standardized
 MLP 64-64-64-10 with tanh, loss 0.5·Σ(f−y)² averaged over examples, one-hot targets, SGD
 lr 0.1, batch 50, k = 10; plain SGD for 100 steps, then 300 steps of SGD / Bulk-SGD /
 Dom-SGD from the same point with a fresh full-batch basis every step (marked slow: about
-75 s on an idle 2-core CPU). The default run keeps the same check over 100 projected steps.
+75 s on an idle 2-core CPU). The fast test (not marked slow) makes the same check over 100
+projected steps. (This fixed-step protocol is separate from ``subspace-optim reproduce``,
+whose digits default switches by the χ_k rule.)
 """
 
 from __future__ import annotations
