@@ -49,6 +49,7 @@ GENERATED_PAGES: tuple[str, ...] = (
     "distributed",
     "reliability",
     "reproduce_quick",
+    "subspace_sources",
 )
 
 #: the order of the gallery (file names under examples/); scripts not listed come last
@@ -406,47 +407,13 @@ def split_grouped_attributes(lines: list[str]) -> list[str]:
     return out
 
 
-_WRAPPED_NAMES = re.compile(r"^(\s+)([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*\s*,)\s*$")
-_NAMES_THEN_COLON = re.compile(r"^\s+[A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)*\s*:(\s|$)")
-
-
-def join_wrapped_names(lines: list[str]) -> list[str]:
-    """Join an entry whose list of names wraps onto the next line (``a, b,`` then
-    ``    c: text``) into one line, as napoleon needs (``a, b, c: text``).
-
-    Args:
-        lines: a docstring, one line per item, before napoleon reads it.
-
-    Returns:
-        The docstring with such entries on one line.
-    """
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        match = _WRAPPED_NAMES.match(lines[i])
-        if (
-            match is not None
-            and i + 1 < len(lines)
-            and _NAMES_THEN_COLON.match(lines[i + 1])
-            and len(lines[i + 1]) - len(lines[i + 1].lstrip()) > len(match.group(1))
-        ):
-            out.append(f"{match.group(1)}{match.group(2)} {lines[i + 1].lstrip()}")
-            i += 2
-            continue
-        out.append(lines[i])
-        i += 1
-    return out
-
-
 def _process_docstring(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
 ) -> None:
     if what == "data":
         lines[:] = describe_constant(obj, lines)
     elif what in ("class", "exception"):
-        lines[:] = split_grouped_attributes(join_wrapped_names(lines))
-    else:
-        lines[:] = join_wrapped_names(lines)
+        lines[:] = split_grouped_attributes(lines)
 
 
 def reexport_candidates(target: str, module: str | None, cls: str | None) -> list[str]:
