@@ -61,7 +61,7 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
         (["--setup", "imagenet"], "unknown setup 'imagenet'"),
         (["--optimizers", "sgd,lbfgs"], "unknown optimizer 'lbfgs'"),
         (["--switch", "400", "--steps", "300"], "must be smaller than steps"),
-        (["--switch-by", "500"], "switch_by (500) must be smaller than steps"),
+        (["--switch-by", "1500"], "switch_by (1500) must be smaller than steps"),
         (["--quick", "--setup", "mnist-5k-mlp"], "--quick is a short digits run"),
         (["--solver", "magic"], "unknown eigensolver 'magic'"),
         (["--lr", "gd=0.1"], "unknown optimizer 'gd'"),
