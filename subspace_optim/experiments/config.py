@@ -156,7 +156,15 @@ class RunConfig:
         return self.switch_by if self.switch_by is not None else max(1, self.steps // 3)
 
     def end_step(self, switch: int) -> int:
-        """The step at which the runs after a switch at ``switch`` stop."""
+        """The step at which the runs after a switch at ``switch`` stop.
+
+        Args:
+            switch: the switch step of a family.
+
+        Returns:
+            ``switch + after_switch`` (at most ``steps``), or ``steps`` without
+            ``after_switch``.
+        """
         if self.after_switch is None:
             return self.steps
         return min(self.steps, switch + self.after_switch)

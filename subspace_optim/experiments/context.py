@@ -22,6 +22,12 @@ __all__ = ["RunContext", "check_data", "machine_info", "resolve_device"]
 def check_data(train_data: Any) -> tuple[Tensor, Tensor]:
     """``(inputs, targets)`` after checking the pair before any work.
 
+    Args:
+        train_data: the whole training set as an ``(inputs, targets)`` pair of tensors.
+
+    Returns:
+        The two tensors, unchanged.
+
     Raises:
         TypeError: not a pair of tensors.
         ValueError: mismatched first dimensions, no examples, or non-finite float inputs.
@@ -59,6 +65,13 @@ def check_data(train_data: Any) -> tuple[Tensor, Tensor]:
 
 def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch.device:
     """The device to train on: ``device``, or the model's when ``None``.
+
+    Args:
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, a :class:`torch.device`, or ``None``.
+        model: its first parameter's device is the default (CPU without parameters).
+
+    Returns:
+        The :class:`torch.device`.
 
     Raises:
         ValueError: an unknown device, or CUDA / MPS requested where it is not available.

@@ -216,6 +216,14 @@ class TransformerClassifier(nn.Module):
                     uniform(module.bias, bound)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Class scores of a batch.
+
+        Args:
+            x: ``(n, 2, L)`` integers: token ids, then the attention mask (1: token).
+
+        Returns:
+            ``(n, num_classes)`` outputs.
+        """
         ids, mask = x[:, 0], x[:, 1]
         h = self.embedding(ids) + self.positions[: ids.shape[1]]
         h = self.encoder(h, src_key_padding_mask=mask == 0)
