@@ -119,7 +119,17 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 class RunContext:
     """Shared, read-only state of one call to :func:`~subspace_optim.experiments.run`: the
     data on its device, the settings, the minibatch order (``batches``: ``(steps, batch)``
-    indices drawn from a private generator) and factories for operators and generators."""
+    indices drawn from a private generator) and factories for operators and generators.
+
+    Args:
+        model: the network at initialization (never modified).
+        loss_fn: ``loss_fn(outputs, targets)``, the mean loss of a batch.
+        X, Y: the whole training set, on ``device``.
+        config: the run's settings.
+        device: where the runs train.
+        progress: show progress bars.
+        log: receives one-line messages.
+    """
 
     def __init__(
         self,
@@ -149,20 +159,24 @@ class RunContext:
         self.batches = order[: config.steps * bs].view(config.steps, bs).to(device)
 
     def solver_kwargs(self) -> dict[str, Any]:
+        """Returns: ``{"eigensolver": <a fresh copy of the configured solver>}`` or ``{}``."""
         # a fresh solver per optimizer: some (WarmRefresh) keep per-run state between calls
         solver = self.config.solver
         return {} if solver is None else {"eigensolver": copy.deepcopy(solver)}
 
     def generator(self) -> torch.Generator:
+        """Returns: a new generator on the device, seeded ``seed + 2`` (solver start vectors)."""
         return torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
 
     def operator(self, model: nn.Module) -> HessianOperator:
+        """Returns: the full training-set Hessian of ``model`` (micro-batches of ``chunk_size``)."""
         return HessianOperator(
             model, self.loss_fn, (self.X, self.Y), chunk_size=self.config.chunk_size
         )
 
     @torch.no_grad()
     def full_loss(self, model: nn.Module) -> float:
+        """Returns: the training loss of ``model`` over the whole set (buffers restored)."""
         buffers = {name: b.clone() for name, b in model.named_buffers()}
         chunk = self.config.chunk_size or self.X.shape[0]
         total, count = 0.0, 0
