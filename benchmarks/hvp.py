@@ -25,7 +25,14 @@ Rows:
   block width (compile time reported separately, output checked against eager);
 * ``func-compiled (padded)``: one column through that compiled function, padded with zero
   columns to the block width (no recompilation, the full width's cost);
-* float32 and float64 of each.
+* float32 and float64 of each;
+* the other curvatures, per product against the Hessian's (each row's error is against a
+  float64 evaluation of its own operator): ``ggn`` (:class:`~subspace_optim.GGNOperator`,
+  JVP of the model, output-space Hessian of the loss, VJP; ``cache_graph=False``),
+  ``ggn-cached`` (its forward graph kept between calls), ``ggn-func`` (torch.func ``jvp``
+  and ``vjp``), ``covariance`` / ``covariance-cached`` / ``covariance-func``
+  (:class:`~subspace_optim.GradientCovarianceOperator`, centred: JVP of the per-example
+  losses, then a VJP, plus one gradient pass for the mean).
 
 Run::
 
@@ -57,11 +64,12 @@ from projected_training import (
     machine_line,
     make_setup,
     markdown_table,
+    output_dir,
     save_results,
     synchronize,
 )
 
-from subspace_optim import HessianOperator
+from subspace_optim import GGNOperator, GradientCovarianceOperator, HessianOperator
 from subspace_optim._utils import block_to_columns, flatten, unflatten
 
 
@@ -151,6 +159,20 @@ def build_rows(
             },
             {"backend": "func", "b": b, "fn": op_func.matmat},
         ]
+    # the other curvatures: each checked against a float64 evaluation of the same operator
+    V64d = V64.to(device)
+    for name, Op in (("ggn", GGNOperator), ("covariance", GradientCovarianceOperator)):
+        ref = Op(s64.model, s64.loss_fn, (s64.X, s64.Y), cache_graph=False).matmat(V64d)
+        ops = {
+            name: Op(model, loss_fn, (X, Y), cache_graph=False),
+            f"{name}-cached": Op(model, loss_fn, (X, Y), cache_graph=True),
+            f"{name}-func": Op(model, loss_fn, (X, Y), method="func"),
+        }
+        for b in (1, block):
+            rows += [
+                {"backend": key, "b": b, "fn": op.matmat, "reference": ref}
+                for key, op in ops.items()
+            ]
     info: dict[str, Any] = {"n": n, "examples": int(X.shape[0])}
     if compile_:
         # compiled once, for a block of width `block`; narrower blocks are padded with zero
@@ -221,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for row in rows:
                 W = V[:, : row["b"]]
                 out = row["fn"](W).to(torch.float64)
-                ref = reference[:, : row["b"]]
+                ref = row.get("reference", reference)[:, : row["b"]]
                 err = float((out - ref).abs().max() / ref.abs().max())
                 record = {
                     "setup": setup,
@@ -264,7 +286,12 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
         "graph cache, what every product of a solve after the first costs). "
         "`func-compiled` is torch.compile of the torch.func block, compiled once for width "
         f"{results['block']}; `func-compiled (padded)` feeds it one column padded with zeros "
-        "to that width (one compilation for every width, at the full width's cost).",
+        "to that width (one compilation for every width, at the full width's cost). "
+        "`ggn*` and `covariance*` rows are products with the Gauss–Newton matrix and the "
+        "centred gradient covariance (same data, same `b`; their error is against a float64 "
+        "evaluation of the same operator; `-cached` keeps the forward graph between calls, "
+        "`-func` is the torch.func back end): compare their ms / column with the Hessian "
+        "rows of the same setup, dtype and `b`.",
         "",
     ]
     header = [
@@ -317,12 +344,18 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--no-compile", dest="compile", action="store_false")
     p.add_argument("--quick", action="store_true", help="tiny settings for the smoke test")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results; with --quick a new temporary folder",
+    )
     p.add_argument("--docs", type=Path, default=None, help="write docs/performance.md here")
     p.add_argument(
         "--render", action="store_true", help="only rewrite the markdown from the saved JSON"
     )
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick, RESULTS, "hvp")
     if args.quick:
         args.block, args.repeats, args.compile = min(args.block, 4), 2, False
     return args
