@@ -39,6 +39,7 @@ from projected_training import (
     machine_line,
     make_setup,
     markdown_table,
+    output_dir,
     params_of,
     restore_blas_threads,
     save_results,
@@ -112,9 +113,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="100 examples, switch at 4, 2 steps")
     p.add_argument("--skip", type=int, default=3, help="first steps left out of the means")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results; with --quick a new temporary folder",
+    )
     p.add_argument("--docs", type=Path, default=None)
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick, RESULTS, "blas_interference")
     switch, examples = 100, 1000
     if args.quick:
         switch, examples, args.steps, args.skip = 4, 100, 2, 0

@@ -20,7 +20,7 @@ Usage (see the generated page for setting up the environment with the anchors)::
     OMP_NUM_THREADS=2 python benchmarks/eigensolvers.py [--train-steps 60] [--quick]
 
 Writes ``benchmarks/results/eigensolvers.{md,json}`` and ``docs/eigensolvers_benchmark.md``
-(``--quick``: a tiny MLP on 100 examples, seconds, results in ``eigensolvers.quick.*`` and
+(``--quick``: a tiny MLP on 100 examples, seconds, results in ``eigensolvers.quick.*`` in a temporary folder unless ``--out`` is given, and
 no docs page unless ``--docs`` is given).
 """
 
@@ -58,7 +58,7 @@ from subspace_optim.eigensolvers import ScipyEigsh
 from subspace_optim.experiments import half_sum_mse, load_digits, mlp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from projected_training import limit_blas_threads, restore_blas_threads
+from projected_training import limit_blas_threads, output_dir, restore_blas_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 K, TOL = 10, 1e-3
@@ -855,7 +855,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="cap NumPy/SciPy BLAS threads, which ARPACK (scipy eigsh, curvlinops) uses "
         "(default 1: their idle threads would take the cores from the next row; 0: leave them)",
     )
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results; with --quick a new temporary folder",
+    )
     p.add_argument(
         "--docs", type=Path, default=None, help="default: docs/eigensolvers_benchmark.md"
     )
@@ -871,6 +876,7 @@ def main(argv: list[str] | None = None, say: Progress = _say) -> dict[str, Any]:
 
 def _main(argv: list[str] | None, say: Progress) -> dict[str, Any]:
     args = parse(argv)
+    args.out = output_dir(args.out, args.quick, ROOT / "benchmarks" / "results", "eigensolvers")
     if args.repeats is None:
         args.repeats = 1 if args.quick else 3
     t_start = time.perf_counter()

@@ -24,6 +24,7 @@ import copy
 import json
 import math
 import platform
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -128,7 +129,7 @@ def plot(args, trace, runs):
     ax[1].set_xlabel("GD step")
     ax[1].set_title("Training loss")
     fig.tight_layout()
-    fig.savefig(STATIC / "eos_sharpening.png", dpi=110)
+    fig.savefig(args.static / "eos_sharpening.png", dpi=110)
     plt.close(fig)
 
     fig, ax = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -154,7 +155,7 @@ def plot(args, trace, runs):
     ax[2].set_title(f"adaptive k (λ ≥ {args.fraction}·2/η, cap {args.k_cap})")
     ax[2].set_xlabel("step")
     fig.tight_layout()
-    fig.savefig(STATIC / "eos_variants.png", dpi=110)
+    fig.savefig(args.static / "eos_variants.png", dpi=110)
     plt.close(fig)
 
 
@@ -308,11 +309,13 @@ def main(argv: list[str] | None = None) -> None:
         args.switch, args.post, args.track_every = 60, 30, 10
     args.findings = findings
     torch.set_num_threads(1)
-    STATIC.mkdir(parents=True, exist_ok=True)
+    # a quick run writes its figures and JSON to a temporary folder, never over docs/_static
+    args.static = Path(tempfile.mkdtemp(prefix="eos_quick_")) if args.quick else STATIC
+    args.static.mkdir(parents=True, exist_ok=True)
     if args.from_json:
         saved = json.loads((STATIC / "eos_study.json").read_text())
         for key, value in saved["args"].items():
-            if key not in ("argv", "from_json"):
+            if key not in ("argv", "from_json", "static"):
                 setattr(args, key, value)
         args.argv = saved["args"]["argv"]
         if isinstance(args.argv, str):
@@ -344,10 +347,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{platform.python_version()}, torch {torch.__version__}"
     )
     plot(args, trace, runs)
-    (STATIC / "eos_study.json").write_text(
+    (args.static / "eos_study.json").write_text(
         json.dumps(
             {
-                "args": {k: v for k, v in vars(args).items() if k not in ("findings",)},
+                "args": {k: v for k, v in vars(args).items() if k not in ("findings", "static")},
                 "gd_trace": trace,
                 "runs": runs,
                 "machine": machine,

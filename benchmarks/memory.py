@@ -31,6 +31,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -194,12 +195,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="peak memory of Hessian block products")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="small smoke-test sizes")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the markdown page (default: docs/memory_benchmark.md; with --quick a temporary "
+        "folder's memory_benchmark.md); the JSON goes to benchmarks/results (with --quick: "
+        "next to the page)",
+    )
     parser.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args._child is not None:  # one configuration, in a fresh process
         print(json.dumps(measure(json.loads(args._child))))
         return
+    if args.out is None:  # a quick run never overwrites the committed page and results
+        args.out = (
+            Path(tempfile.mkdtemp(prefix="memory_quick_")) / "memory_benchmark.md"
+            if args.quick
+            else DEFAULT_OUT
+        )
+    results = args.out.parent if args.quick else ROOT / "benchmarks" / "results"
 
     rows = []
     for config in configs(args.device, args.quick):
@@ -231,8 +246,8 @@ def main() -> None:
     within = all(r["peak_mib"] <= r["budget"] / 2**20 + r["block_mib"] for r in budget_rows)
     what = "peak RSS increase" if args.device == "cpu" else "CUDA max allocated increase"
     suffix = "" if args.device == "cpu" else "_cuda"
-    (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
-    (ROOT / "benchmarks" / "results" / f"memory{suffix}.json").write_text(
+    results.mkdir(parents=True, exist_ok=True)
+    (results / f"memory{suffix}.json").write_text(
         json.dumps({"machine": machine(args.device), "quick": args.quick, "rows": rows}, indent=1)
     )
     text = f"""# Memory of full-dataset Hessian products

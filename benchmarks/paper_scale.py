@@ -50,10 +50,19 @@ import projected_training as pt
 RESULTS = Path(__file__).resolve().parent / "results"
 #: the paper's run length, for the projected hours
 PAPER_STEPS = 20_000
-#: per setup: (projected steps, warm-up SGD steps, sampled steps) of a full run, sized for
-#: a 2-core CPU (the paper protocol's cold eigsh dominates)
-FULL = {"mnist-mlp": (12, 20, 2), "cifar-cnn": (3, 10, 1), "sst2-transformer": (3, 10, 1)}
-QUICK = {"mnist-mlp": (3, 3, 1), "cifar-cnn": (2, 2, 1), "sst2-transformer": (2, 2, 1)}
+#: per setup: (projected steps, warm-up SGD steps, sampled steps, all levers?) of a full
+#: run, sized for a 2-core CPU (the paper protocol's cold eigsh dominates); the setups whose
+#: products cost seconds on a CPU get the previous default as their only lever row
+FULL = {
+    "mnist-mlp": (8, 20, 2, True),
+    "cifar-cnn": (3, 5, 1, False),
+    "sst2-transformer": (3, 5, 1, False),
+}
+QUICK = {
+    "mnist-mlp": (2, 1, 1, False),
+    "cifar-cnn": (2, 1, 1, False),
+    "sst2-transformer": (2, 1, 1, False),
+}
 
 
 def _fmt(x: Any, spec: str, unit: str = "") -> str:
@@ -86,6 +95,13 @@ def to_markdown(results: dict[str, Any]) -> str:
         "default's.",
         "",
     ]
+    if m.get("device", "cpu") == "cpu":
+        lines += [
+            "No CUDA path of the library has run yet (no GPU was available to this work): "
+            "`benchmarks/gpu_check.sh` runs `tests/test_cuda.py` and this benchmark with "
+            "`--device cuda --quick` on a GPU machine and adds its table to this page.",
+            "",
+        ]
     header = [
         "run",
         "ms/step mean",
@@ -211,10 +227,31 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=None, help="steps checked against top-k")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all)")
     p.add_argument("--blas-threads", type=int, default=1, help="NumPy/SciPy BLAS cap (0: none)")
-    p.add_argument("--no-levers", dest="levers", action="store_false")
+    p.add_argument(
+        "--levers",
+        choices=["setup", "all", "previous", "none"],
+        default="setup",
+        help="lever rows: the setup's choice (default: all on the MLP, the previous default "
+        "elsewhere), all, only the previous default, or none",
+    )
     p.add_argument("--no-profile", dest="profile", action="store_false")
     p.add_argument("--data-dir", default="data", help="where real MNIST/CIFAR/SST-2 would be")
-    p.add_argument("--quick", action="store_true", help="tiny sizes (smoke test, GPU check)")
+    p.add_argument(
+        "--examples",
+        type=lambda text: {k: int(v) for k, v in (kv.split("=") for kv in text.split(","))},
+        default={},
+        help="fewer examples for some setups, e.g. cifar-cnn=1000,sst2-transformer=200 (the "
+        "table says so; a product's cost is about proportional to the examples)",
+    )
+    p.add_argument("--quick", action="store_true", help="tiny data (smoke test, GPU check)")
+    p.add_argument("--small", action="store_true", help="narrow networks (CPU smoke test)")
+    p.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="combine the setups of these saved JSON files into one result (then rendered)",
+    )
     p.add_argument("--out", type=Path, default=None, help="results folder (see --quick)")
     p.add_argument("--docs", type=Path, default=None, help="also rewrite this performance page")
     p.add_argument("--render", action="store_true", help="only rewrite markdown from JSON")
@@ -230,6 +267,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     stem = "paper_scale" + ("" if device.type == "cpu" else f"_{device.type}")
     if args.quick:
         stem += ".quick"
+    if args.merge:
+        parts = [json.loads(path.read_text()) for path in args.merge]
+        results = {**parts[0], "setups": [b for part in parts for b in part["setups"]]}
+        results["command"] = "; ".join(part["command"] for part in parts)
+        loads = [part["machine"].get("load_average_at_end") for part in parts]
+        results["machine"]["load_average_at_end"] = max(
+            (x for x in loads if x), key=lambda x: x[0], default=None
+        )
+        pt.save_results(args.out, stem, results, to_markdown(results), args.docs)
+        return results
     if args.render:
         results = json.loads((args.out / f"{stem}.json").read_text())
         pt.save_results(args.out, stem, {}, to_markdown(results), args.docs)
@@ -247,7 +294,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(results["machine"]["description"], flush=True)
     try:
         for name in args.setups:
-            steps, warmup, samples = (QUICK if args.quick else FULL)[name]
+            steps, warmup, samples, all_levers = (QUICK if args.quick else FULL)[name]
             results["setups"].append(
                 rows.run_setup(
                     name,
@@ -256,8 +303,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     steps=args.steps or steps,
                     warmup=args.warmup if args.warmup is not None else warmup,
                     samples=args.samples or samples,
-                    levers=args.levers,
-                    profile=args.profile,
+                    levers={
+                        "setup": True if all_levers else "previous",
+                        "all": True,
+                        "previous": "previous",
+                        "none": False,
+                    }[args.levers],
+                    profile=args.profile and (all_levers or args.quick),
+                    examples=args.examples.get(name),
+                    small=args.small,
                     data_dir=args.data_dir,
                     paper_steps=PAPER_STEPS,
                 )
@@ -267,6 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     results["machine"]["load_average_at_end"] = load
     pt.save_results(args.out, stem, results, to_markdown(results), args.docs)
+    results["out"] = str(args.out)
     return results
 
 

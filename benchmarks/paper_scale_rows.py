@@ -37,7 +37,7 @@ def _synthetic_images(n: int, shape: tuple[int, ...], g: torch.Generator) -> tup
     return X, nn.functional.one_hot(labels, 10).float()
 
 
-def _transformer(vocab: int, length: int, g: torch.Generator) -> nn.Module:
+def _transformer(vocab: int, length: int, g: torch.Generator, small: bool = False) -> nn.Module:
     """The SST-2 network: the library's preset when this version has it, else the same
     architecture built here (embedding 64, sinusoidal positions, 2 layers, 8 heads,
     feed-forward 2048, dropout 0, mean pooling, linear head to 2)."""
@@ -45,6 +45,8 @@ def _transformer(vocab: int, length: int, g: torch.Generator) -> nn.Module:
 
     preset = getattr(models, "TransformerClassifier", None)
     if preset is not None:
+        if small:
+            return preset(vocab, length, width=8, heads=2, feedforward=16, generator=g)
         return preset(vocab, length, generator=g)
     return _LocalTransformer(vocab, length, g)
 
@@ -91,40 +93,52 @@ def _real(name: str, n: int, data_dir: str) -> tuple[Tensor, Tensor] | None:
 
 #: name -> (examples, quick examples, lr, k)
 SETUPS = {
-    "mnist-mlp": (5000, 300, 0.01, 10),
-    "cifar-cnn": (5000, 100, 0.01, 10),
-    "sst2-transformer": (1000, 40, 0.001, 2),
+    "mnist-mlp": (5000, 64, 0.01, 10),
+    "cifar-cnn": (5000, 16, 0.01, 10),
+    "sst2-transformer": (1000, 8, 0.001, 2),
 }
 
 
 def make_setup(
-    name: str, *, quick: bool, device: torch.device, data_dir: str
+    name: str,
+    *,
+    quick: bool,
+    device: torch.device,
+    data_dir: str,
+    examples: int | None = None,
+    small: bool = False,
 ) -> tuple[pt.Setup, str]:
-    """The setup at its paper size (``quick``: tiny) and a word on where its data came from."""
-    examples, quick_examples, lr, k = SETUPS[name]
-    n = quick_examples if quick else examples
+    """The setup at its paper size (``quick``: tiny data; ``examples``: fewer; ``small``:
+    narrow networks, for a CPU smoke test in seconds) and a word on where its data came
+    from."""
+    full, quick_examples, lr, k = SETUPS[name]
+    n = examples or (quick_examples if quick else full)
     g = torch.Generator().manual_seed(0)
     real = None if quick else _real(name, n, data_dir)
     source = "real data" if real is not None else "synthetic data of the same shape"
     if name == "mnist-mlp":
         X, Y = real if real is not None else _synthetic_images(n, (784,), g)
-        model: nn.Module = mlp((784, 200, 200, 10), generator=g)
+        model: nn.Module = mlp((784, 16, 16, 10) if small else (784, 200, 200, 10), generator=g)
     elif name == "cifar-cnn":
         if real is not None:
             X, Y = real
         else:
             X, Y = _synthetic_images(n, (3, 32, 32), g)
             X = (X - X.mean(0)) / X.std(0).clamp_min(1e-6)  # centred and standardized
-        model = cnn(activation="relu", generator=g)
+        model = cnn(activation="relu", channels=4 if small else 32, generator=g)
     else:  # synthetic tokens: a label decided by per-token scores (no SST-2 here)
-        vocab, length = (200, 16) if quick else (2000, 64)
+        vocab, length = (200, 8) if quick else (2000, 64)
         ids = torch.randint(0, vocab, (n, length), generator=g)
         scores = torch.randn(vocab, generator=g)
         labels = (scores[ids].mean(1) > 0).long()
         X = torch.stack([ids, torch.ones_like(ids)], 1)
         Y = nn.functional.one_hot(labels, 2).float()
-        model = _transformer(vocab, length, g)
+        model = _transformer(vocab, length, g, small)
         source = f"synthetic tokens, vocabulary {vocab}, length {length}"
+    if not quick and n < full:
+        source += f"; {n:,} of the paper's {full:,} examples"
+    if small:
+        source += "; narrow network (smoke test)"
     s = pt.Setup(name, model.to(device), half_sum_mse, X.to(device), Y.to(device), lr=lr, k=k)
     return s, source
 
@@ -138,7 +152,7 @@ class Spec:
     operator: dict[str, Any] = field(default_factory=dict)
 
 
-def lever_specs(quick: bool) -> list[Spec]:
+def lever_specs(which: bool | str) -> list[Spec]:
     """Bulk rows with one choice changed from the default, each a lever the issue names."""
     from subspace_optim.eigensolvers.lobpcg import LOBPCG
 
@@ -149,9 +163,14 @@ def lever_specs(quick: bool) -> list[Spec]:
             {"eigensolver": so.WarmRefresh(probes=0, cold=LOBPCG(tol=3e-3))},
         ),
         Spec(
-            "no sketched check: WarmRefresh(probes=0)",
+            "cheaper first refresh: WarmRefresh(cold=BlockLanczos(block_size=5))",
             "library",
-            {"eigensolver": so.WarmRefresh(probes=0)},
+            {"eigensolver": so.WarmRefresh(cold=so.BlockLanczos(block_size=5, tol=3e-3))},
+        ),
+        Spec(
+            "cheaper first refresh: WarmRefresh(cold=Lanczos())",
+            "library",
+            {"eigensolver": so.WarmRefresh(cold=so.Lanczos(tol=3e-3))},
         ),
         Spec(
             "fewer guard columns: WarmRefresh(extra=2)",
@@ -159,13 +178,14 @@ def lever_specs(quick: bool) -> list[Spec]:
             {"eigensolver": so.WarmRefresh(extra=2)},
         ),
         Spec("block products by vmap: method='func'", "library", {}, {"method": "func"}),
-        Spec("memory_budget=64 MiB", "library", {}, {"memory_budget": 64 * 2**20}),
         Spec(
-            "micro-batches of 1000 (the preset's chunk_size)", "library", {}, {"chunk_size": 1000}
+            "memory_budget=128 MiB (bounds each product's sub-block, not the solver's blocks)",
+            "library",
+            {},
+            {"memory_budget": 128 * 2**20},
         ),
-        Spec("refresh every 2 steps", "library", {"refresh": so.Every(2)}),
     ]
-    return out[:2] if quick else out
+    return out[:1] if which == "previous" else out
 
 
 class _PeakMemory:
@@ -383,13 +403,20 @@ def run_setup(
     steps: int,
     warmup: int,
     samples: int,
-    levers: bool,
+    levers: bool | str,
     profile: bool,
     data_dir: str | Path,
     paper_steps: int,
+    examples: int | None = None,
+    small: bool = False,
 ) -> dict[str, Any]:
-    """Every row of one setup in lockstep; the measurements of :func:`Row.record` and more."""
-    s, source = make_setup(name, quick=quick, device=device, data_dir=str(data_dir))
+    """Every row of one setup in lockstep; the measurements of :func:`Row.record` and more.
+
+    ``levers``: ``True`` every lever row, ``"previous"`` only the previous default, ``False``
+    none."""
+    s, source = make_setup(
+        name, quick=quick, device=device, data_dir=str(data_dir), examples=examples, small=small
+    )
     n = sum(p.numel() for p in pt.params_of(s.model))
     print(f"[{name}] {n:,} parameters, {s.X.shape[0]} examples ({source})", flush=True)
     batches = [b.to(device) for b in pt.batch_schedule(s.X.shape[0], s.batch, warmup + steps)]
@@ -403,7 +430,7 @@ def run_setup(
         Spec("paper protocol", "paper"),
         Spec("library default", "library"),
     ]
-    specs += lever_specs(quick) if levers else []
+    specs += lever_specs(levers) if levers else []
     runs = [Row(spec, s, device) for spec in specs]
     after = batches[warmup:]
     sample_at = (
@@ -415,9 +442,13 @@ def run_setup(
             row.step(idx, t in sample_at)
         print(f"[{name}] step {t + 1}/{len(after)}", flush=True)
     records = []
+    main_rows = ("paper protocol", "library default", PREVIOUS_DEFAULT)
     for row in runs:
         rec = row.record(paper_steps)
-        rec["sin_max"] = reference_sin(row.s, row.samples)
+        # every sample for the main rows, the last one for the levers (each costs a solve)
+        rec["sin_max"] = reference_sin(
+            row.s, row.samples if row.spec.label in main_rows else row.samples[-1:]
+        )
         if row.op is not None:
             rec["ms_per_hvp_single"], rec["ms_per_hvp_column"] = product_ms(row.op, BLOCK)
         elif row.paper is not None:
@@ -449,6 +480,6 @@ def run_setup(
         "runs": records,
     }
     if profile:
-        chosen = [sp for sp in specs if sp.label in ("library default", PREVIOUS_DEFAULT)]
+        chosen = [sp for sp in specs if sp.label == "library default"]
         out["profile"] = [profile_row(sp, s, device, after[: min(len(after), 4)]) for sp in chosen]
     return out
