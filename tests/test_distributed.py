@@ -208,6 +208,21 @@ def _scenarios(rank: int, out_dir: Path) -> dict:
     dist.all_reduce(alive)
     res["alive_after_failure"] = float(alive)
 
+    # 5b. a construction error on one rank only (its own shard is malformed) is raised on
+    # every rank, not left for the others to hang on in the handshake
+    shard = uneven_shard(rank, X, Y)
+    if rank == 1:
+        shard = [{"x": X[:3], "labels": Y[:3]}]
+    try:
+        DistributedHessianOperator(model, mse, shard)
+        res["construction_failure"] = None
+    except Exception as exc:
+        res["construction_failure"] = {
+            "type": type(exc).__name__,
+            "ranks": getattr(exc, "ranks", None),
+            "message": str(exc),
+        }
+
     # 6. ranks feeding different vectors are caught, not silently mixed
     try:
         op.matvec(V[:, rank])
@@ -440,6 +455,14 @@ def test_exception_on_one_rank_raises_on_every_rank(runs):
         (message,) = at_check["messages"]
         assert "loss_fn(outputs, targets) failed on the first micro-batch" in message
         assert "boom on purpose" in message
+
+
+def test_a_construction_error_on_one_rank_is_raised_on_every_rank(runs):
+    own, other = runs[1]["construction_failure"], runs[0]["construction_failure"]
+    assert own is not None and own["type"] == "TypeError"
+    assert "batch 0 of data is a dict" in own["message"]
+    assert other is not None and other["type"] == "DistributedHessianError"
+    assert other["ranks"] == [1] and "batch 0 of data is a dict" in other["message"]
 
 
 def test_diverging_inputs_and_mismatched_models_are_refused(runs):

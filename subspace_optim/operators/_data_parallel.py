@@ -98,19 +98,6 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The module under DistributedDataParallel / DataParallel wrappers.
-
-    DDP's hooks do not fire for double backward or torch.func transforms, and its forward
-    may broadcast buffers (a collective that only rank 0 would enter inside an HVP), so the
-    products run on the plain module. Its parameters are the very tensors DDP trains.
-    """
-    wrappers = (nn.parallel.DistributedDataParallel, nn.DataParallel)
-    while isinstance(model, wrappers):
-        model = model.module
-    return model
-
-
 class DataParallel:
     """Mixin that makes a curvature operator the mean over every rank's data shard.
 
@@ -170,7 +157,13 @@ class DataParallel:
             )
         if not isinstance(check_consistency, bool):
             raise TypeError(f"check_consistency must be True or False; got {check_consistency!r}")
-        super().__init__(_unwrap(model), *args, **settings)  # type: ignore[call-arg]
+        model = _unwrap(model)
+        failure: Exception | None = None
+        try:
+            super().__init__(model, *args, **settings)  # type: ignore[call-arg]
+        except Exception as exc:  # raised on every rank below, never a hang
+            failure = exc
+        _agree_on_construction(failure, group)
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
@@ -428,6 +421,38 @@ class DataParallel:
             f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device}, "
             f"rank={self.rank}, world_size={self.world_size}, backend={self.backend!r})"
         )
+
+
+def _agree_on_construction(failure: Exception | None, group: Any) -> None:
+    """One collective after the single-process construction: every rank learns whether any
+    rank failed (a check on its own data shard, say), and all raise together.
+
+    Raises:
+        Exception: this rank's own construction error, unchanged.
+        DistributedHessianError: on the ranks that succeeded, when another rank failed
+            (with that rank's message).
+    """
+    nccl = str(dist.get_backend(group)).lower() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    flag = torch.tensor([0.0 if failure is None else 1.0], device=device)
+    dist.all_reduce(flag, group=group)
+    if float(flag) == 0:
+        return
+    size = dist.get_world_size(group)
+    text = None if failure is None else f"{type(failure).__name__}: {failure}"
+    gathered: list[Any] = [None] * size
+    dist.all_gather_object(gathered, text, group=group)
+    if failure is not None:
+        raise failure
+    ranks = [r for r in range(size) if gathered[r] is not None]
+    messages = [str(gathered[r]) for r in ranks]
+    detail = "; ".join(f"rank {r}: {m}" for r, m in zip(ranks, messages))
+    raise DistributedHessianError(
+        f"building the distributed operator failed on rank(s) {ranks} (seen from rank "
+        f"{dist.get_rank(group)}): {detail}",
+        ranks,
+        messages,
+    )
 
 
 def _merged_signature(cls: type) -> inspect.Signature:
