@@ -150,3 +150,71 @@ def test_blas_interference_quick(bench, tmp_path):
     assert "library default (second copy)" in md
     # the cap is undone when main returns: the test process keeps its BLAS threads
     assert [i["num_threads"] for i in threadpoolctl.threadpool_info()] == before
+
+
+def _results_fingerprint() -> dict[str, float]:
+    return {p.name: p.stat().st_mtime for p in (BENCHMARKS / "results").iterdir()}
+
+
+def test_paper_scale_quick(tmp_path):
+    """benchmarks/paper_scale.py --quick (a narrow MLP): every row and column is there and
+    sane, the targets are checked, the profile is taken, and the performance page builds."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        ps = importlib.import_module("paper_scale")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    before = _results_fingerprint()
+    perf = tmp_path / "perf.md"
+    results = ps.main(
+        ["--quick", "--small", "--threads", "1", "--setups", "mnist-mlp", "--docs", str(perf)]
+    )
+    assert _results_fingerprint() == before  # a quick run never touches the committed results
+    out = Path(results["out"])
+    assert out != BENCHMARKS / "results" and (out / "paper_scale.quick.json").exists()
+    assert [b["setup"] for b in results["setups"]] == ["mnist-mlp"]
+    for block in results["setups"]:
+        runs = {r["label"]: r for r in block["runs"]}
+        assert {"SGD", "paper protocol", "library default", ps.rows.PREVIOUS_DEFAULT} <= set(runs)
+        for r in block["runs"]:
+            assert r["steps"] == 2 and r["ms_median"] > 0 and r["hours_20k"] > 0
+            assert r["peak_mib"] >= 0 and math.isfinite(r["final_loss"])
+            if r["kind"] == "sgd":
+                assert r["hvp_per_step"] == 0 and math.isnan(r["sin_max"])
+                continue
+            assert 0 <= r["sin_max"] <= 1 and abs(r["loss_vs_paper"]) < 0.02, r
+            assert r["ms_per_hvp_single"] > 0
+        assert runs["paper protocol"]["hvp_per_step"] >= block["k"]
+        assert runs["library default"]["ms_per_hvp_column"] > 0
+        assert runs["library default"]["median_vs_default"] == pytest.approx(1.0)
+    md = (out / "paper_scale.quick.md").read_text()
+    assert "## Paper scale" in md and "Targets (median step" in md and "torch.profiler" in md
+    assert perf.read_text().startswith("# Performance")
+    # the saved JSON renders again, and two runs merge into one table
+    again = ps.main(["--quick", "--render", "--out", str(out)])
+    assert again["setups"] == json.loads(json.dumps(results["setups"]))
+    merged = ps.main(
+        ["--quick", "--out", str(tmp_path), "--merge", *[str(out / "paper_scale.quick.json")] * 2]
+    )
+    assert len(merged["setups"]) == 2 * len(results["setups"])
+
+
+def test_quick_modes_write_to_a_temporary_folder():
+    """Every benchmark's --quick defaults to a fresh temporary folder (never the committed
+    benchmarks/results); an explicit --out is kept."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        modules = [importlib.import_module(m) for m in ("projected_training", "hvp", "paper_scale")]
+        eig = importlib.import_module("eigensolvers")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    results = BENCHMARKS / "results"
+    for mod in modules:
+        assert mod.parse([]).out == results
+        quick = mod.parse(["--quick"]).out
+        assert quick != results and quick.is_dir() and not any(quick.iterdir())
+        assert mod.parse(["--quick", "--out", "/tmp/x"]).out == Path("/tmp/x")
+    assert eig.parse(["--quick"]).out is None  # resolved in main, by the same helper
+    pt = modules[0]
+    assert pt.output_dir(None, True, results, "t") != results
+    assert pt.output_dir(None, False, results, "t") == results
