@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,12 +20,21 @@ from torch.optim import Optimizer
 from .._utils import check_int, choice
 from ..eigensolvers import Eigensolver, resolve_eigensolver
 from ..operators.base import LinearOperator
+from ..operators.protocol import Curvature
 from ..schedules import RefreshSchedule, resolve_schedule
 from . import _faults, _guard
 from ._update import MODE_SCALES
 from .eos import stability_threshold
 
-__all__ = ["MODES", "ON_FAULT", "PROJECT", "Config", "check_arguments", "resolve_mode"]
+__all__ = [
+    "MODES",
+    "ON_FAULT",
+    "PROJECT",
+    "Config",
+    "check_arguments",
+    "covering_curvature",
+    "resolve_mode",
+]
 
 #: the named ``mode`` values: ``"bulk"`` removes the update's component inside the top-k
 #: subspace (Bulk-SGD), ``"dominant"`` keeps only that component (Dom-SGD), ``"none"``
@@ -226,3 +236,35 @@ def check_coverage(base: Optimizer, curvature: LinearOperator) -> list[Tensor]:
         if p.requires_grad and p.grad is not None and p.grad.is_sparse:
             raise TypeError("sparse gradients are not supported; use dense embeddings")
     return list(op_params)
+
+
+def covering_curvature(
+    curvature: LinearOperator, covered: Sequence[Tensor], params: Sequence[Tensor]
+) -> LinearOperator:
+    """The operator a new parameter group needs: ``curvature`` itself when it covers every
+    trainable tensor of ``params`` already, else ``curvature.extended(...)`` over them too.
+
+    Args:
+        curvature: the wrapper's operator.
+        covered: the parameters the projection acts on now.
+        params: the new group's tensors.
+
+    Returns:
+        ``curvature``, or a new operator (every setting kept) over the new parameters too.
+
+    Raises:
+        ValueError: new trainable parameters and an operator that is not a
+            :class:`~subspace_optim.Curvature` (it cannot be extended), or a tensor the
+            operator refuses (not a parameter of its model, another dtype).
+    """
+    ids = {id(p) for p in covered}
+    new = [p for p in params if id(p) not in ids and p.requires_grad]
+    if not new:
+        return curvature
+    if not isinstance(curvature, Curvature):
+        raise ValueError(
+            "the new parameters are not covered by the curvature operator "
+            f"({type(curvature).__name__}): the projection is defined on the operator's "
+            "parameter space. Build a new operator and wrapper."
+        )
+    return curvature.extended([*curvature.params, *new])

@@ -46,6 +46,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -415,3 +416,23 @@ class SharpnessTracker:
 
     def __repr__(self) -> str:
         return f"SharpnessTracker(num_eigs={self.num_eigs}, every={self.every}, solver={self.solver!r})"
+
+
+def warn_unstable(t: int, index: int, lam: float, limit: float, *, stacklevel: int) -> None:
+    """Issue the :class:`EdgeOfStabilityWarning` of a Bulk step along unstable directions.
+
+    Args:
+        t: the step.
+        index: ``j`` of ``λ_j``, the first eigenvalue the update still moves along.
+        lam: ``λ_j``.
+        limit: the threshold it exceeds (``2/η`` for SGD, scaled by the bulk scale).
+        stacklevel: as for :func:`warnings.warn`.
+    """
+    warnings.warn(
+        f"step {t}: λ_{index} = {lam:.4g} exceeds the stability threshold {limit:.4g} "
+        "(2/η for SGD): Bulk dynamics are unstable along directions the projection no "
+        "longer removes, and the loss may rise. Raise k (or use adaptive_k), lower the "
+        "learning rate, or use mode='none'",
+        EdgeOfStabilityWarning,
+        stacklevel=stacklevel + 1,
+    )

@@ -7,7 +7,6 @@ begin → refresh → base step → project → record (``docs/guide/architectur
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +17,6 @@ from torch.optim import Optimizer
 from ..diagnostics import StepStats
 from ..eigensolvers import EigenResult, Eigensolver
 from ..operators.base import LinearOperator
-from ..operators.protocol import Curvature
 from ..schedules import RefreshSchedule
 from . import _checkpoint, _config, _faults, _guard
 from ._config import MODES, ON_FAULT
@@ -32,7 +30,7 @@ from ._update import (
     project_gradient,
     zero_frozen,
 )
-from .eos import EdgeOfStabilityWarning, choose_k, stability_threshold
+from .eos import choose_k, stability_threshold, warn_unstable
 from .protocol import inner_chain
 
 __all__ = ["MODES", "ON_FAULT", "SubspaceProjectedOptimizer"]
@@ -266,19 +264,8 @@ class SubspaceProjectedOptimizer(Optimizer):
             return
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
-        covered = {id(p) for p in self._vec.params}
-        new = [p for p in params if id(p) not in covered and p.requires_grad]
-        curvature = self.curvature
-        if new:
-            if not isinstance(curvature, Curvature):
-                raise ValueError(
-                    "the new parameters are not covered by the curvature operator "
-                    f"({type(curvature).__name__}): the projection is defined on the operator's "
-                    "parameter space. Build a new operator and wrapper."
-                )
-            # built first: a bad parameter (not in the model, other dtype) raises here,
-            # before anything changes
-            curvature = curvature.extended([*curvature.params, *new])
+        # built first: a bad parameter (not in the model, other dtype) raises before any change
+        curvature = _config.covering_curvature(self.curvature, self._vec.params, params)
         self.base.add_param_group({**param_group, "params": params})
         self.param_groups = self.base.param_groups
         if curvature is not self.curvature:
@@ -489,15 +476,8 @@ class SubspaceProjectedOptimizer(Optimizer):
         lam, limit = moved
         if lam > limit:
             self.counters["unstable_refreshes"] = self.counters.get("unstable_refreshes", 0) + 1
-            if not self._unstable:
-                warnings.warn(
-                    f"step {t}: λ_{self.active_k + 1} = {lam:.4g} exceeds the stability "
-                    f"threshold {limit:.4g} (2/η for SGD): Bulk dynamics are unstable along "
-                    "directions the projection no longer removes, and the loss may rise. Raise "
-                    "k (or use adaptive_k), lower the learning rate, or use mode='none'",
-                    EdgeOfStabilityWarning,
-                    stacklevel=5,
-                )
+            if not self._unstable:  # once per episode
+                warn_unstable(t, self.active_k + 1, lam, limit, stacklevel=5)
         self._unstable = lam > limit
 
     def zero_grad(self, set_to_none: bool = True) -> None:
