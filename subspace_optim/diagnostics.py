@@ -48,6 +48,11 @@ class StepStats:
         refresh_converged: the eigensolver met its tolerance (``True`` when no refresh).
         skipped: the step was undone to protect the parameters (non-finite update).
         faults: cumulative count of numerical faults handled so far.
+        scale_dom: ``a`` of the wrapper's ``mode`` as a pair ``(a, b)``, the factor of the
+            dominant component ``P_kΔ`` (``"dominant"`` is ``(1, 0)``, ``"bulk"`` ``(0, 1)``,
+            ``"none"`` ``(1, 1)``); ``nan`` in a record that does not know it.
+        scale_bulk: ``b``, the factor of the bulk component ``Δ − P_kΔ``; ``nan`` when
+            unknown.
 
     Example:
         One Bulk step of SGD (``η = 0.1``) on least squares with Hessian
@@ -72,6 +77,8 @@ class StepStats:
         (1.0, [6.0], 0.8729)
         >>> abs(s.eta_dom) < 1e-12, round(s.eta_bulk, 6)  # Bulk: no step along λ_1's direction
         (True, 0.1)
+        >>> s.scale_dom, s.scale_bulk  # "bulk" is the pair (0, 1)
+        (0.0, 1.0)
     """
 
     step: int
@@ -93,6 +100,8 @@ class StepStats:
     refresh_converged: bool = True
     skipped: bool = False
     faults: int = 0
+    scale_dom: float = math.nan
+    scale_bulk: float = math.nan
 
     def as_dict(self) -> dict[str, Any]:
         """A flat dict (eigenvalues as ``eig_0, eig_1, …``) for CSV / TensorBoard / W&B.

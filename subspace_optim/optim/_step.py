@@ -8,6 +8,7 @@ of the optimizer).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -102,17 +103,26 @@ def projecting_closure(
     return projecting
 
 
-def step_record(facts: StepFacts, eigenvalues: Tensor | None, faults: int) -> StepStats:
+def step_record(
+    facts: StepFacts,
+    eigenvalues: Tensor | None,
+    faults: int,
+    scales: tuple[float, float] = (math.nan, math.nan),
+) -> StepStats:
     """The :class:`~subspace_optim.StepStats` of a finished step.
 
     Measured against the full-data gradient when the step refreshed (else the minibatch
     one in ``facts.g_mini``, which an active step must have); a skipped step records zero
     updates. ``eigenvalues`` are the tracked ones after the step, ``faults`` the cumulative
-    fault count.
+    fault count, ``scales`` the wrapper's ``(a, b)`` (recorded as ``scale_dom``,
+    ``scale_bulk``).
     """
     refresh = facts.refresh
+    pair = {"scale_dom": float(scales[0]), "scale_bulk": float(scales[1])}
     if not facts.active:
-        return StepStats(step=facts.t, projected=False, refreshed=False, gradient_source="none")
+        return StepStats(
+            step=facts.t, projected=False, refreshed=False, gradient_source="none", **pair
+        )
     assert facts.g_mini is not None
     delta_base, delta = facts.delta_base, facts.delta
     if facts.skip is not None or delta_base is None or delta is None:
@@ -136,5 +146,6 @@ def step_record(facts: StepFacts, eigenvalues: Tensor | None, faults: int) -> St
         refresh_converged=True if refresh is None else refresh.converged,
         skipped=facts.skip is not None or facts.undone,
         faults=faults,
+        **pair,
         **metrics,
     )

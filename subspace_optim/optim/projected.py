@@ -455,7 +455,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         """Stage 5: the step's record; a refresh also feeds the schedule the measured χ_k."""
         if facts.active and facts.g_mini is None:
             facts.g_mini = self._vec.grads()
-        stats = step_record(facts, self.eigenvalues, int(self.counters["faults"]))
+        stats = step_record(facts, self.eigenvalues, int(self.counters["faults"]), self.scales)
         if facts.refresh is not None:
             full = stats.gradient_source == "full"
             self.schedule.observe(facts.t, stats.grad_alignment if full else None)
