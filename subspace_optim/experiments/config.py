@@ -13,7 +13,7 @@ from .._utils import check_int, check_positive_float
 from ..eigensolvers import Eigensolver, resolve_eigensolver
 from .families import Family, resolve_families
 
-__all__ = ["RunConfig"]
+__all__ = ["RunConfig", "parse_mode_scales"]
 
 
 def _parse_lr(lr: object) -> dict[str, float] | float | None:
@@ -26,6 +26,47 @@ def _parse_lr(lr: object) -> dict[str, float] | float | None:
             out[family.name] = check_positive_float(f"lr of {family.name}", value)
         return out
     return check_positive_float("lr", lr)
+
+
+def parse_mode_scales(value: object) -> tuple[float, float]:
+    """The ``(a, b)`` of an interpolated update, ``θ += a·P_kΔ + b·(Δ − P_kΔ)``.
+
+    Args:
+        value: a pair of numbers, or the text ``"a,b"`` (``--mode-scales``).
+
+    Returns:
+        ``(a, b)`` as floats.
+
+    Raises:
+        ValueError: not two numbers, a number that is NaN or infinite, or ``(0, 0)`` (an
+            update that never moves).
+
+    Example:
+        >>> from subspace_optim.experiments.config import parse_mode_scales
+        >>> parse_mode_scales("0.5,1.5"), parse_mode_scales((1, 0))
+        ((0.5, 1.5), (1.0, 0.0))
+        >>> parse_mode_scales("0,0")
+        Traceback (most recent call last):
+            ...
+        ValueError: mode scales (0, 0) would never move the parameters; give a nonzero a or b
+    """
+    items = value.split(",") if isinstance(value, str) else value
+    try:
+        if isinstance(items, (str, bytes)) or len(items) != 2:  # type: ignore[arg-type]
+            raise TypeError
+        a, b = (float(x) for x in items)  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"mode scales are two numbers a,b (θ += a·P_kΔ + b·(Δ − P_kΔ)), e.g. 0.5,1.5; "
+            f"got {value!r}"
+        ) from None
+    if not (math.isfinite(a) and math.isfinite(b)):
+        raise ValueError(f"mode scales must be finite numbers; got ({a:g}, {b:g})")
+    if a == 0 and b == 0:
+        raise ValueError(
+            "mode scales (0, 0) would never move the parameters; give a nonzero a or b"
+        )
+    return a, b
 
 
 @dataclass(frozen=True)
@@ -63,6 +104,9 @@ class RunConfig:
         eval_every: evaluate the full-batch training loss every this many steps (always at
             the switch and at the end).
         chunk_size: micro-batch size for Hessian products and loss evaluation.
+        mode_scales: ``(a, b)``: also run a fourth variant, ``"scaled"``, from the same
+            switch point and minibatches, with the update ``a·P_kΔ + b·(Δ − P_kΔ)``
+            (:func:`parse_mode_scales`); ``None`` (default): only base / Dom / Bulk.
 
     Example:
         >>> from subspace_optim.experiments import RunConfig
@@ -88,6 +132,7 @@ class RunConfig:
     seed: int = 0
     eval_every: int = 1
     chunk_size: int | None = None
+    mode_scales: tuple[float, float] | None = None
     families: tuple[Family, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -144,6 +189,8 @@ class RunConfig:
         check_int("eval_every", self.eval_every, low=1)
         if self.chunk_size is not None:
             check_int("chunk_size", self.chunk_size, low=1)
+        if self.mode_scales is not None:
+            set_(self, "mode_scales", parse_mode_scales(self.mode_scales))
 
     @property
     def switch_step(self) -> int | None:
@@ -186,4 +233,6 @@ class RunConfig:
         if self.switch_step is None:
             d["switch_by"] = self.fallback_step
         d["torch_num_threads"] = torch.get_num_threads()
+        if self.mode_scales is None:  # runs without the option: the summary as before
+            d.pop("mode_scales")
         return d
