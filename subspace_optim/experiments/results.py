@@ -24,6 +24,7 @@ ROSE_TOLERANCE = 0.05
 
 #: The three runs of a family after the switch: the unmodified optimizer, its Dom variant
 #: (update projected onto the top-k subspace) and its Bulk variant (top-k component removed).
+#: With ``RunConfig.mode_scales`` a fourth, ``"scaled"``, follows them.
 VARIANTS = ("base", "dom", "bulk")
 
 
@@ -48,7 +49,7 @@ class RunSummary:
     """What one run after the switch did.
 
     Attributes:
-        variant: ``"base"``, ``"dom"`` or ``"bulk"``.
+        variant: ``"base"``, ``"dom"``, ``"bulk"`` or ``"scaled"`` (``--mode-scales``).
         final_loss: full-batch training loss after the last step (``nan`` if it diverged).
         progress: :func:`progress_ratio` against the base run (1.0 for the base itself).
         status: ``"ok"``; ``"loss rose"`` (final loss more than 5 % above the loss at the
@@ -196,7 +197,8 @@ class FamilyResult:
         initial_loss, loss_at_switch: full-batch training loss at step 0 and at the switch.
         eta: effective learning rates of the base run as ratios of sums over every step with
             a full-batch gradient (:func:`~subspace_optim.effective_lr_summary`).
-        runs: ``{"base": RunSummary, "dom": ..., "bulk": ...}``.
+        runs: ``{"base": RunSummary, "dom": ..., "bulk": ...}``, and ``"scaled"`` with
+            ``mode_scales``.
         prefix_seconds: wall time of the shared run up to the switch.
         rows: one dict per step per run (the CSV / JSON metrics).
 

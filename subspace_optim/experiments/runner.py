@@ -11,7 +11,8 @@ For each optimizer family the runner
    Hessian every ``refresh`` steps (the paper: every step).
 
 The unprojected prefix is shared by the three runs, so a family costs one prefix plus three
-runs after the switch.
+runs after the switch. With ``mode_scales=(a, b)`` a fourth run, ``"scaled"``
+(``θ += a·P_kΔ + b·(Δ − P_kΔ)``), starts from the same snapshot with the same minibatches.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def _row(
         stats = opt.last_stats.as_dict()
         stats.pop("step")
         stats.pop("loss")  # the full-batch loss at a refresh: the same as ``loss`` above
+        if variant != "scaled":  # the pair is in the names base / dom / bulk
+            stats.pop("scale_dom")
+            stats.pop("scale_bulk")
         row.update(stats)
     return row
 
@@ -240,15 +244,16 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
     loss_at_switch = ctx.full_loss(snapshot_model)
     del prefix_opt, model
 
-    # ---- 2. base / Dom / Bulk from the same snapshot and minibatch sequence
+    # ---- 2. base / Dom / Bulk (and scaled) from the same snapshot and minibatch sequence
+    variants = VARIANTS + (("scaled",) if cfg.mode_scales is not None else ())
     end_step = cfg.end_step(switch)
     remaining = end_step - switch
-    bar.total = switch + len(VARIANTS) * remaining
+    bar.total = switch + len(variants) * remaining
     bar.refresh()
     run_rows: dict[str, list[dict[str, Any]]] = {}
     finals: dict[str, tuple[float, int | None, int, float, dict[str, None]]] = {}
     chi_at_switch = math.nan
-    for variant in VARIANTS:
+    for variant in variants:
         bar.set_description(f"{family.name}: {variant}")
         m = copy.deepcopy(snapshot_model)
         every = cfg.track_every if variant == "base" else cfg.refresh
@@ -256,7 +261,7 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
             family.build(_trainable(m), lr),
             ctx.operator(m),
             cfg.k,
-            _MODES[variant],
+            cfg.mode_scales if variant == "scaled" else _MODES[variant],
             refresh=Every(every, start=switch),
             num_extra=cfg.num_extra,
             generator=ctx.generator(),
@@ -312,7 +317,7 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
             warnings=tuple(finals[v][4]),
             earlier=rows if v == "base" else (),
         )
-        for v in VARIANTS
+        for v in variants
     }
     base_measured = measured + [r for r in run_rows["base"] if r.get("gradient_source") == "full"]
     return FamilyResult(
@@ -331,7 +336,7 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
         eta=effective_lr_summary(base_measured),
         runs=runs,
         prefix_seconds=prefix_seconds,
-        rows=rows + [r for v in VARIANTS for r in run_rows[v]],
+        rows=rows + [r for v in variants for r in run_rows[v]],
     )
 
 
@@ -353,7 +358,8 @@ def run(
     modified) from its current weights with the unmodified optimizer until the switch,
     then runs the base optimizer, its Dom variant and its Bulk variant from that same point
     with the same minibatches, the top-k basis of the full training-set Hessian refreshed
-    every ``refresh`` steps.
+    every ``refresh`` steps. With ``mode_scales=(a, b)`` it also runs ``"scaled"``
+    (``θ += a·P_kΔ + b·(Δ − P_kΔ)``) from there.
 
     Args:
         model: the network at initialization.
