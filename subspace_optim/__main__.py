@@ -46,6 +46,15 @@ def _nonnegative_int(text: str) -> int:
     return value
 
 
+def _mode_scales(text: str) -> tuple[float, float]:
+    from .experiments.config import parse_mode_scales
+
+    try:
+        return parse_mode_scales(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _switch(text: str) -> float | int:
     try:
         if any(c in text for c in ".eE"):
@@ -264,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="micro-batch size for Hessian products and loss evaluation",
     )
     rep.add_argument(
+        "--mode-scales",
+        type=_mode_scales,
+        default=None,
+        metavar="A,B",
+        help="also run a fourth variant, scaled: θ += A·P_kΔ + B·(Δ − P_kΔ), from the same "
+        "switch point and minibatches (two finite numbers, not 0,0; a negative A needs "
+        "--mode-scales=-A,B)",
+    )
+    rep.add_argument(
         "--seed",
         type=_nonnegative_int,
         default=0,
@@ -299,23 +317,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_FLAG_FIELDS = (
-    "optimizers",
-    "steps",
-    "switch",
-    "switch_by",
-    "switch_after",
-    "after_switch",
-    "k",
-    "lr",
-    "batch_size",
-    "solver",
-    "refresh",
-    "check_every",
-    "track_every",
-    "num_extra",
-    "eval_every",
-    "chunk_size",
+#: the RunConfig fields that the flags of the same names set
+_FLAG_FIELDS = tuple(
+    "optimizers steps switch switch_by switch_after after_switch k lr batch_size solver refresh "
+    "check_every track_every num_extra eval_every chunk_size mode_scales".split()
 )
 
 

@@ -1,7 +1,8 @@
 """Figures of a reproduction run (matplotlib, Agg; no pyplot global state).
 
-* :func:`plot_loss`: full-batch training loss on a log scale, base vs Dom vs Bulk, one panel
-  per optimizer family (the paper's Figure 1 layout);
+* :func:`plot_loss`: full-batch training loss on a log scale, base vs Dom vs Bulk (and the
+  scaled run, labelled with its ``(a, b)``, with ``--mode-scales``), one panel per optimizer
+  family (the paper's Figure 1 layout);
 * :func:`plot_alignment`: χ_k of the full-batch gradient over steps;
 * :func:`plot_eigenvalues`: the tracked top eigenvalues of the base run over steps, with the
   optimizer's stability threshold (``2/η``) and the Bulk run's λ_{k+1}.
@@ -14,13 +15,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .results import ExperimentResult, FamilyResult
+from .results import ExperimentResult, FamilyResult, scales_label
 
 __all__ = ["COLORS", "plot_alignment", "plot_eigenvalues", "plot_loss", "save_figures"]
 
 #: one colour per run, the same in every figure
-COLORS = {"base": "#222222", "dom": "#d62728", "bulk": "#1f77b4"}
-_LABELS = {"base": "base", "dom": "Dom", "bulk": "Bulk"}
+COLORS = {"base": "#222222", "dom": "#d62728", "bulk": "#1f77b4", "scaled": "#9467bd"}
+_LABELS = {"base": "base", "dom": "Dom", "bulk": "Bulk", "scaled": "scaled"}
 _NAMES = {
     "base": "base optimizer",
     "dom": "Dom (update projected onto the top-k subspace)",
@@ -105,18 +106,20 @@ def _minor_log_label(value: float, _pos: int) -> str:
 
 
 def plot_loss(result: ExperimentResult) -> Any:
-    """Training loss (log scale) of base / Dom / Bulk per family; returns the Figure."""
+    """Training loss (log scale) of base / Dom / Bulk (and scaled) per family; returns the
+    Figure."""
     from matplotlib.ticker import FormatStrFormatter, FuncFormatter, NullFormatter
 
     fig, axes = _figure(len(result.families))
-    styles = {"base": ("-", 1.8), "dom": ("-", 1.3), "bulk": ("--", 1.5)}
+    styles = {"base": ("-", 1.8), "dom": ("-", 1.3), "bulk": ("--", 1.5), "scaled": (":", 1.8)}
+    names = {**_NAMES, "scaled": f"scaled {scales_label(result.config)}"}
     for ax, fam in zip(axes, result.families):
-        for variant in ("base", "dom", "bulk"):
+        for variant in ("base", "dom", "bulk", "scaled"):
             xs, ys = _series(fam.rows, variant, "loss")
             pos = [(x, y) for x, y in zip(xs, ys) if y > 0]
             if pos:
                 ls, lw = styles[variant]
-                ax.plot(*zip(*pos), color=COLORS[variant], ls=ls, lw=lw, label=_NAMES[variant])
+                ax.plot(*zip(*pos), color=COLORS[variant], ls=ls, lw=lw, label=names[variant])
         _switch_line(ax, fam)
         ax.set_yscale("log")
         ax.autoscale_view()

@@ -13,6 +13,10 @@ Files written:
 * ``summary.json``: settings, machine, per-family and per-run summaries;
 * ``loss.png``, ``alignment.png``, ``eigenvalues.png`` (see :mod:`.plots`);
 * ``summary.md``: the table, the notes and links to the figures.
+
+With ``--mode-scales a,b`` (``RunConfig.mode_scales``) the table gains the scaled run's final
+loss and progress, its rows (variant ``"scaled"``) carry ``scale_dom`` and ``scale_bulk``,
+and ``summary.json`` its run and ``config["mode_scales"]``.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .results import ExperimentResult, FamilyResult, RunSummary
+from .results import ExperimentResult, FamilyResult, RunSummary, scales_label
 
 __all__ = ["format_table", "read_report", "table_rows", "write_report"]
 
@@ -45,6 +49,11 @@ _HEADERS = (
     "matvecs/refresh",
     "s/refresh",
 )
+
+
+def _headers(result: ExperimentResult) -> tuple[str, ...]:
+    label = scales_label(result.config)
+    return _HEADERS if label is None else (*_HEADERS, f"scaled {label}", "scaled progress")
 
 
 def _f(x: float, digits: int = 4) -> str:
@@ -80,7 +89,8 @@ def _cost(fam: FamilyResult) -> tuple[float, float]:
 
 
 def table_rows(result: ExperimentResult) -> list[list[str]]:
-    """The table as strings, one list per family, in the order of :data:`_HEADERS`."""
+    """The table as strings, one list per family, in the order of :data:`_HEADERS` (then the
+    scaled run's final loss and progress, with ``mode_scales``)."""
     out = []
     for fam in result.families:
         matvecs, seconds = _cost(fam)
@@ -106,6 +116,12 @@ def table_rows(result: ExperimentResult) -> list[list[str]]:
                 _f(seconds, 2),
             ]
         )
+        if scales_label(result.config) is not None:
+            has = "scaled" in fam.runs
+            out[-1] += [
+                _final(fam, "scaled") if has else "—",
+                _p(fam.runs["scaled"].progress) if has else "—",
+            ]
     return out
 
 
@@ -130,6 +146,12 @@ def _legend(result: ExperimentResult) -> list[str]:
         f"matvecs/refresh, s/refresh: eigensolver cost per basis refresh in the Dom and Bulk runs "
         f"(refreshed every {cfg['refresh']} step(s)).",
     ]
+    label = scales_label(cfg)
+    if label is not None:
+        lines.append(
+            f"scaled {label}: θ += a·P_kΔ + b·(Δ − P_kΔ) with (a, b) = {label}, from the same "
+            "switch point and minibatches; its progress is measured like Dom's and Bulk's."
+        )
     threshold = cfg.get("switch")
     if cfg.get("switch_mode") == "threshold" and isinstance(threshold, float) and threshold < 0.95:
         lines.append(
@@ -173,16 +195,17 @@ def format_table(result: ExperimentResult, *, markdown: bool = False) -> str:
         | sgd | 0.1 | 4 | fixed | 0.95 (0.90) | 0.5 | 0.1 | 0.5 | 0.12 | 0.00 / 0.95 | — | 1 | — | — |
     """
     rows = table_rows(result)
+    headers = _headers(result)
     lines: list[str] = []
     if markdown:
-        lines.append("| " + " | ".join(_HEADERS) + " |")
-        lines.append("|" + "|".join("---" for _ in _HEADERS) + "|")
+        lines.append("| " + " | ".join(headers) + " |")
+        lines.append("|" + "|".join("---" for _ in headers) + "|")
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
         lines += [f"- {s}" for s in _legend(result)]
     else:
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(_HEADERS)]
-        lines.append("  ".join(h.ljust(w) for h, w in zip(_HEADERS, widths)))
+        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+        lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
         lines.append("  ".join("-" * w for w in widths))
         lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
         lines.append("")
@@ -251,7 +274,8 @@ def _summary_md(result: ExperimentResult, figures: dict[str, Path]) -> str:
         "",
         "## Figures",
         "",
-        "Training loss (log scale), base vs Dom vs Bulk:",
+        "Training loss (log scale), base vs Dom vs Bulk"
+        + (f" vs scaled {label}:" if (label := scales_label(cfg)) else ":"),
         "",
         f"![training loss]({figures['loss'].name})",
         "",

@@ -28,6 +28,19 @@ ROSE_TOLERANCE = 0.05
 VARIANTS = ("base", "dom", "bulk")
 
 
+def scales_label(config: dict[str, Any]) -> str | None:
+    """``"(a, b)"`` of a run with ``mode_scales`` (``None`` without).
+
+    Args:
+        config: an :class:`~subspace_optim.experiments.ExperimentResult`'s ``config``.
+
+    Returns:
+        The pair as text, e.g. ``"(0.5, 1.5)"``, or ``None``.
+    """
+    pair = config.get("mode_scales")
+    return None if pair is None else f"({pair[0]:g}, {pair[1]:g})"
+
+
 def progress_ratio(loss_at_switch: float, final: float, base_final: float) -> float:
     """Progress after the switch relative to the unprojected run,
     ``(L_switch − L_variant) / (L_switch − L_base)``: about 0 for a plateau (Dom), about 1
