@@ -34,6 +34,12 @@ class DataUnavailableError(RuntimeError):
 def standardize(X: Tensor) -> Tensor:
     """Centre and scale each feature (column) over the rows; constant features stay 0.
 
+    Args:
+        X: ``(n, d)``, examples as rows.
+
+    Returns:
+        ``(n, d)`` float32, each column with mean 0 and standard deviation 1 (or all 0).
+
     Example:
         >>> import torch
         >>> from subspace_optim.experiments.data import standardize
@@ -57,8 +63,17 @@ def load_digits(
     The first ``n`` examples (of 1797), features standardized per pixel over those ``n``
     examples (constant pixels stay 0), one-hot targets for the MSE loss.
 
+    Args:
+        n: how many examples, in ``[1, 1797]``.
+        dtype: the dtype of ``X`` and ``Y``.
+        device: where the tensors go.
+
     Returns:
         ``(X, Y, labels)`` with shapes ``(n, 64)``, ``(n, 10)`` and ``(n,)``.
+
+    Raises:
+        ImportError: scikit-learn is not installed.
+        ValueError: ``n`` is outside ``[1, 1797]``.
 
     Example:
         >>> from subspace_optim.experiments import load_digits
@@ -134,8 +149,20 @@ def load_mnist(
     Needs torchvision and the data under ``data_dir`` (or ``download=True``); raises
     :class:`DataUnavailableError` with instructions otherwise.
 
+    Args:
+        n: how many images, in ``[1, 60000]``.
+        data_dir: the folder that holds (or receives) torchvision's copy.
+        download: fetch the data set into ``data_dir`` if it is not there.
+        dtype: the dtype of ``X`` and ``Y``.
+        device: where the tensors go.
+
     Returns:
         ``(X, Y, labels)`` with shapes ``(n, 784)``, ``(n, 10)`` and ``(n,)``.
+
+    Raises:
+        ValueError: ``n`` is outside ``[1, 60000]``.
+        DataUnavailableError: torchvision is not installed, the data is not under
+            ``data_dir``, or the copy found holds fewer than ``n`` images.
 
     Example:
         With the data in place, ``load_mnist(5000, data_dir="data")`` returns the tensors
@@ -177,8 +204,21 @@ def load_cifar10(
     Needs torchvision and the data under ``data_dir`` (or ``download=True``); raises
     :class:`DataUnavailableError` with instructions otherwise.
 
+    Args:
+        n: how many images, in ``[1, 50000]``.
+        data_dir: the folder that holds (or receives) torchvision's copy.
+        download: fetch the data set into ``data_dir`` if it is not there.
+        dtype: the dtype of ``X`` and ``Y``.
+        device: where the tensors go.
+
     Returns:
         ``(X, Y, labels)`` with shapes ``(n, 3, 32, 32)``, ``(n, 10)`` and ``(n,)``.
+
+    Raises:
+        ValueError: ``n`` is outside ``[1, 50000]``, or the copy found is not an array of
+            ``(N, 32, 32, 3)`` images.
+        DataUnavailableError: torchvision is not installed, the data is not under
+            ``data_dir``, or the copy found holds fewer than ``n`` images.
 
     Example:
         ``n`` is checked before anything is read; from an empty folder (and no

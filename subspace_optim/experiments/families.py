@@ -94,6 +94,16 @@ def resolve_families(names: str | Sequence[str]) -> list[Family]:
     """Turn ``"sgd,adam"``, ``"all"`` or a list of names into families (order kept, no
     duplicates).
 
+    Args:
+        names: family names (case-insensitive), as a comma-separated string or a
+            sequence, or ``"all"``.
+
+    Returns:
+        The families, in the order given.
+
+    Raises:
+        ValueError: no name, or an unknown one.
+
     Example:
         >>> from subspace_optim.experiments.families import resolve_families
         >>> [f.name for f in resolve_families("adam,sgd")]

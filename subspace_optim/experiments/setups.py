@@ -368,6 +368,13 @@ def load_setup(spec: str, **kwargs: Any) -> Setup:
     Keyword arguments (``seed``, ``data_dir``, ``download``, ``quick``, ``device``) are passed
     to the builder when it declares them (or takes ``**kwargs``).
 
+    Args:
+        spec: a registered setup name (``"digits"``, ...) or ``"module:function"``.
+        **kwargs: options for the builder; those it does not declare are dropped.
+
+    Returns:
+        The setup: its name, model, loss and training data.
+
     Raises:
         SetupError: unknown name, import failure, bad return value.
         DataUnavailableError: the data set is not available (with instructions).
