@@ -46,6 +46,14 @@ def progress_ratio(loss_at_switch: float, final: float, base_final: float) -> fl
     ``(L_switch − L_variant) / (L_switch − L_base)``: about 0 for a plateau (Dom), about 1
     when the variant trains as well as the base (Bulk); ``nan`` when the base made no progress.
 
+    Args:
+        loss_at_switch: the full-batch training loss at the switch.
+        final: the variant's final loss.
+        base_final: the base run's final loss.
+
+    Returns:
+        The ratio; ``nan`` when the base did not lower the loss or ``final`` is not finite.
+
     Example:
         >>> from subspace_optim.experiments.results import progress_ratio
         >>> round(progress_ratio(0.17, 0.123, 0.122), 3), round(progress_ratio(0.17, 0.171, 0.122), 3)
@@ -66,14 +74,16 @@ class RunSummary:
         final_loss: full-batch training loss after the last step (``nan`` if it diverged).
         progress: :func:`progress_ratio` against the base run (1.0 for the base itself).
         status: ``"ok"``; ``"loss rose"`` (final loss more than 5 % above the loss at the
-            switch);
-            ``"diverged"`` (the loss became non-finite or exploded and the run was stopped).
+            switch); ``"diverged"`` (the loss became non-finite or exploded and the run was
+            stopped).
         diverged_at: the step at which a diverged run was stopped.
         steps_run: optimizer steps taken after the switch.
         removed_fraction: mean over projected steps of ``‖P Δ‖ / ‖Δ‖`` for the unprojected
             base update ``Δ``: the fraction of the update's norm inside the dominant subspace,
             which Bulk removes and Dom keeps (``nan`` for the base run).
-        refreshes, matvecs, refresh_seconds: eigensolver cost of this run after the switch.
+        refreshes: eigensolves (basis refreshes) of this run after the switch.
+        matvecs: Hessian-vector products those refreshes spent.
+        refresh_seconds: wall time those refreshes took.
         watched_eigenvalue: which tracked eigenvalue is compared with the stability limit:
             ``"λ_1"`` for base and Dom, ``"λ_{k+1}"`` for Bulk (the largest curvature Bulk
             still steps along).
@@ -81,8 +91,9 @@ class RunSummary:
         limit_crossed_at: first step at which it exceeded the stability limit ``2(1+β)/η``
             (``None`` if never, or for adaptive optimizers). For Bulk this is the condition
             under which its dynamics are unstable (``docs/eos_findings.md``).
-        faults, skipped_steps: numerical faults handled by the wrapper (failed refreshes,
-            undone non-finite steps).
+        faults: numerical faults the wrapper handled (failed refreshes, non-finite
+            gradients or updates).
+        skipped_steps: steps the wrapper skipped or undid because of such a fault.
         seconds: wall time of the run.
         warnings: distinct warning messages raised during the run.
 
@@ -141,6 +152,24 @@ class RunSummary:
         ``earlier`` rows (the shared run before the switch, for the base run) count only
         for the watched eigenvalue, so the onset of the Edge of Stability is dated.
 
+        Args:
+            variant: ``"base"``, ``"dom"``, ``"bulk"`` or ``"scaled"``.
+            rows: the run's per-step rows after the switch.
+            k: the dimension of the dominant subspace (Bulk watches ``eig_k``, λ_{k+1}).
+            limit: the stability threshold the watched eigenvalue is compared with
+                (``nan``: none).
+            loss_at_switch: the full-batch training loss at the switch.
+            final: this run's final loss.
+            base_final: the base run's final loss.
+            diverged_at: the step at which a diverged run was stopped, else ``None``.
+            steps_run: steps taken after the switch.
+            seconds: wall time of the run.
+            warnings: distinct warning messages raised during the run.
+            earlier: rows of the shared run before the switch.
+
+        Returns:
+            The record.
+
         Example:
             >>> from subspace_optim.experiments.results import RunSummary
             >>> rows = [{"step": t, "refreshed": True, "projected": True, "update_alignment": 0.4,
@@ -194,7 +223,8 @@ class FamilyResult:
     """One optimizer family: the shared run up to the switch and the three runs after it.
 
     Attributes:
-        family, label: the family's key and human name.
+        family: the family's key (``"sgd"``, ``"adam"``, ...).
+        label: the family's human name.
         lr: learning rate used (for GD at the Edge of Stability, derived from λ_1(θ_0)).
         batch_size: minibatch size, or ``None`` for full-batch GD.
         stability_limit: the base optimizer's stability threshold, ``2/η`` for (S)GD and
@@ -207,7 +237,8 @@ class FamilyResult:
         alignment_ema: the EMA of χ_k at the switch (``nan`` for a fixed switch before any
             measurement).
         chi_at_switch: χ_k of the full-batch gradient measured at the switch.
-        initial_loss, loss_at_switch: full-batch training loss at step 0 and at the switch.
+        initial_loss: full-batch training loss at step 0.
+        loss_at_switch: full-batch training loss at the switch.
         eta: effective learning rates of the base run as ratios of sums over every step with
             a full-batch gradient (:func:`~subspace_optim.effective_lr_summary`).
         runs: ``{"base": RunSummary, "dom": ..., "bulk": ...}``, and ``"scaled"`` with
@@ -253,7 +284,11 @@ class FamilyResult:
     rows: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
     def notes(self) -> list[str]:
-        """Human-readable remarks: forced switches, instabilities, faults."""
+        """Human-readable remarks: forced switches, instabilities, faults.
+
+        Returns:
+            One sentence per remark (empty when there is nothing to remark).
+        """
         out: list[str] = []
         if self.switch_reason == "forced":
             out.append(
@@ -285,7 +320,11 @@ class FamilyResult:
         return out
 
     def as_dict(self) -> dict[str, Any]:
-        """Everything but the per-step rows, JSON-ready."""
+        """Everything but the per-step rows, JSON-ready.
+
+        Returns:
+            The fields as plain values (runs as dicts), without ``rows``, with ``notes``.
+        """
         d = asdict(self)
         d.pop("rows")
         d["notes"] = self.notes()
@@ -337,11 +376,20 @@ class ExperimentResult:
     cpu_seconds: float = float("nan")
 
     def rows(self) -> list[dict[str, Any]]:
-        """Every per-step row of every run (one row per step per run)."""
+        """Every per-step row of every run (one row per step per run).
+
+        Returns:
+            The rows of every family, in the order run.
+        """
         return [row for f in self.families for row in f.rows]
 
     def summary(self) -> dict[str, Any]:
-        """JSON-ready summary without the per-step rows."""
+        """JSON-ready summary without the per-step rows.
+
+        Returns:
+            ``setup``, ``config``, ``machine``, ``seconds``, ``cpu_seconds`` and the
+            families (each as ``FamilyResult.as_dict`` gives it).
+        """
         return {
             "setup": self.setup,
             "config": self.config,
