@@ -106,7 +106,8 @@ class RunConfig:
         chunk_size: micro-batch size for Hessian products and loss evaluation.
         mode_scales: ``(a, b)``: also run a fourth variant, ``"scaled"``, from the same
             switch point and minibatches, with the update ``a·P_kΔ + b·(Δ − P_kΔ)``
-            (:func:`parse_mode_scales`); ``None`` (default): only base / Dom / Bulk.
+            (:func:`~subspace_optim.experiments.config.parse_mode_scales`); ``None``
+            (default): only base / Dom / Bulk.
 
     Example:
         >>> from subspace_optim.experiments import RunConfig
