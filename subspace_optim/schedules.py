@@ -61,17 +61,38 @@ class RefreshSchedule(ABC):
 
     @abstractmethod
     def decide(self, step: int) -> Decision:
-        """Whether step ``step`` refreshes the basis and whether it projects."""
+        """Whether step ``step`` refreshes the basis and whether it projects.
+
+        Args:
+            step: the optimizer step about to be taken, counted from 0.
+
+        Returns:
+            Whether to refresh the basis before this step and whether to project it.
+        """
 
     def observe(self, step: int, alignment: float | None) -> None:  # noqa: B027
-        """Receive χ_k of the full-batch gradient measured at step ``step`` (if refreshed)."""
+        """Receive χ_k of the full-batch gradient measured at step ``step`` (if refreshed).
+
+        Args:
+            step: the step at which the basis was refreshed.
+            alignment: χ_k of the full-batch gradient in ``[0, 1]``, or ``None`` (or
+                ``nan``) when it could not be measured.
+        """
 
     def state_dict(self) -> dict[str, Any]:
-        """Mutable state (for checkpoints); stateless schedules return ``{}``."""
+        """Mutable state (for checkpoints); stateless schedules return ``{}``.
+
+        Returns:
+            A dict of plain values (numbers, ``None``, bools), ready for ``torch.save``.
+        """
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
-        """Restore what :meth:`state_dict` returned."""
+        """Restore what :meth:`state_dict` returned.
+
+        Args:
+            state: a dict returned by :meth:`state_dict` of a schedule of the same class.
+        """
 
 
 class Every(RefreshSchedule):
@@ -79,6 +100,14 @@ class Every(RefreshSchedule):
 
     ``Every(1)`` is the paper's setting after the switch (a fresh basis every step);
     ``Every(1, start=100)`` switches at a fixed step.
+
+    Args:
+        n: refresh every ``n`` steps (``>= 1``).
+        start: the first refreshed and projected step (``>= 0``).
+
+    Raises:
+        TypeError: ``n`` or ``start`` is not an int.
+        ValueError: ``n < 1`` or ``start < 0``.
 
     Example:
         >>> from subspace_optim import Every
@@ -101,6 +130,13 @@ class Every(RefreshSchedule):
 
 class AtSteps(RefreshSchedule):
     """Refresh exactly at the listed steps; project from the first of them on.
+
+    Args:
+        steps: the steps to refresh at (ints ``>= 0``, any order, duplicates ignored).
+
+    Raises:
+        TypeError: a step is not an int.
+        ValueError: a negative step, or no step at all.
 
     Example:
         >>> from subspace_optim import AtSteps
@@ -272,6 +308,16 @@ _NAMES = ("every", "switch")
 
 def resolve_schedule(spec: str | RefreshSchedule | None) -> RefreshSchedule:
     """``None`` or ``"every"`` → ``Every(1)``; ``"switch"`` → ``AlignmentSwitch()``.
+
+    Args:
+        spec: a schedule (returned as is), a name (``"every"``, ``"switch"``) or ``None``.
+
+    Returns:
+        The schedule.
+
+    Raises:
+        ValueError: an unknown name, or a value that is neither a name, a schedule nor
+            ``None``.
 
     Example:
         >>> from subspace_optim import resolve_schedule
