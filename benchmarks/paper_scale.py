@@ -145,7 +145,7 @@ def to_markdown(results: dict[str, Any]) -> str:
         lines += [f"* {r['label']}: `{r['config']}`" for r in block["runs"]]
         lines += ["", *verdict_lines(block), ""]
         if block.get("profile"):
-            lines += profile_lines(block["profile"])
+            lines += profile_lines(block["profile"], block.get("profile_command"))
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -177,8 +177,9 @@ def verdict_lines(block: dict[str, Any]) -> list[str]:
     return out
 
 
-def profile_lines(profile: list[dict[str, Any]]) -> list[str]:
-    """The torch.profiler breakdown of a few projected steps, one line per row profiled."""
+def profile_lines(profile: list[dict[str, Any]], command: str | None = None) -> list[str]:
+    """The torch.profiler breakdown of a few projected steps, one line per row profiled
+    (``command``: the run it came from, when not the table's own)."""
     header = [
         "row",
         "steps",
@@ -211,7 +212,9 @@ def profile_lines(profile: list[dict[str, Any]]) -> list[str]:
         "(orthogonalization, Rayleigh–Ritz, small eigenproblems); `rest`: mini-batch "
         "gradient, base step, projection and diagnostics; `Python + dispatch`: wall time "
         "not spent inside any ATen operator; `matmul share`: mm/addmm/bmm self time over "
-        "all operator self time):",
+        "all operator self time)"
+        + (f", from a separate run on the same machine: `{command}`" if command else "")
+        + ":",
         "",
         pt.markdown_table(header, body),
         "",
