@@ -101,7 +101,14 @@ def resolve_device(device: str | torch.device | None, model: nn.Module) -> torch
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    """Platform, Python, torch, CPU count, threads and device, for reports."""
+    """Platform, Python, torch, CPU count, threads and device, for reports.
+
+    Args:
+        device: the device the run uses (a CUDA device adds its name).
+
+    Returns:
+        A JSON-ready dict of those values.
+    """
     info: dict[str, Any] = {
         "platform": platform.platform(),
         "machine": platform.machine(),
@@ -159,16 +166,37 @@ class RunContext:
         self.batches = order[: config.steps * bs].view(config.steps, bs).to(device)
 
     def solver_kwargs(self) -> dict[str, Any]:
+        """The wrapper's eigensolver argument for one run.
+
+        Returns:
+            ``{}`` (the wrapper's default solver), or ``{"eigensolver": copy}`` with a deep
+            copy of the configured solver, since some (WarmRefresh) keep per-run state.
+        """
         """Returns: ``{"eigensolver": <a fresh copy of the configured solver>}`` or ``{}``."""
         # a fresh solver per optimizer: some (WarmRefresh) keep per-run state between calls
         solver = self.config.solver
         return {} if solver is None else {"eigensolver": copy.deepcopy(solver)}
 
     def generator(self) -> torch.Generator:
+        """A fresh generator for a run's eigensolver start vectors.
+
+        Returns:
+            A generator on the run's device seeded with ``config.seed + 2``, the same
+            stream for every run.
+        """
         """Returns: a new generator on the device, seeded ``seed + 2`` (solver start vectors)."""
         return torch.Generator(device=self.device).manual_seed(self.config.seed + 2)
 
     def operator(self, model: nn.Module) -> HessianOperator:
+        """The full-batch Hessian of ``model`` on the training data.
+
+        Args:
+            model: the run's model.
+
+        Returns:
+            A :class:`~subspace_optim.HessianOperator` over ``(X, Y)`` with the configured
+            ``chunk_size``.
+        """
         """Returns: the full training-set Hessian of ``model`` (micro-batches of ``chunk_size``)."""
         return HessianOperator(
             model, self.loss_fn, (self.X, self.Y), chunk_size=self.config.chunk_size
@@ -176,6 +204,15 @@ class RunContext:
 
     @torch.no_grad()
     def full_loss(self, model: nn.Module) -> float:
+        """The mean training loss of ``model`` over all of ``(X, Y)``, without gradients.
+
+        Args:
+            model: the run's model; its buffers (BatchNorm statistics) are restored after
+                the evaluation.
+
+        Returns:
+            The loss averaged over examples, as a float.
+        """
         """Returns: the training loss of ``model`` over the whole set (buffers restored)."""
         buffers = {name: b.clone() for name, b in model.named_buffers()}
         chunk = self.config.chunk_size or self.X.shape[0]

@@ -28,6 +28,19 @@ def mlp(
     default initialization, drawn from ``generator`` when given (a private stream), so a
     seed reproduces the network without touching the global RNG.
 
+    Args:
+        widths: the layer sizes, input first and output last (at least two).
+        activation: ``"tanh"``, ``"relu"`` or ``"gelu"``, after every layer but the last.
+        generator: draws the weights from this private stream; ``None``: PyTorch's own
+            initialization.
+        dtype: the parameters' dtype.
+
+    Returns:
+        The network, a stack of ``nn.Linear`` layers and activations.
+
+    Raises:
+        ValueError: fewer than two widths, or an unknown activation.
+
     Example:
         >>> from subspace_optim.experiments import mlp
         >>> sum(p.numel() for p in mlp().parameters())
@@ -70,6 +83,13 @@ def mlp(
 def half_sum_mse(outputs: Tensor, targets: Tensor) -> Tensor:
     """``0.5 · Σ_j (f_j − y_j)²`` averaged over examples: the paper's MSE loss.
 
+    Args:
+        outputs: ``(n, c)``, the model's outputs.
+        targets: ``(n, c)``, e.g. one-hot labels.
+
+    Returns:
+        The loss, a 0-dim tensor.
+
     Example:
         >>> import torch
         >>> from subspace_optim.experiments import half_sum_mse
@@ -95,6 +115,23 @@ def cnn(
     For 3×32×32 inputs and 32 channels: 9,248 + 896 convolution weights and a 2,048 → 10
     head, 30,634 parameters. With ``generator`` the weights are drawn like PyTorch's default
     initialization (uniform ±1/√fan_in) from that private stream.
+
+    Args:
+        in_channels: channels of the input images.
+        image_size: height and width of the (square) images, divisible by 4.
+        num_classes: outputs.
+        channels: channels of each convolution.
+        activation: ``"tanh"``, ``"relu"`` or ``"gelu"``.
+        generator: draws the weights from this private stream; ``None``: PyTorch's own
+            initialization.
+        dtype: the parameters' dtype.
+
+    Returns:
+        The network; it maps ``(n, in_channels, image_size, image_size)`` to
+        ``(n, num_classes)``.
+
+    Raises:
+        ValueError: an unknown activation, or ``image_size`` not divisible by 4.
 
     Example:
         >>> from subspace_optim.experiments.models import cnn
@@ -150,6 +187,10 @@ class TransformerClassifier(nn.Module):
             attention projections Xavier-uniform with zero biases, linear layers
             uniform ±1/√fan_in, LayerNorm at 1 and 0), like PyTorch's defaults; without it,
             PyTorch's own initialization.
+        dtype: the parameters' dtype.
+
+    Raises:
+        ValueError: ``width`` is odd or not divisible by ``heads``.
 
     .. note::
         Dropout is 0 and the encoder runs without nested tensors, so training and

