@@ -218,13 +218,28 @@ class RunConfig:
         return min(self.steps, switch + self.after_switch)
 
     def lr_for(self, family: Family) -> float | None:
-        """The learning rate of ``family`` (``None``: derive from the sharpness)."""
+        """The learning rate of ``family`` (``None``: derive from the sharpness).
+
+        Args:
+            family: one of ``families``.
+
+        Returns:
+            The family's entry of an ``lr`` mapping, the single ``lr``, or else the
+            family's default; ``None`` when that default is derived from λ_1(θ_0).
+        """
         if isinstance(self.lr, dict):
             return self.lr.get(family.name, family.lr)
         return self.lr if self.lr is not None else family.lr
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready settings."""
+        """JSON-ready settings.
+
+        Returns:
+            The fields as plain values (``optimizers`` as family names, a solver instance
+            as its ``repr``), plus ``switch_mode``, the forced-switch step as
+            ``switch_by`` for a threshold switch, and torch's thread count;
+            ``mode_scales`` only when it is set.
+        """
         d = asdict(self)
         d.pop("families")
         d["optimizers"] = [f.name for f in self.families]
