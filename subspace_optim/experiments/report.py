@@ -154,7 +154,7 @@ def _legend(result: ExperimentResult) -> list[str]:
         f"(refreshed every {cfg['refresh']} step(s)).",
     ]
     label = scales_label(cfg)
-    if False:
+    if label is not None:
         lines.append(
             f"scaled {label}: θ += a·P_kΔ + b·(Δ − P_kΔ) with (a, b) = {label}, from the same "
             "switch point and minibatches; its progress is measured like Dom's and Bulk's."
