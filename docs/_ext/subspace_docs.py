@@ -354,66 +354,11 @@ def describe_constant(obj: Any, lines: list[str]) -> list[str]:
     return out
 
 
-_GROUPED = re.compile(r"^(\s+)([A-Za-z_]\w*(?:\s*,\s*[A-Za-z_]\w*)+)\s*:(\s.*|)$")
-
-
-def split_grouped_attributes(lines: list[str]) -> list[str]:
-    """Give each name of a grouped ``Attributes:`` entry (``a, b: text``) its own entry.
-
-    Napoleon would make one attribute called ``a, b`` of it, which Sphinx shows garbled
-    (``b (a,)``) and which no reference can reach. Each name gets the same text, including
-    its continuation lines.
-
-    Args:
-        lines: a docstring, one line per item, before napoleon reads it.
-
-    Returns:
-        The docstring with grouped entries of its ``Attributes:`` sections split.
-    """
-    out: list[str] = []
-    section_indent: int | None = None
-    i = 0
-    while i < len(lines):
-        line = lines[i]
-        stripped = line.strip()
-        indent = len(line) - len(line.lstrip())
-        if stripped.endswith(":") and stripped[:-1] in ("Attributes", "Attributes (read-only)"):
-            section_indent = indent
-            out.append(line)
-            i += 1
-            continue
-        if section_indent is not None and stripped and indent <= section_indent:
-            section_indent = None  # the section ended
-        match = _GROUPED.match(line) if section_indent is not None else None
-        if match is None or len(match.group(1)) <= section_indent:  # type: ignore[operator]
-            out.append(line)
-            i += 1
-            continue
-        lead, names, text = match.group(1), match.group(2), match.group(3)
-        body = []
-        i += 1
-        while i < len(lines) and (
-            not lines[i].strip() or len(lines[i]) - len(lines[i].lstrip()) > len(lead)
-        ):
-            body.append(lines[i])
-            i += 1
-        trailing: list[str] = []
-        while body and not body[-1].strip():  # blank lines after the entry stay after it
-            trailing.append(body.pop())
-        for each in (n.strip() for n in names.split(",")):
-            out.append(f"{lead}{each}:{text}")
-            out.extend(body)
-        out.extend(trailing)
-    return out
-
-
 def _process_docstring(
     app: Sphinx, what: str, name: str, obj: Any, options: Any, lines: list[str]
 ) -> None:
     if what == "data":
         lines[:] = describe_constant(obj, lines)
-    elif what in ("class", "exception"):
-        lines[:] = split_grouped_attributes(lines)
 
 
 def reexport_candidates(target: str, module: str | None, cls: str | None) -> list[str]:
