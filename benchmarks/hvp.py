@@ -117,10 +117,15 @@ def func_hvp_fn(model: nn.Module, loss_fn: Callable, X: Tensor, Y: Tensor) -> Ca
 
 
 def build_rows(
-    setup: str, dtype: torch.dtype, device: torch.device, block: int, compile_: bool
+    setup: str,
+    dtype: torch.dtype,
+    device: torch.device,
+    block: int,
+    compile_: bool,
+    examples: int = 1000,
 ) -> tuple[list[dict[str, Any]], Tensor, Tensor, dict[str, Any]]:
     """Callables for every back end on one setup and dtype; returns rows, V, reference."""
-    s = make_setup(setup, device=device, dtype=dtype)
+    s = make_setup(setup, device=device, dtype=dtype, examples=examples)
     model, loss_fn, X, Y = s.model, s.loss_fn, s.X, s.Y
     params = [p for p in model.parameters() if p.requires_grad]
     n = sum(p.numel() for p in params)
@@ -129,7 +134,7 @@ def build_rows(
     V = V64.to(device=device, dtype=dtype)
 
     # float64 reference at the same parameters
-    s64 = make_setup(setup, device=device, dtype=torch.float64)
+    s64 = make_setup(setup, device=device, dtype=torch.float64, examples=examples)
     with torch.no_grad():
         for p64, p in zip(s64.model.parameters(), params):
             p64.copy_(p.to(torch.float64))
@@ -236,7 +241,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {"machine": machine_info(device), "block": args.block, "rows": []}
     for setup in args.setups:
         for dtype in (torch.float32, torch.float64):
-            rows, V, reference, info = build_rows(setup, dtype, device, args.block, args.compile)
+            rows, V, reference, info = build_rows(
+                setup, dtype, device, args.block, args.compile, args.examples
+            )
             time_rows(rows, V, args.repeats, device)
             base = {r["b"]: r["ms_per_column"] for r in rows if r["backend"] == "paper"}
             paper_b1 = base[1]
@@ -356,8 +363,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     args = p.parse_args(argv)
     args.out = output_dir(args.out, args.quick, RESULTS, "hvp")
-    if args.quick:
-        args.block, args.repeats, args.compile = min(args.block, 4), 2, False
+    args.examples = 1000
+    if args.quick:  # a smoke test: every row on 100 examples
+        args.block, args.repeats, args.compile, args.examples = min(args.block, 4), 2, False, 100
     return args
 
 
