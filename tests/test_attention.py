@@ -22,11 +22,11 @@ from subspace_optim import HessianOperator
 class TinyTransformer(nn.Module):
     """Token embedding, one encoder layer (attention + LayerNorm), mean pooling, a head."""
 
-    def __init__(self, vocab: int = 11, width: int = 8, heads: int = 2) -> None:
+    def __init__(self, vocab: int = 7, width: int = 4, heads: int = 2) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab, width)
         layer = nn.TransformerEncoderLayer(
-            width, heads, dim_feedforward=12, dropout=0.0, batch_first=True
+            width, heads, dim_feedforward=6, dropout=0.0, batch_first=True
         )
         self.encoder = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
         self.head = nn.Linear(width, 2)
@@ -42,7 +42,7 @@ def half_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def make_transformer(generator: torch.Generator, *, train: bool):
     torch.manual_seed(0)  # module initialization only; the data uses the fixture generator
     model = TinyTransformer().double().train(train)
-    X = torch.randint(0, 11, (6, 5), generator=generator)
+    X = torch.randint(0, 7, (6, 5), generator=generator)
     Y = nn.functional.one_hot(torch.randint(0, 2, (6,), generator=generator), 2).double()
     return model, (X, Y)
 
