@@ -126,10 +126,10 @@ def test_fast_moving_operator_backs_off() -> None:
     checked = []
     for t in range(30):
         A = nudge(A, 3.0, t)
-        before = warm._skip
+        before = warm.warm_state.skip
         res = warm.solve(DenseOperator(A), k, init=U)
         assert "sketch check" not in res.message
-        checked.append(before == 0 and warm._kept is not None)
+        checked.append(before == 0 and warm.warm_state.kept is not None)
         U = res.eigenvectors
     assert sum(checked) <= 8, checked
 

@@ -46,6 +46,25 @@ class _Kept:
     targets: Tensor
 
 
+@dataclass(frozen=True)
+class WarmState:
+    """Everything a :class:`WarmRefresh` carries from one call to the next (a value).
+
+    Attributes:
+        guards: ``(n, g)`` guard columns of the last solve (the pairs beyond ``k``), or
+            ``None``: appended to the next warm start.
+        kept: the last accepted Ritz values and their residual targets, for the sketched
+            check (``None``: nothing to check against; the next call refreshes fully).
+        backoff: refreshes the check will be skipped for after its next failure, halved.
+        skip: refreshes left before the check runs again.
+    """
+
+    guards: Tensor | None = None
+    kept: _Kept | None = None
+    backoff: int = 0
+    skip: int = 0
+
+
 class WarmRefresh(Eigensolver):
     """Refresh the top-``k`` eigenpairs of an operator that changes a little between calls.
 
@@ -198,16 +217,12 @@ class WarmRefresh(Eigensolver):
             raise ValueError(f"cold.which={cold.which!r} differs from which={self.which!r}")
         self.cold = cold
         self.probes = check_int("probes", probes, low=0)
-        self._guards: Tensor | None = None
-        self._kept: _Kept | None = None
-        self._backoff = 0  # refreshes to skip the check for after the next failed one / 2
-        self._skip = 0  # refreshes left without a check
+        #: what the next call depends on (replaced, never mutated, by each call)
+        self.warm_state = WarmState()
 
     def reset(self) -> None:
         """Forget the guard columns and the pairs kept from the previous solve."""
-        self._guards = None
-        self._kept = None
-        self._backoff = self._skip = 0
+        self.warm_state = WarmState()
 
     def state_dict(self) -> dict[str, Any]:
         """What the next call depends on (checkpoints resume exactly): the guard columns,
@@ -218,14 +233,14 @@ class WarmRefresh(Eigensolver):
             ``{"guards", "kept", "backoff", "skip"}``: tensors (cloned) or ``None``, and two
             counters; loadable with ``torch.load(..., weights_only=True)``.
         """
-        kept = self._kept
+        w = self.warm_state
         return {
-            "guards": None if self._guards is None else self._guards.clone(),
+            "guards": None if w.guards is None else w.guards.clone(),
             "kept": None
-            if kept is None
-            else {"theta": kept.theta.clone(), "targets": kept.targets.clone()},
-            "backoff": self._backoff,
-            "skip": self._skip,
+            if w.kept is None
+            else {"theta": w.kept.theta.clone(), "targets": w.kept.targets.clone()},
+            "backoff": w.backoff,
+            "skip": w.skip,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -254,13 +269,15 @@ class WarmRefresh(Eigensolver):
                     "and 'targets'"
                 )
             kept = _Kept(kept["theta"].clone(), kept["targets"].clone())
-        self._guards = None if guards is None else guards.clone()
-        self._kept = kept
-        self._backoff = int(state.get("backoff", 0))
-        self._skip = int(state.get("skip", 0))
+        self.warm_state = WarmState(
+            guards=None if guards is None else guards.clone(),
+            kept=kept,
+            backoff=int(state.get("backoff", 0)),
+            skip=int(state.get("skip", 0)),
+        )
 
     def _usable_guards(self, op: LinearOperator) -> Tensor | None:
-        G = self._guards
+        G = self.warm_state.guards
         if G is None or G.shape[0] != op.shape[0] or G.dtype != op.dtype or G.device != op.device:
             return None
         return G
@@ -280,7 +297,7 @@ class WarmRefresh(Eigensolver):
         width = min(n - 1, max(b, init.shape[1]))
         X = _common.start_block(op, width, block[:, :width], generator)
         # aim lower when the next call will be checked: the checks need room for the drift
-        tighten = CHECK_TIGHTEN if self.probes and self._skip == 0 else 1.0
+        tighten = CHECK_TIGHTEN if self.probes and self.warm_state.skip == 0 else 1.0
         state = lobpcg_iterations(
             op,
             X,
@@ -292,7 +309,7 @@ class WarmRefresh(Eigensolver):
             sin_tol=None if self.sin_tol is None else self.sin_tol * tighten,
         )
         if not bool(torch.isfinite(state.theta).all()):
-            self._kept = None
+            self.warm_state = dataclasses.replace(self.warm_state, kept=None)
             return self._finish(
                 state.theta, state.X, state.residual_norms, k, state.iterations, "warm"
             )
@@ -326,11 +343,12 @@ class WarmRefresh(Eigensolver):
     ) -> EigenResult | None:
         """The sketched check of the class docstring: the previous pairs if they pass, else
         ``None`` (the full refresh follows)."""
-        kept = self._kept
+        w = self.warm_state
+        kept = w.kept
         if not self.probes or kept is None or init.shape[1] < k or kept.theta.shape[0] != k:
             return None
-        if self._skip > 0:
-            self._skip -= 1
+        if w.skip > 0:
+            self.warm_state = dataclasses.replace(w, skip=w.skip - 1)
             return None
         X = init[:, :k]
         if kept.theta.device != X.device or kept.theta.dtype != X.dtype:
@@ -343,10 +361,10 @@ class WarmRefresh(Eigensolver):
         R = op.matmat(X @ Z) - X @ (kept.theta[:, None] * Z)
         rho = float(R.norm()) / math.sqrt(self.probes)
         if not math.isfinite(rho) or rho > CHECK_MARGIN:
-            self._backoff = min(MAX_BACKOFF, 2 * self._backoff) if self._backoff else 1
-            self._skip = self._backoff
+            backoff = min(MAX_BACKOFF, 2 * w.backoff) if w.backoff else 1
+            self.warm_state = dataclasses.replace(w, backoff=backoff, skip=backoff)
             return None
-        self._backoff = 0
+        self.warm_state = dataclasses.replace(w, backoff=0)
         out = _common.result(
             "WarmRefresh[sketch check]",
             kept.theta.clone(),
@@ -366,11 +384,11 @@ class WarmRefresh(Eigensolver):
         )
 
     def _keep(self, theta: Tensor, X: Tensor, k: int) -> None:
-        self._guards = X[:, k:].detach().clone() if X.shape[1] > k else None
+        guards = X[:, k:].detach().clone() if X.shape[1] > k else None
+        kept = None
         if self.probes:
-            self._kept = _Kept(theta[:k].detach().clone(), self._targets(theta.detach(), k))
-        else:
-            self._kept = None
+            kept = _Kept(theta[:k].detach().clone(), self._targets(theta.detach(), k))
+        self.warm_state = dataclasses.replace(self.warm_state, guards=guards, kept=kept)
 
     def _cold(
         self, op: LinearOperator, k: int, b: int, generator: torch.Generator, why: str
@@ -381,7 +399,7 @@ class WarmRefresh(Eigensolver):
         if bool(torch.isfinite(theta).all()):
             self._keep(theta, X, k)
         else:
-            self._kept = None
+            self.warm_state = dataclasses.replace(self.warm_state, kept=None)
         out = self._finish(theta, X, res.residual_norms, k, res.num_iterations, why)
         return out
 
