@@ -128,6 +128,11 @@ def self_check_cost() -> list[dict]:
     return rows
 
 
+def _load(report: dict, when: str) -> str:
+    value = report.get("machine", {}).get(f"load_average_{when}")
+    return "unknown" if value is None else f"{value:.1f}"
+
+
 def _md_escape(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -210,8 +215,9 @@ def markdown(report: dict) -> str:
             "",
             "## The operators' self-check at construction",
             "",
-            "`HessianOperator(..., check=True)` (the default) runs the first micro-batch through",
-            "`model` and `loss_fn` twice (once repeated, to catch a summed loss) and two products",
+            "`HessianOperator(..., check=True)` (the default) runs at most 64 examples of the",
+            "first micro-batch through `model` and `loss_fn` twice (once repeated, to catch a",
+            "summed loss) and makes two full-data products",
             "with one vector (to catch a random operator), so that a wrong `loss_fn`, wrong input",
             "dtypes or a `reduction='sum'` loss are refused at construction with what to do, and",
             "dropout in train mode or a shuffling loader that drops batches gets a",
@@ -255,9 +261,10 @@ def markdown(report: dict) -> str:
     lines += [
         "",
         f"Parameters finite: {'yes' if s['params_finite'] else '**no**'}; full-data loss "
-        f"{s['loss_first']:.4f} → {s['loss_last']:.4f}. Step times are medians on a shared "
-        "machine (about 7 engineers ran tests at once): CPU time is this process's own, wall time "
-        "also measures everyone else's load; compare windows with each other.",
+        f"{s['loss_first']:.4f} → {s['loss_last']:.4f}. Step times are medians; CPU time is "
+        "this process's own, wall time also measures the machine's other load (load average "
+        f"{_load(report, 'start')} at the start of the report, {_load(report, 'end')} at the "
+        "end); compare windows with each other.",
         "",
         "## Policy in one paragraph",
         "",
@@ -295,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote {md_path}")
         return 0
     t0 = time.perf_counter()
+    load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         bad = [asdict(run_bad_input(case)) for case in BAD_INPUTS]
@@ -311,7 +319,11 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             torch.set_num_threads(threads)
     report = {
-        "machine": machine(),
+        "machine": {
+            **machine(),
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        },
         "seconds": time.perf_counter() - t0,
         "fault_steps": args.fault_steps,
         "bad_inputs": bad,

@@ -3,8 +3,8 @@
 Mistakes in ``model``, ``loss_fn`` or ``data`` otherwise surface as raw torch errors at the
 first optimizer step, or never: a summed loss scales every eigenvalue by the batch size,
 and a random operator makes every eigensolve many times dearer. :func:`self_check` costs
-two forward passes on the first micro-batch and two products (not counted in
-``num_matvecs``), and leaves no cached graph behind.
+two forward passes on (at most 64 examples of) the first micro-batch and two products
+(not counted in ``num_matvecs``), and leaves no cached graph behind.
 
 * **The first micro-batch** goes through ``model`` and ``loss_fn``: a failure is re-raised
   with what to do, and a non-scalar loss is refused.
@@ -33,6 +33,10 @@ if TYPE_CHECKING:
     from ._model_operator import ModelOperator
 
 __all__ = ["CurvatureCheckWarning", "check_locally", "check_repeatable", "self_check"]
+
+
+#: examples of the first micro-batch the model and loss checks run on
+SLICE = 64
 
 
 class CurvatureCheckWarning(UserWarning):
@@ -78,6 +82,9 @@ def _first_losses(op: ModelOperator) -> tuple[Tensor, Tensor] | None:
     if first is None:  # a data-parallel rank with an empty shard
         return None
     x, y, _ = first
+    # a slice is enough to test the model, the loss and its reduction, at a fraction of
+    # the cost of a large first micro-batch
+    x, y = _data._split(x, SLICE)[0], y[:SLICE]
     losses = []
     with torch.no_grad(), op._evaluation_context():
         primals = op._primals()

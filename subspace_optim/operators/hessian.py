@@ -71,8 +71,9 @@ class HessianOperator(ModelOperator):
             anyway: peak memory does not grow, only how long the graph lives. ``True``
             also caches every micro-batch of a list (their graphs are held together);
             ``False`` never caches. See the note on invalidation.
-        check: run the self-check at construction (two forward passes on the first
-            micro-batch and two products, not counted in ``num_matvecs``): a ``model`` or
+        check: run the self-check at construction (two forward passes on at most 64
+            examples of the first micro-batch and two products, not counted in
+            ``num_matvecs``): a ``model`` or
             ``loss_fn`` that fails on the data, a non-scalar loss and a loss that sums over
             the batch are refused with what to do, and products that differ between two
             identical calls (dropout in train mode, a loader that shuffles or drops
