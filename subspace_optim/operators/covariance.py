@@ -241,22 +241,3 @@ class GradientCovarianceOperator(ModelOperator):
             "centered": self.centered,
             "per_example_loss": self.per_example_loss,
         }
-
-    def extended(self, params: Sequence[Tensor]) -> GradientCovarianceOperator:
-        """The same operator over ``params``, a superset of :attr:`params`, settings kept.
-
-        See :meth:`HessianOperator.extended <subspace_optim.HessianOperator.extended>`.
-
-        Args:
-            params: the parameters of the new operator, in flat-vector order; every tensor
-                of the current ``params`` must be among them.
-
-        Returns:
-            A new :class:`GradientCovarianceOperator`; this one is unchanged.
-
-        Raises:
-            ValueError: a current parameter is missing from ``params``, or one is not a
-                parameter of the model.
-            TypeError: the new parameters mix dtypes or are not tensors.
-        """
-        return super().extended(params)

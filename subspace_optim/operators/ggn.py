@@ -14,7 +14,6 @@ linear in its parameters, everywhere).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -194,22 +193,3 @@ class GGNOperator(ModelOperator):
         return func_jacobian_block(
             lambda t: self._outputs(t, x), self._primals(), W, self.params, middle
         )
-
-    def extended(self, params: Sequence[Tensor]) -> GGNOperator:
-        """The same operator over ``params``, a superset of :attr:`params`, settings kept.
-
-        See :meth:`HessianOperator.extended <subspace_optim.HessianOperator.extended>`.
-
-        Args:
-            params: the parameters of the new operator, in flat-vector order; every tensor
-                of the current ``params`` must be among them.
-
-        Returns:
-            A new :class:`GGNOperator`; this one is unchanged.
-
-        Raises:
-            ValueError: a current parameter is missing from ``params``, or one is not a
-                parameter of the model.
-            TypeError: the new parameters mix dtypes or are not tensors.
-        """
-        return super().extended(params)

@@ -192,23 +192,3 @@ class HessianOperator(ModelOperator):
                 yield graph.loss, graph.grads, graph.count
             return
         yield from super()._losses_and_grads()
-
-    def extended(self, params: Sequence[Tensor]) -> HessianOperator:
-        """The same operator over ``params``, a superset of :attr:`params`, settings kept.
-
-        Data, micro-batching, method, mode, memory budget, block width and graph cache are
-        those of this operator (and the process group, for a data-parallel one).
-
-        Args:
-            params: the parameters of the new operator, in flat-vector order; every tensor
-                of :attr:`params` must be among them.
-
-        Returns:
-            A new operator of the same class; this one is unchanged.
-
-        Raises:
-            ValueError: a tensor of :attr:`params` is missing, or one is not a parameter of
-                the model.
-            TypeError: the new parameters mix dtypes or are not tensors.
-        """
-        return super().extended(params)
