@@ -1,6 +1,6 @@
 """Local Sphinx extension of the subspace-optim docs.
 
-Six jobs:
+Five jobs:
 
 1. **API coverage.** After all pages are read, every name in ``subspace_optim.__all__`` and
    in the ``__all__`` of each public submodule must have an entry in the API reference

@@ -11,6 +11,7 @@ from .registry import resolve_eigensolver
 
 __all__ = ["top_k_eigenpairs"]
 
+
 def top_k_eigenpairs(
     op: LinearOperator,
     k: int,
