@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -40,8 +40,6 @@ from ._selfcheck import self_check
 from .base import LinearOperator
 
 __all__ = ["ModelOperator"]
-
-_Op = TypeVar("_Op", bound="ModelOperator")
 
 
 class ModelOperator(LinearOperator):
@@ -405,7 +403,7 @@ class ModelOperator(LinearOperator):
             "generator": self.generator,
         }
 
-    def extended(self: _Op, params: Sequence[Tensor]) -> _Op:
+    def extended(self, params: Sequence[Tensor]) -> Any:
         """The same operator over ``params``, a superset of :attr:`params`, settings kept.
 
         Data, micro-batching, method, mode, memory budget, block width and graph cache are
