@@ -23,8 +23,12 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import sys
 import zlib
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "_ext"))
+from subspace_docs import resolve  # the docs extension's dotted-name resolver
 
 OUT = Path(__file__).resolve().parent.parent / "_inventories"
 
@@ -59,28 +63,12 @@ def _add_defining_paths(entries: dict[str, tuple[str, str]], root: str) -> None:
     for name, (role, uri) in reversed(list(entries.items())):
         if role not in ("class", "exception"):
             continue
-        found, obj = _resolve(name)
+        found, obj = resolve(name)
         if not found or not inspect.isclass(obj):
             continue
         defining = f"{obj.__module__}.{obj.__qualname__}"
         if defining != name and defining.startswith(root) and defining not in entries:
             entries[defining] = (role, uri.replace("#$", f"#{name}"))
-
-
-def _resolve(name: str) -> tuple[bool, object]:
-    parts = name.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj: object = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        try:
-            for attr in parts[cut:]:
-                obj = getattr(obj, attr)
-        except AttributeError:
-            return False, None
-        return True, obj
-    return False, None
 
 
 def _write(path: Path, project: str, version: str, entries: dict[str, tuple[str, str]]) -> None:
