@@ -14,6 +14,7 @@ from torch.func import functional_call
 
 import subspace_optim as so
 from subspace_optim import GGNOperator, HessianOperator
+from subspace_optim.testing.strategies import FAMILIES, build_optimizer
 
 F64 = torch.float64
 
@@ -251,21 +252,25 @@ def test_an_operator_over_other_parameters_than_the_optimizer_is_refused(generat
 
 
 @pytest.mark.parametrize("curvature", ["ggn", "covariance"])
-@pytest.mark.parametrize("family", ["sgd", "adam"])
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_bulk_steps_with_either_basis_remove_their_component(curvature, family, generator):
+    """Every optimizer family the library supports, with either curvature: the wrapper reads
+    the operator through the Curvature protocol only."""
     model, loss_fn, (X, Y) = make_case("mlp", generator)
     Op = GGNOperator if curvature == "ggn" else so.GradientCovarianceOperator
-    base = (
-        torch.optim.SGD(model.parameters(), lr=0.1)
-        if family == "sgd"
-        else torch.optim.Adam(model.parameters(), lr=1e-2)
-    )
+    base = build_optimizer(family, model.parameters())
     opt = so.SubspaceProjectedOptimizer(base, Op(model, loss_fn, (X, Y)), k=2, mode="bulk")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = loss_fn(model(X), Y)
+        loss.backward()
+        return loss
+
     for _ in range(3):
         before = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-        base.zero_grad()
-        loss_fn(model(X), Y).backward()
-        opt.step()
+        closure()
+        opt.step(closure if family == "sam" else None)
         delta = torch.cat([p.detach().reshape(-1) for p in model.parameters()]) - before
         assert float(delta.norm()) > 0
         assert float((opt.basis.T @ delta).norm()) <= 1e-10 * float(delta.norm())
