@@ -130,6 +130,11 @@ def main(argv: list[str] | None = None) -> None:
             torch.save(
                 {"model": model.state_dict(), "optimizer": opt.state_dict()}, args.checkpoint
             )
+    # the DDP wrapper's reducer and the operator hold the process group: let every rank
+    # finish, drop them, then tear the group down (a reducer outliving its group can abort
+    # the process at exit)
+    dist.barrier()
+    del ddp, opt, curvature
     dist.destroy_process_group()
     if not same:
         raise SystemExit("replicas diverged")
