@@ -180,6 +180,16 @@ class ModelOperator(LinearOperator):
             batches.close()  # type: ignore[attr-defined]
         return first
 
+    def _first_outputs(self) -> tuple[Any, Tensor] | None:
+        """The model's outputs on the first micro-batch at the current parameters (no
+        graph) and its targets, for checks at construction; ``None`` on an empty shard."""
+        first = self._first_chunk()
+        if first is None:
+            return None
+        x, y, _ = first
+        with self._evaluation_context(), torch.no_grad():
+            return self._outputs(self._primals(), x), self._targets(y)
+
     # ------------------------------------------------------- functional model
     @contextlib.contextmanager
     def _evaluation_context(self) -> Iterator[None]:

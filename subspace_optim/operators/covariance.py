@@ -156,13 +156,11 @@ class GradientCovarianceOperator(ModelOperator):
 
     def _check_setup(self) -> None:
         """The per-example losses are a vector whose mean is the loss (first micro-batch)."""
-        first = self._first_chunk()
+        first = self._first_outputs()
         if first is None:  # a data-parallel rank with an empty shard
             return
-        x, y, _ = first
+        out, targets = first
         with self._evaluation_context(), torch.no_grad():
-            out = self._outputs(self._primals(), x)
-            targets = self._targets(y)
             full = self._checked_loss(out, targets)
             try:
                 losses = self._per_example(out, targets)

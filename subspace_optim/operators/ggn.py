@@ -132,12 +132,10 @@ class GGNOperator(ModelOperator):
     # ------------------------------------------------------------ validation
     def _check_setup(self) -> None:
         """Refuse a model or loss the GGN cannot be built from (on the first micro-batch)."""
-        first = self._first_chunk()
+        first = self._first_outputs()
         if first is None:  # a data-parallel rank with an empty shard
             return
-        x, y, _ = first
-        with self._evaluation_context(), torch.no_grad():
-            z = self._outputs(self._primals(), x)
+        z, targets = first
         if not isinstance(z, Tensor):
             raise TypeError(
                 f"GGNOperator needs a model that returns one Tensor of outputs; got "
@@ -145,7 +143,7 @@ class GGNOperator(ModelOperator):
                 "reads"
             )
         with self._evaluation_context():
-            M = _OutputHessian(self, z, self._targets(y))
+            M = _OutputHessian(self, z, targets)
             gen = torch.Generator(device=z.device).manual_seed(0)
             r = torch.randn(z.shape, generator=gen, dtype=z.dtype, device=z.device)
             Mr = M.apply(r)
