@@ -92,3 +92,22 @@ def one_thread():  # type: ignore[no-untyped-def]
 @pytest.fixture
 def generator() -> torch.Generator:
     return torch.Generator().manual_seed(1234)
+
+
+def spawn_workers(worker, args: tuple, nprocs: int):
+    """Start ``nprocs`` spawned processes running ``worker(rank, *args)`` on one torch thread
+    each (set through ``OMP_NUM_THREADS`` while they start, then restored); returns the
+    ``torch.multiprocessing`` context, not joined."""
+    import torch.multiprocessing as mp
+
+    previous = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        return mp.start_processes(
+            worker, args=args, nprocs=nprocs, join=False, start_method="spawn"
+        )
+    finally:
+        if previous is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = previous

@@ -5,7 +5,6 @@ data-parallel operator works too (a real 2-process gloo group)."""
 from __future__ import annotations
 
 import datetime
-import os
 import time
 import traceback
 from pathlib import Path
@@ -14,6 +13,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import spawn_workers
 from torch import nn
 
 import subspace_optim as so
@@ -132,21 +132,7 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
 
 
 def test_add_param_group_extends_the_distributed_operator(tmp_path):
-    env_threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        ctx = mp.start_processes(
-            _worker,
-            args=(str(tmp_path / "store"), str(tmp_path)),
-            nprocs=WORLD,
-            join=False,
-            start_method="spawn",
-        )
-    finally:
-        if env_threads is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = env_threads
+    ctx = spawn_workers(_worker, (str(tmp_path / "store"), str(tmp_path)), WORLD)
     # the single-process reference meanwhile: the same run on one HessianOperator
     model, X, Y = problem()
     first, rest = split(model)

@@ -26,6 +26,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from conftest import spawn_workers
 from torch import nn
 from torch.func import functional_call
 
@@ -273,21 +274,7 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("ddp")
-    env_threads = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"
-    try:
-        ctx = mp.start_processes(
-            _worker,
-            args=(str(tmp / "store"), str(tmp)),
-            nprocs=WORLD,
-            join=False,
-            start_method="spawn",
-        )
-    finally:
-        if env_threads is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = env_threads
+    ctx = spawn_workers(_worker, (str(tmp / "store"), str(tmp)), WORLD)
     deadline = time.monotonic() + DEADLINE_S
     try:
         # the single-process references need no worker output: compute them while the
