@@ -173,7 +173,11 @@ class AlignmentSwitch(RefreshSchedule):
     ``threshold``. When a measurement at step ``t`` gives ``m >= threshold`` and
     ``t + 1 >= min_steps``, projection starts at step ``t + 1``, with a fresh basis, and the
     basis is refreshed every ``every`` steps after that. So the earliest possible switch
-    step is ``max(min_steps, t_0 + 1)``.
+    step is ``max(min_steps, t_0 + 1)``. Step ``t`` itself is not projected: inside a
+    training loop the schedule learns χ_k only after that step's update is taken.
+    :attr:`trigger_step` is ``t``; a caller that can rewind (the experiment runner keeps the
+    state before every measurement step) starts its projected runs there instead, so that
+    the first projected update is taken where the triggering χ_k was measured.
 
     If the threshold is never reached, ``max_steps`` forces the switch: step ``max_steps``
     is the first projected step (a :class:`UserWarning` says so, with the EMA reached).
@@ -204,8 +208,8 @@ class AlignmentSwitch(RefreshSchedule):
         >>> s = AlignmentSwitch(threshold=0.9, ema=0.5, check_every=1)
         >>> for t, chi in enumerate([0.8, 0.95, 0.99, 0.99]):
         ...     _ = s.decide(t); s.observe(t, chi)
-        >>> s.switched_at  # EMA: 0.8, 0.875, 0.9325 >= 0.9 at step 2
-        3
+        >>> s.switched_at, s.trigger_step  # EMA: 0.8, 0.875, 0.9325 >= 0.9 at step 2
+        (3, 2)
         >>> s.decide(3)
         Decision(refresh=True, project=True)
         >>> forced = AlignmentSwitch(threshold=0.99, max_steps=20)
@@ -245,6 +249,14 @@ class AlignmentSwitch(RefreshSchedule):
         self.switched_at: int | None = None
         self.forced = False
         self.failed_checks = 0
+
+    @property
+    def trigger_step(self) -> int | None:
+        """The step of the measurement whose EMA reached the threshold (``switched_at - 1``);
+        ``None`` before the switch and for a forced switch."""
+        if self.switched_at is None or self.forced:
+            return None
+        return self.switched_at - 1
 
     def decide(self, step: int) -> Decision:
         if self.switched_at is None and self.max_steps is not None and step >= self.max_steps:

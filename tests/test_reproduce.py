@@ -190,7 +190,7 @@ def test_threshold_switch_and_forced_fallback() -> None:
     settings = {**SMALL, "switch_by": 10, "check_every": 1}
     low = run(model, half_sum_mse, data, optimizers="sgd", **{**settings, "switch": 0.05})
     fam = low.families[0]
-    assert fam.switch_reason == "threshold" and 1 <= fam.switch_step < 10
+    assert fam.switch_reason == "threshold" and 0 <= fam.switch_step < 10
     assert fam.alignment_ema >= 0.05
     high = run(model, half_sum_mse, data, optimizers="sgd", **{**settings, "switch": 1.0})
     fam = high.families[0]
@@ -202,10 +202,76 @@ def test_switch_after_delays_a_threshold_switch_to_exactly_that_step() -> None:
     model, data = _toy()
     settings = {**SMALL, "switch_by": 10, "check_every": 1, "switch": 0.05}
     early = run(model, half_sum_mse, data, optimizers="sgd", **settings).families[0]
-    assert early.switch_reason == "threshold" and early.switch_step == 1  # χ_0 >= 0.05
+    # χ_0 >= 0.05: the measurement at initialization triggers the switch, so the runs after
+    # the switch start at step 0, from the initial weights
+    assert early.switch_reason == "threshold" and early.switch_step == 0
+    assert not [r for r in early.rows if r["phase"] == "prefix"]
     late = run(model, half_sum_mse, data, optimizers="sgd", **{**settings, "switch_after": 7})
     fam = late.families[0]
     assert fam.switch_reason == "threshold" and fam.switch_step == 7
+    # measuring every third step (0, 3, 6, 9, ...), the first measurement at or after step 7
+    # is at step 9: the switch is there, never at the unmeasured step after a measurement
+    thirds = {**settings, "switch_after": 7, "check_every": 3}
+    fam = run(model, half_sum_mse, data, optimizers="sgd", **thirds).families[0]
+    assert fam.switch_reason == "threshold" and fam.switch_step == 9
+
+
+def _after_switch_rows(fam: Any) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in fam.rows:
+        if r["phase"] == "after switch":
+            out.setdefault(r["variant"], []).append(r)
+    return out
+
+
+def test_a_rule_switch_starts_at_the_measurement_that_triggered_it() -> None:
+    """The first projected update is the update of the step whose χ_k brought the EMA to the
+    threshold, taken at the parameters where that χ_k was measured, and "χ_k at the switch"
+    is that measurement. A runner that switches one step late (projecting from the step
+    after the triggering measurement) fails each part."""
+    # a toy whose χ_k falls, then rises again: the EMA (factor 0.9**2 per measurement)
+    # crosses 0.8 from below after switch_after
+    model, data = _toy(seed=1)
+    settings = {**SMALL, "steps": 40, "switch": 0.8, "switch_by": 30, "switch_after": 6,
+                "after_switch": 6, "check_every": 2, "lr": 0.5}  # fmt: skip
+    fam = run(model, half_sum_mse, data, optimizers="sgd", **settings).families[0]
+    s = fam.switch_step
+    assert fam.switch_reason == "threshold" and s % 2 == 0 and 6 < s < 30
+    after = _after_switch_rows(fam)
+    first = after["base"][0]
+    assert first["step"] == s and first["refreshed"] and first["gradient_source"] == "full"
+    # the EMA by hand: every measurement before the switch (the prefix), then the one at the
+    # switch step, which the base run took at the snapshot's parameters
+    measured = [
+        (r["step"], r["grad_alignment"])
+        for r in fam.rows
+        if r["phase"] == "prefix" and r.get("gradient_source") == "full"
+    ]
+    assert [t for t, _ in measured] == list(range(0, s, 2))
+    beta, ema, history = 0.9**2, None, []
+    for _, chi in [*measured, (s, first["grad_alignment"])]:
+        ema = chi if ema is None else beta * ema + (1 - beta) * chi
+        history.append(ema)
+    assert all(m < 0.8 for t, m in zip(range(0, s, 2), history) if t >= 6)
+    assert history[-1] >= 0.8
+    assert fam.alignment_ema == pytest.approx(history[-1], rel=1e-12)
+    assert fam.chi_at_switch == first["grad_alignment"]
+    # the first projected update is step s's: Dom and Bulk project from step s on, with the
+    # basis measured at step s (the same eigenvalues as the base run's measurement)
+    for variant in ("dom", "bulk"):
+        row = after[variant][0]
+        assert row["step"] == s and row["projected"] and row["refreshed"]
+        assert row["grad_alignment"] == first["grad_alignment"]
+        assert row["eig_0"] == first["eig_0"]
+    # and the runs are those of a fixed switch at that step, to the bit
+    fixed = {**settings, "switch": s}
+    fixed.pop("switch_after")
+    ref = run(model, half_sum_mse, data, optimizers="sgd", **fixed).families[0]
+    assert ref.switch_step == s and ref.chi_at_switch == fam.chi_at_switch
+    assert ref.loss_at_switch == fam.loss_at_switch
+    ref_after = _after_switch_rows(ref)
+    for variant in ("base", "dom", "bulk"):
+        assert [r["loss"] for r in after[variant]] == [r["loss"] for r in ref_after[variant]]
 
 
 def test_after_switch_runs_the_same_number_of_steps_after_every_switch() -> None:
@@ -369,8 +435,9 @@ def test_write_report_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch)
 @pytest.mark.slow
 def test_default_digits_sgd_switches_by_the_rule_with_high_alignment() -> None:
     """The default run's premise (about a minute): SGD's switch on digits comes from the χ_k
-    rule, not from the fallback, with the EMA >= 0.8 (seed 0 measured: step 811, EMA 0.80,
-    χ_k 0.85 at the triggering measurement and 0.70 at the switch step: χ_k is noisy)."""
+    rule, not from the fallback, with the EMA >= 0.8 and χ_k >= 0.8 at the switch (seed 0
+    measured: step 810, EMA 0.80, χ_k 0.85): the runs after the switch start at the
+    measurement that triggered it."""
     from subspace_optim.experiments import load_setup
     from subspace_optim.experiments.setups import DIGITS_DEFAULTS
 
@@ -380,7 +447,9 @@ def test_default_digits_sgd_switches_by_the_rule_with_high_alignment() -> None:
                  **settings)  # fmt: skip
     fam = result.families[0]
     assert fam.switch_reason == "threshold", fam.notes()
-    assert 100 < fam.switch_step < 1000
-    assert fam.alignment_ema >= 0.8 and fam.chi_at_switch >= 0.6
-    trigger = [r for r in fam.rows if r["phase"] == "prefix" and r.get("gradient_source") == "full"]
-    assert trigger[-1]["step"] == fam.switch_step - 1 and trigger[-1]["grad_alignment"] >= 0.8
+    assert 100 < fam.switch_step < 1000 and fam.switch_step % 10 == 0  # a measurement step
+    assert fam.alignment_ema >= 0.8 and fam.chi_at_switch >= 0.8
+    before = [r for r in fam.rows if r["phase"] == "prefix" and r.get("gradient_source") == "full"]
+    assert before[-1]["step"] == fam.switch_step - 10
+    first = _after_switch_rows(fam)["base"][0]
+    assert first["step"] == fam.switch_step and first["grad_alignment"] == fam.chi_at_switch

@@ -55,8 +55,12 @@ def test_switch_step_is_the_step_after_the_first_measurement_at_the_threshold() 
     first = next(t for t, m in enumerate(expected) if m >= 0.9)
     assert first == 5 and expected[4] < 0.9
     s = AlignmentSwitch(threshold=0.9, ema=beta, check_every=1)
+    drive(s, CHIS[:first])
+    assert s.switched_at is None and s.trigger_step is None
+    s = AlignmentSwitch(threshold=0.9, ema=beta, check_every=1)
     decisions, values = drive(s, CHIS)
-    assert s.switched_at == first + 1 and not s.forced
+    # the measurement at step `first` triggers; a live loop projects from the next step
+    assert s.switched_at == first + 1 and s.trigger_step == first and not s.forced
     assert values[first] == pytest.approx(expected[first])
     assert [d.project for d in decisions] == [t > first for t in range(len(CHIS))]
     assert decisions[first + 1] == Decision(refresh=True, project=True)  # a fresh basis
@@ -80,7 +84,7 @@ def test_min_steps_is_the_earliest_projected_step(min_steps: int, expected: int)
     s = AlignmentSwitch(threshold=0.9, ema=0.5, check_every=1, min_steps=min_steps)
     decisions, values = drive(s, CHIS)
     assert all(v >= 0.9 for v in values[5:10])
-    assert s.switched_at == expected
+    assert s.switched_at == expected and s.trigger_step == expected - 1
     assert [d.project for d in decisions].index(True) == expected
 
 
@@ -91,6 +95,7 @@ def test_a_forced_switch_projects_from_step_max_steps_exactly(max_steps: int) ->
         warnings.simplefilter("always")
         decisions, _ = drive(s, CHIS)
     assert s.switched_at == max_steps and s.forced
+    assert s.trigger_step is None  # no measurement triggered it
     assert [d.project for d in decisions] == [t >= max_steps for t in range(len(CHIS))]
     assert decisions[max_steps].refresh  # the first projected step has a fresh basis
     messages = [str(w.message) for w in caught]

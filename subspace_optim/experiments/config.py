@@ -78,8 +78,9 @@ class RunConfig:
             ``"adam"``), a comma-separated string, or ``"all"``.
         steps: total optimizer steps per run, counted from initialization.
         switch: a float in ``(0, 1]`` is the χ_k threshold of the paper's switch protocol
-            (:class:`~subspace_optim.AlignmentSwitch`, EMA factor 0.9 per step); an int is a
-            fixed switch step.
+            (:class:`~subspace_optim.AlignmentSwitch`, EMA factor 0.9 per step): the switch
+            is at the measurement step whose χ_k brings the EMA to it, and the projected
+            runs start there, from the state before that step; an int is a fixed switch step.
         switch_by: with a threshold, force the switch at this step if the EMA has not
             reached it (default ``steps // 3``).
         after_switch: run base / Dom / Bulk this many steps after the switch, wherever the

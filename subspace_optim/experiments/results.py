@@ -231,12 +231,17 @@ class FamilyResult:
             SAM, ``2(1+β)/η`` with momentum (:func:`~subspace_optim.stability_threshold`);
             ``nan`` for adaptive optimizers (Adam).
         initial_sharpness: λ_1 at initialization when it was measured, else ``nan``.
-        switch_step: the step at which Dom / Bulk projection starts.
+        switch_step: the step at which Dom / Bulk projection starts (its update is the first
+            projected one). With ``"threshold"``, the measurement step whose χ_k brought the
+            EMA to the threshold.
         switch_reason: ``"threshold"`` (the EMA of χ_k reached the threshold),
             ``"forced"`` (it did not by the fallback step) or ``"fixed"`` (``--switch STEP``).
-        alignment_ema: the EMA of χ_k at the switch (``nan`` for a fixed switch before any
-            measurement).
-        chi_at_switch: χ_k of the full-batch gradient measured at the switch.
+        alignment_ema: the EMA of χ_k at the switch: with ``"threshold"`` the value that
+            reached the threshold (it includes ``chi_at_switch``), otherwise the EMA of the
+            measurements before the switch (``nan`` for a fixed switch before any).
+        chi_at_switch: χ_k of the full-batch gradient measured at the switch step, at the
+            parameters the base / Dom / Bulk runs start from (with ``"threshold"``: the
+            measurement that triggered the switch).
         initial_loss: full-batch training loss at step 0.
         loss_at_switch: full-batch training loss at the switch.
         eta: effective learning rates of the base run as ratios of sums over every step with

@@ -10,6 +10,15 @@ For each optimizer family the runner
    with the same minibatch sequence, refreshing the top-k basis of the full training-set
    Hessian every ``refresh`` steps (the paper: every step).
 
+A switch by the rule starts the three runs at the measurement that triggered it: the
+switch step is the step ``t`` whose χ_k brought the EMA to the threshold, the snapshot is
+the parameters and optimizer state *before* step ``t`` (kept before every measurement
+step), and the first projected update is step ``t``'s, taken at the parameters where that
+χ_k was measured, with the basis of that measurement (the public code of the paper
+measures the basis and the full-batch gradient at ``θ_t`` and projects step ``t``'s
+update). The prefix's own unprojected step ``t`` is discarded; the base run takes it
+again, identically, so "χ_k at the switch" is the triggering measurement.
+
 The unprojected prefix is shared by the three runs, so a family costs one prefix plus three
 runs after the switch. With ``mode_scales=(a, b)`` a fourth run, ``"scaled"``
 (``θ += a·P_kΔ + b·(Δ − P_kΔ)``), starts from the same snapshot with the same minibatches.
@@ -124,10 +133,15 @@ def _train(
     bar: Any,
     blowup: float,
     messages: dict[str, None],
+    before_step: Callable[[int], None] | None = None,
 ) -> tuple[int, int | None]:
-    """Steps ``start, start+1, ...`` until ``stop(t)``; returns ``(t, diverged_at)``."""
+    """Steps ``start, start+1, ...`` until ``stop(t)``; returns ``(t, diverged_at)``.
+
+    ``before_step(t)``, if given, runs before step ``t`` (and before its evaluation)."""
     t = start
     while not stop(t):
+        if before_step is not None:
+            before_step(t)
         loss = ctx.full_loss(model) if (t - start) % ctx.config.eval_every == 0 else math.nan
         if (t - start) % ctx.config.eval_every == 0 and not (math.isfinite(loss) and loss < blowup):
             rows.append(_row(family, variant, phase, t, loss, math.nan, None))
@@ -143,6 +157,32 @@ def _train(
         if math.isfinite(loss):
             bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
     return t, None
+
+
+class _BeforeMeasurement:
+    """``before_step`` of a prefix that switches by the rule: before every measurement step
+    (``t % every == 0``) it keeps a copy of the model, of the optimizer state (base state,
+    basis, eigensolver and generator state, step count) and the number of prefix rows, so
+    that the runner can rewind to the measurement that triggers the switch."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        opt: SubspaceProjectedOptimizer,
+        rows: list[dict[str, Any]],
+        every: int,
+    ) -> None:
+        self._source, self._opt, self._rows, self._every = model, opt, rows, every
+        self.step: int | None = None
+        self.model: nn.Module | None = None
+        self.state: dict[str, Any] = {}
+        self.num_rows = 0
+
+    def __call__(self, t: int) -> None:
+        if t % self._every == 0:
+            self.step, self.num_rows = t, len(self._rows)
+            self.model = copy.deepcopy(self._source)
+            self.state = copy.deepcopy(self._opt.state_dict())
 
 
 def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
@@ -171,12 +211,15 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
     fixed = cfg.switch_step
     if fixed is None:
         # the runner forces the switch itself (at cfg.fallback_step) and reports it in the
-        # table, so the schedule's own "checks keep failing" warning is off
+        # table, so the schedule's own "checks keep failing" warning is off. The schedule
+        # projects from the step after the triggering measurement t (in a live training
+        # loop step t is already taken); the runner rewinds to t, so min_steps is
+        # switch_after + 1: the measurement, and so the switch, is at step >= switch_after
         schedule: Any = AlignmentSwitch(
             threshold=float(cfg.switch),
             ema=0.9**cfg.check_every,
             check_every=cfg.check_every,
-            min_steps=cfg.switch_after,
+            min_steps=cfg.switch_after + 1,
             warn_after=None,
         )
     else:
@@ -207,6 +250,9 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
             return True
         return False
 
+    keeper: _BeforeMeasurement | None = None
+    if fixed is None:  # a rule switch may rewind to its triggering measurement
+        keeper = _BeforeMeasurement(model, prefix_opt, rows, cfg.check_every)
     t0 = time.perf_counter()
     bar = _bar(ctx, cfg.steps, f"{family.name}: to switch")
     switch, diverged_at = _train(
@@ -222,6 +268,7 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
         bar,
         blowup,
         messages,
+        before_step=keeper,
     )
     prefix_seconds = time.perf_counter() - t0
     if diverged_at is not None:
@@ -230,6 +277,22 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
             f"{family.name}: the unprojected run diverged at step {diverged_at} before the switch "
             f"(lr {lr:.4g}); lower the learning rate with --lr {family.name}=VALUE"
         )
+    if reason == "threshold":
+        # rewind to the triggering measurement: the runs after the switch start from the
+        # parameters and optimizer state before that step, so that their first update is
+        # that step's and χ_k at the switch is the measurement that crossed the threshold
+        switch = schedule.trigger_step
+        if keeper is None or keeper.step != switch or keeper.model is None:
+            raise RuntimeError(  # an invariant of _BeforeMeasurement and AlignmentSwitch
+                f"{family.name}: no snapshot before the triggering measurement at step {switch}"
+            )
+        snapshot_model, snapshot_opt = keeper.model, keeper.state
+        del rows[keeper.num_rows :]  # the prefix's own step `switch`: the base run retakes it
+        bar.n = switch
+    else:
+        snapshot_model = copy.deepcopy(model)
+        snapshot_opt = copy.deepcopy(prefix_opt.state_dict())
+    del keeper
     measured = [r for r in rows if r.get("gradient_source") == "full"]
     chi_ema = math.nan
     for r in measured:
@@ -239,8 +302,6 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
             chi_ema = chi if not math.isfinite(chi_ema) else beta * chi_ema + (1 - beta) * chi
     if fixed is None and schedule.value is not None:
         chi_ema = float(schedule.value)
-    snapshot_model = copy.deepcopy(model)
-    snapshot_opt = copy.deepcopy(prefix_opt.state_dict())
     loss_at_switch = ctx.full_loss(snapshot_model)
     del prefix_opt, model
 
@@ -360,6 +421,12 @@ def run(
     with the same minibatches, the top-k basis of the full training-set Hessian refreshed
     every ``refresh`` steps. With ``mode_scales=(a, b)`` it also runs ``"scaled"``
     (``θ += a·P_kΔ + b·(Δ − P_kΔ)``) from there.
+
+    A switch by the rule (``switch`` a threshold) is at the measurement step ``t`` whose
+    χ_k brought the EMA to the threshold (``t >= switch_after``): the runs start from the
+    parameters and optimizer state before step ``t``, their first update is step ``t``'s,
+    and the reported χ_k at the switch is that measurement. A forced switch (at
+    ``switch_by``) and a fixed one (``switch`` a step) start at that step.
 
     Args:
         model: the network at initialization.
