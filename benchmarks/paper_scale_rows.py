@@ -251,6 +251,7 @@ class Row:
         self.products: list[int] = []
         self.peak = 0
         self.samples: list[tuple[Tensor, Tensor]] = []
+        self.alignment: list[float] = []
 
     def _count(self) -> int:
         if self.op is not None:
@@ -277,6 +278,9 @@ class Row:
             self.seconds.append(time.perf_counter() - t0)
         self.products.append(self._count() - before)
         self.peak = max(self.peak, mem.rise)
+        stats = getattr(self.opt, "last_stats", None)
+        if stats is not None:
+            self.alignment.append(stats.grad_alignment)
         if sample and self.spec.kind != "sgd":
             basis = U if U is not None else getattr(self.opt, "basis", None)
             if basis is not None:
@@ -300,6 +304,9 @@ class Row:
             "peak_mib": self.peak / 2**20,
             "hours_20k": (1e3 * sec[0] + ms_median * (paper_steps - 1)) / 3.6e6,
             "final_loss": pt.full_loss(self.s),
+            # χ_k of the full gradient at the first projected step: how aligned the
+            # gradient was where the rows start (the paper switches once it is high)
+            "chi_first": self.alignment[0] if self.alignment else None,
         }
 
 
@@ -321,6 +328,39 @@ def product_ms(op: so.HessianOperator, block: int, repeats: int = 2) -> tuple[fl
         times[width] = 1e3 * best / width
     op.release_graph()
     return times[1], times[block]
+
+
+def batched_column_ms(s: pt.Setup, block: int, repeats: int = 2) -> dict[str, float]:
+    """ms per column of one block of double backwards over the full data, two ways: a loop
+    of single double backwards (what ``method="autograd"`` does) and one batched double
+    backward (``torch.autograd.grad(..., is_grads_batched=True)``, a ``vmap`` over the
+    backward), each with the gradient graph built once and kept."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    params = pt.params_of(s.model)
+    g = torch.Generator().manual_seed(0)
+    V = [torch.randn(block, *p.shape, generator=g).to(p.device, p.dtype) for p in params]
+    out = {}
+    with sdpa_kernel(SDPBackend.MATH):
+        grads = torch.autograd.grad(s.loss_fn(s.model(s.X), s.Y), params, create_graph=True)
+
+        def loop() -> None:
+            for j in range(block):
+                torch.autograd.grad(grads, params, [v[j] for v in V], retain_graph=True)
+
+        def batched() -> None:
+            torch.autograd.grad(grads, params, V, retain_graph=True, is_grads_batched=True)
+
+        for name, fn in (("loop", loop), ("batched", batched)):
+            best = math.inf
+            for _ in range(repeats):
+                pt.synchronize(s.X.device)
+                t0 = time.perf_counter()
+                fn()
+                pt.synchronize(s.X.device)
+                best = min(best, time.perf_counter() - t0)
+            out[name] = 1e3 * best / block
+    return out
 
 
 def reference_sin(s: pt.Setup, samples: list[tuple[Tensor, Tensor]]) -> float:
@@ -478,6 +518,7 @@ def run_setup(
         "warmup": warmup,
         "steps": steps,
         "runs": records,
+        "column_ms": batched_column_ms(s, BLOCK),
     }
     if profile:
         chosen = [sp for sp in specs if sp.label == "library default"]

@@ -187,8 +187,13 @@ def test_paper_scale_quick(tmp_path):
         assert runs["paper protocol"]["hvp_per_step"] >= block["k"]
         assert runs["library default"]["ms_per_hvp_column"] > 0
         assert runs["library default"]["median_vs_default"] == pytest.approx(1.0)
+        # χ_k at the first projected step, from the wrapper's own record, for every
+        # library row; the blocked-product lever measured both ways
+        assert 0 <= runs["library default"]["chi_first"] <= 1 and runs["SGD"]["chi_first"] is None
+        assert block["column_ms"]["loop"] > 0 and block["column_ms"]["batched"] > 0
     md = (out / "paper_scale.quick.md").read_text()
     assert "## Paper scale" in md and "Targets (median step" in md and "torch.profiler" in md
+    assert "is_grads_batched=True" in md and "where the floor is" in md
     assert perf.read_text().startswith("# Performance")
     # the saved JSON renders again, and two runs merge into one table
     again = ps.main(["--quick", "--render", "--out", str(out)])
