@@ -105,6 +105,15 @@ def _minor_log_label(value: float, _pos: int) -> str:
     return f"{value:.2g}"
 
 
+def _sparse_minor_log_label(value: float, pos: int) -> str:
+    """Label a minor tick of a log axis only at 2 and 5 times a power of ten (an axis over
+    one to two decades, where every minor label would crowd)."""
+    if value <= 0:
+        return ""
+    mantissa = value / 10 ** math.floor(math.log10(value) + 1e-9)
+    return _minor_log_label(value, pos) if round(mantissa, 6) in (2.0, 5.0) else ""
+
+
 def plot_loss(result: ExperimentResult) -> Any:
     """Training loss (log scale) of base / Dom / Bulk (and scaled) per family; returns the
     Figure.
@@ -135,6 +144,9 @@ def plot_loss(result: ExperimentResult) -> Any:
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
         if high / low < 15:  # about a decade or less: label the minor ticks too
             ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
+            ax.tick_params(axis="y", which="both", labelsize=7)
+        elif high / low < 150:  # up to about two decades: label 2 and 5 of each decade
+            ax.yaxis.set_minor_formatter(FuncFormatter(_sparse_minor_log_label))
             ax.tick_params(axis="y", which="both", labelsize=7)
         else:
             ax.yaxis.set_minor_formatter(NullFormatter())
