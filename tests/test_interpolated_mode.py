@@ -183,3 +183,30 @@ def test_the_stability_check_uses_the_bulk_scale():
         else:
             opt.step()
         assert opt.counters["unstable_refreshes"] == int(warns), scales
+
+
+def test_the_stability_check_flags_an_amplified_dominant_part():
+    """A pair with ``a > 1`` steps along λ_1 with ``a·η``: past ``2/(aη)`` it warns, naming
+    λ_1 and the dominant part; ``a = 1`` (the base optimizer's own dominant step) does not."""
+    model, X, Y = problem()
+    op = so.HessianOperator(model, mse, (X, Y))
+    lam = so.Eigh().solve(op, 4).eigenvalues
+    lr = 1.0 / float(lam[0])  # λ_1 = 1/η: the base step is stable along every direction
+    for scales, warns in (((1.0, 0.0), False), ((1.0, 1.0), False), ((4.0, 0.0), True)):
+        m, X2, Y2 = problem()
+        opt = so.SubspaceProjectedOptimizer(
+            torch.optim.SGD(m.parameters(), lr=lr),
+            so.HessianOperator(m, mse, (X2, Y2)),
+            k=2,
+            mode=scales,
+            eigensolver="eigh",
+            num_extra=1,
+        )
+        opt.zero_grad()
+        mse(m(X2), Y2).backward()
+        if warns:
+            with pytest.warns(so.EdgeOfStabilityWarning, match="λ_1 = .*dominant part"):
+                opt.step()
+        else:
+            opt.step()
+        assert opt.counters["unstable_refreshes"] == int(warns), scales

@@ -95,13 +95,19 @@ def test_step_statistics_by_hand():
     assert all(math.isnan(s[key]) for key in ("loss", "grad_alignment", "eta_dom", "eta_bulk"))
 
 
-def test_moved_eigenvalue_checks_damped_dominant_parts_only():
+def test_moved_eigenvalue_checks_damped_dominant_and_amplified_dominant_parts():
     eig = torch.tensor([9.0, 5.0, 1.0])
-    assert moved_eigenvalue(eig, 1, 4.0, (0.0, 1.0)) == (5.0, 4.0)
-    assert moved_eigenvalue(eig, 1, 4.0, (0.5, 2.0)) == (5.0, 2.0)  # b·η: threshold / b
+    assert moved_eigenvalue(eig, 1, 4.0, (0.0, 1.0)) == (2, 5.0, 4.0)
+    assert moved_eigenvalue(eig, 1, 4.0, (0.5, 2.0)) == (2, 5.0, 2.0)  # b·η: threshold / b
     assert moved_eigenvalue(eig, 1, 4.0, (1.0, 1.0)) is None  # "none"
     assert moved_eigenvalue(eig, 1, 4.0, (1.0, 0.0)) is None  # Dom
     assert moved_eigenvalue(eig, 3, 4.0, (0.0, 1.0)) is None  # λ_4 not tracked
+    # an amplified dominant part: λ_1 against threshold / a
+    assert moved_eigenvalue(eig, 1, 40.0, (10.0, 1.0)) == (1, 9.0, 4.0)
+    assert moved_eigenvalue(eig, 3, 40.0, (10.0, 0.0)) == (1, 9.0, 4.0)  # Dom scaled by 10
+    # both parts checked: the one nearer (or further past) its limit wins
+    assert moved_eigenvalue(eig, 1, 40.0, (2.0, 8.0)) == (2, 5.0, 5.0)  # 5/5 > 9/20
+    assert moved_eigenvalue(eig, 1, 40.0, (4.0, 5.0)) == (1, 9.0, 10.0)  # 9/10 > 5/8
 
 
 def test_resolve_mode_names_and_pairs():

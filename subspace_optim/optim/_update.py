@@ -198,12 +198,21 @@ def step_statistics(
 @full_precision
 def moved_eigenvalue(
     eigenvalues: Tensor, j: int, threshold: float, scales: tuple[float, float]
-) -> tuple[float, float] | None:
-    """``(λ_{j+1}, threshold / b)``: the largest eigenvalue a projected update still moves
-    along, and the stability threshold it faces, for ``scales = (a, b)``.
+) -> tuple[int, float, float] | None:
+    """The direction a projected update moves along that is closest to (or furthest past)
+    its stability threshold, for ``scales = (a, b)``: ``(i, λ_i, limit)``, ``i`` 1-based.
 
-    Checked only when the update damps the dominant part (``a < b``: Bulk, or pairs such as
-    ``(0.5, 1.5)``), whose bulk directions step with an effective learning rate ``b·η``.
+    Two parts are checked, each where the pair makes its step larger than the part the
+    unprojected base optimizer would take relative to the other:
+
+    * the bulk, when the update damps the dominant part (``a < b``: Bulk, or pairs such as
+      ``(0.5, 1.5)``): its first direction ``λ_{j+1}`` steps with an effective learning rate
+      ``b·η``, so its limit is ``threshold / b``;
+    * the dominant part, when the pair amplifies it (``a > 1``): ``λ_1`` steps with ``a·η``,
+      limit ``threshold / a``. Up to ``a = 1`` the dominant step is the base optimizer's own
+      (at the Edge of Stability by design in the paper's GD runs), so it is not flagged.
+
+    Of the parts checked, the one with the larger ``λ_i / limit`` is returned.
 
     Args:
         eigenvalues: ``(m,)`` tracked eigenvalues, descending.
@@ -212,16 +221,22 @@ def moved_eigenvalue(
         scales: ``(a, b)``.
 
     Returns:
-        The pair, or ``None`` when not checked or ``λ_{j+1}`` is not tracked.
+        The triple, or ``None`` when no part is checked (``"none"``, ``"dominant"``) or the
+        bulk's ``λ_{j+1}`` is not tracked and the dominant part is not amplified.
 
     Example:
         >>> import torch
         >>> moved_eigenvalue(torch.tensor([9.0, 5.0, 1.0]), 1, 4.0, (0.0, 1.0))
-        (5.0, 4.0)
+        (2, 5.0, 4.0)
         >>> moved_eigenvalue(torch.tensor([9.0, 5.0, 1.0]), 1, 4.0, (1.0, 0.0)) is None
         True
+        >>> moved_eigenvalue(torch.tensor([9.0, 5.0, 1.0]), 1, 40.0, (10.0, 1.0))
+        (1, 9.0, 4.0)
     """
     a, b = scales
-    if not a < b or j >= eigenvalues.shape[0]:
-        return None
-    return float(eigenvalues[j]), threshold if b == 1.0 else threshold / b
+    parts = []
+    if a < b and j < eigenvalues.shape[0]:
+        parts.append((j + 1, float(eigenvalues[j]), threshold if b == 1.0 else threshold / b))
+    if a > 1.0 and eigenvalues.shape[0] > 0:
+        parts.append((1, float(eigenvalues[0]), threshold / a))
+    return max(parts, key=lambda part: part[1] / part[2]) if parts else None

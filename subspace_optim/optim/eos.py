@@ -418,21 +418,34 @@ class SharpnessTracker:
         return f"SharpnessTracker(num_eigs={self.num_eigs}, every={self.every}, solver={self.solver!r})"
 
 
-def warn_unstable(t: int, index: int, lam: float, limit: float, *, stacklevel: int) -> None:
-    """Issue the :class:`EdgeOfStabilityWarning` of a Bulk step along unstable directions.
+def warn_unstable(
+    t: int, index: int, lam: float, limit: float, *, dominant: bool = False, stacklevel: int
+) -> None:
+    """Issue the :class:`EdgeOfStabilityWarning` of a projected step along unstable directions.
 
     Args:
         t: the step.
-        index: ``j`` of ``λ_j``, the first eigenvalue the update still moves along.
+        index: ``j`` of ``λ_j``, the eigenvalue of the direction that is unstable.
         lam: ``λ_j``.
-        limit: the threshold it exceeds (``2/η`` for SGD, scaled by the bulk scale).
+        limit: the threshold it exceeds (``2/η`` for SGD, over the scale of its part).
+        dominant: the direction is in the dominant subspace, amplified by the mode's ``a``
+            (otherwise it is the first direction the projection no longer removes).
         stacklevel: as for :func:`warnings.warn`.
     """
+    if dominant:
+        what = (
+            "the dominant part of the update, scaled by the mode's a, is unstable along it, "
+            "and the loss may rise. Lower a or the learning rate"
+        )
+    else:
+        what = (
+            "Bulk dynamics are unstable along directions the projection no longer removes, "
+            "and the loss may rise. Raise k (or use adaptive_k), lower the learning rate, "
+            "or use mode='none'"
+        )
     warnings.warn(
         f"step {t}: λ_{index} = {lam:.4g} exceeds the stability threshold {limit:.4g} "
-        "(2/η for SGD): Bulk dynamics are unstable along directions the projection no "
-        "longer removes, and the loss may rise. Raise k (or use adaptive_k), lower the "
-        "learning rate, or use mode='none'",
+        f"(2/η for SGD, over the mode's scale): {what}",
         EdgeOfStabilityWarning,
         stacklevel=stacklevel + 1,
     )

@@ -108,7 +108,8 @@ class SubspaceProjectedOptimizer(Optimizer):
             see :func:`~subspace_optim.stability_threshold`) and λ_{k+1} exceeds it, an
             :class:`~subspace_optim.EdgeOfStabilityWarning` is issued (once per episode) and
             ``counters["unstable_refreshes"]`` counts such refreshes: Bulk dynamics are then
-            unstable (``docs/eos_findings.md``).
+            unstable (``docs/eos_findings.md``). A pair ``mode=(a, b)`` is checked the same
+            way, with ``b·λ_{k+1}`` when ``a < b`` and ``a·λ_1`` when ``a > 1``.
         adaptive_k: a fraction ``c`` in ``(0, 1]``: at each refresh project onto (or out of)
             every eigen-direction whose eigenvalue is at least ``c`` times the stability
             threshold, at most ``k`` of them (``k`` becomes the cap; ``active_k`` holds the
@@ -473,11 +474,11 @@ class SubspaceProjectedOptimizer(Optimizer):
         moved = moved_eigenvalue(self.eigenvalues, self.active_k, threshold, self.scales)
         if moved is None:
             return
-        lam, limit = moved
+        index, lam, limit = moved
         if lam > limit:
             self.counters["unstable_refreshes"] = self.counters.get("unstable_refreshes", 0) + 1
             if not self._unstable:  # once per episode
-                warn_unstable(t, self.active_k + 1, lam, limit, stacklevel=5)
+                warn_unstable(t, index, lam, limit, dominant=index <= self.active_k, stacklevel=5)
         self._unstable = lam > limit
 
     def zero_grad(self, set_to_none: bool = True) -> None:
