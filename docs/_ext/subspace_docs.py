@@ -50,6 +50,7 @@ GENERATED_PAGES: tuple[str, ...] = (
     "reliability",
     "reproduce_quick",
     "subspace_sources",
+    "bulk_adam",
 )
 
 #: the order of the gallery (file names under examples/); scripts not listed come last
