@@ -8,10 +8,11 @@ from __future__ import annotations
 import dataclasses
 import io
 import math
+import warnings
 
 import pytest
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 import subspace_optim as so
 
@@ -158,55 +159,48 @@ def test_bad_scales_are_refused_before_anything_changes(mode, exc, match):
     assert not torch.equal(flat(model), theta) and op.num_matvecs == 0
 
 
+def _eigenvalues() -> Tensor:
+    model, X, Y = problem()
+    return so.Eigh().solve(so.HessianOperator(model, mse, (X, Y)), 4).eigenvalues
+
+
+def _unstable_refreshes(scales: tuple[float, float], lr: float, warns: str | None) -> int:
+    """One SGD step wrapped with ``mode=scales`` (k = 2, exact basis); ``warns``: the
+    pattern the step's EdgeOfStabilityWarning must match, ``None``: no warning."""
+    m, X, Y = problem()
+    opt = so.SubspaceProjectedOptimizer(
+        torch.optim.SGD(m.parameters(), lr=lr),
+        so.HessianOperator(m, mse, (X, Y)),
+        k=2,
+        mode=scales,
+        eigensolver="eigh",
+        num_extra=1,
+    )
+    opt.zero_grad()
+    mse(m(X), Y).backward()
+    if warns is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", so.EdgeOfStabilityWarning)
+            opt.step()
+    else:
+        with pytest.warns(so.EdgeOfStabilityWarning, match=warns):
+            opt.step()
+    return int(opt.counters["unstable_refreshes"])
+
+
 def test_the_stability_check_uses_the_bulk_scale():
     """λ_{k+1} is compared with the threshold over ``b`` when ``a < b``: a pair that
     amplifies the bulk part warns where Bulk itself would not."""
-    model, X, Y = problem()
-    op = so.HessianOperator(model, mse, (X, Y))
-    lam = so.Eigh().solve(op, 4).eigenvalues
-    lr = 1.0 / float(lam[2])  # λ_3 = 1/η < 2/η: Bulk (k = 2) is stable
-    for scales, warns in (((0.0, 1.0), False), ((0.0, 4.0), True), ((1.0, 4.0), True)):
-        m, X2, Y2 = problem()
-        opt = so.SubspaceProjectedOptimizer(
-            torch.optim.SGD(m.parameters(), lr=lr),
-            so.HessianOperator(m, mse, (X2, Y2)),
-            k=2,
-            mode=scales,
-            eigensolver="eigh",
-            num_extra=1,
-        )
-        opt.zero_grad()
-        mse(m(X2), Y2).backward()
-        if warns:
-            with pytest.warns(so.EdgeOfStabilityWarning):
-                opt.step()
-        else:
-            opt.step()
-        assert opt.counters["unstable_refreshes"] == int(warns), scales
+    lr = 1.0 / float(_eigenvalues()[2])  # λ_3 = 1/η < 2/η: Bulk (k = 2) is stable
+    assert _unstable_refreshes((0.0, 1.0), lr, None) == 0
+    for scales in ((0.0, 4.0), (1.0, 4.0)):
+        assert _unstable_refreshes(scales, lr, "λ_3 = .*Bulk dynamics") == 1, scales
 
 
 def test_the_stability_check_flags_an_amplified_dominant_part():
     """A pair with ``a > 1`` steps along λ_1 with ``a·η``: past ``2/(aη)`` it warns, naming
     λ_1 and the dominant part; ``a = 1`` (the base optimizer's own dominant step) does not."""
-    model, X, Y = problem()
-    op = so.HessianOperator(model, mse, (X, Y))
-    lam = so.Eigh().solve(op, 4).eigenvalues
-    lr = 1.0 / float(lam[0])  # λ_1 = 1/η: the base step is stable along every direction
-    for scales, warns in (((1.0, 0.0), False), ((1.0, 1.0), False), ((4.0, 0.0), True)):
-        m, X2, Y2 = problem()
-        opt = so.SubspaceProjectedOptimizer(
-            torch.optim.SGD(m.parameters(), lr=lr),
-            so.HessianOperator(m, mse, (X2, Y2)),
-            k=2,
-            mode=scales,
-            eigensolver="eigh",
-            num_extra=1,
-        )
-        opt.zero_grad()
-        mse(m(X2), Y2).backward()
-        if warns:
-            with pytest.warns(so.EdgeOfStabilityWarning, match="λ_1 = .*dominant part"):
-                opt.step()
-        else:
-            opt.step()
-        assert opt.counters["unstable_refreshes"] == int(warns), scales
+    lr = 1.0 / float(_eigenvalues()[0])  # λ_1 = 1/η: the base step is stable everywhere
+    for scales in ((1.0, 0.0), (1.0, 1.0)):
+        assert _unstable_refreshes(scales, lr, None) == 0, scales
+    assert _unstable_refreshes((4.0, 0.0), lr, "λ_1 = .*dominant part") == 1
