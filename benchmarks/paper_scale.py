@@ -12,7 +12,9 @@ The setups (``--setups``) are the paper's Figure 1 networks at their real sizes:
 
 Loss ``0.5·Σ(f − onehot)²`` averaged over the batch. Real data are used when the loaders of
 :mod:`subspace_optim.experiments` find them under ``--data-dir``; otherwise synthetic data of
-the same shapes (the table says which). Plain SGD runs ``--warmup`` steps; from that one
+the same shapes (the table says which). Plain SGD runs ``--warmup`` steps (default
+:data:`SETTLED`, a point where the paper's rule would have switched; ``--warmup 20`` is the
+early, fast-moving point); from that one
 snapshot every row then takes the same mini-batches, all rows in lockstep with the order
 rotating every step (:mod:`paper_scale_rows` holds the rows and their measurements):
 
@@ -26,7 +28,15 @@ rotating every step (:mod:`paper_scale_rows` holds the rows and their measuremen
 
 Run (``--quick``: tiny sizes, writes to a temporary folder unless ``--out`` is given)::
 
-    OMP_NUM_THREADS=2 python benchmarks/paper_scale.py --docs docs/performance.md
+    OMP_NUM_THREADS=1 python benchmarks/paper_scale.py --threads 1 --setups mnist-mlp --out A
+    OMP_NUM_THREADS=1 python benchmarks/paper_scale.py --threads 1 --setups mnist-mlp \
+        --warmup 20 --steps 6 --samples 1 --levers previous --no-profile --out B
+    OMP_NUM_THREADS=1 python benchmarks/paper_scale.py --threads 1 --setups cifar-cnn \
+        --examples cifar-cnn=1000 --out C
+    OMP_NUM_THREADS=1 python benchmarks/paper_scale.py --threads 1 --setups sst2-transformer \
+        --examples sst2-transformer=200 --out D
+    python benchmarks/paper_scale.py --merge {A,B,C,D}/paper_scale.json --out benchmarks/results \
+        --docs docs/performance.md
     python benchmarks/paper_scale.py --device cuda --quick --out benchmarks/results
 """
 

@@ -58,6 +58,7 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import subspace_optim as so
 from subspace_optim._utils import flatten, unflatten
@@ -228,7 +229,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def batch_schedule(n: int, batch: int, steps: int, seed: int = 0) -> list[Tensor]:
-    """Index sets of ``steps`` mini-batches: reshuffled epochs, drawn from a private generator."""
+    """Index sets of ``steps`` mini-batches: reshuffled epochs, drawn from a private generator
+    (a batch larger than the data is the whole data)."""
+    if n < 1 or batch < 1 or steps < 0:
+        raise ValueError(f"need n >= 1, batch >= 1 and steps >= 0; got {n}, {batch}, {steps}")
+    batch = min(batch, n)
     g = torch.Generator().manual_seed(seed)
     out: list[Tensor] = []
     while len(out) < steps:
@@ -270,7 +275,9 @@ class PaperEigsh:
         self.matvecs += 1
         p0 = self.params[0]
         vt = torch.from_numpy(np.ascontiguousarray(v).reshape(-1)).to(p0.device, p0.dtype)
-        with torch.enable_grad():
+        # the fused attention kernels have no double backward: the math kernel, as anyone
+        # running this protocol on a Transformer must choose
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             loss = self.s.loss_fn(self.s.model(self.s.X), self.s.Y)
             grads = torch.autograd.grad(loss, self.params, create_graph=True)
             hv = torch.autograd.grad(grads, self.params, grad_outputs=unflatten(vt, self.params))
@@ -795,13 +802,18 @@ def write_performance_doc(results_dir: Path, path: Path) -> None:
         "by side in one process; absolute times depend on the machine and its load (the "
         "load average at the start of the run is printed with the machine).",
         "",
-        "To regenerate this page (on a quiet 2-core CPU: the paper-scale run tens of "
-        "minutes, dominated by the paper protocol's cold eigsh; the refresh analysis about "
+        "To regenerate this page (on a quiet 2-core CPU: the paper-scale runs about an "
+        "hour, dominated by the cold solves of the CNN and the Transformer, whose products "
+        "cost seconds; each paper-scale table names the command of its run, and `--merge` "
+        "joins their JSON files into the page; the refresh analysis about "
         "5 minutes, projected training 8, BLAS interference 1, the HVP table a few; "
         "`--device cuda` adds GPU tables, `benchmarks/gpu_check.sh` the quick GPU check):",
         "",
         "```",
-        "OMP_NUM_THREADS=2 python benchmarks/paper_scale.py --docs docs/performance.md",
+        "OMP_NUM_THREADS=1 python benchmarks/paper_scale.py --threads 1 --setups mnist-mlp "
+        "--out /tmp/ps/a  # and the other setups' commands, then:",
+        "python benchmarks/paper_scale.py --merge /tmp/ps/*/paper_scale.json --out "
+        "benchmarks/results --docs docs/performance.md",
         "python benchmarks/refresh_analysis.py",
         "OMP_NUM_THREADS=2 python benchmarks/projected_training.py --docs docs/performance.md",
         "OMP_NUM_THREADS=2 python benchmarks/blas_interference.py --docs docs/performance.md",

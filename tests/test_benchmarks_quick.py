@@ -156,9 +156,14 @@ def _results_fingerprint() -> dict[str, float]:
     return {p.name: p.stat().st_mtime for p in (BENCHMARKS / "results").iterdir()}
 
 
+SETUPS = ("mnist-mlp", "cifar-cnn", "sst2-transformer")
+
+
 def test_paper_scale_quick(tmp_path):
-    """benchmarks/paper_scale.py --quick (a narrow MLP): every row and column is there and
-    sane, the targets are checked, the profile is taken, and the performance page builds."""
+    """benchmarks/paper_scale.py --quick on narrow versions of the three setups (the
+    Transformer's products and the paper protocol's go through attention; its data are
+    fewer than a batch): every row and column is there and sane, the targets are checked,
+    the profile is taken, and the performance page builds."""
     sys.path.insert(0, str(BENCHMARKS))
     try:
         ps = importlib.import_module("paper_scale")
@@ -167,12 +172,12 @@ def test_paper_scale_quick(tmp_path):
     before = _results_fingerprint()
     perf = tmp_path / "perf.md"
     results = ps.main(
-        ["--quick", "--small", "--threads", "1", "--setups", "mnist-mlp", "--docs", str(perf)]
+        ["--quick", "--small", "--threads", "1", "--setups", *SETUPS, "--docs", str(perf)]
     )
     assert _results_fingerprint() == before  # a quick run never touches the committed results
     out = Path(results["out"])
     assert out != BENCHMARKS / "results" and (out / "paper_scale.quick.json").exists()
-    assert [b["setup"] for b in results["setups"]] == ["mnist-mlp"]
+    assert [b["setup"] for b in results["setups"]] == list(SETUPS)
     for block in results["setups"]:
         runs = {r["label"]: r for r in block["runs"]}
         assert {"SGD", "paper protocol", "library default", ps.rows.PREVIOUS_DEFAULT} <= set(runs)
