@@ -13,8 +13,8 @@ The setups (``--setups``) are the paper's Figure 1 networks at their real sizes:
 Loss ``0.5·Σ(f − onehot)²`` averaged over the batch. Real data are used when the loaders of
 :mod:`subspace_optim.experiments` find them under ``--data-dir``; otherwise synthetic data of
 the same shapes (the table says which). Plain SGD runs ``--warmup`` steps (default
-:data:`SETTLED`, a point where the paper's rule would have switched; ``--warmup 20`` is the
-early, fast-moving point); from that one
+:data:`SETTLED`, later in training, where the paper's rule switches once χ_k is high: the
+table reports χ_k there; ``--warmup 20`` is the early, fast-moving point); from that one
 snapshot every row then takes the same mini-batches, all rows in lockstep with the order
 rotating every step (:mod:`paper_scale_rows` holds the rows and their measurements):
 
@@ -65,7 +65,8 @@ PAPER_STEPS = 20_000
 #: plain SGD steps before the rows of a full run. The paper switches to projected steps once
 #: the EMA of χ_k has settled near 1, which takes hundreds to thousands of steps; a
 #: snapshot after a handful of steps is a point where the Hessian still moves fast, the worst
-#: case for a warm start (``--warmup 20`` measures it; the table reports χ_k at the snapshot)
+#: case for a warm start (``--warmup 20`` measures it). The table reports χ_k at the
+#: snapshot, which says whether the paper's rule would have switched there
 SETTLED = 1000
 #: per setup: (projected steps, warm-up SGD steps, sampled steps, all levers?) of a full
 #: run, sized for a 2-core CPU (the paper protocol's cold eigsh dominates); the setups whose
