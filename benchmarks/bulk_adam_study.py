@@ -65,7 +65,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bulk_adam_study_report as report
-from projected_training import machine_info
+from projected_training import compact, machine_info
 
 import subspace_optim as so
 from subspace_optim.experiments import (
@@ -404,17 +404,6 @@ def mechanism(setup: Setup, config: RunConfig, switch: int, study: Study) -> dic
 
 
 # ------------------------------------------------------------------------------ CLI
-def compact(obj: Any) -> Any:
-    """``obj`` with floats rounded to 7 significant digits and tuples as lists."""
-    if isinstance(obj, float):
-        return obj if not math.isfinite(obj) else float(f"{obj:.7g}")
-    if isinstance(obj, dict):
-        return {k: compact(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [compact(v) for v in obj]
-    return obj
-
-
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with the default paths resolved (``--quick``: all under ``--out``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

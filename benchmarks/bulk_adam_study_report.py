@@ -10,6 +10,8 @@ import math
 import statistics
 from typing import Any
 
+import projected_training as pt
+
 #: Bulk "trains like Adam" when its progress relative to Adam is at least this
 LIKE_ADAM = 0.9
 
@@ -144,15 +146,11 @@ def machine_text(results: dict[str, Any]) -> str:
     )
     if m.get("omp_num_threads"):
         text += f" (OMP_NUM_THREADS={m['omp_num_threads']})"
-    start, end = m.get("load_average_at_start"), m.get("load_average_at_end")
-    if start:
-        text += f"; load average (1 min) {start[0]:.1f} at the start"
-        text += f" and {end[0]:.1f} at the end" if end else ""
-        if max(start[0], (end or start)[0]) > 0.75 * m["cpu_count"]:
-            text += (
-                f" (other jobs shared the {m['cpu_count']} cores: the times are wall times "
-                "on a loaded machine; the losses do not depend on them)"
-            )
+    text += pt.load_clause(
+        m,
+        f" (other jobs shared the {m['cpu_count']} cores: the times are wall times "
+        "on a loaded machine; the losses do not depend on them)",
+    )
     return (
         text
         + f". Wall time {results['wall_seconds']:.0f} s, CPU time {results['cpu_seconds']:.0f} s."

@@ -222,6 +222,32 @@ def machine_line(m: dict[str, Any], command: str) -> str:
     return f"Machine: {m['description']}{tail}. Command: `{command}`."
 
 
+def compact(obj: Any) -> Any:
+    """``obj`` with finite floats rounded to 7 significant digits and tuples as lists (what a
+    results JSON keeps; a page made from it renders the same again from the file)."""
+    if isinstance(obj, float):
+        return obj if not math.isfinite(obj) else float(f"{obj:.7g}")
+    if isinstance(obj, dict):
+        return {k: compact(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [compact(v) for v in obj]
+    return obj
+
+
+def load_clause(m: dict[str, Any], loaded: str) -> str:
+    """``"; load average (1 min) X at the start and Y at the end"`` from a machine record,
+    followed by ``loaded`` when either exceeds 0.75 per core; ``""`` when no load was
+    recorded."""
+    start, end = m.get("load_average_at_start"), m.get("load_average_at_end")
+    if not start:
+        return ""
+    text = f"; load average (1 min) {start[0]:.1f} at the start"
+    text += f" and {end[0]:.1f} at the end" if end else ""
+    if max(start[0], (end or start)[0]) > 0.75 * m["cpu_count"]:
+        text += loaded
+    return text
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

@@ -56,7 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import subspace_sources_docs as docs
 import subspace_sources_report as report
-from projected_training import batch_schedule, machine_info
+from projected_training import batch_schedule, compact, machine_info
 
 import subspace_optim as so
 from subspace_optim.experiments import cnn, half_sum_mse, load_digits, mlp
@@ -328,17 +328,6 @@ def study(cfg: Config) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- CLI
-def compact(obj: Any) -> Any:
-    """``obj`` with every float rounded to 7 significant digits (the JSON stays small)."""
-    if isinstance(obj, float):
-        return float(f"{obj:.7g}")
-    if isinstance(obj, dict):
-        return {k: compact(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [compact(v) for v in obj]
-    return obj
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line, with the default paths resolved (``--quick``: all under ``--out``)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -394,6 +383,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         )
         results["wall_seconds"] = time.perf_counter() - t_all
         torch.set_num_threads(threads)  # main may run inside a test process
+        # the outputs are made from what the JSON keeps, so --render reproduces them exactly
+        results = compact(results)
     results["summary"] = {n: report.summarize(b) for n, b in results["setups"].items()}
     if not args.render:
         args.out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import projected_training
+
 LABEL = {"hessian": "Hessian", "ggn": "GGN", "covariance": "covariance", "fisher": "emp. Fisher"}
 
 
@@ -88,19 +90,15 @@ def summarize(block: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------- markdown
 def machine_text(results: dict[str, Any]) -> str:
     m = results["machine"]
-    start, end = m.get("load_average_at_start"), m.get("load_average_at_end")
     text = (
         f"Machine: {m['cpu']}, {m['cpu_count']} cores, torch {m['torch']} with "
         f"{m['torch_threads']} thread{'s' if m['torch_threads'] > 1 else ''}, Python {m['python']}"
     )
-    if start:
-        text += f"; load average (1 min) {start[0]:.1f} at the start"
-        text += f" and {end[0]:.1f} at the end" if end else ""
-        if max(start[0], (end or start)[0]) > 0.75 * m["cpu_count"]:
-            text += (
-                f". It was a loaded, shared {m['cpu_count']}-core CPU (other jobs ran alongside):"
-                " absolute times are inflated and noisy; compare times within a table only"
-            )
+    text += projected_training.load_clause(
+        m,
+        f". It was a loaded, shared {m['cpu_count']}-core CPU (other jobs ran alongside):"
+        " absolute times are inflated and noisy; compare times within a table only",
+    )
     return text + f". Wall time {results.get('wall_seconds', math.nan):.0f} s."
 
 
