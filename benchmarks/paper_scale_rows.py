@@ -311,21 +311,35 @@ class Row:
 
 
 # ----------------------------------------------------------------- measurements
+def best_ms(
+    fn: Callable[[], object],
+    device: torch.device,
+    repeats: int,
+    before: Callable[[], object] | None = None,
+) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn`` in ms, synchronized with ``device``;
+    ``before`` runs untimed ahead of each call."""
+    best = math.inf
+    for _ in range(repeats):
+        if before is not None:
+            before()
+        pt.synchronize(device)
+        t0 = time.perf_counter()
+        fn()
+        pt.synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 1e3 * best
+
+
 def product_ms(op: so.HessianOperator, block: int, repeats: int = 2) -> tuple[float, float]:
     """ms of one full-data product alone (graph built each time) and per column of a block."""
     g = torch.Generator().manual_seed(0)
     V = torch.randn(op.shape[0], block, generator=g).to(op.device, op.dtype)
-    times: dict[int, float] = {}
-    for width in (1, block):
-        best = math.inf
-        for _ in range(repeats):
-            op.release_graph()
-            pt.synchronize(op.device)
-            t0 = time.perf_counter()
-            op.matmat(V[:, :width])
-            pt.synchronize(op.device)
-            best = min(best, time.perf_counter() - t0)
-        times[width] = 1e3 * best / width
+    times = {
+        width: best_ms(lambda w=width: op.matmat(V[:, :w]), op.device, repeats, op.release_graph)
+        / width
+        for width in (1, block)
+    }
     op.release_graph()
     return times[1], times[block]
 
@@ -352,14 +366,7 @@ def batched_column_ms(s: pt.Setup, block: int, repeats: int = 2) -> dict[str, fl
             torch.autograd.grad(grads, params, V, retain_graph=True, is_grads_batched=True)
 
         for name, fn in (("loop", loop), ("batched", batched)):
-            best = math.inf
-            for _ in range(repeats):
-                pt.synchronize(s.X.device)
-                t0 = time.perf_counter()
-                fn()
-                pt.synchronize(s.X.device)
-                best = min(best, time.perf_counter() - t0)
-            out[name] = 1e3 * best / block
+            out[name] = best_ms(fn, s.X.device, repeats) / block
     return out
 
 
