@@ -32,7 +32,7 @@ from torch.func import functional_call
 
 import subspace_optim as so
 from subspace_optim import (
-    DistributedHessianError,
+    DistributedCurvatureError,
     DistributedHessianOperator,
     HessianOperator,
     Lanczos,
@@ -192,18 +192,18 @@ def _scenarios(rank: int, out_dir: Path) -> dict:
     try:  # the construction self-check finds it first, on every rank
         DistributedHessianOperator(model, failing_loss, uneven_shard(rank, X, Y))
         res["failure_at_check"] = None
-    except DistributedHessianError as exc:
+    except DistributedCurvatureError as exc:
         res["failure_at_check"] = {"ranks": exc.ranks, "messages": exc.messages}
     bad = DistributedHessianOperator(model, failing_loss, uneven_shard(rank, X, Y), check=False)
     try:
         bad.matvec(V[:, 0])
         res["failure"] = None
-    except DistributedHessianError as exc:
+    except DistributedCurvatureError as exc:
         res["failure"] = {"message": str(exc), "ranks": exc.ranks, "messages": exc.messages}
     try:
         bad.loss_and_grad()
         res["failure_grad"] = None
-    except DistributedHessianError as exc:
+    except DistributedCurvatureError as exc:
         res["failure_grad"] = str(exc)
     alive = torch.ones(1)
     dist.all_reduce(alive)
@@ -448,7 +448,7 @@ def test_a_construction_error_on_one_rank_is_raised_on_every_rank(runs):
     own, other = runs[1]["construction_failure"], runs[0]["construction_failure"]
     assert own is not None and own["type"] == "TypeError"
     assert "batch 0 of data is a dict" in own["message"]
-    assert other is not None and other["type"] == "DistributedHessianError"
+    assert other is not None and other["type"] == "DistributedCurvatureError"
     assert other["ranks"] == [1] and "batch 0 of data is a dict" in other["message"]
 
 

@@ -6,9 +6,9 @@ from .covariance import COVARIANCE_METHODS, GradientCovarianceOperator
 from .dense import DenseOperator
 from .distributed import (
     DataParallel,
+    DistributedCurvatureError,
     DistributedGGNOperator,
     DistributedGradientCovarianceOperator,
-    DistributedHessianError,
     DistributedHessianOperator,
 )
 from .ggn import GGN_METHODS, SUPPORTED_GGN_LOSSES, GGNOperator
@@ -24,9 +24,9 @@ __all__ = [
     "CurvatureCheckWarning",
     "DataParallel",
     "DenseOperator",
+    "DistributedCurvatureError",
     "DistributedGGNOperator",
     "DistributedGradientCovarianceOperator",
-    "DistributedHessianError",
     "DistributedHessianOperator",
     "GGNOperator",
     "GradientCovarianceOperator",

@@ -32,13 +32,13 @@ from ._selfcheck import check_locally, check_repeatable
 if TYPE_CHECKING:  # the eigensolvers import the operators: avoid a cycle at run time
     from ..eigensolvers.base import EigenResult
 
-__all__ = ["DataParallel", "DistributedHessianError"]
+__all__ = ["DataParallel", "DistributedCurvatureError"]
 
 _DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
 
 
-class DistributedHessianError(RuntimeError):
-    """A rank failed inside a distributed Hessian product or gradient.
+class DistributedCurvatureError(RuntimeError):
+    """A rank failed inside a distributed curvature product or gradient (Hessian, GGN or covariance).
 
     Raised on *every* rank of the group at the same collective (never a hang): the failing
     rank packs a failure flag into the reduction buffer, every rank sees it, and the error
@@ -56,12 +56,12 @@ class DistributedHessianError(RuntimeError):
 
     Example:
         A loss that fails inside a product, in a one-process gloo group: the rank's
-        exception comes back as a ``DistributedHessianError`` that names it.
+        exception comes back as a ``DistributedCurvatureError`` that names it.
 
         >>> import os, tempfile, torch
         >>> import torch.distributed as dist
         >>> from torch import nn
-        >>> from subspace_optim import DistributedHessianError, DistributedHessianOperator
+        >>> from subspace_optim import DistributedCurvatureError, DistributedHessianOperator
         >>> tmp = tempfile.TemporaryDirectory()
         >>> store = os.path.join(tmp.name, "store")
         >>> dist.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
@@ -72,7 +72,7 @@ class DistributedHessianError(RuntimeError):
         >>> H = DistributedHessianOperator(model, broken_loss, (X, X[:, :1]), check=False)
         >>> try:
         ...     H @ torch.ones(4, dtype=torch.float64)
-        ... except DistributedHessianError as err:
+        ... except DistributedCurvatureError as err:
         ...     print(err.ranks, err.messages)
         [0] ['ValueError: targets have the wrong shape']
         >>> dist.destroy_process_group()
@@ -109,7 +109,7 @@ class DataParallel:
     One product is one pass over the local shard followed by **one** all-reduce of a flat
     buffer: the local block, then each rank's example count, failure flag and a checksum
     of its input block ``V``. From the tail every rank learns the global count, whether any
-    rank failed (then all raise :class:`DistributedHessianError`), and whether the ranks'
+    rank failed (then all raise :class:`DistributedCurvatureError`), and whether the ranks'
     inputs diverged (then all raise ``RuntimeError`` instead of silently mixing different
     vectors).
 
@@ -274,7 +274,7 @@ class DataParallel:
             dist.all_gather_object(gathered, text, group=self.group)
             messages = [str(gathered[r]) for r in ranks]
             detail = "; ".join(f"rank {r}: {m}" for r, m in zip(ranks, messages))
-            error = DistributedHessianError(
+            error = DistributedCurvatureError(
                 f"distributed Hessian computation failed on rank(s) {ranks} (seen from rank "
                 f"{self.rank}): {detail}",
                 ranks,
@@ -336,7 +336,7 @@ class DataParallel:
             its gradient, shape ``(n,)``, in the operator's dtype.
 
         Raises:
-            DistributedHessianError: some rank failed computing its share (every rank
+            DistributedCurvatureError: some rank failed computing its share (every rank
                 raises).
             ValueError: no rank has any example.
         """
@@ -429,7 +429,7 @@ def _agree_on_construction(failure: Exception | None, group: Any) -> None:
 
     Raises:
         Exception: this rank's own construction error, unchanged.
-        DistributedHessianError: on the ranks that succeeded, when another rank failed
+        DistributedCurvatureError: on the ranks that succeeded, when another rank failed
             (with that rank's message).
     """
     nccl = str(dist.get_backend(group)).lower() == "nccl"
@@ -447,7 +447,7 @@ def _agree_on_construction(failure: Exception | None, group: Any) -> None:
     ranks = [r for r in range(size) if gathered[r] is not None]
     messages = [str(gathered[r]) for r in ranks]
     detail = "; ".join(f"rank {r}: {m}" for r, m in zip(ranks, messages))
-    raise DistributedHessianError(
+    raise DistributedCurvatureError(
         f"building the distributed operator failed on rank(s) {ranks} (seen from rank "
         f"{dist.get_rank(group)}): {detail}",
         ranks,

@@ -22,7 +22,7 @@ from torch import Tensor
 from .._utils import block_to_columns, flatten, unflatten
 from ._memory import MemoryRule
 
-__all__ = ["HVP_MEMORY_RULES", "ChunkGraph", "build_chunk_graph", "func_hvp", "graph_hvp"]
+__all__ = ["PRODUCT_MEMORY_RULES", "ChunkGraph", "build_chunk_graph", "func_hvp", "graph_hvp"]
 
 #: peak memory of a sub-block of ``w`` columns, ``G`` the graph bytes of one micro-batch and
 #: ``col`` the bytes of one column: ``"autograd"`` ``5·G + 2·col + w·2·col`` (the graph is
@@ -30,7 +30,7 @@ __all__ = ["HVP_MEMORY_RULES", "ChunkGraph", "build_chunk_graph", "func_hvp", "g
 #: same sizes; each column keeps its input and result, and one column at a time two more);
 #: ``"func"`` ``G + w·(4·G + 3·col)`` (``vmap`` carries the tangents of the forward and
 #: backward intermediates for every column). Calibration: ``benchmarks/memory.py``.
-HVP_MEMORY_RULES = {
+PRODUCT_MEMORY_RULES = {
     "autograd": MemoryRule(graph_fixed=5, col_fixed=2, graph_per_column=0, col_per_column=2),
     "func": MemoryRule(graph_fixed=1, col_fixed=0, graph_per_column=4, col_per_column=3),
 }

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from .._utils import unflatten
 from ._data import Batch
-from ._hvp import HVP_MEMORY_RULES
+from ._hvp import PRODUCT_MEMORY_RULES
 from ._jacobian import OutputGraph, build_output_graph, func_jacobian_block, graph_jvp, graph_vjp
 from ._memory import MemoryRule
 from ._model_operator import ModelOperator
@@ -104,7 +104,7 @@ class GradientCovarianceOperator(ModelOperator):
     _methods: ClassVar[tuple[str, ...]] = COVARIANCE_METHODS
     _auto_method: ClassVar[str] = "autograd"
     _cacheable_methods: ClassVar[tuple[str, ...]] = ("autograd",)
-    _memory_rules: ClassVar[dict[str, MemoryRule]] = HVP_MEMORY_RULES
+    _memory_rules: ClassVar[dict[str, MemoryRule]] = PRODUCT_MEMORY_RULES
 
     def __init__(
         self,

@@ -18,16 +18,16 @@ the same way (:class:`DistributedGGNOperator`, :class:`DistributedGradientCovari
 
 from __future__ import annotations
 
-from ._data_parallel import DataParallel, DistributedHessianError
+from ._data_parallel import DataParallel, DistributedCurvatureError
 from .covariance import GradientCovarianceOperator
 from .ggn import GGNOperator
 from .hessian import HessianOperator
 
 __all__ = [
     "DataParallel",
+    "DistributedCurvatureError",
     "DistributedGGNOperator",
     "DistributedGradientCovarianceOperator",
-    "DistributedHessianError",
     "DistributedHessianOperator",
 ]
 
@@ -50,7 +50,7 @@ class DistributedHessianOperator(DataParallel, HessianOperator):
     buffer of ``n·b + 3R`` numbers: the block ``Σ count · H_chunk V``, then each rank's
     example count, failure flag and a checksum of its input block ``V``. From the tail every
     rank learns the global count, whether any rank failed (then all raise
-    :class:`DistributedHessianError`), and whether the ranks' inputs diverged (then all
+    :class:`DistributedCurvatureError`), and whether the ranks' inputs diverged (then all
     raise ``RuntimeError`` instead of silently mixing different vectors).
 
     Args:

@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from .._utils import unflatten
-from ._hvp import HVP_MEMORY_RULES
+from ._hvp import PRODUCT_MEMORY_RULES
 from ._jacobian import OutputGraph, build_output_graph, func_jacobian_block, graph_jvp, graph_vjp
 from ._memory import MemoryRule
 from ._model_operator import ModelOperator
@@ -127,7 +127,7 @@ class GGNOperator(ModelOperator):
     _methods: ClassVar[tuple[str, ...]] = GGN_METHODS
     _auto_method: ClassVar[str] = "autograd"
     _cacheable_methods: ClassVar[tuple[str, ...]] = ("autograd",)
-    _memory_rules: ClassVar[dict[str, MemoryRule]] = HVP_MEMORY_RULES
+    _memory_rules: ClassVar[dict[str, MemoryRule]] = PRODUCT_MEMORY_RULES
 
     # ------------------------------------------------------------ validation
     def _check_setup(self) -> None:

@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
-from ._hvp import HVP_MEMORY_RULES, ChunkGraph, build_chunk_graph, func_hvp, graph_hvp
+from ._hvp import PRODUCT_MEMORY_RULES, ChunkGraph, build_chunk_graph, func_hvp, graph_hvp
 from ._memory import BlockMemoryEstimate, MemoryRule
 from ._model_operator import ModelOperator
 
@@ -165,7 +165,7 @@ class HessianOperator(ModelOperator):
     _methods: ClassVar[tuple[str, ...]] = HVP_METHODS
     _auto_method: ClassVar[str] = "autograd"
     _cacheable_methods: ClassVar[tuple[str, ...]] = ("autograd",)
-    _memory_rules: ClassVar[dict[str, MemoryRule]] = HVP_MEMORY_RULES
+    _memory_rules: ClassVar[dict[str, MemoryRule]] = PRODUCT_MEMORY_RULES
 
     # -------------------------------------------------------------- products
     def _build_graph(self, x: Any, y: Tensor, count: int) -> ChunkGraph:
