@@ -1,9 +1,12 @@
 """DistributedHessianOperator on a real 2-process gloo group against single-process float64 references.
 
 The expensive part (spawning 2 processes, importing torch twice) happens once: a
-module-scoped fixture runs every distributed scenario in one spawn, each rank writes what it
-measured to a file, and the tests below compare those measurements with references computed
-here in the parent process. A deadline kills the workers, so a hang fails the test instead
+module-scoped fixture runs every distributed scenario in one spawn, and the tests below
+compare what the ranks measured with references computed here in the parent process. Each
+scenario is kept apart: it builds its own operators, and each rank writes its results, or
+its traceback, to the scenario's own file, so a scenario that fails fails only the tests
+that read it, with its own error, and every other test still reaches its assertions. A
+deadline kills the workers, so a hang fails the tests of the unfinished scenarios instead
 of blocking the suite; collectives also carry a process-group timeout.
 
 Everything here is tiny (a 57-parameter model), so the parent runs on one torch thread like
@@ -101,25 +104,27 @@ def _gather(t: torch.Tensor) -> list[torch.Tensor]:
     return out
 
 
-def _scenarios(rank: int, out_dir: Path) -> dict:
-    torch.set_num_threads(1)
-    res: dict = {}
+def _products(rank: int, out_dir: Path) -> dict:
+    """1. products and gradient with uneven shards (and micro-batching on rank 1)."""
     model, X, Y = problem()
-    V = probe_block()
-
-    # 1. products and gradient with uneven shards (and micro-batching on rank 1)
     op = DistributedHessianOperator(
         model, mse, uneven_shard(rank, X, Y), chunk_size=4 if rank else None
     )
-    res["HV"] = op.matmat(V)
+    res: dict = {"HV": op.matmat(probe_block())}
     res["counts"] = torch.tensor(op.last_counts)
     res["loss"], res["grad"] = op.loss_and_grad()
+    return res
 
-    # 1b. sub-blocks of 2 columns: the same bits, still one all-reduce per block
+
+def _sub_blocks(rank: int, out_dir: Path) -> dict:
+    """1b. sub-blocks of 2 columns: the same bits, still one all-reduce per block; and a
+    memory budget, agreed on by every rank."""
+    model, X, Y = problem()
+    V = probe_block()
     shard = uneven_shard(rank, X, Y)
-    sub = DistributedHessianOperator(
-        model, mse, shard, chunk_size=4 if rank else None, max_block_size=2
-    )
+    chunk = 4 if rank else None
+    res: dict = {"HV": DistributedHessianOperator(model, mse, shard, chunk_size=chunk).matmat(V)}
+    sub = DistributedHessianOperator(model, mse, shard, chunk_size=chunk, max_block_size=2)
     calls = []
     all_reduce = dist.all_reduce
     dist.all_reduce = lambda *a, **kw: (calls.append(a[0].numel()), all_reduce(*a, **kw))[1]
@@ -132,7 +137,6 @@ def _scenarios(rank: int, out_dir: Path) -> dict:
     res["HV_func_sub"] = func.matmat(V)
     # a budget: each rank estimates its own shard, all ranks use the smallest width (here
     # each rank's budget fits 2 - rank columns of its own estimate)
-    chunk = 4 if rank else None
     own = HessianOperator(model, mse, shard, chunk_size=chunk, memory_budget=2**40)
     budget = own.memory_estimate.peak(2 - rank)
     res["local_width"] = HessianOperator(
@@ -147,19 +151,37 @@ def _scenarios(rank: int, out_dir: Path) -> dict:
         res["budget_error"] = None
     except ValueError as exc:
         res["budget_error"] = str(exc)
+    return res
 
-    # 2. an empty shard: rank 1 holds no data at all
+
+def _empty_shard(rank: int, out_dir: Path) -> dict:
+    """2. an empty shard: rank 1 holds no data at all."""
+    model, X, Y = problem()
     empty = DistributedHessianOperator(model, mse, [(X, Y)] if rank == 0 else [])
-    res["HV_empty"] = empty.matmat(V)
-    res["counts_empty"] = torch.tensor(empty.last_counts)
+    return {
+        "HV_empty": empty.matmat(probe_block()),
+        "counts_empty": torch.tensor(empty.last_counts),
+    }
 
-    # 3. eigenpairs in lockstep; the result must be bit-identical across ranks
+
+def _eigenpairs(rank: int, out_dir: Path) -> dict:
+    """3. eigenpairs in lockstep; the result must be bit-identical across ranks."""
+    model, X, Y = problem()
+    op = DistributedHessianOperator(
+        model, mse, uneven_shard(rank, X, Y), chunk_size=4 if rank else None
+    )
     result = op.broadcast_result(Lanczos(tol=SOLVER_TOL).solve(op, 4))
-    res["eigenvalues"], res["eigenvectors"] = result.eigenvalues, result.eigenvectors
     gathered = _gather(result.eigenvectors)
-    res["bases_identical"] = all(torch.equal(gathered[0], b) for b in gathered)
+    return {
+        "eigenvalues": result.eigenvalues,
+        "eigenvectors": result.eigenvectors,
+        "bases_identical": all(torch.equal(gathered[0], b) for b in gathered),
+    }
 
-    # 4. 20 steps of Bulk-SGD under DDP, the refresh on all ranks' shards; checkpoint at 10
+
+def _ddp_training(rank: int, out_dir: Path) -> dict:
+    """4. 20 steps of Bulk-SGD under DDP, the refresh on all ranks' shards; rank 0 saves a
+    checkpoint at step 10."""
     model, X, Y = problem()
     ddp = nn.parallel.DistributedDataParallel(model)
     curvature = DistributedHessianOperator(ddp, mse, uneven_shard(rank, X, Y))
@@ -174,21 +196,26 @@ def _scenarios(rank: int, out_dir: Path) -> dict:
         opt.zero_grad()
         mse(ddp(X[idx]), Y[idx]).backward()
         opt.step()
-    res["ddp_params"] = flat(model)
-    res["ddp_basis"] = opt.basis
+    res: dict = {"ddp_params": flat(model), "ddp_basis": opt.basis}
     res["ddp_params_identical"] = all(
         torch.equal(res["ddp_params"], p) for p in _gather(flat(model))
     )
     res["ddp_bases_identical"] = all(torch.equal(opt.basis, b) for b in _gather(opt.basis))
     res["ddp_refreshes"] = opt.counters["refreshes"]
+    return res
 
-    # 5. an exception inside one rank's HVP surfaces on every rank, and the group survives
+
+def _failures(rank: int, out_dir: Path) -> dict:
+    """5. an exception inside one rank's HVP surfaces on every rank, and the group survives."""
+    res: dict = {}
+
     def failing_loss(out, target):
         if rank == 1:
             raise ValueError("boom on purpose")
         return mse(out, target)
 
     model, X, Y = problem()
+    V = probe_block()
     try:  # the construction self-check finds it first, on every rank
         DistributedHessianOperator(model, failing_loss, uneven_shard(rank, X, Y))
         res["failure_at_check"] = None
@@ -208,51 +235,84 @@ def _scenarios(rank: int, out_dir: Path) -> dict:
     alive = torch.ones(1)
     dist.all_reduce(alive)
     res["alive_after_failure"] = float(alive)
+    return res
 
-    # 5b. a construction error on one rank only (its own shard is malformed) is raised on
-    # every rank, not left for the others to hang on in the handshake
+
+def _construction_failure(rank: int, out_dir: Path) -> dict:
+    """5b. a construction error on one rank only (its own shard is malformed) is raised on
+    every rank, not left for the others to hang on in the handshake."""
+    model, X, Y = problem()
     shard = uneven_shard(rank, X, Y)
     if rank == 1:
         shard = [{"x": X[:3], "labels": Y[:3]}]
     try:
         DistributedHessianOperator(model, mse, shard)
-        res["construction_failure"] = None
+        return {"construction_failure": None}
     except Exception as exc:
-        res["construction_failure"] = {
-            "type": type(exc).__name__,
-            "ranks": getattr(exc, "ranks", None),
-            "message": str(exc),
+        return {
+            "construction_failure": {
+                "type": type(exc).__name__,
+                "ranks": getattr(exc, "ranks", None),
+                "message": str(exc),
+            }
         }
 
-    # 6. ranks feeding different vectors are caught, not silently mixed
+
+def _refusals(rank: int, out_dir: Path) -> dict:
+    """6. ranks feeding different vectors are caught, not silently mixed; 7. models of
+    different sizes are refused at construction, on every rank."""
+    res: dict = {}
+    model, X, Y = problem()
+    op = DistributedHessianOperator(model, mse, uneven_shard(rank, X, Y))
     try:
-        op.matvec(V[:, rank])
+        op.matvec(probe_block()[:, rank])
         res["divergence"] = None
     except RuntimeError as exc:
         res["divergence"] = str(exc)
-
-    # 7. models of different sizes are refused at construction, on every rank
     other = nn.Linear(5, 3 + rank).double()
     try:
         DistributedHessianOperator(other, mse, (X, Y[:, : 3 + rank]))
         res["mismatch"] = None
     except RuntimeError as exc:
         res["mismatch"] = str(exc)
+    return res
 
-    # 8. the other curvatures: the same shards, one reduction per product, the same bits
+
+def _other_curvatures(rank: int, out_dir: Path) -> dict:
+    """8. the other curvatures: the same shards, one reduction per product, the same bits."""
     model, X, Y = problem()
+    V = probe_block()
     shard = uneven_shard(rank, X, Y)
-    ggn = so.DistributedGGNOperator(model, mse, shard, chunk_size=4 if rank else None)
-    res["GV"] = ggn.matmat(V)
+    chunk = 4 if rank else None
+    ggn = so.DistributedGGNOperator(model, mse, shard, chunk_size=chunk)
+    res: dict = {"GV": ggn.matmat(V)}
     cov = so.DistributedGradientCovarianceOperator(model, mse, shard, chunk_size=4)
     res["CV"] = cov.matmat(V)
     res["cov_counts"] = torch.tensor(cov.last_counts)
     res["ggn_loss"], res["ggn_grad"] = ggn.loss_and_grad()
+    hessian = DistributedHessianOperator(model, mse, shard, chunk_size=chunk)
+    res["hessian_grad"] = hessian.loss_and_grad()[1]
     return res
+
+
+# every scenario runs on its own, in this order, and its outcome (results or traceback) is
+# written to its own file: one failing scenario fails only the tests that read it
+SCENARIOS = {
+    "products": _products,
+    "sub_blocks": _sub_blocks,
+    "empty_shard": _empty_shard,
+    "eigenpairs": _eigenpairs,
+    "ddp_training": _ddp_training,
+    "failures": _failures,
+    "construction_failure": _construction_failure,
+    "refusals": _refusals,
+    "other_curvatures": _other_curvatures,
+}
 
 
 def _worker(rank: int, store: str, out_dir: str) -> None:
     out = Path(out_dir)
+    torch.set_num_threads(1)
     try:
         dist.init_process_group(
             "gloo",
@@ -261,38 +321,67 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
             world_size=WORLD,
             timeout=datetime.timedelta(seconds=60),
         )
-        try:
-            res = _scenarios(rank, out)
-        finally:
-            dist.destroy_process_group()
-        torch.save(res, out / f"rank{rank}.pt")
     except BaseException:
         (out / f"rank{rank}.error").write_text(traceback.format_exc())
         raise
+    try:
+        for name, scenario in SCENARIOS.items():
+            try:
+                res = scenario(rank, out)
+            except Exception:
+                # the other rank usually raises at the same collective (errors and diverged
+                # inputs are agreed on); a rank left waiting times out after 60 s
+                (out / f"rank{rank}.{name}.error").write_text(traceback.format_exc())
+            else:
+                torch.save(res, out / f"rank{rank}.{name}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+class Runs:
+    """What the workers measured, by scenario: ``runs[name]`` is the list of the ranks'
+    result dicts of one scenario, or fails the calling test with that scenario's own error."""
+
+    def __init__(self, out_dir: Path, worker_error: str | None) -> None:
+        self.out_dir = out_dir
+        self.worker_error = worker_error
+
+    def __getitem__(self, name: str) -> list[dict]:
+        assert name in SCENARIOS, name
+        out = []
+        for r in range(WORLD):
+            error = self.out_dir / f"rank{r}.{name}.error"
+            result = self.out_dir / f"rank{r}.{name}.pt"
+            if error.exists():
+                pytest.fail(f"scenario {name!r} raised on rank {r}:\n{error.read_text()}")
+            if not result.exists():
+                pytest.fail(f"scenario {name!r} left no result on rank {r}: {self.worker_error}")
+            out.append(torch.load(result, weights_only=False))
+        return out
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> list[dict]:
+def runs(tmp_path_factory) -> Runs:
     tmp = tmp_path_factory.mktemp("ddp")
     ctx = spawn_workers(_worker, (str(tmp / "store"), str(tmp)), WORLD)
     deadline = time.monotonic() + DEADLINE_S
+    worker_error = None
     try:
         # the single-process references need no worker output: compute them while the
         # workers import torch and wait on each other's collectives (cached for the tests)
         reference_training_from_start()
         while not ctx.join(timeout=1):
             if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {DEADLINE_S} s (hang?)")
+                worker_error = f"the workers did not finish within {DEADLINE_S} s (hang?)"
+                break
     except mp.ProcessRaisedException:
-        errors = "\n".join(p.read_text() for p in sorted(tmp.glob("rank*.error")))
-        pytest.fail(f"a distributed worker raised:\n{errors}")
+        errors = "\n".join(p.read_text() for p in sorted(tmp.glob("rank?.error")))
+        worker_error = f"a distributed worker raised outside the scenarios:\n{errors}"
     finally:
         for p in ctx.processes:
             if p.is_alive():
                 p.kill()
-    out = [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
-    out[0]["checkpoint"] = torch.load(tmp / "checkpoint.pt", weights_only=True)
-    return out
+    return Runs(tmp, worker_error)
 
 
 # ------------------------------------------------------------ float64 references
@@ -341,18 +430,20 @@ def test_matmat_equals_full_data_product_with_uneven_shards(runs):
     model, X, Y = problem()
     H = dense_hessian(model, X, Y)
     ref = H @ probe_block()
-    for r, res in enumerate(runs):
+    ranks = runs["products"]
+    for r, res in enumerate(ranks):
         assert res["counts"].tolist() == [12, 25]
         assert rel(res["HV"], ref) < 1e-6, f"rank {r}"
-        assert torch.equal(res["HV"], runs[0]["HV"]), "ranks received different products"
+        assert torch.equal(res["HV"], ranks[0]["HV"]), "ranks received different products"
 
 
 def test_sub_blocks_and_memory_budget_keep_the_product(runs):
     model, X, Y = problem()
     ref = dense_hessian(model, X, Y) @ probe_block()
     n, b = ref.shape
-    assert [res["local_width"] for res in runs] == [2, 1]
-    for r, res in enumerate(runs):
+    ranks = runs["sub_blocks"]
+    assert [res["local_width"] for res in ranks] == [2, 1]
+    for r, res in enumerate(ranks):
         # double backward: every column is its own backward pass, so splitting is bitwise
         assert torch.equal(res["HV_sub"], res["HV"]), f"rank {r}"
         assert res["sub_allreduces"] == [n * b + 3 * WORLD], "one buffer for the whole block"
@@ -365,7 +456,7 @@ def test_sub_blocks_and_memory_budget_keep_the_product(runs):
 def test_empty_shard_is_weighted_correctly(runs):
     model, X, Y = problem()
     ref = dense_hessian(model, X, Y) @ probe_block()
-    for res in runs:
+    for res in runs["empty_shard"]:
         assert res["counts_empty"].tolist() == [N_EXAMPLES, 0]
         assert rel(res["HV_empty"], ref) < 1e-6
 
@@ -374,7 +465,7 @@ def test_loss_and_grad_is_the_global_mean(runs):
     model, X, Y = problem()
     loss = mse(model(X), Y)
     grad = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(model.parameters()))])
-    for res in runs:
+    for res in runs["products"]:
         assert abs(float(res["loss"]) - float(loss.detach())) < 1e-12
         assert rel(res["grad"], grad) < 1e-10
 
@@ -383,7 +474,7 @@ def test_eigenpairs_agree_with_dense_reference_and_across_ranks(runs):
     model, X, Y = problem()
     lam, Q = torch.linalg.eigh(dense_hessian(model, X, Y))
     lam, Q = lam.flip(0)[:4], Q.flip(1)[:, :4]
-    for res in runs:
+    for res in runs["eigenpairs"]:
         assert res["bases_identical"]
         assert torch.allclose(res["eigenvalues"], lam, rtol=1e-8, atol=1e-10)
         U = res["eigenvectors"]  # sign-invariant: compare projectors
@@ -392,7 +483,7 @@ def test_eigenpairs_agree_with_dense_reference_and_across_ranks(runs):
 
 def test_bulk_sgd_under_ddp_matches_single_process(runs):
     ref_params, ref_basis = reference_training_from_start()
-    for r, res in enumerate(runs):
+    for r, res in enumerate(runs["ddp_training"]):
         assert res["ddp_params_identical"] and res["ddp_bases_identical"], f"rank {r}"
         assert res["ddp_refreshes"] == STEPS
         assert rel(res["ddp_params"], ref_params) < 1e-9
@@ -411,8 +502,10 @@ def test_bulk_sgd_under_ddp_matches_single_process(runs):
 
 
 def test_checkpoint_from_two_ranks_resumes_in_one_process(runs):
-    resumed, _ = reference_training(start=RESUME_AT, checkpoint=runs[0]["checkpoint"])
-    assert rel(resumed, runs[0]["ddp_params"]) < 1e-9
+    rank0 = runs["ddp_training"][0]  # rank 0 saved the checkpoint at step RESUME_AT
+    checkpoint = torch.load(runs.out_dir / "checkpoint.pt", weights_only=True)
+    resumed, _ = reference_training(start=RESUME_AT, checkpoint=checkpoint)
+    assert rel(resumed, rank0["ddp_params"]) < 1e-9
 
 
 def test_gauss_newton_and_covariance_over_uneven_shards(runs):
@@ -420,15 +513,16 @@ def test_gauss_newton_and_covariance_over_uneven_shards(runs):
     V = probe_block()
     G = so.GGNOperator(model, mse, (X, Y)) @ V
     C = so.GradientCovarianceOperator(model, mse, (X, Y)) @ V
-    for r, res in enumerate(runs):
+    ranks = runs["other_curvatures"]
+    for r, res in enumerate(ranks):
         assert rel(res["GV"], G) < 1e-12 and rel(res["CV"], C) < 1e-12, f"rank {r}"
-        assert torch.equal(res["GV"], runs[0]["GV"]) and torch.equal(res["CV"], runs[0]["CV"])
+        assert torch.equal(res["GV"], ranks[0]["GV"]) and torch.equal(res["CV"], ranks[0]["CV"])
         assert res["cov_counts"].tolist() == [12, 25]
-        assert torch.allclose(res["ggn_grad"], runs[0]["grad"], rtol=1e-13, atol=1e-15)
+        assert torch.allclose(res["ggn_grad"], res["hessian_grad"], rtol=1e-13, atol=1e-15)
 
 
 def test_exception_on_one_rank_raises_on_every_rank(runs):
-    for r, res in enumerate(runs):
+    for r, res in enumerate(runs["failures"]):
         failure = res["failure"]
         assert failure is not None, f"rank {r} did not raise"
         assert failure["ranks"] == [1]
@@ -445,7 +539,8 @@ def test_exception_on_one_rank_raises_on_every_rank(runs):
 
 
 def test_a_construction_error_on_one_rank_is_raised_on_every_rank(runs):
-    own, other = runs[1]["construction_failure"], runs[0]["construction_failure"]
+    ranks = runs["construction_failure"]
+    own, other = ranks[1]["construction_failure"], ranks[0]["construction_failure"]
     assert own is not None and own["type"] == "TypeError"
     assert "batch 0 of data is a dict" in own["message"]
     assert other is not None and other["type"] == "DistributedCurvatureError"
@@ -453,7 +548,7 @@ def test_a_construction_error_on_one_rank_is_raised_on_every_rank(runs):
 
 
 def test_diverging_inputs_and_mismatched_models_are_refused(runs):
-    for res in runs:
+    for res in runs["refusals"]:
         assert res["divergence"] is not None and "different vectors" in res["divergence"]
         assert res["mismatch"] is not None and "models differ" in res["mismatch"]
 
