@@ -162,3 +162,51 @@ def test_nan_measurements_are_ignored() -> None:
 def test_bad_settings_are_refused(kwargs: dict, needle: str) -> None:
     with pytest.raises(ValueError, match=needle):
         AlignmentSwitch(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, cut, switched_at, forced",
+    [
+        # the EMA (β = 0.5) reaches 0.9 at step 5: projection from step 6, refresh every 3
+        ({"threshold": 0.9, "ema": 0.5, "check_every": 1, "every": 3}, 8, 6, False),
+        # never reached: forced at step 4, refresh every 2 (the checks ran every 3rd step)
+        ({"threshold": 1.0, "ema": 0.5, "check_every": 3, "every": 2, "max_steps": 4}, 7, 4, True),
+        # cut before the switch: the restored EMA alone must bring the switch at step 6
+        ({"threshold": 0.9, "ema": 0.5, "check_every": 1, "every": 2}, 3, 6, False),
+    ],
+    ids=["after-triggered-switch", "after-forced-switch", "before-the-switch"],
+)
+def test_state_round_trips_after_a_switch_and_decides_identically(
+    kwargs: dict, cut: int, switched_at: int, forced: bool
+) -> None:
+    """A schedule saved at step ``cut`` and loaded into a fresh one: the same state (with
+    ``switched_at`` set on both sides once the switch happened), and from there the same
+    decisions, EMA, switch step and trigger step as the schedule that ran on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the forced switch warns (tested above)
+        s = AlignmentSwitch(**kwargs)
+        first, _ = drive(s, CHIS[:cut])
+        state = s.state_dict()
+        fresh = AlignmentSwitch(**kwargs)
+        fresh.load_state_dict(state)
+        assert fresh.state_dict() == state
+        if cut > switched_at:
+            assert state["switched_at"] == switched_at and fresh.switched_at == switched_at
+            assert fresh.forced is forced and fresh.trigger_step == s.trigger_step
+        else:
+            assert state["switched_at"] is None and fresh.value == s.value is not None
+        rest = []
+        for t in range(cut, len(CHIS)):
+            d, e = s.decide(t), fresh.decide(t)
+            assert d == e, f"step {t}"
+            rest.append(d)
+            s.observe(t, CHIS[t] if d.refresh else None)
+            fresh.observe(t, CHIS[t] if e.refresh else None)
+            assert fresh.value == s.value
+    assert fresh.state_dict() == s.state_dict()
+    assert fresh.switched_at == switched_at and fresh.forced is forced
+    decisions = first + rest
+    assert [d.project for d in decisions] == [t >= switched_at for t in range(len(CHIS))]
+    every = kwargs["every"]
+    projected_refreshes = [t for t, d in enumerate(decisions) if d.project and d.refresh]
+    assert projected_refreshes == list(range(switched_at, len(CHIS), every))
