@@ -5,8 +5,8 @@ Bring your own eigensolver: SciPy's ARPACK behind the library's interface
 An eigensolver is a configured object with one verb. Subclass
 :class:`~subspace_optim.Eigensolver`, set the hyperparameters in ``__init__`` (validated
 there), and implement ``_solve(op, k, init, generator)``, returning an
-:class:`~subspace_optim.EigenResult` with eigenvalues in descending order and eigenvectors
-as columns. The base class validates the arguments, counts the operator's matvecs and
+:class:`~subspace_optim.EigenResult` with eigenvalues in descending order, eigenvectors
+as columns and its :class:`~subspace_optim.SolveStatus` outcome. The base class validates the arguments, counts the operator's matvecs and
 applies ``raise_on_failure``. Register the class under a name and any place that accepts
 ``eigensolver="lanczos"`` accepts yours.
 
@@ -73,22 +73,22 @@ class ArpackEigsh(so.Eigensolver):
         theta = torch.as_tensor(values[order].copy(), dtype=op.dtype, device=op.device)
         X = torch.as_tensor(vectors[:, order].copy(), dtype=op.dtype, device=op.device)
         residuals = (op.matmat(X) - X * theta).norm(dim=0)  # checked, not trusted
-        converged = bool((residuals <= self.tol * theta.abs().max()).all())
-        status = (
-            "ArpackEigsh: converged"
-            if converged
-            else (
-                f"ArpackEigsh: not converged (raise max_iter, now {self.max_iter}, or loosen tol)"
-            )
-        )
+        # the outcome is the one truth the optimizer reads (NON_FINITE: the refresh is a fault)
+        if not bool(torch.isfinite(theta).all() and torch.isfinite(X).all()):
+            outcome, message = so.SolveStatus.NON_FINITE, so.SolveStatus.NON_FINITE.message
+        elif bool((residuals <= self.tol * theta.abs().max()).all()):
+            outcome, message = so.SolveStatus.CONVERGED, "converged"
+        else:
+            outcome = so.SolveStatus.MAX_ITERATIONS
+            message = f"not converged (raise max_iter, now {self.max_iter}, or loosen tol)"
         return so.EigenResult(
             eigenvalues=theta,
             eigenvectors=X,
             residual_norms=residuals,
             num_matvecs=0,  # the base class fills in the count it measured
             num_iterations=1,  # ARPACK does not report its restarts: one call
-            converged=converged,
-            status=status,
+            outcome=outcome,
+            message=f"ArpackEigsh: {message}",
         )
 
 
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(
         "eigsh:",
         [round(v, 8) for v in ours.eigenvalues.tolist()],
-        f"({ours.num_matvecs} matvecs; {ours.status})",
+        f"({ours.num_matvecs} matvecs; {ours.message})",
     )
     print("Eigh: ", [round(v, 8) for v in exact.eigenvalues.tolist()])
 

@@ -16,6 +16,7 @@ busy 2-core machine the single-process reference training took 44 s instead of 3
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import functools
 import os
@@ -39,8 +40,10 @@ from subspace_optim import (
     DistributedHessianOperator,
     HessianOperator,
     Lanczos,
+    SolveStatus,
     SubspaceProjectedOptimizer,
 )
+from subspace_optim.optim._refresh import agreed
 
 WORLD = 2
 N_EXAMPLES = 37
@@ -170,12 +173,34 @@ def _eigenpairs(rank: int, out_dir: Path) -> dict:
     op = DistributedHessianOperator(
         model, mse, uneven_shard(rank, X, Y), chunk_size=4 if rank else None
     )
-    result = op.broadcast_result(Lanczos(tol=SOLVER_TOL).solve(op, 4))
+    result = agreed(op, Lanczos(tol=SOLVER_TOL).solve(op, 4))
     gathered = _gather(result.eigenvectors)
     return {
         "eigenvalues": result.eigenvalues,
         "eigenvectors": result.eigenvectors,
         "bases_identical": all(torch.equal(gathered[0], b) for b in gathered),
+    }
+
+
+def _agreement(rank: int, out_dir: Path) -> dict:
+    """3b. agree_tensors gives rank 0's tensors of every dtype; the refresh's rebuild takes
+    rank 0's outcome too (rank 1 claims a different one)."""
+    model, X, Y = problem()
+    op = DistributedHessianOperator(model, mse, uneven_shard(rank, X, Y))
+    mixed = op.agree_tensors(
+        torch.full((2, 3), 0.1 + rank, dtype=torch.float64),
+        torch.tensor([7 + rank, 2**60 + rank], dtype=torch.int64),
+        torch.tensor([rank == 0, rank != 0]),
+        torch.full((3,), 1 / 3 + rank, dtype=torch.float32),
+    )
+    result = Lanczos(tol=SOLVER_TOL).solve(op, 2)
+    claimed = SolveStatus.CONVERGED if rank == 0 else SolveStatus.MAX_ITERATIONS
+    rebuilt = agreed(op, dataclasses.replace(result, outcome=claimed))
+    return {
+        "mixed": mixed,
+        "outcome": rebuilt.outcome.name,
+        "converged": rebuilt.converged,
+        "message": rebuilt.message,
     }
 
 
@@ -302,6 +327,7 @@ SCENARIOS = {
     "sub_blocks": _sub_blocks,
     "empty_shard": _empty_shard,
     "eigenpairs": _eigenpairs,
+    "agreement": _agreement,
     "ddp_training": _ddp_training,
     "failures": _failures,
     "construction_failure": _construction_failure,
@@ -479,6 +505,20 @@ def test_eigenpairs_agree_with_dense_reference_and_across_ranks(runs):
         assert torch.allclose(res["eigenvalues"], lam, rtol=1e-8, atol=1e-10)
         U = res["eigenvectors"]  # sign-invariant: compare projectors
         assert float((U @ U.T - Q @ Q.T).norm()) < 1e-6
+
+
+def test_agree_tensors_gives_rank_0s_bits_of_every_dtype_and_outcome(runs):
+    expected = (
+        torch.full((2, 3), 0.1, dtype=torch.float64),
+        torch.tensor([7, 2**60], dtype=torch.int64),
+        torch.tensor([True, False]),
+        torch.full((3,), 1 / 3, dtype=torch.float32),
+    )
+    for r, res in enumerate(runs["agreement"]):
+        for got, want in zip(res["mixed"], expected, strict=True):
+            assert got.dtype == want.dtype and torch.equal(got, want), f"rank {r}"
+        assert res["outcome"] == "CONVERGED" and res["converged"], f"rank {r}"
+    assert "rank 0" in runs["agreement"][1]["message"]  # rank 1's own outcome was overruled
 
 
 def test_bulk_sgd_under_ddp_matches_single_process(runs):

@@ -116,7 +116,7 @@ def test_top_k_matches_dense_eigh(spec: Spec, kind: str) -> None:
     op = DenseOperator.from_spectrum(lam, rotation(lam.shape[0], 1))
     k, tol = 4, 1e-7
     res = spec.make(tol=tol).solve(op, k, generator=torch.Generator().manual_seed(3))
-    assert res.converged, res.status
+    assert res.converged, res.message
     check_pairs(op, res, lam, k, tol)
     # the top-4 subspace is well separated from the rest in every spectrum: rotation-
     # invariant check against the exact eigenvectors
@@ -133,7 +133,7 @@ def test_largest_magnitude(spec: Spec) -> None:
     lam = spectrum("negative")
     op = DenseOperator.from_spectrum(lam, rotation(lam.shape[0], 2))
     res = spec.make(tol=1e-7, which="LM").solve(op, 3)
-    assert res.converged, res.status
+    assert res.converged, res.message
     check_pairs(op, res, lam, 3, 1e-7, which="LM")
     assert res.eigenvalues.tolist()[:2] == pytest.approx([-30.0, -25.0])
 
@@ -147,7 +147,7 @@ def test_float32(spec: Spec) -> None:
     op = DenseOperator(op64.A.float())
     res = spec.make(tol=1e-4).solve(op, 3)
     assert res.eigenvalues.dtype == torch.float32 and res.eigenvectors.dtype == torch.float32
-    assert res.converged, res.status
+    assert res.converged, res.message
     check_pairs(op, res, lam, 3, 1e-4)
 
 
@@ -202,7 +202,7 @@ def test_hypothesis_spectra(top: list[float], gap: float, negative: float, seed:
         solvers.append(Lanczos(tol=1e-8))
     for solver in solvers:
         res = solver.solve(op, k, generator=torch.Generator().manual_seed(seed))
-        assert res.converged, res.status
+        assert res.converged, res.message
         check_pairs(op, res, lam, k, 1e-8)
 
 
@@ -218,7 +218,7 @@ def test_not_converged_returns_best_estimate_with_advice(name: str) -> None:
     else:
         res = solver.solve(op, 4)
     assert not res.converged
-    assert "not converged" in res.status and "raise max_iter" in res.status
+    assert "not converged" in res.message and "raise max_iter" in res.message
     assert torch.isfinite(res.eigenvalues).all() and res.num_matvecs > 0
     assert res.relative_residuals().max() > 1e-12
 
@@ -236,7 +236,7 @@ def test_non_finite_operator_reports_instead_of_raising() -> None:
     for solver in (Lanczos(), BlockLanczos(), LOBPCG(), PowerIteration(), WarmRefresh()):
         res = solver.solve(op, 2)
         assert not res.converged
-        assert "non-finite" in res.status
+        assert "non-finite" in res.message
 
 
 @pytest.mark.parametrize(
@@ -342,7 +342,7 @@ def test_block_lanczos_finds_every_copy_of_a_repeated_eigenvalue(block_size) -> 
     res = BlockLanczos(block_size=block_size, tol=tol).solve(
         op, 4, generator=torch.Generator().manual_seed(0)
     )
-    assert res.converged, res.status
+    assert res.converged, res.message
     check_pairs(op, res, lam, 4, tol)
     assert res.eigenvalues.tolist() == pytest.approx([10.0, 10.0, 10.0, 8.0], abs=2 * tol * 10)
     exact = Q[:, :4]  # from_spectrum puts eigenvalue i on column i of Q
@@ -370,7 +370,7 @@ def test_block_lanczos_applies_one_block_per_iteration() -> None:
         op.widths.clear()
         before = op.num_matvecs
         res = BlockLanczos(block_size=b, tol=1e-8).solve(op, 4)
-        assert res.converged, res.status
+        assert res.converged, res.message
         assert op.widths == [b] * res.num_iterations
         assert res.num_matvecs == op.num_matvecs - before == b * res.num_iterations
 
@@ -383,7 +383,7 @@ def test_block_lanczos_block_narrower_than_k_and_restarts() -> None:
     solver = BlockLanczos(block_size=2, ncv=12, tol=1e-8, max_iter=2000)
     solver.check_k(300, 4)  # no "narrower than k" refusal
     res = solver.solve(op, 4)
-    assert res.converged, res.status
+    assert res.converged, res.message
     assert res.num_matvecs > 12  # more products than the basis holds: it restarted
     check_pairs(op, res, lam, 4, 1e-8)
 
@@ -419,7 +419,7 @@ def test_block_lanczos_rank_deficient_start_and_invariant_subspace() -> None:
     v = torch.randn(100, 1, generator=torch.Generator().manual_seed(2), dtype=F64)
     init = torch.cat([v, v, 2 * v, torch.zeros(100, 2, dtype=F64)], dim=1)
     res = BlockLanczos(block_size=5, tol=1e-10).solve(op, 6, init=init)
-    assert res.converged, res.status
+    assert res.converged, res.message
     assert res.eigenvalues.tolist() == pytest.approx([3.0] * 5 + [1.0])
     assert set(op.widths) == {5}
     check_pairs(op, res, lam, 6, 1e-10)
@@ -431,7 +431,7 @@ def test_block_lanczos_exhausts_a_tiny_space() -> None:
     op = DenseOperator.from_spectrum(lam, rotation(9, 13))
     for b in (1, 4, None):
         res = BlockLanczos(block_size=b, tol=1e-10).solve(op, 8)
-        assert res.converged, res.status
+        assert res.converged, res.message
         assert res.eigenvalues.tolist() == pytest.approx(lam[:8].tolist())
         assert res.num_matvecs <= 9 + 4
 
@@ -490,27 +490,30 @@ def test_results_carry_the_outcome_that_ended_them() -> None:
     assert info.value.outcome is SolveStatus.MAX_ITERATIONS
 
 
-def test_status_is_a_deprecated_alias_of_message() -> None:
+def test_a_result_says_how_it_ended_once() -> None:
+    """``outcome`` is the one record of how a solve ended: ``converged`` is read from it, the
+    message defaults to its text, and there is no deprecated ``status`` any more."""
+    import dataclasses
+
     from subspace_optim import EigenResult, SolveStatus
 
     op = DenseOperator.from_spectrum(spectrum("tiny_gap", 100), rotation(100, 2))
     res = Lanczos(tol=1e-6).solve(op, 2)
-    with pytest.warns(DeprecationWarning, match=r"\.message"):
-        assert res.status == res.message
+    assert res.converged and res.outcome is SolveStatus.CONVERGED
+    assert "converged" not in {f.name for f in dataclasses.fields(EigenResult)}
+    assert not hasattr(res, "status")
     vals, vecs = res.eigenvalues, res.eigenvectors
-    with pytest.warns(DeprecationWarning, match="message="):
-        old = EigenResult(vals, vecs, res.residual_norms, 0, 1, True, status="done")
-    assert old.message == "done" and old.outcome is SolveStatus.CONVERGED
-    # positional construction (the old seventh field) still works, without a warning
-    mine = EigenResult(vals, vecs, res.residual_norms, 0, 1, False, "my solver: stopped")
-    assert mine.outcome is SolveStatus.MAX_ITERATIONS and mine.message == "my solver: stopped"
-    nan = torch.full_like(vals, float("nan"))
-    assert EigenResult(nan, vecs, vals, 0, 1, False).outcome is SolveStatus.NON_FINITE
-    assert EigenResult(nan, vecs, vals, 0, 1, False).message == SolveStatus.NON_FINITE.message
-    with pytest.raises(ValueError, match="contradicts"):
-        EigenResult(vals, vecs, vals, 0, 1, True, "x", SolveStatus.BREAKDOWN)
+    mine = EigenResult(vals, vecs, res.residual_norms, 0, 1, SolveStatus.MAX_ITERATIONS, "mine")
+    assert not mine.converged and mine.message == "mine"
+    bare = EigenResult(vals, vecs, res.residual_norms, 0, 1, SolveStatus.BREAKDOWN)
+    assert bare.message == SolveStatus.BREAKDOWN.message and not bare.converged
+    assert dataclasses.replace(bare, outcome=SolveStatus.CONVERGED).converged
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        res.converged = False  # type: ignore[misc]
     with pytest.raises(TypeError, match="SolveStatus"):
-        EigenResult(vals, vecs, vals, 0, 1, True, "x", "converged")
+        EigenResult(vals, vecs, vals, 0, 1, "converged")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        EigenResult(vals, vecs, vals, 0, 1, SolveStatus.CONVERGED, converged=True)  # type: ignore[call-arg]
 
 
 def test_check_k_reads_the_block_size_the_base_class_declares() -> None:

@@ -85,7 +85,7 @@ def test_real_hessian_top_k(problem, solver) -> None:
     lam, V = lam.flip(0), V.flip(1)
     k = 3
     res = solver.solve(op, k, generator=torch.Generator().manual_seed(0))
-    assert res.converged, res.status
+    assert res.converged, res.message
     torch.testing.assert_close(res.eigenvalues, lam[:k], atol=1e-6 * float(lam[0]), rtol=0)
     true_res = (H @ res.eigenvectors - res.eigenvectors * res.eigenvalues).norm(dim=0)
     assert float(true_res.max()) <= 2e-8 * float(lam[0])
@@ -110,7 +110,7 @@ def test_warm_refresh_along_sgd_matches_cold_at_fraction_of_cost() -> None:
         if step > 0:  # step 0 is the cold start of the strategy
             warm_cost += res.num_matvecs
             cold_cost += cold.num_matvecs
-            assert "warm" in res.status
+            assert "warm" in res.message
         H = dense_hessian(model, data)
         lam, V = torch.linalg.eigh(H)
         exact = V[:, -k:]
@@ -142,7 +142,7 @@ def test_block_lanczos_feeds_blocks_to_the_hessian(problem) -> None:
     op._matmat = recording  # type: ignore[method-assign]
     k = 5
     res = BlockLanczos(tol=1e-8).solve(op, k, generator=torch.Generator().manual_seed(1))
-    assert res.converged, res.status
+    assert res.converged, res.message
     assert widths == [k] * res.num_iterations and res.num_matvecs == k * res.num_iterations
     torch.testing.assert_close(res.eigenvalues, lam[:k], atol=1e-6 * float(lam[0]), rtol=0)
     true_res = (H @ res.eigenvectors - res.eigenvectors * res.eigenvalues).norm(dim=0)
@@ -167,7 +167,7 @@ def test_block_lanczos_by_name_in_the_wrapper_and_top_k() -> None:
         mse(model(X), Y).backward()
         opt.step()
         result = opt.refresh()
-        assert result is not None and result.converged, result and result.status
+        assert result is not None and result.converged, result and result.message
         costs.append(result.num_matvecs)
     assert opt.basis is not None and opt.basis.shape == (op.shape[0], 3)
     # warm refreshes from the last basis cost less than the cold solve above

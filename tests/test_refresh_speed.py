@@ -110,7 +110,7 @@ def test_accepted_refresh_is_within_sin_tol_of_the_exact_subspace(kind, seed, si
     assert first.converged
     A1 = moved(A0, size, seed + 1)
     res = warm.solve(DenseOperator(A1), k, init=first.eigenvectors)
-    assert res.converged, res.status
+    assert res.converged, res.message
     assert sin(res.eigenvectors, exact_top(A1, k)) <= 1.5 * sin_tol
 
 
@@ -148,7 +148,7 @@ def test_angle_target_spends_fewer_matvecs_than_the_equal_residual_target(seed) 
     ):
         first = warm.solve(DenseOperator(A0), k)
         res = warm.solve(DenseOperator(A1), k, init=first.eigenvectors)
-        assert res.converged, res.status
+        assert res.converged, res.message
         costs[name] = res.num_matvecs
         angles[name] = sin(res.eigenvectors, exact_top(A1, k))
     assert costs["angle"] < costs["residual"]
@@ -179,7 +179,7 @@ def test_hessian_refresh_after_sgd_steps_against_dense_reference() -> None:
         loss_fn(model(X), Y).backward()
         sgd.step()
         res = warm.solve(op, k, init=U)
-        assert res.converged, res.status
+        assert res.converged, res.message
         U = res.eigenvectors
         H = op.matmat(torch.eye(n, dtype=F64))
         assert sin(U, exact_top((H + H.T) / 2, k)) <= sin_tol

@@ -79,36 +79,16 @@ def public_modules(package: str = "subspace_optim") -> list[str]:
     return names
 
 
-def _is_alias(module: Any, package: str) -> bool:
-    """Whether a module only re-exports code defined outside ``package`` (a deprecated
-    alias such as ``subspace_optim.testing.scenarios``, which loads the repository's
-    ``tests/scenarios/``)."""
-    defined = [
-        getattr(getattr(module, name, None), "__module__", None)
-        for name in getattr(module, "__all__", ())
-    ]
-    defined = [m for m in defined if isinstance(m, str)]
-    return bool(defined) and not any(m.startswith(package) for m in defined)
-
-
 def public_names(package: str = "subspace_optim") -> dict[str, Any]:
     """``{"module.name": object}`` for every entry of every public module's ``__all__``.
 
-    Modules that cannot be imported here (an alias of code outside the package, absent
-    from an installed wheel) and modules that only re-export code defined outside the
-    package are not the package's API and are left out.
+    Modules that cannot be imported here (an optional dependency missing) are left out.
     """
-    import warnings
-
     out: dict[str, Any] = {}
     for mod_name in public_modules(package):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                module = importlib.import_module(mod_name)
+            module = importlib.import_module(mod_name)
         except ImportError:
-            continue
-        if _is_alias(module, package):
             continue
         for name in getattr(module, "__all__", ()):
             out[f"{mod_name}.{name}"] = getattr(module, name)

@@ -144,7 +144,6 @@ def result(
         residual_norms=res,
         num_matvecs=0,
         num_iterations=iterations,
-        converged=converged,
-        message=message,
         outcome=outcome,
+        message=message,
     )

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import enum
-import warnings
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -99,9 +98,9 @@ class EigensolverError(RuntimeError):
         self.outcome = outcome
 
 
-@dataclass(frozen=True, init=False)
+@dataclass(frozen=True)
 class EigenResult:
-    """Top eigenpairs of a symmetric operator.
+    """Top eigenpairs of a symmetric operator, and how the solve that found them ended.
 
     Attributes:
         eigenvalues: ``(k,)``, descending (largest algebraic first, or largest magnitude
@@ -111,17 +110,13 @@ class EigenResult:
         residual_norms: ``(k,)``, ``‖A v_i − λ_i v_i‖``.
         num_matvecs: operator applications spent (a block of ``b`` counts ``b``).
         num_iterations: outer iterations of the algorithm.
-        converged: every residual met the tolerance (``outcome is SolveStatus.CONVERGED``).
+        outcome: how the solve ended, a :class:`SolveStatus`; :attr:`converged` is read
+            from it.
         message: what happened, for people: the solver, the outcome and, when not
-            converged, what to change. Defaults to ``outcome.message``.
-        outcome: how the solve ended, a :class:`SolveStatus`. When omitted it is derived:
-            ``NON_FINITE`` for non-finite eigenpairs, else ``CONVERGED`` or
-            ``MAX_ITERATIONS`` by ``converged``.
-        status: deprecated alias of ``message`` (reading it or passing ``status=`` warns).
+            converged, what to change. Left empty, it is ``outcome.message``.
 
     Raises:
-        TypeError: ``outcome`` is given and is not a :class:`SolveStatus`.
-        ValueError: ``converged`` disagrees with ``outcome``.
+        TypeError: ``outcome`` is not a :class:`SolveStatus`.
 
     Example:
         >>> import torch
@@ -139,69 +134,22 @@ class EigenResult:
     residual_norms: Tensor
     num_matvecs: int
     num_iterations: int
-    converged: bool
-    message: str
     outcome: SolveStatus
+    message: str = ""
 
-    def __init__(
-        self,
-        eigenvalues: Tensor,
-        eigenvectors: Tensor,
-        residual_norms: Tensor,
-        num_matvecs: int,
-        num_iterations: int,
-        converged: bool,
-        message: str | None = None,
-        outcome: SolveStatus | None = None,
-        *,
-        status: str | None = None,
-    ) -> None:
-        if status is not None:
-            warnings.warn(
-                "EigenResult(status=...) is deprecated; pass message= (and outcome=)",
-                DeprecationWarning,
-                stacklevel=2,
+    def __post_init__(self) -> None:
+        if not isinstance(self.outcome, SolveStatus):
+            raise TypeError(
+                f"outcome must be a SolveStatus (such as SolveStatus.CONVERGED); got "
+                f"{self.outcome!r}"
             )
-            message = status if message is None else message
-        if outcome is None:
-            finite = bool(torch.isfinite(eigenvalues).all()) and bool(
-                torch.isfinite(eigenvectors).all()
-            )
-            outcome = (
-                SolveStatus.NON_FINITE
-                if not finite and not converged
-                else SolveStatus.CONVERGED
-                if converged
-                else SolveStatus.MAX_ITERATIONS
-            )
-        elif not isinstance(outcome, SolveStatus):
-            raise TypeError(f"outcome must be a SolveStatus; got {outcome!r}")
-        if bool(converged) != outcome.ok:
-            raise ValueError(
-                f"converged={converged} contradicts outcome={outcome}; converged is True "
-                "exactly when the outcome is SolveStatus.CONVERGED"
-            )
-        for name, value in (
-            ("eigenvalues", eigenvalues),
-            ("eigenvectors", eigenvectors),
-            ("residual_norms", residual_norms),
-            ("num_matvecs", num_matvecs),
-            ("num_iterations", num_iterations),
-            ("converged", bool(converged)),
-            ("message", outcome.message if message is None else message),
-            ("outcome", outcome),
-        ):
-            object.__setattr__(self, name, value)
+        if not self.message:
+            object.__setattr__(self, "message", self.outcome.message)
 
     @property
-    def status(self) -> str:
-        """Deprecated alias of :attr:`message`."""
-        warnings.warn(
-            "EigenResult.status is deprecated; read .message (text) or .outcome (a SolveStatus)",
-            DeprecationWarning,
-            stacklevel=2,
-        )
-        return self.message
+    def converged(self) -> bool:
+        """Every residual met the tolerance: ``outcome is SolveStatus.CONVERGED``."""
+        return self.outcome.ok
 
     @property
     def k(self) -> int:
@@ -230,7 +178,7 @@ class Eigensolver(ABC):
         which: ``"LA"`` (largest algebraic, default: Hessians are indefinite and the
             dominant subspace is the top of the spectrum) or ``"LM"`` (largest magnitude).
         raise_on_failure: raise :class:`EigensolverError` instead of returning the best
-            estimate with ``converged=False``.
+            estimate (``converged`` ``False``).
 
     Example:
         A solver with one Rayleigh–Ritz step on a random block (a sketch, not a good
@@ -248,8 +196,8 @@ class Eigensolver(ABC):
         ...         theta, S = theta.flip(0), S.flip(1)
         ...         X, AX = X @ S, AX @ S
         ...         res = (AX - X * theta).norm(dim=0)
-        ...         return EigenResult(theta, X, res, 0, 1, False, "OneShot: one step",
-        ...                            SolveStatus.MAX_ITERATIONS)
+        ...         return EigenResult(theta, X, res, 0, 1, SolveStatus.MAX_ITERATIONS,
+        ...                            "OneShot: one step")
         >>> op = DenseOperator(torch.eye(4, dtype=torch.float64))
         >>> result = OneShot().solve(op, 2)
         >>> [round(v, 12) for v in result.eigenvalues.tolist()], result.num_matvecs
@@ -301,7 +249,7 @@ class Eigensolver(ABC):
             The top-``k`` eigenpairs (eigenvalues ``(k,)`` descending, eigenvectors
             ``(n, k)``) with their residuals, cost and outcome; ``num_matvecs`` is what
             ``op`` counted during the solve. A solve that stops short of ``tol`` returns
-            its best estimate with ``converged=False``.
+            its best estimate and an outcome other than ``CONVERGED``.
 
         Raises:
             TypeError: ``op`` is not a :class:`~subspace_optim.LinearOperator`, or ``k``
@@ -338,7 +286,7 @@ class Eigensolver(ABC):
             result = self._solve(op, k, init, generator)
         spent = op.num_matvecs - start
         if result.num_matvecs != spent:
-            result = EigenResult(**{**result.__dict__, "num_matvecs": spent})
+            result = replace(result, num_matvecs=spent)
         if self.raise_on_failure and not result.converged:
             raise EigensolverError(result.message, result.outcome)
         return result
@@ -423,9 +371,11 @@ class Eigensolver(ABC):
         Returns:
             The top-``k`` pairs by ``which``: eigenvalues ``(k,)`` descending,
             orthonormal eigenvectors ``(n, k)``, residual norms ``(k,)``, and the outcome.
-            A solve that stops short of ``tol`` returns its best estimate with
-            ``converged=False`` rather than raising (:meth:`solve` raises when
-            ``raise_on_failure`` is set). ``num_matvecs`` may be left approximate:
+            A solve that stops short of ``tol`` returns its best estimate with an outcome
+            other than ``CONVERGED`` rather than raising (:meth:`solve` raises when
+            ``raise_on_failure`` is set); the outcome is ``NON_FINITE`` whenever an
+            eigenvalue or eigenvector is not finite (the subspace optimizer's fault policy
+            reads only the outcome). ``num_matvecs`` may be left approximate:
             :meth:`solve` replaces it with the products ``op`` counted.
         """
 

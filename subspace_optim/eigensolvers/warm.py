@@ -377,7 +377,6 @@ class WarmRefresh(Eigensolver):
         )
         return dataclasses.replace(
             out,
-            converged=True,
             outcome=SolveStatus.CONVERGED,
             message=f"WarmRefresh[sketch check]: previous pairs kept (estimated residuals "
             f"{rho:.2f} of their targets, {self.probes} probes)",
@@ -418,13 +417,12 @@ class WarmRefresh(Eigensolver):
         (residual ``tol`` or, with ``sin_tol``, the Davis–Kahan targets) was reached."""
         if met and self.sin_tol is not None:
             out = _common.result(f"WarmRefresh[{how}]", theta, X, res, k, self.tol, iterations, "")
-            if not out.converged:  # met the per-pair sin θ targets instead of tol
+            if out.outcome is SolveStatus.MAX_ITERATIONS:  # met the sin θ targets instead
                 worst = float(
                     (res[:k] / pair_targets(theta, k, 1.0, self.which)[:k].clamp_min(1e-300)).max()
                 )
                 out = dataclasses.replace(
                     out,
-                    converged=True,
                     outcome=SolveStatus.CONVERGED,
                     message=f"WarmRefresh[{how}]: converged after {iterations} iterations "
                     f"(largest Davis–Kahan sin θ estimate {worst:.2e} <= sin_tol {self.sin_tol:g})",

@@ -6,7 +6,7 @@ all-reduces both in one flat buffer, and divides by the global count, so the ope
 the mean over the union of the shards, whatever their sizes (uneven and empty shards are
 weighted correctly). Every rank receives the same bits, so eigensolvers run in lockstep on
 all ranks from the same generator seed and end with the same basis;
-:meth:`DataParallel.broadcast_result` then copies rank 0's result to every rank, which makes
+:meth:`DataParallel.agree_tensors` then gives every rank rank 0's eigenpairs, which makes
 the agreement bit-for-bit even where ranks would round differently (different CPUs or BLAS
 builds).
 
@@ -20,17 +20,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
 from ._selfcheck import check_locally, check_repeatable
-
-if TYPE_CHECKING:  # the eigensolvers import the operators: avoid a cycle at run time
-    from ..eigensolvers.base import EigenResult
 
 __all__ = ["DataParallel", "DistributedCurvatureError"]
 
@@ -354,60 +350,42 @@ class DataParallel:
         return total[0] / N, total[1:] / N
 
     # -------------------------------------------------------------- agreement
-    def broadcast_result(self, result: EigenResult, src: int = 0) -> EigenResult:
-        """Give every rank rank ``src``'s eigenpairs, bit for bit (one broadcast).
+    def agree_tensors(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """Rank 0's ``tensors`` on every rank, bit for bit: one broadcast per dtype.
 
-        Lockstep solves already agree when the ranks round identically; this makes the
-        agreement exact regardless, so projected updates, and therefore DDP's replicas,
-        stay identical. Eigenvalues, residual norms, eigenvectors and the converged flag
-        are taken from ``src``; counters and status stay local.
+        Lockstep solves already agree when the ranks round identically; broadcasting a
+        solve's eigenpairs through this makes the agreement exact regardless, so projected
+        updates, and therefore DDP's replicas, stay identical. A collective: every rank
+        passes tensors of the same shapes and dtypes, in the same order. Tensors of one
+        dtype travel in one flat buffer (on the operator's device), so nothing is rounded.
 
         Args:
-            result: this rank's result, with eigenvectors of shape ``(n, k)``.
-            src: the rank (in the operator's group) whose result wins.
+            *tensors: this rank's tensors, of any shapes, dtypes and devices.
 
         Returns:
-            An :class:`~subspace_optim.EigenResult` identical on every rank.
+            Rank 0's tensors, in the order given, each with the shape, dtype and device of
+            this rank's (``tensors`` themselves in a one-process group).
         """
         if self.world_size == 1:
-            return result
-        k = result.eigenvalues.shape[0]
-        dtype, device = result.eigenvectors.dtype, result.eigenvectors.device
-        buf = torch.cat(
-            [
-                result.eigenvalues.to(dtype).reshape(-1),
-                result.residual_norms.to(dtype).reshape(-1),
-                torch.tensor([1.0 if result.converged else 0.0], dtype=dtype, device=device),
-                result.eigenvectors.reshape(-1),
-            ]
-        ).contiguous()
-        if buf.device != self.device:
-            buf = buf.to(self.device)
-        dist.broadcast(
-            buf,
-            src=dist.get_global_rank(self.group, src) if self.group is not None else src,
-            group=self.group,
-        )
-        buf = buf.to(device)
-        return replace(
-            result,
-            eigenvalues=buf[:k].to(result.eigenvalues.dtype),
-            residual_norms=buf[k : 2 * k].to(result.residual_norms.dtype),
-            converged=bool(buf[2 * k] != 0),
-            eigenvectors=buf[2 * k + 1 :].view(result.eigenvectors.shape).clone(),
-        )
-
-    def agree(self, result: EigenResult) -> EigenResult:
-        """Rank 0's eigenpairs on every rank (:meth:`broadcast_result`); a collective.
-
-        Args:
-            result: this rank's result of a solve on this operator.
-
-        Returns:
-            Rank 0's eigenpairs and converged flag, identical on every rank; counters and
-            message stay this rank's.
-        """
-        return self.broadcast_result(result)
+            return tensors
+        src = dist.get_global_rank(self.group, 0) if self.group is not None else 0
+        by_dtype: dict[torch.dtype, list[int]] = {}
+        for i, t in enumerate(tensors):
+            by_dtype.setdefault(t.dtype, []).append(i)
+        out: list[Tensor] = list(tensors)
+        for dtype, members in by_dtype.items():
+            wire = torch.uint8 if dtype is torch.bool else dtype  # collectives take no bool
+            buf = torch.cat(
+                [tensors[i].detach().reshape(-1).to(self.device, wire) for i in members]
+            ).contiguous()
+            dist.broadcast(buf, src=src, group=self.group)
+            start = 0
+            for i in members:
+                t = tensors[i]
+                piece = buf[start : start + t.numel()].view(t.shape)
+                out[i] = piece.to(t.device, dtype).clone()
+                start += t.numel()
+        return tuple(out)
 
     def _settings(self) -> dict[str, Any]:
         return {

@@ -11,13 +11,9 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:  # only for annotations: eigensolvers import operators, not the reverse
-    from ..eigensolvers.base import EigenResult
 
 __all__ = ["LinearOperator"]
 
@@ -143,20 +139,31 @@ class LinearOperator(ABC):
         finally:
             self.release_graph()
 
-    def agree(self, result: EigenResult) -> EigenResult:
-        """Make a solve's ``result`` identical on every process that holds this operator.
+    def agree_tensors(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The same ``tensors`` on every process that holds this operator: rank 0's.
 
-        A single-process operator returns ``result`` unchanged; a data-parallel one
-        (:class:`~subspace_optim.DistributedHessianOperator`) gives every rank rank 0's
-        eigenpairs bit for bit, so replicas stay identical. A collective where it is one.
+        A single-process operator returns ``tensors`` unchanged; a data-parallel one
+        (:class:`~subspace_optim.DistributedHessianOperator`) broadcasts rank 0's bits to
+        every rank, so a solve's eigenpairs, and with them the replicas, stay identical. A
+        collective where it is one: every process passes tensors of the same shapes and
+        dtypes, in the same order.
 
         Args:
-            result: this process's result of a solve on this operator.
+            *tensors: this process's tensors, of any shapes, dtypes and devices.
 
         Returns:
-            The result every process holds: ``result`` itself here.
+            The tensors every process holds, in the order given, each of the shape, dtype
+            and device it came with: ``tensors`` themselves here.
+
+        Example:
+            >>> import torch
+            >>> from subspace_optim import DenseOperator
+            >>> op = DenseOperator(torch.eye(2, dtype=torch.float64))
+            >>> x = torch.ones(2, dtype=torch.float64)
+            >>> op.agree_tensors(x)[0] is x
+            True
         """
-        return result
+        return tensors
 
     def __matmul__(self, other: Tensor) -> Tensor:
         return self.matvec(other) if other.ndim == 1 else self.matmat(other)

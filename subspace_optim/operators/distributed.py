@@ -84,7 +84,7 @@ class DistributedHessianOperator(DataParallel, HessianOperator):
         The paper computes the Hessian on one device with scipy's ``eigsh``. Here the
         eigensolver runs redundantly on every rank (its dense work is ``O(n k^2)``, small
         next to the HVPs) so that no rank idles while serving products; see
-        :meth:`broadcast_result` for how the ranks are made to agree bit for bit.
+        :meth:`agree_tensors` for how the ranks are made to agree bit for bit.
 
     Example:
         A one-process gloo group (what ``torchrun --nproc_per_node 1`` gives); with more
@@ -117,8 +117,8 @@ class DistributedGGNOperator(DataParallel, GGNOperator):
     :class:`~subspace_optim.GGNOperator` made data-parallel by the same mixin as
     :class:`DistributedHessianOperator`: its arguments, then ``group`` and
     ``check_consistency``; one all-reduce per product; every rank gets the same bits;
-    :meth:`agree` gives every rank rank 0's eigenpairs. Construct it on every rank, each
-    with its own shard.
+    :meth:`agree_tensors` gives every rank rank 0's eigenpairs. Construct it on every rank,
+    each with its own shard.
 
     Example:
         >>> import os, tempfile, torch

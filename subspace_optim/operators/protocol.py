@@ -1,10 +1,10 @@
 """`Curvature`: what the subspace optimizer needs from a curvature operator beyond products.
 
 A :class:`~subspace_optim.LinearOperator` gives products, :meth:`~LinearOperator.solve_scope`
-(state cached for one solve, freed when the solve ends) and :meth:`~LinearOperator.agree`
-(results made identical across data-parallel ranks). A *curvature* is such an operator
-defined by a model's training loss over its parameters: the Hessian, and any other matrix
-built from the same model, loss and data. It adds three things the wrapper reads:
+(state cached for one solve, freed when the solve ends) and
+:meth:`~LinearOperator.agree_tensors` (rank 0's tensors on every data-parallel rank). A
+*curvature* is such an operator defined by a model's training loss over its parameters: the
+Hessian, and any other matrix built from the same model, loss and data. It adds three things the wrapper reads:
 
 * :attr:`params`: the parameters (the flat space is their concatenation, in this order);
 * :meth:`loss_and_grad`: the mean loss and its gradient at the current parameters;
@@ -20,13 +20,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
-
-if TYPE_CHECKING:  # only for annotations: eigensolvers import operators, not the reverse
-    from ..eigensolvers.base import EigenResult
 
 __all__ = ["Curvature"]
 
@@ -116,13 +113,13 @@ class Curvature(Protocol):
         """
         ...
 
-    def agree(self, result: EigenResult) -> EigenResult:
-        """``result`` made identical on every rank (the identity for one process).
+    def agree_tensors(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """Rank 0's ``tensors`` on every rank (``tensors`` themselves for one process).
 
         Args:
-            result: this process's result of a solve on this operator.
+            *tensors: this process's tensors; every rank passes the same shapes and dtypes.
 
         Returns:
-            The result every rank holds (``result`` itself for one process).
+            The tensors every rank holds, each of the shape, dtype and device given.
         """
         ...

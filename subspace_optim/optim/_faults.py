@@ -15,7 +15,6 @@ Anything else (a bug, a ``loss_fn`` of the wrong shape) is not a fault and propa
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -24,7 +23,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..eigensolvers import EigenResult, EigensolverError
+from ..eigensolvers import EigenResult, EigensolverError, SolveStatus
 
 #: exceptions a refresh treats as numerical faults (handled by ``on_fault``). Anything else (a
 #: bug, a ``loss_fn`` of the wrong shape, data that ran dry) propagates, parameters untouched.
@@ -51,10 +50,8 @@ class NonFiniteGradient(Exception):
 
 
 def usable(result: EigenResult) -> bool:
-    """The solver's eigenpairs are all finite."""
-    return bool(torch.isfinite(result.eigenvalues).all()) and bool(
-        torch.isfinite(result.eigenvectors).all()
-    )
+    """The solver's eigenpairs are all finite: its outcome is not ``NON_FINITE``."""
+    return result.outcome is not SolveStatus.NON_FINITE
 
 
 def check_finite_params(params: list[Tensor], *, when: str) -> None:
@@ -106,19 +103,13 @@ def solve_with_policy(
     return result, error, extra
 
 
-def describe(result: EigenResult) -> str:
-    """The solver's message for ``result`` (its ``message`` field, or the older ``status``)."""
-    fields = {f.name for f in dataclasses.fields(result)}
-    return str(result.message if "message" in fields else result.status)
-
-
 def refresh_failed(
     result: EigenResult | None, error: Exception | None, on_fault: str, counters: dict[str, float]
 ) -> None:
     """Count a failed refresh; raise under ``"raise"``, else warn that the basis is kept."""
     counters["faults"] += 1
     msg = "subspace refresh failed" + (
-        f" ({error})" if error else f" ({describe(result)})" if result is not None else ""
+        f" ({error})" if error else f" ({result.message})" if result is not None else ""
     )
     if on_fault == "raise":
         raise FloatingPointError(

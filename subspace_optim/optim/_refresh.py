@@ -3,29 +3,30 @@
 :func:`refresh_basis` runs the eigensolver on the curvature (warm-started from the previous
 basis) under the ``on_fault`` policy, inside the operator's ``solve_scope`` (so a cached
 gradient graph is freed when the solve is over, on success and on error), makes the
-result agree across ranks, checks it, and returns a :class:`RefreshOutcome`. It changes no
-optimizer state except the cost and fault ``counters`` it is given, and no global state:
-it runs in the curvature's dtype with autocast off, and hands back the global random
-state, grad mode and deterministic-algorithms flags as it found them.
+result agree across ranks (:func:`agreed`), checks it, and returns a
+:class:`RefreshOutcome`. It changes no optimizer state except the cost and fault
+``counters`` it is given, and no global state: it runs in the curvature's dtype with
+autocast off, and hands back the global random state, grad mode and
+deterministic-algorithms flags as it found them.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from .._isolation import full_precision, isolated
-from ..eigensolvers import EigenResult
+from ..eigensolvers import EigenResult, SolveStatus
 from ..operators.base import LinearOperator
 from ..operators.protocol import Curvature
 from ..subspace import orthonormalize
 from . import _faults
 
-__all__ = ["RefreshOutcome", "refresh_basis"]
+__all__ = ["RefreshOutcome", "agreed", "refresh_basis"]
 
 #: largest entry of ``UᵀU − I`` accepted before the basis is re-orthonormalized
 ORTHONORMALITY_TOL = 1e-4
@@ -54,6 +55,42 @@ class RefreshOutcome:
     matvecs: int
     seconds: float
     converged: bool
+
+
+#: the outcomes in a fixed order: an outcome crosses ranks as its index
+_OUTCOMES = tuple(SolveStatus)
+
+
+def agreed(curvature: LinearOperator, result: EigenResult) -> EigenResult:
+    """``result`` with rank 0's eigenpairs, residual norms and outcome (a collective).
+
+    The curvature broadcasts plain tensors (:meth:`~LinearOperator.agree_tensors`); the
+    outcome travels as its index in :class:`SolveStatus`, in the eigenvectors' dtype, next
+    to the eigenvalues and residual norms. Counters stay this rank's, and so does the
+    message unless rank 0's outcome differs from this rank's.
+
+    Returns:
+        ``result`` itself when the curvature returns the tensors unchanged (one process).
+    """
+    vectors = result.eigenvectors
+    code = torch.tensor([float(_OUTCOMES.index(result.outcome))], dtype=vectors.dtype)
+    mine = (result.eigenvalues, result.residual_norms, code, vectors)
+    theirs = curvature.agree_tensors(*mine)
+    if all(a is b for a, b in zip(mine, theirs, strict=True)):
+        return result
+    values, residuals, code, vectors = theirs
+    outcome = _OUTCOMES[int(code.item())]
+    message = result.message
+    if outcome is not result.outcome:
+        message = f"rank 0: {outcome.message} (this rank: {result.message})"
+    return replace(
+        result,
+        eigenvalues=values,
+        eigenvectors=vectors,
+        residual_norms=residuals,
+        outcome=outcome,
+        message=message,
+    )
 
 
 @full_precision
@@ -103,7 +140,7 @@ def refresh_basis(
         loss, grad = loss_grad if loss_grad is not None else (None, None)
         if result is not None:
             # data-parallel operators: every rank takes rank 0's basis bit for bit
-            result = curvature.agree(result)
+            result = agreed(curvature, result)
     if curvature.device.type == "cuda":
         torch.cuda.synchronize(curvature.device)
     seconds = time.perf_counter() - t0

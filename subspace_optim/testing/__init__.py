@@ -7,8 +7,8 @@
   nothing"), finiteness and orthonormality checks;
 * :mod:`~subspace_optim.testing.strategies`: hypothesis strategies (needs ``hypothesis``).
 
-The project's own reliability catalogue lives in the repository's ``tests/scenarios/``
-(``subspace_optim.testing.scenarios`` is a deprecated alias for it in a source checkout).
+The project's own reliability catalogue lives in the repository's ``tests/scenarios/`` (it is
+not installed).
 """
 
 from .checks import StateSnapshot, all_finite, orthonormality_error

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..eigensolvers.base import EigenResult, Eigensolver
+from ..eigensolvers.base import EigenResult, Eigensolver, SolveStatus
 from ..operators.base import LinearOperator
 
 __all__ = ["SOLVER_FAULTS", "FaultyLoss", "FaultyModule", "FaultyOperator", "FaultySolver"]
@@ -208,16 +208,16 @@ class FaultyOperator(LinearOperator, _Counted):
         """
         return self.op.solve_scope()
 
-    def agree(self, result: EigenResult) -> EigenResult:
+    def agree_tensors(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         """The wrapped operator's agreement across ranks.
 
         Args:
-            result: the eigensolver's result on this rank.
+            *tensors: this rank's tensors.
 
         Returns:
-            ``op.agree(result)`` of the wrapped operator.
+            ``op.agree_tensors(*tensors)`` of the wrapped operator.
         """
-        return self.op.agree(result)
+        return self.op.agree_tensors(*tensors)
 
 
 #: the faults :class:`FaultySolver` can inject
@@ -328,10 +328,9 @@ class FaultySolver(Eigensolver, _Counted):
                 "NON_FINITE",
                 eigenvalues=torch.full_like(result.eigenvalues, nan),
                 eigenvectors=torch.full_like(result.eigenvectors, nan),
-                converged=False,
             )
         if self.fault == "unconverged":
-            return _altered(result, "injected: not converged", "MAX_ITERATIONS", converged=False)
+            return _altered(result, "injected: not converged", "MAX_ITERATIONS")
         V = result.eigenvectors
         m = V.shape[1]
         mix = torch.eye(m, dtype=V.dtype, device=V.device) + 0.5
@@ -346,11 +345,7 @@ class FaultySolver(Eigensolver, _Counted):
 
 def _altered(result: EigenResult, message: str, outcome: str | None, **changes: Any) -> EigenResult:
     """``result`` with ``changes`` and the injected ``message``; ``outcome`` names the
-    result's status member for a failed solve (kept as is when ``None``)."""
-    if "outcome" in {f.name for f in dataclasses.fields(result)}:
-        changes["message"] = message
-        if outcome is not None:
-            changes["outcome"] = getattr(type(result.outcome), outcome)
-    else:
-        changes["status"] = message
-    return dataclasses.replace(result, **changes)
+    :class:`~subspace_optim.SolveStatus` member of a failed solve (kept as is when ``None``)."""
+    if outcome is not None:
+        changes["outcome"] = SolveStatus[outcome]
+    return dataclasses.replace(result, message=message, **changes)
