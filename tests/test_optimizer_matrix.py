@@ -109,12 +109,12 @@ def mse(out, y):
     return ((out - y) ** 2).mean()
 
 
-def build(info, mode="bulk", *, seed=0, k=3, refresh=None, dtype=torch.float64):
+def build(info, mode="bulk", *, seed=0, k=3, refresh=None, dtype=torch.float64, eigensolver="eigh"):
     model, X, Y = make_model(seed, dtype)
     base = info.make(model.parameters())
     op = so.HessianOperator(model, mse, (X, Y))
     opt = so.SubspaceProjectedOptimizer(
-        base, op, k=k, mode=mode, eigensolver="eigh", refresh=refresh or so.Every(1)
+        base, op, k=k, mode=mode, eigensolver=eigensolver, refresh=refresh or so.Every(1)
     )
     return model, X, Y, opt
 
@@ -530,23 +530,28 @@ def test_step_and_state_dict_hooks_fire(info):
 # ------------------------------------------------------------------- checkpoints
 
 
-def _resume_bitwise(info, mode, save):
+def _resume_bitwise(info, mode, save, eigensolver="eigh"):
     """Run 6 steps; separately run 3, checkpoint, load into fresh objects, run 3 more."""
     refresh = so.Every(2)  # the resumed part contains refreshes (steps 4) and reuses (3, 5)
-    model, X, Y, opt = build(info, mode, refresh=refresh)
+    kw = {"refresh": refresh, "eigensolver": eigensolver}
+    model, X, Y, opt = build(info, mode, **kw)
     for batch in BATCHES:
         step(opt, model, X, Y, info, batch)
-    m1, _, _, o1 = build(info, mode, refresh=so.Every(2))
+    m1, _, _, o1 = build(info, mode, **{**kw, "refresh": so.Every(2)})
     for batch in BATCHES[:3]:
         step(o1, m1, X, Y, info, batch)
     ckpt = save({"model": m1.state_dict(), "opt": o1.state_dict()})
-    m2, _, _, o2 = build(info, mode, seed=7, refresh=so.Every(2))  # different weights
+    # different weights, and a fresh eigensolver and generator
+    m2, _, _, o2 = build(info, mode, seed=7, **{**kw, "refresh": so.Every(2)})
     m2.load_state_dict(ckpt["model"])
     o2.load_state_dict(ckpt["opt"])
     for batch in BATCHES[3:]:
         step(o2, m2, X, Y, info, batch)
     assert torch.equal(flat(m2), flat(model))
     assert torch.equal(o2.basis, opt.basis)
+    counts = {key: v for key, v in opt.counters.items() if not key.endswith("seconds")}
+    assert {key: o2.counters[key] for key in counts} == counts
+    return ckpt
 
 
 def _roundtrip(obj):
@@ -556,10 +561,20 @@ def _roundtrip(obj):
     return torch.load(buf, weights_only=True)
 
 
+#: eigensolvers whose resume differs: a dense solve (no state), a Krylov solve started from
+#: the restored basis, and the warm refresh, which carries its own state (guard columns,
+#: last Ritz values, check back-off) in the checkpoint's "eigensolver" entry
+RESUME_SOLVERS = ["eigh", "lanczos", "warm"]
+
+
+@pytest.mark.parametrize("eigensolver", RESUME_SOLVERS)
 @pytest.mark.parametrize("mode", ["bulk", "dominant"])
 @pytest.mark.parametrize("info", rows())
-def test_checkpoint_resume_is_bitwise(info, mode):
-    _resume_bitwise(info, mode, _roundtrip)
+def test_checkpoint_resume_is_bitwise(info, mode, eigensolver):
+    ckpt = _resume_bitwise(info, mode, _roundtrip, eigensolver)
+    if eigensolver == "warm":  # the checkpoint carries what the next warm refresh starts from
+        state = ckpt["opt"]["subspace"]["eigensolver"]
+        assert state["guards"] is not None and state["kept"] is not None
 
 
 CHILD = textwrap.dedent(
