@@ -172,6 +172,21 @@ class ModelOperator(LinearOperator):
         """Yield ``(inputs, targets, count)`` micro-batches on the operator's device."""
         return _data.micro_batches(self.data, self.chunk_size, self.device)
 
+    def first_batch(self) -> tuple[Any, Tensor] | None:
+        """The first micro-batch's inputs and targets, the targets as ``loss_fn`` receives
+        them (in :attr:`dtype` for half-precision parameters), drawn without the caller's
+        random state; ``None`` when this process holds no data."""
+        first = self._first_chunk()
+        return None if first is None else (first[0], self._targets(first[1]))
+
+    def outputs(self, inputs: Any) -> Any:
+        """The model's outputs on ``inputs`` at the current parameters (buffers untouched).
+
+        Run it inside :meth:`evaluation_context` for the operator's settings (mode,
+        randomness, autocast off), as every product does.
+        """
+        return self._outputs(self._primals(), inputs)
+
     def _first_chunk(self) -> tuple[Any, Tensor, int] | None:
         """The first micro-batch (``None``: no data), drawn without the caller's RNG."""
         with forked_rng(self.device, self.generator):
@@ -183,16 +198,16 @@ class ModelOperator(LinearOperator):
     def _first_outputs(self) -> tuple[Any, Tensor] | None:
         """The model's outputs on the first micro-batch at the current parameters (no
         graph) and its targets, for checks at construction; ``None`` on an empty shard."""
-        first = self._first_chunk()
+        first = self.first_batch()
         if first is None:
             return None
-        x, y, _ = first
-        with self._evaluation_context(), torch.no_grad():
-            return self._outputs(self._primals(), x), self._targets(y)
+        x, y = first
+        with self.evaluation_context(), torch.no_grad():
+            return self.outputs(x), y
 
     # ------------------------------------------------------- functional model
     @contextlib.contextmanager
-    def _evaluation_context(self) -> Iterator[None]:
+    def evaluation_context(self) -> Iterator[None]:
         """The settings every pass of the operator runs under, and its failure rule.
 
         Gradients on, autocast off, the model in the requested mode, randomness (dropout
@@ -284,7 +299,7 @@ class ModelOperator(LinearOperator):
         if first is not None:  # a data-parallel rank with an empty shard holds no graph
             x, y, _ = first
             inputs = _data.input_tensors(x)
-            with self._evaluation_context():
+            with self.evaluation_context():
                 leaves = self._leaves()
                 graph = saved_bytes(
                     lambda: self._measured_pass(leaves, x, y), [*leaves, *self.params, *inputs, y]
@@ -334,7 +349,7 @@ class ModelOperator(LinearOperator):
         width = b if self.block_size is None else min(b, self.block_size)
         total = torch.zeros_like(V)
         count = 0
-        with self._evaluation_context():
+        with self.evaluation_context():
             graphs = self._cached_graphs() if self.caches_graph else None
             for start in range(0, b, width):
                 W = V[:, start : start + width]
@@ -370,7 +385,7 @@ class ModelOperator(LinearOperator):
         loss_sum = torch.zeros((), dtype=self.dtype, device=self.device)
         grad_sum = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)
         count = 0
-        with self._evaluation_context():
+        with self.evaluation_context():
             for loss, grads, m in self._losses_and_grads():
                 g = flatten(
                     torch.zeros_like(p, dtype=self.dtype) if gi is None else gi.detach()

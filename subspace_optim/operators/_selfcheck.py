@@ -17,22 +17,30 @@ two forward passes on (at most 64 examples of) the first micro-batch and two pro
 For a data-parallel operator each rank checks its own first micro-batch, a failure on any
 rank is raised on every rank (one collective), and the products are collectives that
 every rank joins, so every rank reaches the same verdict.
+
+The checks read an operator through its public surface only (:class:`Checkable`), so this
+module knows no operator class.
 """
 
 from __future__ import annotations
 
 import warnings
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
 from . import _data
 
-if TYPE_CHECKING:
-    from ._model_operator import ModelOperator
-
-__all__ = ["CurvatureCheckWarning", "check_locally", "check_repeatable", "self_check"]
+__all__ = [
+    "Checkable",
+    "CurvatureCheckWarning",
+    "check_locally",
+    "check_repeatable",
+    "self_check",
+]
 
 
 #: examples of the first micro-batch the model and loss checks run on
@@ -55,6 +63,27 @@ class CurvatureCheckWarning(UserWarning):
     """
 
 
+class Checkable(Protocol):
+    """What the self-check reads of an operator over a model (``ModelOperator`` has it)."""
+
+    shape: tuple[int, int]
+    dtype: torch.dtype
+    device: torch.device
+    param_dtype: torch.dtype
+    num_matvecs: int
+    loss_fn: Callable[..., Any]
+
+    def first_batch(self) -> tuple[Any, Tensor] | None: ...
+
+    def evaluation_context(self) -> AbstractContextManager[None]: ...
+
+    def outputs(self, inputs: Any) -> Any: ...
+
+    def matmat(self, V: Tensor) -> Tensor: ...
+
+    def release_graph(self) -> None: ...
+
+
 def _doubled(x: Any) -> Any:
     """The micro-batch ``x`` repeated twice along the batch dimension."""
     if isinstance(x, Tensor):
@@ -64,7 +93,7 @@ def _doubled(x: Any) -> Any:
     return type(x)(torch.cat([t, t]) for t in x)
 
 
-def _dtype_hint(op: ModelOperator, x: Any, error: BaseException) -> str:
+def _dtype_hint(op: Checkable, x: Any, error: BaseException) -> str:
     if "dtype" not in str(error):
         return ""
     floats = {t.dtype for t in _data.input_tensors(x)}
@@ -76,21 +105,20 @@ def _dtype_hint(op: ModelOperator, x: Any, error: BaseException) -> str:
     return ""
 
 
-def _first_losses(op: ModelOperator) -> tuple[Tensor, Tensor] | None:
+def _first_losses(op: Checkable) -> tuple[Tensor, Tensor] | None:
     """The loss of the first micro-batch and of it repeated twice (``None``: no data)."""
-    first = op._first_chunk()
+    first = op.first_batch()
     if first is None:  # a data-parallel rank with an empty shard
         return None
-    x, y, _ = first
+    x, y = first
     # a slice is enough to test the model, the loss and its reduction, at a fraction of
     # the cost of a large first micro-batch
     x, y = _data._split(x, SLICE)[0], y[:SLICE]
     losses = []
-    with torch.no_grad(), op._evaluation_context():
-        primals = op._primals()
+    with torch.no_grad(), op.evaluation_context():
         for inputs, targets in ((x, y), (_doubled(x), torch.cat([y, y]))):
             try:
-                out = op._outputs(primals, inputs)
+                out = op.outputs(inputs)
             except (RuntimeError, TypeError) as exc:
                 raise type(exc)(
                     f"the model failed on the first micro-batch of data: {exc}."
@@ -98,7 +126,7 @@ def _first_losses(op: ModelOperator) -> tuple[Tensor, Tensor] | None:
                     "with model(inputs) valid (or build the operator with check=False)."
                 ) from exc
             try:
-                loss = op.loss_fn(out, op._targets(targets))
+                loss = op.loss_fn(out, targets)
             except (RuntimeError, TypeError, ValueError, IndexError) as exc:
                 raise type(exc)(
                     f"loss_fn(outputs, targets) failed on the first micro-batch: {exc}. It is "
@@ -129,16 +157,18 @@ def _check_reduction(single: Tensor, double: Tensor) -> None:
     )
 
 
-def _check_repeatable(op: ModelOperator) -> None:
+def _check_repeatable(op: Checkable) -> None:
     g = torch.Generator(device="cpu").manual_seed(0)
     v = torch.randn(op.shape[0], 1, generator=g, dtype=torch.float64).to(op.device, op.dtype)
     results = []
+    counted = op.num_matvecs  # the check's products are not the user's cost
     for _ in range(2):
         op.release_graph()  # each product on its own forward pass: a cached graph would hide
         try:  # the randomness of dropout masks
-            results.append(op._matmat(v))
+            results.append(op.matmat(v))
         finally:
             op.release_graph()
+            op.num_matvecs = counted
     first, second = results
     scale = float(first.norm())
     diff = float((first - second).norm()) / scale if scale > 0 else float((second).norm())
@@ -156,7 +186,7 @@ def _check_repeatable(op: ModelOperator) -> None:
         )
 
 
-def check_locally(op: ModelOperator) -> None:
+def check_locally(op: Checkable) -> None:
     """The checks on this process's first micro-batch: the model, ``loss_fn`` and its
     reduction (no collective; nothing to do on an empty shard).
 
@@ -170,7 +200,7 @@ def check_locally(op: ModelOperator) -> None:
         _check_reduction(*losses)
 
 
-def check_repeatable(op: ModelOperator) -> None:
+def check_repeatable(op: Checkable) -> None:
     """Two products with one vector must agree (collectives for a data-parallel operator).
 
     Warns:
@@ -179,7 +209,7 @@ def check_repeatable(op: ModelOperator) -> None:
     _check_repeatable(op)
 
 
-def self_check(op: ModelOperator) -> None:
+def self_check(op: Checkable) -> None:
     """Run the checks of the module note on a single-process ``op``.
 
     Raises:

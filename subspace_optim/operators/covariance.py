@@ -160,7 +160,7 @@ class GradientCovarianceOperator(ModelOperator):
         if first is None:  # a data-parallel rank with an empty shard
             return
         out, targets = first
-        with self._evaluation_context(), torch.no_grad():
+        with self.evaluation_context(), torch.no_grad():
             full = self._checked_loss(out, targets)
             try:
                 losses = self._per_example(out, targets)

@@ -142,7 +142,7 @@ class GGNOperator(ModelOperator):
                 f"{type(z).__name__}. Wrap the model so that it returns the tensor the loss "
                 "reads"
             )
-        with self._evaluation_context():
+        with self.evaluation_context():
             M = _OutputHessian(self, z, targets)
             gen = torch.Generator(device=z.device).manual_seed(0)
             r = torch.randn(z.shape, generator=gen, dtype=z.dtype, device=z.device)
