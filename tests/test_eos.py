@@ -88,6 +88,12 @@ def test_threshold_of_wrappers_groups_and_adaptive_methods():
     sgd = torch.optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.5}], lr=0.1)
     assert so.stability_threshold(sgd) == pytest.approx(4.0)  # the larger lr decides
     assert so.stability_threshold(so.SAM(torch.optim.SGD([a], lr=0.5))) == pytest.approx(4.0)
+    # a projection wrapper, around SGD or around SAM around SGD: its base's chain decides
+    op = so.DenseOperator(torch.eye(2))
+    for inner in (torch.optim.SGD([a], lr=0.25), so.SAM(torch.optim.SGD([a], lr=0.25))):
+        wrapped = so.SubspaceProjectedOptimizer(inner, op, k=1, eigensolver="eigh")
+        assert so.stability_threshold(wrapped) == pytest.approx(8.0)
+        del wrapped
     for opt in (torch.optim.Adam([a]), torch.optim.RMSprop([a]), torch.optim.Adagrad([a])):
         assert so.stability_threshold(opt) is None
         assert so.stability_threshold(so.SAM(opt)) is None

@@ -56,6 +56,8 @@ from torch.optim import Optimizer
 from .._utils import check_int, check_positive_float
 from ..eigensolvers import EigenResult, Eigensolver, Lanczos, resolve_eigensolver
 from ..operators.base import LinearOperator
+from ._guard import guarded_chain
+from .protocol import inner_chain
 
 __all__ = [
     "EdgeOfStabilityWarning",
@@ -129,8 +131,11 @@ def stability_threshold(optimizer: Optimizer) -> float | None:
     learning rate) is returned. Read at call time, so LR schedulers are followed.
 
     Args:
-        optimizer: ``torch.optim.SGD``, a :class:`~subspace_optim.SAM` around one, or a
-            wrapper exposing ``.base``.
+        optimizer: ``torch.optim.SGD``, or an optimizer that steps one: a
+            :class:`~subspace_optim.optim.CompositeOptimizer` such as
+            :class:`~subspace_optim.SAM` (followed by
+            :func:`~subspace_optim.optim.inner_chain`), or a
+            :class:`~subspace_optim.SubspaceProjectedOptimizer` around either.
 
     Returns:
         The threshold, or ``None`` when it is not defined by a learning rate alone
@@ -147,15 +152,11 @@ def stability_threshold(optimizer: Optimizer) -> float | None:
         >>> stability_threshold(torch.optim.Adam(w)) is None
         True
     """
-    seen = 0
-    while hasattr(optimizer, "base") and isinstance(optimizer.base, Optimizer) and seen < 8:
-        if isinstance(optimizer, torch.optim.SGD):
-            break
-        optimizer = optimizer.base
-        seen += 1
-    if not isinstance(optimizer, torch.optim.SGD):
+    chain = guarded_chain(optimizer) or inner_chain(optimizer)  # a wrapper: its base's chain
+    sgd = next((o for o in chain if isinstance(o, torch.optim.SGD)), None)
+    if sgd is None:
         return None
-    values = [_group_threshold(g, "sgd") for g in optimizer.param_groups]
+    values = [_group_threshold(g, "sgd") for g in sgd.param_groups]
     finite = [v for v in values if v is not None]
     return min(finite) if finite else None
 

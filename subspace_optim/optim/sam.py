@@ -12,8 +12,7 @@ from torch.optim import Optimizer
 
 from .._utils import check_positive_float
 from . import _checkpoint
-from ._guard import check_not_bypassed
-from .projected import SubspaceProjectedOptimizer
+from ._guard import check_not_bypassed, guarded_chain
 
 __all__ = ["SAM"]
 
@@ -120,7 +119,7 @@ class SAM(Optimizer):
             )
         if isinstance(base, SAM):
             raise TypeError("base is already a SAM; wrap the underlying optimizer once")
-        if isinstance(base, SubspaceProjectedOptimizer):
+        if guarded_chain(base) is not None:  # a projection wrapper
             raise TypeError(
                 f"base is a {type(base).__name__}; put SAM inside it instead: "
                 "SubspaceProjectedOptimizer(SAM(torch.optim.SGD(...)), curvature, ...)"
