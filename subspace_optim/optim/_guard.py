@@ -29,6 +29,8 @@ from .protocol import CompositeOptimizer, inner_chain
 _IN_STEP = "_subspace_optim_in_step"
 #: attribute of a wrapped optimizer listing weak references to its wrappers
 _OWNERS = "_subspace_optim_owners"
+#: each live wrapper -> the optimizers it guards, outermost first (see :func:`guarded_chain`)
+_GUARDED: weakref.WeakKeyDictionary[Any, list[Optimizer]] = weakref.WeakKeyDictionary()
 
 
 def bypass_message(optimizer: Optimizer, owner: Any) -> str:
@@ -53,6 +55,15 @@ def guard(owner: Any, optimizers: list[Optimizer]) -> None:
         handle = optimizer.register_step_pre_hook(hook)
         weakref.finalize(owner, handle.remove)
         optimizer.__dict__.setdefault(_OWNERS, []).append(ref)
+    _GUARDED.setdefault(owner, []).extend(optimizers)
+
+
+def guarded_chain(optimizer: Any) -> list[Optimizer] | None:
+    """The optimizers ``optimizer`` guards as a wrapper (its base's :func:`inner_chain`,
+    outermost first), or ``None`` when it guards none: how an optimizer learns that it was
+    handed a wrapper, without importing one."""
+    chain = _GUARDED.get(optimizer)
+    return None if chain is None else list(chain)
 
 
 def check_not_bypassed(optimizer: Optimizer, ref: Any = None) -> None:
