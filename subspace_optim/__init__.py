@@ -5,6 +5,10 @@ Wrap the optimizer you already have in one line::
     import subspace_optim as so
     opt = so.SubspaceProjectedOptimizer(base, so.HessianOperator(model, loss_fn, data), k=10,
                                         mode="bulk")
+
+or, to train with damped dominant and amplified bulk updates from a cheap online subspace::
+
+    opt = so.SubspaceProjectedOptimizer(base, so.UpdateHistory(k=4, window=16), mode=(0.5, 2.0))
 """
 
 from .cost import RefreshCostEstimate, estimate_refresh_cost
@@ -52,6 +56,7 @@ from .optim import (
     stability_threshold,
 )
 from .schedules import AlignmentSwitch, AtSteps, Decision, Every, RefreshSchedule, resolve_schedule
+from .sources import GradientSketch, SubspaceSource, UpdateHistory
 from .subspace import (
     alignment,
     orthonormalize,
@@ -87,6 +92,7 @@ __all__ = [
     "Every",
     "GGNOperator",
     "GradientCovarianceOperator",
+    "GradientSketch",
     "HessianOperator",
     "Lanczos",
     "LearningRatePick",
@@ -99,6 +105,8 @@ __all__ = [
     "SolveStatus",
     "StepStats",
     "SubspaceProjectedOptimizer",
+    "SubspaceSource",
+    "UpdateHistory",
     "WarmRefresh",
     "__version__",
     "alignment",

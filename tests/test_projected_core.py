@@ -324,7 +324,7 @@ def _state(model, opt):
         ({"k": -1}, ValueError, ">= 0"),
         ({"k": 1000}, ValueError, "smaller than the number of parameters"),
         ({"k": 2.5}, TypeError, "must be an int"),
-        ({"mode": "dom"}, ValueError, "'bulk', 'dominant', 'none'"),
+        ({"mode": "sideways"}, ValueError, "'bulk', 'dominant', 'none'"),
         ({"eigensolver": "arpack"}, ValueError, "valid names"),
         ({"refresh": "sometimes"}, ValueError, "valid choices"),
         ({"project": "weights"}, ValueError, "valid choices"),

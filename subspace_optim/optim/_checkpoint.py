@@ -41,7 +41,7 @@ def subspace_state(opt: Any) -> dict[str, Any]:
         "num_extra": opt.num_extra,
         "mode": opt.mode,
         "scales": list(opt.scales),
-        "n": opt.curvature.shape[0],
+        "n": sum(opt._vec.sizes),
         "shapes": _shapes(opt),
         "step": opt._step,
         "active_k": opt.active_k,
@@ -51,6 +51,7 @@ def subspace_state(opt: Any) -> dict[str, Any]:
         "schedule": opt.schedule.state_dict(),
         "generator": opt.generator.get_state(),
         "eigensolver": opt.eigensolver.state_dict(),
+        "source": None if opt.source is None else opt.source.state_dict(),
     }
 
 
@@ -89,7 +90,7 @@ def _validate(opt: Any, state_dict: dict[str, Any]) -> _Restore:
             "SubspaceProjectedOptimizer (load a base optimizer's state into opt.base instead)"
         )
     sub = state_dict["subspace"]
-    n = opt.curvature.shape[0]
+    n = sum(opt._vec.sizes)
     if sub["n"] != n:
         raise ValueError(
             f"state_dict is for a model with {sub['n']} parameters, this one has {n}; load "
@@ -128,6 +129,14 @@ def _validate(opt: Any, state_dict: dict[str, Any]) -> _Restore:
             "state_dict['subspace']['basis'] and ['eigenvalues'] to None to recompute them "
             "at the next step"
         )
+    if (opt.source is None) != (sub.get("source") is None):
+        raise ValueError(
+            "state_dict was saved by a wrapper with "
+            f"{'a subspace source' if sub.get('source') is not None else 'a curvature operator'}"
+            "; build the optimizer the same way to resume"
+        )
+    if opt.source is not None:
+        opt.source.check_state_dict(sub["source"])
     try:  # validate the generator state on a scratch generator before changing anything
         torch.Generator(device=opt.generator.device).set_state(sub["generator"])
     except (RuntimeError, TypeError) as exc:
@@ -141,7 +150,7 @@ def _validate(opt: Any, state_dict: dict[str, Any]) -> _Restore:
 def _apply(opt: Any, restore: _Restore) -> None:
     """Restore the validated subspace entry into ``opt``."""
     sub = restore.sub
-    device, dtype = opt.curvature.device, opt.curvature.dtype
+    device, dtype = opt.generator.device, opt._vec.dtype
     basis = restore.basis
     if basis is not None:
         basis = basis.to(device=device, dtype=dtype).clone()
@@ -156,6 +165,8 @@ def _apply(opt: Any, restore: _Restore) -> None:
     opt.schedule.load_state_dict(sub["schedule"])
     opt.eigensolver.load_state_dict(sub.get("eigensolver", {}))
     opt.generator.set_state(sub["generator"])
+    if opt.source is not None:
+        opt.source.load_state_dict(sub["source"])
 
 
 def delegate_to_base(

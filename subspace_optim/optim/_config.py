@@ -22,6 +22,7 @@ from ..eigensolvers import Eigensolver, resolve_eigensolver
 from ..operators.base import LinearOperator
 from ..operators.protocol import Curvature
 from ..schedules import RefreshSchedule, resolve_schedule
+from ..sources.protocol import SubspaceSource
 from . import _faults, _guard
 from ._update import MODE_SCALES
 from .eos import stability_threshold
@@ -32,7 +33,9 @@ __all__ = [
     "PROJECT",
     "Config",
     "check_arguments",
+    "check_source_arguments",
     "covering_curvature",
+    "group_scales",
     "resolve_mode",
 ]
 
@@ -40,6 +43,8 @@ __all__ = [
 #: subspace (Bulk-SGD), ``"dominant"`` keeps only that component (Dom-SGD), ``"none"``
 #: leaves the update alone and only measures (a pair ``(a, b)`` of scales is accepted too)
 MODES = ("bulk", "dominant", "none")
+#: the paper's short names, accepted wherever a mode is named
+MODE_ALIASES = {"dom": "dominant"}
 #: what is projected: the base optimizer's ``"update"`` or the ``"gradient"`` it reads
 PROJECT = ("update", "gradient")
 #: the valid ``on_fault`` policies, what a failed refresh does: ``"keep"`` the previous
@@ -67,7 +72,8 @@ class Config:
 def resolve_mode(mode: object) -> tuple[str | tuple[float, float], tuple[float, float]]:
     """``(mode, (a, b))`` for a mode name or a pair of scales; raises before any change.
 
-    A pair equal to a named mode's scales is that mode (``(0, 1)`` is ``"bulk"``).
+    A pair equal to a named mode's scales is that mode (``(0, 1)`` is ``"bulk"``); the
+    paper's short name ``"dom"`` is ``"dominant"``.
 
     Raises:
         ValueError: an unknown name, a pair with a NaN/inf entry, or ``(0, 0)``.
@@ -78,7 +84,9 @@ def resolve_mode(mode: object) -> tuple[str | tuple[float, float], tuple[float, 
         (('bulk', (0.0, 1.0)), ((0.5, 1.5), (0.5, 1.5)), ('dominant', (1.0, 0.0)))
     """
     if not isinstance(mode, (tuple, list)):
-        name = choice("mode", mode, MODES)
+        name = choice(
+            "mode", MODE_ALIASES.get(mode, mode) if isinstance(mode, str) else mode, MODES
+        )
         return name, MODE_SCALES[name]
     if len(mode) != 2 or not all(
         isinstance(x, numbers.Real) and not isinstance(x, bool) for x in mode
@@ -268,3 +276,99 @@ def covering_curvature(
             "parameter space. Build a new operator and wrapper."
         )
     return curvature.extended([*curvature.params, *new])
+
+
+#: the constructor's defaults that have no meaning with a source
+_CURVATURE_ONLY = {
+    "k": None,
+    "eigensolver": "warm",
+    "refresh": None,
+    "num_extra": 0,
+    "adaptive_k": None,
+}
+
+
+def check_source_arguments(
+    base: Any, source: SubspaceSource, *, mode: Any, project: Any, on_fault: Any, **rest: Any
+) -> Config:
+    """Check the wrapper's arguments when it is given a
+    :class:`~subspace_optim.SubspaceSource` instead of a curvature operator; binds the
+    source to the base's trainable parameters (a group's ``"subspace_k"`` sets their k).
+
+    Raises:
+        TypeError, ValueError: as :func:`check_arguments`; also a curvature-only argument
+            (``k``, ``eigensolver``, ``refresh``, ``num_extra``, ``adaptive_k``) set,
+            ``project="gradient"``, a group ``"subspace_mode"`` that is not a mode, or a
+            block the source refuses. Nothing is bound on an error.
+    """
+    if not isinstance(base, Optimizer):
+        raise TypeError(
+            f"base must be a torch.optim.Optimizer (e.g. torch.optim.AdamW(model.parameters())); "
+            f"got {type(base).__name__}"
+        )
+    for name, default in _CURVATURE_ONLY.items():
+        if rest[name] != default:
+            raise ValueError(
+                f"{name}= applies to a curvature operator; a subspace source carries its own "
+                f"settings (k, refresh_every, ...): set them on {type(source).__name__}"
+            )
+    mode_value, scales = resolve_mode(mode)
+    if choice("project", project, PROJECT) != "update":
+        raise ValueError(
+            "a subspace source scales the base optimizer's update; project='gradient' needs "
+            "a curvature operator"
+        )
+    on_fault = choice("on_fault", on_fault, ON_FAULT)
+    if rest["generator"] is not None and not isinstance(rest["generator"], torch.Generator):
+        raise TypeError(
+            f"generator must be a torch.Generator; got {type(rest['generator']).__name__}"
+        )
+    scaler = rest["grad_scaler"]
+    if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+        raise TypeError(
+            "grad_scaler must be the torch.amp.GradScaler of the training loop (or None); "
+            f"got {type(scaler).__name__}"
+        )
+    _guard.check_wrappable(base)
+    group_scales(base.param_groups, scales)
+    params = [p for g in base.param_groups for p in g["params"] if p.requires_grad]
+    ks = [g.get("subspace_k") for g in base.param_groups for p in g["params"] if p.requires_grad]
+    for p in params:
+        if p.is_complex() or not p.is_floating_point():
+            raise TypeError("a subspace source needs real floating-point parameters")
+    _faults.check_finite_params(params, when="at construction")
+    source.bind(params, ks)
+    return Config(
+        mode=mode_value,
+        scales=scales,
+        project="update",
+        on_fault=on_fault,
+        k=int(getattr(source, "k", 1)),
+        num_extra=0,
+        eigensolver=resolve_eigensolver("warm"),
+        schedule=resolve_schedule(None),
+        adaptive_k=None,
+        params=params,
+    )
+
+
+def group_scales(
+    groups: Sequence[dict[str, Any]], scales: tuple[float, float]
+) -> dict[int, tuple[float, float]] | None:
+    """``id(parameter) -> (a, b)``: each parameter's group's ``"subspace_mode"`` scales
+    (``scales`` where a group has none), or ``None`` when no group sets one.
+
+    Raises:
+        ValueError, TypeError: a group's ``"subspace_mode"`` is not a mode (before any
+            change: the wrapper calls this before each step).
+    """
+    if not any("subspace_mode" in g for g in groups):
+        return None
+    out = {}
+    for i, g in enumerate(groups):
+        try:
+            pair = resolve_mode(g["subspace_mode"])[1] if "subspace_mode" in g else scales
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"param_groups[{i}]['subspace_mode']: {exc}") from None
+        out.update((id(p), pair) for p in g["params"])
+    return out

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from ..bases import Basis
 from ..diagnostics import StepStats
 from ._flat import FlatParams
 from ._refresh import RefreshOutcome
@@ -37,11 +38,14 @@ class StepFacts:
         grad_finite: ``g_mini`` is finite.
         wants_projection: the schedule and mode ask for a projected update.
         refresh: this step's refresh, or ``None``.
-        U: ``(n, active_k)`` basis the step projects with, or ``None``.
+        U: the basis the step projects with (``(n, active_k)``, or a source's
+            per-block :class:`~subspace_optim.bases.BlockBasis`), or ``None``.
         skip: why the step was skipped before the base step, or ``None``.
         delta_base: ``(n,)`` the base optimizer's update.
         delta: ``(n,)`` the realized update.
         undone: the update came out non-finite and was undone.
+        group_scales: per parameter (flat order), the ``(a, b)`` of its group's
+            ``"subspace_mode"``; ``None`` when no group sets one.
     """
 
     t: int
@@ -51,11 +55,12 @@ class StepFacts:
     grad_finite: bool = True
     wants_projection: bool = False
     refresh: RefreshOutcome | None = None
-    U: Tensor | None = None
+    U: Tensor | Basis | None = None
     skip: str | None = None
     delta_base: Tensor | None = None
     delta: Tensor | None = None
     undone: bool = False
+    group_scales: list[tuple[float, float]] | None = None
 
     @property
     def project_now(self) -> bool:

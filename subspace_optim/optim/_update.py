@@ -15,11 +15,13 @@ import torch
 from torch import Tensor
 
 from .._isolation import full_precision
+from ..bases import Basis, as_basis
 
 __all__ = [
     "UpdatePlan",
     "dominant_part",
     "moved_eigenvalue",
+    "plan_blockwise",
     "plan_update",
     "project_gradient",
     "step_statistics",
@@ -53,8 +55,9 @@ def zero_frozen(vec: Tensor, sizes: Sequence[int], frozen: Sequence[bool]) -> Te
 
 
 @full_precision
-def dominant_part(U: Tensor, delta: Tensor) -> Tensor:
-    """``U Uᵀ Δ``: the component of ``delta`` (``(n,)``) in the span of ``U`` (``(n, m)``).
+def dominant_part(U: Tensor | Basis, delta: Tensor) -> Tensor:
+    """``U Uᵀ Δ``: the component of ``delta`` (``(n,)``) in the span of ``U`` (``(n, m)``,
+    or a :class:`~subspace_optim.bases.Basis`).
 
     Example:
         >>> import torch
@@ -62,11 +65,11 @@ def dominant_part(U: Tensor, delta: Tensor) -> Tensor:
         >>> dominant_part(U, torch.tensor([3.0, 4.0])).tolist()
         [3.0, 0.0]
     """
-    return U @ (U.T @ delta)
+    return as_basis(U).dominant(delta)
 
 
 @full_precision
-def project_gradient(g: Tensor, U: Tensor, scales: tuple[float, float]) -> Tensor:
+def project_gradient(g: Tensor, U: Tensor | Basis, scales: tuple[float, float]) -> Tensor:
     """``a·U Uᵀ g + b·(g − U Uᵀ g)`` for ``scales = (a, b)``: exactly ``U Uᵀ g`` for Dom
     ``(1, 0)`` and ``g − U Uᵀ g`` for Bulk ``(0, 1)``.
 
@@ -76,7 +79,7 @@ def project_gradient(g: Tensor, U: Tensor, scales: tuple[float, float]) -> Tenso
         >>> project_gradient(torch.tensor([3.0, 4.0]), U, (0.0, 1.0)).tolist()
         [0.0, 4.0]
     """
-    dom = U @ (U.T @ g)
+    dom = as_basis(U).dominant(g)
     a, b = scales
     if (a, b) == (1.0, 0.0):
         return dom
@@ -133,13 +136,42 @@ def plan_update(
 
 
 @full_precision
+def plan_blockwise(
+    delta_base: Tensor,
+    dom: Tensor,
+    sizes: Sequence[int],
+    scales: Sequence[tuple[float, float]],
+) -> UpdatePlan:
+    """:func:`plan_update` with its own ``(a, b)`` for each parameter's slice: the slice of
+    ``sizes[i]`` entries becomes ``a_i·P_kΔ + b_i·(Δ − P_kΔ)``; a slice with ``(1, 1)`` keeps
+    the base's update exactly. The plan adds ``delta − delta_base`` to the parameters.
+
+    Example:
+        >>> import torch
+        >>> plan = plan_blockwise(torch.tensor([3.0, 4.0, 1.0]), torch.tensor([3.0, 0.0, 0.0]),
+        ...                       [2, 1], [(0.5, 2.0), (1.0, 1.0)])
+        >>> plan.delta.tolist(), plan.vector.tolist()
+        ([1.5, 8.0, 1.0], [-1.5, 4.0, 0.0])
+    """
+    delta = delta_base.clone()
+    offset = 0
+    for m, (a, b) in zip(sizes, scales):
+        if (a, b) != (1.0, 1.0):
+            d, p = delta_base[offset : offset + m], dom[offset : offset + m]
+            delta[offset : offset + m] = a * p + b * (d - p)
+        offset += m
+    return UpdatePlan(delta=delta, vector=delta - delta_base, add=True)
+
+
+@full_precision
 def step_statistics(
-    U: Tensor, delta_base: Tensor, delta: Tensor, g: Tensor, loss: Tensor | None
+    U: Tensor | Basis, delta_base: Tensor, delta: Tensor, g: Tensor, loss: Tensor | None
 ) -> dict[str, float]:
     """χ_k of ``g``, the dominant share of the base update and the effective-LR terms.
 
     Args:
-        U: ``(n, m)`` orthonormal basis of the projected subspace.
+        U: ``(n, m)`` orthonormal basis of the projected subspace (or a
+            :class:`~subspace_optim.bases.Basis`).
         delta_base: ``(n,)`` the base optimizer's update.
         delta: ``(n,)`` the realized update.
         g: ``(n,)`` the gradient the step is measured against.
@@ -159,9 +191,10 @@ def step_statistics(
         >>> round(s["eta_dom"], 6), round(s["eta_bulk"], 6), round(s["grad_alignment"], 4)
         (0.1, 0.1, 0.8944)
     """
-    cg = U.T @ g
-    cd = U.T @ delta
-    cb = U.T @ delta_base
+    basis = as_basis(U)
+    cg = basis.coords(g)
+    cd = basis.coords(delta)
+    cb = basis.coords(delta_base)
     sq_dom = cg @ cg
     sq_bulk = (g @ g - sq_dom).clamp_min(0)
     dot_dom = -(cd @ cg)

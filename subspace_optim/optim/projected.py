@@ -17,7 +17,9 @@ from torch.optim import Optimizer
 from ..diagnostics import StepStats
 from ..eigensolvers import EigenResult, Eigensolver
 from ..operators.base import LinearOperator
+from ..operators.protocol import Curvature
 from ..schedules import RefreshSchedule
+from ..sources.protocol import SubspaceSource
 from . import _checkpoint, _config, _faults, _guard
 from ._config import MODES, ON_FAULT
 from ._flat import FlatParams
@@ -26,6 +28,7 @@ from ._step import StepFacts, project_existing_grads, projecting_closure, step_r
 from ._update import (
     dominant_part,
     moved_eigenvalue,
+    plan_blockwise,
     plan_update,
     project_gradient,
     zero_frozen,
@@ -174,8 +177,8 @@ class SubspaceProjectedOptimizer(Optimizer):
     def __init__(
         self,
         base: Optimizer,
-        curvature: LinearOperator,
-        k: int = 10,
+        curvature: LinearOperator | SubspaceSource,
+        k: int | None = None,
         mode: str | tuple[float, float] = "bulk",
         *,
         eigensolver: str | Eigensolver = "warm",
@@ -193,10 +196,7 @@ class SubspaceProjectedOptimizer(Optimizer):
                 "base is already a SubspaceProjectedOptimizer; wrap the underlying optimizer "
                 "once (use num_extra or a second HessianOperator to track more directions)"
             )
-        cfg = _config.check_arguments(
-            base,
-            curvature,
-            k=k,
+        args = dict(
             mode=mode,
             eigensolver=eigensolver,
             refresh=refresh,
@@ -207,15 +207,23 @@ class SubspaceProjectedOptimizer(Optimizer):
             adaptive_k=adaptive_k,
             grad_scaler=grad_scaler,
         )
+        # a subspace source learns its bases from the run; a curvature needs an eigensolver
+        self.source: SubspaceSource | None = None
+        if isinstance(curvature, SubspaceSource):
+            cfg = _config.check_source_arguments(base, curvature, k=k, **args)
+            self.source, dtype, device = curvature, _source_dtype(cfg.params), cfg.params[0].device
+        else:
+            cfg = _config.check_arguments(base, curvature, k=10 if k is None else k, **args)
+            dtype, device = curvature.dtype, curvature.device
         self.mode, self.scales = cfg.mode, cfg.scales
         self.project_target, self.on_fault = cfg.project, cfg.on_fault
         self.k, self.num_extra, self.adaptive_k = cfg.k, cfg.num_extra, cfg.adaptive_k
         self.active_k = self.k
         self.eigensolver, self.schedule = cfg.eigensolver, cfg.schedule
-        self._vec = FlatParams(cfg.params, curvature.dtype)
+        self._vec = FlatParams(cfg.params, dtype)
 
         self.base = base
-        self.curvature = curvature
+        self.curvature = None if self.source is not None else curvature
         self._ready = False
         super().__init__(base.param_groups, {})
         # share (not copy) the base's groups and state: schedulers and hooks act on the base
@@ -224,7 +232,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         self.defaults = base.defaults  # OneCycleLR & co. read momentum/betas support here
         self._ready = True
         if generator is None:
-            generator = torch.Generator(device=curvature.device).manual_seed(0)
+            generator = torch.Generator(device=device).manual_seed(0)
         self.generator = generator
         self.basis: Tensor | None = None
         self.eigenvalues: Tensor | None = None
@@ -265,6 +273,9 @@ class SubspaceProjectedOptimizer(Optimizer):
             return
         params = param_group["params"]
         params = [params] if isinstance(params, Tensor) else list(params)
+        if self.source is not None:
+            self._add_source_group(param_group, params)
+            return
         # built first: a bad parameter (not in the model, other dtype) raises before any change
         curvature = _config.covering_curvature(self.curvature, self._vec.params, params)
         self.base.add_param_group({**param_group, "params": params})
@@ -274,6 +285,27 @@ class SubspaceProjectedOptimizer(Optimizer):
             self._vec = FlatParams(curvature.params, curvature.dtype)
             self.basis = self.eigenvalues = None
             self.active_k = self.k
+
+    def _add_source_group(self, param_group: dict[str, Any], params: list[Tensor]) -> None:
+        """``add_param_group`` with a source: the source learns the new blocks (checked
+        first: a block it refuses raises before any change)."""
+        group = {**param_group, "params": params}
+        _config.group_scales([group], self.scales)
+        new = [p for p in params if p.requires_grad]
+        assert self.source is not None
+        self.source.bind(
+            [*self._vec.params, *new],
+            [*self._group_ks(), *(group.get("subspace_k") for _ in new)],
+        )
+        self.base.add_param_group(group)
+        self.param_groups = self.base.param_groups
+        self._vec = FlatParams([*self._vec.params, *new], self._vec.dtype)
+
+    def _group_ks(self) -> list[int | None]:
+        ids = {id(p) for p in self._vec.params}
+        return [
+            g.get("subspace_k") for g in self.base.param_groups for p in g["params"] if id(p) in ids
+        ]
 
     # ------------------------------------------------------------- refresh
     @torch.no_grad()
@@ -287,7 +319,13 @@ class SubspaceProjectedOptimizer(Optimizer):
 
         Raises:
             FloatingPointError: the refresh failed and ``on_fault="raise"``.
+            TypeError: the wrapper has a subspace source, which refreshes itself.
         """
+        if self.source is not None:
+            raise TypeError(
+                "refresh() recomputes a curvature's eigenbasis; a subspace source refreshes "
+                "itself every refresh_every steps"
+            )
         return self._refresh(with_gradient=False).result
 
     def _refresh(self, *, with_gradient: bool) -> RefreshOutcome:
@@ -350,6 +388,9 @@ class SubspaceProjectedOptimizer(Optimizer):
         """Stage 1: bad input and gradient faults are caught here, before any change."""
         facts = StepFacts(t=self._step, active=self.k > 0)
         if facts.active:
+            pairs = _config.group_scales(self.base.param_groups, self.scales)
+            if pairs is not None:
+                facts.group_scales = [pairs.get(id(p), self.scales) for p in self._vec.params]
             facts.theta_old = self._vec.values()
             if not bool(torch.isfinite(facts.theta_old).all()):
                 _faults.check_finite_params(self._vec.params, when=f"before step {facts.t}")
@@ -367,6 +408,9 @@ class SubspaceProjectedOptimizer(Optimizer):
 
     def _refresh_stage(self, facts: StepFacts) -> None:
         """Stage 2: a new basis when the schedule asks (or a projection needs a first one)."""
+        if self.source is not None:
+            self._source_stage(facts)
+            return
         decision = self.schedule.decide(facts.t)
         facts.wants_projection = self.mode != "none" and decision.project
         if decision.refresh or (facts.wants_projection and self.basis is None):
@@ -377,6 +421,27 @@ class SubspaceProjectedOptimizer(Optimizer):
             facts.skip = "the gradient holds NaN/Inf"
         elif facts.wants_projection and facts.U is None:
             facts.skip = "no usable basis for a projected step"
+
+    def _source_stage(self, facts: StepFacts) -> None:
+        """Stage 2 with a source: it refreshes itself when due; before its first basis the
+        update passes unchanged (the step is not skipped)."""
+        assert self.source is not None
+        seconds = self.source.refresh(facts.t)
+        if seconds is not None:
+            facts.refresh = RefreshOutcome(
+                result=None,
+                basis=None,
+                eigenvalues=None,
+                loss=None,
+                grad=None,
+                matvecs=0,
+                seconds=seconds,
+                converged=True,
+            )
+        facts.wants_projection = self.mode != "none"
+        facts.U = self.source.basis()
+        if not facts.grad_finite:
+            facts.skip = "the gradient holds NaN/Inf"
 
     def _base_stage(self, facts: StepFacts, closure: Callable[[], Tensor] | None) -> Any:
         """Stage 3: the base optimizer's step (gradients projected first if asked); a
@@ -441,7 +506,11 @@ class SubspaceProjectedOptimizer(Optimizer):
             frozen = self._vec.frozen()
             if any(frozen):
                 dom = zero_frozen(dom, self._vec.sizes, frozen)
-            plan = plan_update(facts.theta_old, facts.delta_base, dom, self.scales)
+            per_block = self._block_scales(facts)
+            if per_block is None:
+                plan = plan_update(facts.theta_old, facts.delta_base, dom, self.scales)
+            else:
+                plan = plan_blockwise(facts.delta_base, dom, self._vec.sizes, per_block)
             facts.delta = plan.delta
         if not bool(torch.isfinite(facts.delta).all()):
             # e.g. a closure whose loss was NaN: never write NaN into the parameters
@@ -451,6 +520,20 @@ class SubspaceProjectedOptimizer(Optimizer):
             _faults.count_skip(self.counters, facts.t, "the update was not finite")
         elif plan is not None:
             self._vec.write(plan.vector, add=plan.add)
+        if self.source is not None and not facts.undone:
+            assert facts.g_mini is not None
+            self.source.observe(facts.delta_base, facts.g_mini)
+
+    def _block_scales(self, facts: StepFacts) -> list[tuple[float, float]] | None:
+        """Per parameter, ``(a, b)`` when they differ from one pair for all: a group's
+        ``"subspace_mode"``, and ``(1, 1)`` (the update unchanged) where a source has no
+        basis for the block."""
+        per_group = facts.group_scales
+        projected = facts.U.projected() if hasattr(facts.U, "projected") else None
+        if projected is None or all(projected):
+            return per_group
+        pairs = per_group or [self.scales] * len(projected)
+        return [pair if on else (1.0, 1.0) for pair, on in zip(pairs, projected)]
 
     def _record(self, facts: StepFacts) -> StepStats:
         """Stage 5: the step's record; a refresh also feeds the schedule the measured χ_k."""
@@ -481,6 +564,13 @@ class SubspaceProjectedOptimizer(Optimizer):
                 warn_unstable(t, index, lam, limit, dominant=index <= self.active_k, stacklevel=5)
         self._unstable = lam > limit
 
+    def covered_params(self) -> list[Tensor] | None:
+        """The parameters the projection acts on (flat order), or ``None`` for an operator
+        that does not name its parameters (a plain :class:`~subspace_optim.LinearOperator`)."""
+        if self.source is None and not isinstance(self.curvature, Curvature):
+            return None
+        return list(self._vec.params)
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the gradients of the base optimizer's parameters.
 
@@ -495,3 +585,9 @@ class SubspaceProjectedOptimizer(Optimizer):
             f"SubspaceProjectedOptimizer(base={type(self.base).__name__}, k={self.k}, "
             f"mode={self.mode!r}, eigensolver={self.eigensolver!r}, refresh={self.schedule!r})"
         )
+
+
+def _source_dtype(params: list[Tensor]) -> torch.dtype:
+    """The flat vectors' dtype with a source: float64 for float64 parameters, else float32
+    (half-precision parameters are scaled in float32)."""
+    return torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32

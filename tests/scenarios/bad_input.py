@@ -338,7 +338,7 @@ BAD_INPUTS: tuple[BadInput, ...] = (
         "names",
         ValueError,
         r"valid choices are 'bulk', 'dominant', 'none'",
-        _construct(mode="dom"),
+        _construct(mode="sideways"),
     ),
     BadInput(
         "unknown eigensolver",
