@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
+from torch import Tensor
 from torch.optim import Optimizer
 
-from ..operators.protocol import Curvature
 from . import _scaler
 from .protocol import CompositeOptimizer, inner_chain
 
@@ -125,24 +125,24 @@ def check_step_call(wrapper: Any, closure: Any) -> None:
     _scaler.check_grad_scaler(
         wrapper.grad_scaler, wrapper, inner_chain(base), closure=closure is not None
     )
-    check_groups_in_sync(base, wrapper.curvature)
+    check_groups_in_sync(base, wrapper.covered_params())
 
 
-def check_groups_in_sync(base: Optimizer, curvature: Any) -> None:
+def check_groups_in_sync(base: Optimizer, covered: Sequence[Tensor] | None) -> None:
     """Refuse a step when ``base`` trains a parameter the projection does not act on.
 
     Parameters added with ``base.add_param_group(...)`` behind the wrapper's back would get
     the plain update, silently; ``wrapper.add_param_group(...)`` extends the curvature
-    operator too. A frozen parameter (``requires_grad=False``) is never updated, so it
-    needs no cover. An operator that is not a :class:`~subspace_optim.Curvature` (no
-    ``params``) is checked at construction only.
+    operator (or the source) too. A frozen parameter (``requires_grad=False``) is never
+    updated, so it needs no cover. ``covered`` is ``None`` for an operator that is not a
+    :class:`~subspace_optim.Curvature` (no ``params``): it is checked at construction only.
 
     Raises:
-        RuntimeError: a trainable parameter of ``base`` outside ``curvature.params``.
+        RuntimeError: a trainable parameter of ``base`` outside ``covered``.
     """
-    if not isinstance(curvature, Curvature):
+    if covered is None:
         return
-    ids = {id(p) for p in curvature.params}
+    ids = {id(p) for p in covered}
     stray = [
         tuple(p.shape)
         for g in base.param_groups
