@@ -1,6 +1,8 @@
 """The package's shape, read from its source with ``ast``: no import circles (lazy imports
-inside functions count; ``if TYPE_CHECKING:`` blocks do not), no module over 500 lines, and
-the optimizer wrapper depends on protocols, not on particular optimizers or operators."""
+inside functions and imports under ``if TYPE_CHECKING:`` count: a type-only import is still
+a dependency), no module over 500 lines, the layers point one way (operators know no
+eigensolver), and the optimizer wrapper depends on protocols, not on particular optimizers
+or operators."""
 
 from __future__ import annotations
 
@@ -12,44 +14,26 @@ PACKAGE = ROOT / "subspace_optim"
 MAX_LINES = 500
 
 
-def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def _module_name(path: Path, root: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts = parts[:-1]
     return ".".join(parts)
 
 
-def _modules() -> dict[str, Path]:
-    return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-
-
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
+def _modules(package: Path = PACKAGE) -> dict[str, Path]:
+    return {_module_name(p, package.parent): p for p in sorted(package.rglob("*.py"))}
 
 
 def _import_nodes(tree: ast.AST) -> list[ast.Import | ast.ImportFrom]:
-    out: list[ast.Import | ast.ImportFrom] = []
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
-            out.append(node)
-        for child in ast.iter_child_nodes(node):
-            visit(child)
-
-    visit(tree)
-    return out
+    """Every import statement anywhere in ``tree``: module level, inside functions and
+    under ``if TYPE_CHECKING:`` alike."""
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))]
 
 
-def import_graph() -> dict[str, set[str]]:
-    """module -> the package modules it imports (resolving relative imports)."""
-    modules = _modules()
+def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+    """module -> the modules of ``package`` it imports (resolving relative imports)."""
+    modules = _modules(package)
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():
         is_pkg = path.name == "__init__.py"
@@ -130,9 +114,66 @@ def test_the_graph_reader_resolves_relative_imports():
     assert "subspace_optim.operators.protocol" in graph["subspace_optim.optim._config"]
 
 
+def _write_package(root: Path, files: dict[str, str]) -> Path:
+    for name, source in files.items():
+        path = root / "pkg" / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source)
+    return root / "pkg"
+
+
+def test_the_checker_catches_a_plain_circle(tmp_path):
+    package = _write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "from . import b\n",
+            "b.py": "def f():\n    from .sub import c  # a lazy import counts\n",
+            "sub/__init__.py": "",
+            "sub/c.py": "from ..a import something\n",
+            "d.py": "import pkg.a\n",
+        },
+    )
+    assert find_cycles(import_graph(package)) == [["pkg.a", "pkg.b", "pkg.sub.c"]]
+
+
+def test_the_checker_catches_a_circle_hidden_behind_type_checking(tmp_path):
+    package = _write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "ops.py": (
+                "from typing import TYPE_CHECKING\n"
+                "if TYPE_CHECKING:  # only for annotations\n"
+                "    from .solvers import Result\n"
+            ),
+            "solvers.py": (
+                "import typing\nfrom .ops import Operator\nif typing.TYPE_CHECKING:\n    pass\n"
+            ),
+            "free.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import ops\n",
+        },
+    )
+    graph = import_graph(package)
+    assert graph["pkg.ops"] == {"pkg.solvers"} and graph["pkg.free"] == {"pkg.ops"}
+    assert find_cycles(graph) == [["pkg.ops", "pkg.solvers"]]
+
+
 def test_no_import_circles_between_modules():
     cycles = find_cycles(import_graph())
     assert not cycles, f"import circles: {cycles}"
+
+
+def test_operators_know_no_eigensolver_or_optimizer():
+    """The layers point one way: eigensolvers and the optimizer import operators, never the
+    reverse (not even for annotations); agreement across ranks is a broadcast of tensors."""
+    for module, deps in import_graph().items():
+        if module.startswith("subspace_optim.operators"):
+            wrong = {
+                d
+                for d in deps
+                if d.startswith(("subspace_optim.eigensolvers", "subspace_optim.optim"))
+            }
+            assert not wrong, f"{module} imports {sorted(wrong)}"
 
 
 def test_no_module_is_longer_than_500_lines():
@@ -154,6 +195,8 @@ def test_the_wrapper_knows_no_particular_optimizer_or_operator():
             assert "subspace_optim.optim.sam" not in deps, module
         assert not any(d.startswith("subspace_optim.operators.hessian") for d in deps), module
         assert "subspace_optim.operators.distributed" not in deps, module
+    # SAM, a base optimizer, knows no wrapper: it asks the protocol and _guard instead
+    assert "subspace_optim.optim.projected" not in graph["subspace_optim.optim.sam"]
     source = (PACKAGE / "optim" / "projected.py").read_text()
     for private in ("_perturbed", "_has_fresh_gradient", "broadcast_result", "release_graph"):
         assert private not in source, private
