@@ -74,3 +74,68 @@ def test_a_dict_with_a_non_tensor_value_is_refused(generator):
     X, _, Y = make_data(generator)
     with pytest.raises(TypeError, match="dict of Tensors"):
         so.HessianOperator(model, mse, [({"features": X, "mask": 1.0}, Y)])
+
+
+class Asymmetric(nn.Module):
+    """``forward(features, mask, *, scale=None)``: swapping ``features`` and ``mask`` (both
+    ``(m, 4)``) changes the outputs, and ``scale`` can only be passed by keyword."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        self.W = nn.Parameter(torch.randn(4, 3, generator=generator, dtype=torch.float64))
+        self.head = nn.Linear(3, 2).double()
+
+    def forward(
+        self, features: torch.Tensor, mask: torch.Tensor, *, scale: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        z = torch.tanh(features @ self.W + 0.5 * mask.sum(-1, keepdim=True))
+        return self.head(z if scale is None else z * scale)
+
+
+class InOrder(nn.Module):
+    """The tuple-input reference: takes every input by position, hands ``scale`` on by
+    keyword (same parameters, same flat order)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, features, mask, scale=None):
+        return (
+            self.inner(features, mask) if scale is None else self.inner(features, mask, scale=scale)
+        )
+
+
+def asymmetric_data(generator: torch.Generator):
+    X = torch.randn(12, 4, generator=generator, dtype=torch.float64)
+    M = (torch.rand(12, 4, generator=generator) > 0.3).double()
+    S = torch.rand(12, 1, generator=generator, dtype=torch.float64) + 0.5
+    Y = torch.randn(12, 2, generator=generator, dtype=torch.float64)
+    return X, M, S, Y
+
+
+@pytest.mark.parametrize("method", ["autograd", "func"])
+@pytest.mark.parametrize("chunk_size", [None, 5])
+def test_dict_inputs_reach_the_model_by_keyword_in_any_order(method, chunk_size, generator):
+    """Keys out of the signature's order: passing the values by position would compute the
+    Hessian of ``mask @ W + 3·features.sum`` instead, silently."""
+    model = Asymmetric(generator)
+    X, M, _, Y = asymmetric_data(generator)
+    inputs = {"mask": M, "features": X}  # not forward's order
+    by_name = so.HessianOperator(model, mse, [(inputs, Y)], method=method, chunk_size=chunk_size)
+    by_position = so.HessianOperator(InOrder(model), mse, ((X, M), Y))
+    H = by_name.to_dense()
+    assert rel(H, by_position.to_dense()) < 1e-12
+    swapped = so.HessianOperator(InOrder(model), mse, ((M, X), Y)).to_dense()
+    assert rel(swapped, H) > 0.1  # the order matters: this test sees a positional call
+    loss, _ = by_name.loss_and_grad()
+    assert torch.allclose(loss, mse(model(mask=M, features=X), Y))
+
+
+@pytest.mark.parametrize("curvature", [so.HessianOperator, so.GGNOperator])
+def test_a_keyword_only_input_reaches_the_model(curvature, generator):
+    model = Asymmetric(generator)
+    X, M, S, Y = asymmetric_data(generator)
+    by_name = curvature(model, mse, [({"scale": S, "mask": M, "features": X}, Y)], chunk_size=5)
+    by_position = curvature(InOrder(model), mse, ((X, M, S), Y), chunk_size=5)
+    assert rel(by_name.to_dense(), by_position.to_dense()) < 1e-12
