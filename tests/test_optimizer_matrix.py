@@ -140,11 +140,17 @@ BATCHES = [slice(0, 8), slice(8, 16), slice(4, 12), slice(0, 16), slice(2, 10), 
 # -------------------------------------------------------------- the projection itself
 
 
+#: the model has 51 parameters: k = 3 as in training, and k = n - 1, the largest the wrapper
+#: allows, where the bulk is a single direction
+KS = [3, 50]
+
+
+@pytest.mark.parametrize("k", KS, ids=[f"k{k}" for k in KS])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("info", rows())
-def test_update_is_the_projected_base_update(info, mode):
+def test_update_is_the_projected_base_update(info, mode, k):
     """θ_{t+1} = θ_t + P(Δ_base), with Δ_base from an identical unwrapped optimizer."""
-    model, X, Y, opt = build(info, mode)
+    model, X, Y, opt = build(info, mode, k=k)
     twin_model = copy.deepcopy(model)
     twin = info.make(twin_model.parameters())
     for batch in BATCHES[:2]:
@@ -271,6 +277,79 @@ def test_add_param_group_extends_the_projection_space(info):
     with pytest.raises(ValueError, match="not a parameter of the model"):
         opt.add_param_group({"params": [stranger]})
     assert len(opt.param_groups) == groups
+
+
+@pytest.mark.parametrize("eigensolver", so.available_eigensolvers())
+def test_the_largest_k_each_eigensolver_allows_trains_and_one_more_is_refused(eigensolver):
+    """k + num_extra = n - min_gap_to_n (with k <= n - 1): accepted at construction, and a
+    few steps keep an orthonormal basis with descending, accurate eigenvalues; one more
+    column is refused before training starts."""
+    info = INFOS[0]
+    n = 51
+    largest = n - so.resolve_eigensolver(eigensolver).min_gap_to_n
+    k = min(largest, n - 1)
+    model, X, Y = make_model()
+    op = so.HessianOperator(model, mse, (X, Y))
+    lam = torch.linalg.eigvalsh(op.to_dense()).flip(0)
+
+    def wrapper(num_extra):
+        base = info.make(model.parameters())
+        return so.SubspaceProjectedOptimizer(
+            base, op, k=k, num_extra=num_extra, eigensolver=eigensolver, mode="bulk"
+        )
+
+    with pytest.raises(ValueError, match=r"too large|smaller than the number"):
+        wrapper(largest - k + 1)
+    opt = wrapper(largest - k)
+    step(opt, model, X, Y, info)  # the first refresh is at the point lam was computed at
+    assert opt.basis.shape == (n, largest)
+    eye = torch.eye(largest, dtype=torch.float64)
+    assert float((opt.basis.T @ opt.basis - eye).abs().max()) < 1e-10
+    eig = opt.eigenvalues
+    assert bool((eig[:-1] >= eig[1:]).all())
+    # every solver's default tolerance is relative to |λ_1|; the Ritz values of a subspace
+    # with small residuals are at least that close to the true ones
+    torch.testing.assert_close(eig[:k], lam[:k], rtol=0, atol=1e-2 * float(lam.abs().max()))
+    for _ in range(2):
+        step(opt, model, X, Y, info)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert opt.counters["refreshes"] == 3 and opt.last_stats.projected
+
+
+@pytest.mark.parametrize("when", ["before the first step", "after a step"])
+@pytest.mark.parametrize("info", rows())
+def test_a_group_added_behind_the_wrapper_is_refused_before_any_change(info, when):
+    """A group added to the base (or, under SAM, to SAM's own base) would get the plain,
+    unprojected update: the step is refused and nothing changes, for every family."""
+    model, X, Y = make_model()
+    head = list(model[2].parameters())
+    for p in head:
+        p.requires_grad_(False)
+    base = info.make(model[0].parameters())
+    op = so.HessianOperator(model, mse, (X, Y), params=list(model[0].parameters()))
+    opt = so.SubspaceProjectedOptimizer(base, op, k=3, eigensolver="eigh")
+    if when == "after a step":
+        step(opt, model, X, Y, info)
+    for p in head:
+        p.requires_grad_(True)
+    chain = [opt.base]
+    while hasattr(chain[-1], "base"):  # SAM's base, behind the wrapper's base
+        chain.append(chain[-1].base)
+    for i, behind in enumerate(chain):
+        behind.add_param_group({"params": head})
+        opt.zero_grad()
+        mse(model(X), Y).backward()
+        snap = _snapshot(model, opt)
+        counters = dict(opt.counters)
+        with pytest.raises(RuntimeError, match=r"base\.add_param_group.*opt\.add_param_group"):
+            step(opt, model, X, Y, info)
+        assert _unchanged(model, opt, snap), f"optimizer {i} of the chain"
+        assert opt.counters == counters
+        lists = {id(o.param_groups): o.param_groups for o in (opt, *chain)}  # shared lists
+        for groups in lists.values():
+            groups.pop()  # undo the stray group for the next link of the chain
+    step(opt, model, X, Y, info)  # without the stray group the run goes on
+    assert opt.last_stats.projected
 
 
 # ------------------------------------------------------------------------ AMP
