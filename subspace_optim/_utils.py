@@ -67,3 +67,22 @@ def choice(name: str, value: object, valid: Sequence[str]) -> str:
             f"unknown {name} {value!r}; valid choices are {', '.join(map(repr, valid))}"
         )
     return value
+
+
+def all_finite(x: Tensor) -> bool:
+    """Every entry of ``x`` is finite (exactly ``bool(torch.isfinite(x).all())``).
+
+    A finite sum proves it (a NaN or an infinity makes the sum NaN or infinite) in one fast
+    reduction; only a non-finite sum, which an overflow can also produce, is confirmed
+    entry by entry.
+
+    Example:
+        >>> import torch
+        >>> all_finite(torch.tensor([1.0, 2.0])), all_finite(torch.tensor([1.0, float("nan")]))
+        (True, False)
+        >>> all_finite(torch.tensor([3e38, 3e38]))  # the sum overflows; the entries are finite
+        True
+    """
+    if bool(torch.isfinite(x.sum())):
+        return True
+    return bool(torch.isfinite(x).all())

@@ -11,13 +11,15 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from ..bases import Basis
+from ..bases import Basis, BlockBasis
 from ..diagnostics import StepStats
+from ._blockwise import BlockCoords, block_statistics
 from ._flat import FlatParams
 from ._refresh import RefreshOutcome
 from ._update import project_gradient, step_statistics
@@ -46,6 +48,8 @@ class StepFacts:
         undone: the update came out non-finite and was undone.
         group_scales: per parameter (flat order), the ``(a, b)`` of its group's
             ``"subspace_mode"``; ``None`` when no group sets one.
+        coords: a source's step, scaled block by block in place (no realized ``delta``
+            vector): its coordinates, for the statistics.
     """
 
     t: int
@@ -61,6 +65,7 @@ class StepFacts:
     delta: Tensor | None = None
     undone: bool = False
     group_scales: list[tuple[float, float]] | None = None
+    coords: BlockCoords | None = None
 
     @property
     def project_now(self) -> bool:
@@ -129,6 +134,11 @@ def step_record(
             step=facts.t, projected=False, refreshed=False, gradient_source="none", **pair
         )
     assert facts.g_mini is not None
+    metrics: dict[str, float] = {}
+    if facts.coords is not None:  # a source's step: facts.U is its BlockBasis
+        assert facts.delta_base is not None and facts.U is not None
+        basis = cast(BlockBasis, facts.U)
+        metrics = block_statistics(basis, facts.coords, facts.delta_base, facts.g_mini)
     delta_base, delta = facts.delta_base, facts.delta
     if facts.skip is not None or delta_base is None or delta is None:
         delta_base = delta = torch.zeros_like(facts.g_mini)
@@ -136,8 +146,7 @@ def step_record(
     g = refresh.grad if full else facts.g_mini  # type: ignore[union-attr]
     assert g is not None
     eig = () if eigenvalues is None else tuple(float(x) for x in eigenvalues.tolist())
-    metrics = {}
-    if facts.U is not None:
+    if facts.U is not None and facts.coords is None:
         loss = None if refresh is None else refresh.loss
         metrics = step_statistics(facts.U, delta_base, delta, g, loss)
     return StepStats(

@@ -156,9 +156,8 @@ def plan_blockwise(
     delta = delta_base.clone()
     offset = 0
     for m, (a, b) in zip(sizes, scales):
-        if (a, b) != (1.0, 1.0):
-            d, p = delta_base[offset : offset + m], dom[offset : offset + m]
-            delta[offset : offset + m] = a * p + b * (d - p)
+        if (a, b) != (1.0, 1.0):  # b·Δ + (a − b)·P_kΔ, in place on the slice
+            delta[offset : offset + m].mul_(b).add_(dom[offset : offset + m], alpha=a - b)
         offset += m
     return UpdatePlan(delta=delta, vector=delta - delta_base, add=True)
 

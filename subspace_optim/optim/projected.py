@@ -8,12 +8,14 @@ begin → refresh → base step → project → record (``docs/guide/architectur
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .._utils import all_finite
+from ..bases import BlockBasis
 from ..diagnostics import StepStats
 from ..eigensolvers import EigenResult, Eigensolver
 from ..operators.base import LinearOperator
@@ -21,6 +23,7 @@ from ..operators.protocol import Curvature
 from ..schedules import RefreshSchedule
 from ..sources.protocol import SubspaceSource
 from . import _checkpoint, _config, _faults, _guard
+from ._blockwise import delta_of, scale_blocks
 from ._config import MODES, ON_FAULT
 from ._flat import FlatParams
 from ._refresh import RefreshOutcome, refresh_basis
@@ -392,12 +395,12 @@ class SubspaceProjectedOptimizer(Optimizer):
             if pairs is not None:
                 facts.group_scales = [pairs.get(id(p), self.scales) for p in self._vec.params]
             facts.theta_old = self._vec.values()
-            if not bool(torch.isfinite(facts.theta_old).all()):
+            if not all_finite(facts.theta_old):
                 _faults.check_finite_params(self._vec.params, when=f"before step {facts.t}")
             if closure is None:
                 self._vec.check_dense_grads()
                 facts.g_mini = self._vec.grads()
-                facts.grad_finite = bool(torch.isfinite(facts.g_mini).all())
+                facts.grad_finite = all_finite(facts.g_mini)
                 if not facts.grad_finite and self.on_fault == "raise":
                     raise FloatingPointError(
                         f"step {facts.t}: the gradient holds NaN/Inf (on_fault='raise'); "
@@ -495,6 +498,9 @@ class SubspaceProjectedOptimizer(Optimizer):
         """Stage 4: the base update ``Δ`` becomes ``a·P_kΔ + b·(Δ − P_kΔ)``; a non-finite
         update is undone (NaN never reaches the parameters)."""
         assert facts.theta_old is not None
+        if self.source is not None:
+            self._scale_stage(facts)
+            return
         if facts.g_mini is None:  # closure path: the base refreshed .grad at θ_old
             facts.g_mini = self._vec.grads()
         theta = self._vec.values()
@@ -506,13 +512,12 @@ class SubspaceProjectedOptimizer(Optimizer):
             frozen = self._vec.frozen()
             if any(frozen):
                 dom = zero_frozen(dom, self._vec.sizes, frozen)
-            per_block = self._block_scales(facts)
-            if per_block is None:
+            if facts.group_scales is None:
                 plan = plan_update(facts.theta_old, facts.delta_base, dom, self.scales)
             else:
-                plan = plan_blockwise(facts.delta_base, dom, self._vec.sizes, per_block)
+                plan = plan_blockwise(facts.delta_base, dom, self._vec.sizes, facts.group_scales)
             facts.delta = plan.delta
-        if not bool(torch.isfinite(facts.delta).all()):
+        if not all_finite(facts.delta):
             # e.g. a closure whose loss was NaN: never write NaN into the parameters
             self._vec.write(facts.theta_old, add=False)
             facts.delta = torch.zeros_like(facts.delta_base)
@@ -520,20 +525,28 @@ class SubspaceProjectedOptimizer(Optimizer):
             _faults.count_skip(self.counters, facts.t, "the update was not finite")
         elif plan is not None:
             self._vec.write(plan.vector, add=plan.add)
-        if self.source is not None and not facts.undone:
-            assert facts.g_mini is not None
-            self.source.observe(facts.delta_base, facts.g_mini)
 
-    def _block_scales(self, facts: StepFacts) -> list[tuple[float, float]] | None:
-        """Per parameter, ``(a, b)`` when they differ from one pair for all: a group's
-        ``"subspace_mode"``, and ``(1, 1)`` (the update unchanged) where a source has no
-        basis for the block."""
-        per_group = facts.group_scales
-        projected = facts.U.projected() if hasattr(facts.U, "projected") else None
-        if projected is None or all(projected):
-            return per_group
-        pairs = per_group or [self.scales] * len(projected)
-        return [pair if on else (1.0, 1.0) for pair, on in zip(pairs, projected)]
+    def _scale_stage(self, facts: StepFacts) -> None:
+        """Stage 4 with a source: each projected parameter moves by
+        ``a·P_bΔ_b + b·(Δ_b − P_bΔ_b)`` in place (the others keep ``Δ_b``); a non-finite
+        update is undone; the source then observes ``Δ`` and the gradient."""
+        assert facts.theta_old is not None and self.source is not None
+        if facts.g_mini is None:  # closure path: the base refreshed .grad at θ_old
+            facts.g_mini = self._vec.grads()
+        facts.delta_base = delta = delta_of(self._vec.params, facts.theta_old)
+        if not all_finite(delta):
+            self._vec.write(facts.theta_old, add=False)
+            facts.undone = True
+            _faults.count_skip(self.counters, facts.t, "the update was not finite")
+            return
+        basis = cast(BlockBasis | None, facts.U)  # a source's bases (SubspaceSource.basis)
+        if basis is not None:
+            n = len(self._vec.params)
+            scales = facts.group_scales or [self.scales] * n
+            if not facts.project_now:  # mode="none": measure only
+                scales = [(1.0, 1.0)] * n
+            facts.coords = scale_blocks(self._vec.params, basis, delta, scales)
+        self.source.observe(delta, facts.g_mini)
 
     def _record(self, facts: StepFacts) -> StepStats:
         """Stage 5: the step's record; a refresh also feeds the schedule the measured χ_k."""
