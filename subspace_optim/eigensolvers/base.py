@@ -148,7 +148,7 @@ class EigenResult:
 
     @property
     def converged(self) -> bool:
-        """Every residual met the tolerance: ``outcome is SolveStatus.CONVERGED``."""
+        """Whether every residual met the tolerance (``outcome is SolveStatus.CONVERGED``)."""
         return self.outcome.ok
 
     @property

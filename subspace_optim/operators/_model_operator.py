@@ -173,9 +173,13 @@ class ModelOperator(LinearOperator):
         return _data.micro_batches(self.data, self.chunk_size, self.device)
 
     def first_batch(self) -> tuple[Any, Tensor] | None:
-        """The first micro-batch's inputs and targets, the targets as ``loss_fn`` receives
-        them (in :attr:`dtype` for half-precision parameters), drawn without the caller's
-        random state; ``None`` when this process holds no data."""
+        """The first micro-batch, drawn without the caller's random state.
+
+        Returns:
+            ``(inputs, targets)``, the targets as ``loss_fn`` receives them (in the
+            operator's ``dtype`` for half-precision parameters); ``None`` when this process
+            holds no data.
+        """
         first = self._first_chunk()
         return None if first is None else (first[0], self._targets(first[1]))
 
@@ -184,6 +188,13 @@ class ModelOperator(LinearOperator):
 
         Run it inside :meth:`evaluation_context` for the operator's settings (mode,
         randomness, autocast off), as every product does.
+
+        Args:
+            inputs: one micro-batch's inputs: a tensor, a tuple of them (positional
+                arguments) or a dict of them (keyword arguments).
+
+        Returns:
+            What the model returns.
         """
         return self._outputs(self._primals(), inputs)
 
@@ -211,7 +222,7 @@ class ModelOperator(LinearOperator):
         """The settings every pass of the operator runs under, and its failure rule.
 
         Gradients on, autocast off, the model in the requested mode, randomness (dropout
-        masks, a loader's shuffling) drawn from :attr:`generator` with the caller's global
+        masks, a loader's shuffling) drawn from the operator's ``generator`` with the caller's global
         random state handed back, and scaled dot-product attention on its math kernel:
         the fused kernels (flash, memory-efficient, cuDNN) have no double backward, so a
         product through ``nn.MultiheadAttention`` or ``F.scaled_dot_product_attention``

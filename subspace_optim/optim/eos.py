@@ -134,7 +134,7 @@ def stability_threshold(optimizer: Optimizer) -> float | None:
         optimizer: ``torch.optim.SGD``, or an optimizer that steps one: a
             :class:`~subspace_optim.optim.CompositeOptimizer` such as
             :class:`~subspace_optim.SAM` (followed by
-            :func:`~subspace_optim.optim.inner_chain`), or a
+            :func:`~subspace_optim.optim.protocol.inner_chain`), or a
             :class:`~subspace_optim.SubspaceProjectedOptimizer` around either.
 
     Returns:
