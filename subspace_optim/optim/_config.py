@@ -336,6 +336,13 @@ def check_source_arguments(
     for p in params:
         if p.is_complex() or not p.is_floating_point():
             raise TypeError("a subspace source needs real floating-point parameters")
+        if hasattr(p, "device_mesh") and hasattr(p, "to_local"):  # a DTensor (FSDP2)
+            raise TypeError(
+                "the parameters are sharded (DTensor, e.g. FSDP2's fully_shard): a subspace "
+                "source learns one basis per whole parameter, and each rank holds only a "
+                "shard of it. Train with DistributedDataParallel (every rank then holds the "
+                "same bases with no extra communication), or without sharding"
+            )
     _faults.check_finite_params(params, when="at construction")
     source.bind(params, ks)
     return Config(
