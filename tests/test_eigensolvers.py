@@ -3,6 +3,7 @@ against dense float64 references (``torch.linalg.eigh``) on spectra chosen to be
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -11,6 +12,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import subspace_optim as so
 from subspace_optim import (
     LOBPCG,
     AutoEigensolver,
@@ -529,3 +531,17 @@ def test_check_k_reads_the_block_size_the_base_class_declares() -> None:
     with pytest.raises(ValueError, match="block_size=2 of Fixed is narrower than k=3"):
         Fixed().check_k(100, 3)
     Lanczos().check_k(100, 3)  # no block: nothing to check
+
+
+def test_an_eigen_result_with_nan_pairs_is_non_finite_whatever_the_solver_says():
+    """A third-party solver that returns NaN eigenpairs and calls them converged: the result
+    says NON_FINITE, so the wrapper's fault policy keeps the previous basis."""
+    res = so.EigenResult(
+        eigenvalues=torch.tensor([1.0, math.nan]),
+        eigenvectors=torch.eye(3)[:, :2],
+        residual_norms=torch.zeros(2),
+        num_matvecs=1,
+        num_iterations=1,
+        outcome=so.SolveStatus.CONVERGED,
+    )
+    assert res.outcome is so.SolveStatus.NON_FINITE and not res.converged

@@ -137,3 +137,14 @@ def test_own_model_experiments(run_example) -> None:
     assert all(math.isfinite(v) for v in result["final"].values())
     assert {"metrics.csv", "metrics.json", "summary.md"} <= set(result["files"])
     assert "Dom/Bulk progress" in out
+
+
+def test_train_char_gpt(run_example) -> None:
+    result, out = run_example("train_char_gpt.py")
+    curves = result["curves"]
+    assert len(curves) == 2
+    for curve in curves.values():
+        assert all(math.isfinite(v) for _, v in curve)
+        assert curve[-1][1] < curve[0][1]  # both runs learn
+    assert 0 < result["update_alignment"] < 1  # the dominant part is a share of the update
+    assert "projected=True" in out

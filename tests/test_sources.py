@@ -446,3 +446,4 @@ def test_update_history_recovers_an_oscillation_under_gd():
         (0.5 * v @ H @ v).backward()
         opt.step()
     assert abs(float(src.bases[0][:, 0] @ Q[:, 0])) > 0.99
+

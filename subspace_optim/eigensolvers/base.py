@@ -111,7 +111,8 @@ class EigenResult:
         num_matvecs: operator applications spent (a block of ``b`` counts ``b``).
         num_iterations: outer iterations of the algorithm.
         outcome: how the solve ended, a :class:`SolveStatus`; :attr:`converged` is read
-            from it.
+            from it. Eigenpairs holding NaN/Inf make it ``NON_FINITE`` whatever the solver
+            passed, so the outcome is the one truth the fault policy reads.
         message: what happened, for people: the solver, the outcome and, when not
             converged, what to change. Left empty, it is ``outcome.message``.
 
@@ -143,6 +144,14 @@ class EigenResult:
                 f"outcome must be a SolveStatus (such as SolveStatus.CONVERGED); got "
                 f"{self.outcome!r}"
             )
+        finite = bool(torch.isfinite(self.eigenvalues).all()) and bool(
+            torch.isfinite(self.eigenvectors).all()
+        )
+        if not finite and self.outcome is not SolveStatus.NON_FINITE:
+            # the outcome is the one truth: eigenpairs holding NaN/Inf are NON_FINITE,
+            # whatever a (third-party) solver said
+            object.__setattr__(self, "outcome", SolveStatus.NON_FINITE)
+            object.__setattr__(self, "message", "")
         if not self.message:
             object.__setattr__(self, "message", self.outcome.message)
 
