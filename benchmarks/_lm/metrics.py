@@ -68,6 +68,16 @@ def summarize(runs: list[dict[str, Any]], target: float | None) -> dict[str, Any
     return row
 
 
+def _median_ratio(row: dict[str, Any], base: dict[str, Any]) -> float | None:
+    """Steps to target × median ms per step, over the same for the tuned AdamW: the time
+    ratio with the other processes' spikes left out (a check on a loaded machine)."""
+    n, n0 = row["steps_to_target"], base.get("steps_to_target")
+    if n is None or not n0:
+        return None
+    ratio = (n * row["step_ms_median"]) / (n0 * base["step_ms_median"])
+    return ratio if math.isfinite(ratio) else None
+
+
 def tuned_baseline(rows: dict[str, dict[str, Any]], families: dict[str, str]) -> str | None:
     """The AdamW sweep arm with the lowest mean final validation loss."""
     sweep = {
@@ -90,6 +100,7 @@ def summarize_all(runs: list[dict[str, Any]], families: dict[str, str]) -> dict[
     for row in rows.values():
         t, t0 = row["seconds_to_target"], base.get("seconds_to_target")
         row["time_ratio"] = t / t0 if t is not None and t0 else None
+        row["median_time_ratio"] = _median_ratio(row, base)
         # the optimizer's extra time per step, and that as a share of a plain AdamW step
         row["opt_overhead_ms"] = row["opt_step_ms"] - base["opt_step_ms"] if base else None
         row["opt_overhead_frac"] = row["opt_overhead_ms"] / base["step_ms"] if base else None
