@@ -22,7 +22,16 @@ __all__ = ["Basis", "BlockBasis", "DenseBasis", "as_basis"]
 
 @runtime_checkable
 class Basis(Protocol):
-    """An orthonormal basis ``U`` of a subspace of the flat parameter space."""
+    """An orthonormal basis ``U`` of a subspace of the flat parameter space (a structural
+    protocol: :class:`DenseBasis` and :class:`BlockBasis` satisfy it).
+
+    Args:
+        *args: none is accepted: a protocol is never instantiated.
+        **kwargs: none is accepted either.
+
+    Raises:
+        TypeError: on ``Basis()``: a protocol cannot be instantiated.
+    """
 
     @property
     def dim(self) -> int:
@@ -30,11 +39,25 @@ class Basis(Protocol):
         ...
 
     def coords(self, v: Tensor) -> Tensor:
-        """``Uᵀ v`` for ``v`` of shape ``(n,)``: ``(dim,)``."""
+        """The coordinates of ``v`` in the basis.
+
+        Args:
+            v: ``(n,)``.
+
+        Returns:
+            ``Uᵀ v``, ``(dim,)``.
+        """
         ...
 
     def dominant(self, v: Tensor) -> Tensor:
-        """``U Uᵀ v``: the component of ``v`` (``(n,)``) in the subspace."""
+        """The component of ``v`` in the subspace.
+
+        Args:
+            v: ``(n,)``.
+
+        Returns:
+            ``U Uᵀ v``, ``(n,)``.
+        """
         ...
 
 
@@ -49,9 +72,25 @@ class DenseBasis:
         return int(self.U.shape[1])
 
     def coords(self, v: Tensor) -> Tensor:
+        """See :meth:`Basis.coords`.
+
+        Args:
+            v: ``(n,)``.
+
+        Returns:
+            ``Uᵀ v``.
+        """
         return self.U.T @ v
 
     def dominant(self, v: Tensor) -> Tensor:
+        """See :meth:`Basis.dominant`.
+
+        Args:
+            v: ``(n,)``.
+
+        Returns:
+            ``U Uᵀ v``.
+        """
         return self.U @ (self.U.T @ v)
 
 
@@ -81,7 +120,11 @@ class BlockBasis:
         return sum(int(U.shape[1]) for U in self.bases if U is not None)
 
     def projected(self) -> list[bool]:
-        """Per block: it has a basis."""
+        """Which blocks have a basis.
+
+        Returns:
+            Per block, ``True`` when it has one.
+        """
         return [U is not None for U in self.bases]
 
     def _pieces(self, v: Tensor) -> list[tuple[Tensor, Tensor]]:
@@ -92,12 +135,28 @@ class BlockBasis:
         ]
 
     def coords(self, v: Tensor) -> Tensor:
+        """See :meth:`Basis.coords`.
+
+        Args:
+            v: ``(n,)``.
+
+        Returns:
+            The blocks' coordinates ``U_bᵀ v_b``, concatenated in block order.
+        """
         parts = [U.T @ piece.to(U.dtype) for U, piece in self._pieces(v)]
         if not parts:
             return v.new_zeros(0)
         return torch.cat(parts).to(v.dtype)
 
     def dominant(self, v: Tensor) -> Tensor:
+        """See :meth:`Basis.dominant`.
+
+        Args:
+            v: ``(n,)``.
+
+        Returns:
+            ``U_b U_bᵀ v_b`` in each block with a basis, zero elsewhere.
+        """
         out = torch.zeros_like(v)
         for o, m, U in zip(self.offsets, self.sizes, self.bases):
             if U is not None:
@@ -107,5 +166,12 @@ class BlockBasis:
 
 
 def as_basis(U: Tensor | Basis) -> Basis:
-    """``U`` itself if it is a :class:`Basis`, else a :class:`DenseBasis` over the tensor."""
+    """A :class:`Basis` for a dense block or a basis.
+
+    Args:
+        U: an ``(n, k)`` tensor with orthonormal columns, or a :class:`Basis`.
+
+    Returns:
+        ``U`` itself if it is a :class:`Basis`, else a :class:`DenseBasis` over it.
+    """
     return DenseBasis(U) if isinstance(U, Tensor) else U

@@ -216,7 +216,9 @@ def test_one_dimensional_parameters_pass_and_groups_set_k_and_mode():
     opt.step()
     params = list(model.parameters())
     for i in (1, 2, 3):  # unprojected blocks: exactly SGD's update
-        torch.testing.assert_close(params[i].detach(), before[i] - 0.05 * grads[i], rtol=0, atol=1e-15)
+        torch.testing.assert_close(
+            params[i].detach(), before[i] - 0.05 * grads[i], rtol=0, atol=1e-15
+        )
     assert not torch.allclose(w0, before[0] - 0.05 * grads[0])
 
 
@@ -447,3 +449,51 @@ def test_update_history_recovers_an_oscillation_under_gd():
         opt.step()
     assert abs(float(src.bases[0][:, 0] @ Q[:, 0])) > 0.99
 
+
+# ---------------------------------------------- every optimizer family, accumulation
+SOURCES = {
+    "history": lambda: so.UpdateHistory(k=2, window=3, refresh_every=2),
+    "sketch": lambda: so.GradientSketch(k=2, sketch=3, refresh_every=2),
+}
+
+
+def family_run(info, make_source, micro: int, steps: int = 6):
+    """``steps`` steps of a family's base wrapped with a source on the matrix test's model;
+    each batch of 8 as one backward (``micro=1``) or four accumulated ones (``micro=4``)."""
+    from test_optimizer_matrix import BATCHES, make_model, mse
+
+    model, X, Y = make_model(0)
+    src = make_source()
+    opt = so.SubspaceProjectedOptimizer(info.make(model.parameters()), src, mode=(0.5, 2.0))
+    for t in range(steps):
+        rows = torch.arange(16)[BATCHES[t % len(BATCHES)]]
+
+        def closure(rows=rows):
+            opt.zero_grad()
+            total = torch.zeros((), dtype=torch.float64)
+            for part in rows.chunk(micro):
+                loss = mse(model(X[part]), Y[part]) * len(part) / len(rows)
+                loss.backward()
+                total += loss.detach()
+            return total
+
+        closure()
+        opt.step(closure if info.closure else None)
+    return flat(model), opt, src
+
+
+def _families():
+    from test_optimizer_matrix import rows
+
+    return rows()
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+@pytest.mark.parametrize("info", _families())
+def test_every_family_trains_with_a_source_and_accumulates_like_the_whole_batch(info, source):
+    whole, opt, src = family_run(info, SOURCES[source], micro=1)
+    accumulated, _, src_acc = family_run(info, SOURCES[source], micro=4)
+    assert opt.last_stats.projected and src.counters["refreshes"] >= 2
+    assert src.observed == src_acc.observed == 6  # one observation per step(), not per backward
+    assert bool(torch.isfinite(whole).all())
+    torch.testing.assert_close(accumulated, whole, rtol=1e-11, atol=1e-12)

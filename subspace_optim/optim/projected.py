@@ -93,14 +93,24 @@ class SubspaceProjectedOptimizer(Optimizer):
         base: the optimizer to wrap (SGD, Adam, SAM, …), already constructed.
         curvature: a symmetric operator over the base's parameters; usually
             :class:`~subspace_optim.HessianOperator` over the training set. Its parameters
-            must be exactly the trainable parameters of ``base``.
-        k: dimension of the dominant subspace (the paper: number of classes). ``k = 0``
-            makes the wrapper a no-op.
+            must be exactly the trainable parameters of ``base``. Or a
+            :class:`~subspace_optim.SubspaceSource` (:class:`~subspace_optim.UpdateHistory`,
+            :class:`~subspace_optim.GradientSketch`): one basis per parameter block learned
+            from the run, no curvature product. The update is then scaled block by block
+            (1-D parameters pass unchanged, before the first refresh every update does),
+            the source carries ``k`` and its refresh period, and ``k``, ``eigensolver``,
+            ``refresh``, ``num_extra``, ``adaptive_k`` and ``project="gradient"`` are
+            refused. A group's ``"subspace_k"`` sets the source's k for its parameters.
+        k: dimension of the dominant subspace (the paper: number of classes; default 10).
+            ``k = 0`` makes the wrapper a no-op.
         mode: ``"bulk"``, ``"dominant"``, ``"none"``, or a pair ``(a, b)`` of finite reals
             scaling the dominant and bulk parts of the update (Zakarin & Singh 2025
             interpolate this way). ``"dominant"`` is ``(1, 0)``, ``"bulk"`` ``(0, 1)`` and
             ``"none"`` ``(1, 1)``, exactly (a pair equal to one of these is that mode);
-            ``(0, 0)`` is refused. The scales are in ``opt.scales`` and the checkpoint.
+            ``(0, 0)`` is refused; ``"dom"`` (the paper's name) is ``"dominant"``. The scales
+            are in ``opt.scales`` and the checkpoint. A parameter group's
+            ``"subspace_mode"`` entry (any of these values) overrides them for its
+            parameters; it is read at every step, like a learning rate.
         eigensolver: a solver instance or a registered name (``"warm"``, the default: a
             :class:`~subspace_optim.WarmRefresh` that refreshes from the previous basis by
             block Rayleigh–Ritz and LOBPCG steps, ``"lanczos"``, ``"lobpcg"``, ``"power"``,
@@ -578,8 +588,13 @@ class SubspaceProjectedOptimizer(Optimizer):
         self._unstable = lam > limit
 
     def covered_params(self) -> list[Tensor] | None:
-        """The parameters the projection acts on (flat order), or ``None`` for an operator
-        that does not name its parameters (a plain :class:`~subspace_optim.LinearOperator`)."""
+        """The parameters the projection acts on.
+
+        Returns:
+            The parameters in flat order (a source's ``bases`` follow it), or ``None`` for
+            an operator that does not name its parameters (a plain
+            :class:`~subspace_optim.LinearOperator`).
+        """
         if self.source is None and not isinstance(self.curvature, Curvature):
             return None
         return list(self._vec.params)

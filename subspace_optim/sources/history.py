@@ -21,7 +21,7 @@ class UpdateHistory(OnlineSource):
     With ``R`` the ``(m, n_b)`` history of block ``b`` (one update a row, ``m = window``)
     and ``J`` the centring projector (``center=True``), the basis is the top-``k``
     eigenvectors of ``(JR)ᵀ(JR)``, found from the ``(m, m)`` Gram matrix
-    ``JRRᵀJ`` (:func:`~subspace_optim.sources._pca.gram_directions`): no
+    ``JRRᵀJ`` (``sources/_pca.py``): no
     ``(n_b, n_b)`` matrix is ever formed. Used with
     :class:`~subspace_optim.SubspaceProjectedOptimizer` and ``mode=(α, γ)``, each update
     becomes ``α·P_kΔ + γ·(Δ − P_kΔ)`` block by block.

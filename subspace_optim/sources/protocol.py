@@ -30,34 +30,94 @@ __all__ = ["SubspaceSource"]
 
 @runtime_checkable
 class SubspaceSource(Protocol):
-    """A per-block subspace learned online (see the module docstring for the call order)."""
+    """A per-block subspace learned online (see the module docstring for the call order).
+
+    The protocol is structural (:class:`typing.Protocol`): a third-party source satisfies it
+    by having these members, and ``isinstance(obj, SubspaceSource)`` checks that.
+
+    Args:
+        *args: none is accepted: a protocol is never instantiated.
+        **kwargs: none is accepted either.
+
+    Raises:
+        TypeError: on ``SubspaceSource()``: a protocol cannot be instantiated.
+
+    Example:
+        >>> import subspace_optim as so
+        >>> isinstance(so.UpdateHistory(), so.SubspaceSource)
+        True
+    """
 
     def bind(self, params: Sequence[Tensor], ks: Sequence[int | None]) -> None:
-        """Attach to the wrapper's parameters (flat order) with a per-parameter ``k``
-        (``None``: the source's own); raises ``ValueError`` on a bad block, before any
-        change. Called again by ``add_param_group`` with the longer list."""
+        """Attach to the wrapper's parameters; called again by ``add_param_group`` with the
+        longer list.
+
+        Args:
+            params: the parameters, in the wrapper's flat order.
+            ks: per parameter, its group's ``"subspace_k"`` (``None``: the source's own).
+
+        Raises:
+            ValueError: a block the source cannot serve (too small for its k), or other
+                parameters than those it is bound to; nothing changes.
+        """
         ...
 
     def refresh(self, step: int) -> float | None:
-        """Recompute the bases if due; the seconds it took, or ``None`` if not due."""
+        """Recompute the bases if due.
+
+        Args:
+            step: the wrapper's step index.
+
+        Returns:
+            The seconds the refresh took, or ``None`` when none was due.
+        """
         ...
 
     def basis(self) -> BlockBasis | None:
-        """The current per-block bases, or ``None`` before the first refresh."""
+        """The bases this step's update is scaled with.
+
+        Returns:
+            The current per-block bases, or ``None`` before the first refresh.
+        """
         ...
 
     def observe(self, update: Tensor, grad: Tensor) -> None:
-        """Record one step: the base optimizer's update and the mini-batch gradient."""
+        """Record one step.
+
+        Args:
+            update: ``(n,)`` the base optimizer's update ``Δ``, before any scaling.
+            grad: ``(n,)`` the mini-batch gradient.
+        """
         ...
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed for a bit-exact resume (tensors, numbers, strings, lists)."""
+        """The source's checkpoint.
+
+        Returns:
+            Everything needed for a bit-exact resume, as tensors, numbers, strings, lists
+            and dicts (loadable with ``torch.load(..., weights_only=True)``).
+        """
         ...
 
     def check_state_dict(self, state: dict[str, Any]) -> None:
-        """Raise ``ValueError`` if ``state`` cannot be loaded; change nothing."""
+        """Check a checkpoint before anything is loaded; changes nothing.
+
+        Args:
+            state: what :meth:`state_dict` returned.
+
+        Raises:
+            ValueError: ``state`` was saved by another kind of source or with other
+                settings or blocks.
+        """
         ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a state that :meth:`check_state_dict` accepted."""
+        """Restore a checkpoint.
+
+        Args:
+            state: what :meth:`state_dict` returned, accepted by :meth:`check_state_dict`.
+
+        Raises:
+            ValueError: as :meth:`check_state_dict`.
+        """
         ...

@@ -21,7 +21,7 @@ class GradientSketch(OnlineSource):
 
     Each step's gradient of block ``b`` fills an empty row of its ``(ℓ, n_b)`` sketch
     ``B``; when no row is empty, ``B`` is shrunk
-    (:func:`~subspace_optim.sources._pca.frequent_directions_shrink`): its top
+    (``sources/_pca.py``): its top
     ``⌈ℓ/2⌉`` directions are kept with their spread reduced by the ``⌊ℓ/2⌋``-th, the rest
     emptied, and everything multiplied by ``√decay`` (``decay < 1`` forgets old gradients
     geometrically). The basis is the sketch's top-``k`` right singular vectors, recomputed
