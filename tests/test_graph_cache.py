@@ -155,12 +155,7 @@ def _mutations():  # type: ignore[no-untyped-def]
         pytest.param(
             "mlp",
             frozen_param,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="library bug: state_key keys the operator's variables and the buffers, "
-                "not the frozen parameters the forward also reads, so a frozen parameter "
-                "changed in place leaves a stale graph (fix: key every model.parameters())",
-            ),
+            marks=(),
         ),
         pytest.param(
             "mlp",

@@ -26,7 +26,7 @@ import warnings
 
 import pytest
 import torch
-from hypothesis import assume, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -128,14 +128,8 @@ def check_planted_run(lam: torch.Tensor, eigensolver, seed: int, **options) -> N
             assert float(theta.min()) >= float(lam.min()) - slack
 
 
-#: library bug, kept visible: on the zero matrix ARPACK stops with "ARPACK error -9:
-#: Starting vector is zero" (scipy's ArpackError), which ScipyEigsh lets through and the
-#: fault policy does not catch (it is not one of _faults.NUMERICAL_ERRORS), so the step raises
-ARPACK_ZERO = pytest.mark.xfail(
-    strict=True,
-    reason="ScipyEigsh lets scipy's ArpackError (-9, starting vector is zero) through on the "
-    "zero matrix; on_fault never sees it and step() raises",
-)
+#: on the zero matrix ARPACK stops with "ARPACK error -9: Starting vector is zero"; ScipyEigsh
+#: turns it into an EigensolverError, which the fault policy handles like any failed solve
 
 
 def starved(name: str, budget: str = "starved") -> so.Eigensolver | None:
@@ -156,7 +150,7 @@ CASES = [
         solver,
         budget,
         id=f"{spectrum}-{solver}-{budget}",
-        marks=ARPACK_ZERO if (spectrum, solver) == ("zero_matrix", "scipy_eigsh") else (),
+        marks=(),
     )
     for spectrum in SPECTRA
     for solver in SOLVERS
@@ -186,7 +180,6 @@ def test_drawn_degenerate_spectra_never_fail(
     """A spectrum from chosen parts: ``rank`` nonzero eigenvalues of scale ``10**exponent``
     whose value at the cut (``λ_k``) repeats ``multiplicity`` times from position ``k``
     on, and a zero block for the rest; any rotation, any solver and fault policy."""
-    assume(not (rank == 0 and eigensolver == "scipy_eigsh"))  # ARPACK_ZERO, above
     scale = 10.0**exponent
     top = [scale * (rank - i) for i in range(rank)]  # distinct, descending, positive
     if rank >= K:

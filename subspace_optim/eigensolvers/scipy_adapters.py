@@ -12,7 +12,7 @@ from torch import Tensor
 from .._utils import check_int
 from ..operators.base import LinearOperator
 from . import _common
-from .base import EigenResult, Eigensolver
+from .base import EigenResult, Eigensolver, EigensolverError
 
 __all__ = ["ScipyEigsh", "ScipyLOBPCG"]
 
@@ -117,6 +117,8 @@ class ScipyEigsh(Eigensolver):
         except spla.ArpackNoConvergence as exc:
             vals, vecs = exc.eigenvalues, exc.eigenvectors
             status = "not converged"
+        except spla.ArpackError as exc:  # e.g. -9 on the zero operator: the Krylov space is {0}
+            raise EigensolverError(f"ScipyEigsh: ARPACK stopped ({exc})") from exc
         theta = torch.as_tensor(np.ascontiguousarray(vals), dtype=op.dtype, device=op.device)
         X = torch.as_tensor(np.ascontiguousarray(vecs), dtype=op.dtype, device=op.device)
         idx = _common.order(theta, self.which)
@@ -130,9 +132,7 @@ class ScipyEigsh(Eigensolver):
         res = _residuals(op, X, theta)
         return _common.result(
             f"ScipyEigsh({status})",
-            theta,
-            X,
-            res,
+            _common.Ritz(theta, X, res),
             k,
             self.tol,
             self.max_iter,
@@ -220,9 +220,7 @@ class ScipyLOBPCG(Eigensolver):
         note = "; scipy warned: " + str(caught[-1].message)[:120] if caught else ""
         return _common.result(
             "ScipyLOBPCG" + note,
-            theta,
-            X,
-            res,
+            _common.Ritz(theta, X, res),
             k,
             self.tol,
             self.max_iter,

@@ -32,10 +32,18 @@ T = TypeVar("T")
 def state_key(
     model: nn.Module, params: Sequence[Tensor], data: Any, train: bool | None
 ) -> tuple[Any, ...]:
-    """Everything the loss of ``model`` over ``data`` reads that can change in place."""
+    """Everything the loss of ``model`` over ``data`` reads that can change in place: the
+    modes, every parameter (the operator's and the frozen ones the forward reads), every
+    buffer and the data, by version counter and storage.
+
+    .. note::
+        A change through ``p.data`` (``p.data.mul_(...)``, as weight clipping does) moves
+        neither the version counter nor the storage: the key cannot see it. Free the cached
+        graph after such a change (``with op.solve_scope(): ...`` around the next solve).
+    """
     key: list[Any] = [train]
     key.extend(m.training for m in model.modules())
-    for t in (*params, *model.buffers()):
+    for t in (*params, *model.parameters(), *model.buffers()):
         key.append((t._version, t.data_ptr()))
     for t in data_tensors(data):
         key.append((id(t), t._version, t.data_ptr()))
