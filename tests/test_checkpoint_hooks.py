@@ -67,7 +67,7 @@ def test_loaded_state_is_the_base_optimizers_and_stays_shared(sam):
     buf = [inner.state[p]["momentum_buffer"] for p in inner.param_groups[0]["params"]]
     saved = [sd["state"][i]["momentum_buffer"] for i in range(len(buf))]
     assert all(torch.equal(a, b) for a, b in zip(buf, saved))
-    assert fresh._step == 3 and torch.equal(fresh.basis, opt.basis)
+    assert fresh.subspace.step == 3 and torch.equal(fresh.basis, opt.basis)
     # an LR scheduler on the wrapper acts on the base after the load
     sched = torch.optim.lr_scheduler.StepLR(fresh, step_size=1, gamma=0.5)
     steps(fresh, fresh_closure, 1, sam)
@@ -100,18 +100,18 @@ def test_a_bad_subspace_entry_changes_nothing():
     sd = opt.state_dict()
     _, fresh, fresh_closure = build()
     steps(fresh, fresh_closure, 1)
-    before = (fresh._step, fresh.basis.clone(), fresh.base.state_dict())
+    before = (fresh.subspace.step, fresh.basis.clone(), fresh.base.state_dict())
     bad = {**sd, "subspace": {**sd["subspace"], "basis": sd["subspace"]["basis"][:, :1]}}
     with pytest.raises(ValueError, match="saved basis has shape"):
         fresh.load_state_dict(bad)
-    assert fresh._step == before[0] and torch.equal(fresh.basis, before[1])
+    assert fresh.subspace.step == before[0] and torch.equal(fresh.basis, before[1])
     after = fresh.base.state_dict()
     assert after["param_groups"] == before[2]["param_groups"]
     for key, value in before[2]["state"].items():
         assert torch.equal(after["state"][key]["momentum_buffer"], value["momentum_buffer"])
     # the next load works (nothing stale was left behind by the refused one)
     fresh.load_state_dict(sd)
-    assert fresh._step == 2
+    assert fresh.subspace.step == 2
 
 
 def test_sam_refuses_a_load_mid_step_before_any_change():

@@ -118,7 +118,7 @@ def test_the_inner_optimizer_is_guarded():
     with pytest.raises(RuntimeError, match="bypasses the projection"):
         sgd.step()
     opt.step(closure)  # the wrapper itself steps it
-    assert opt._step == 1
+    assert opt.subspace.step == 1
 
 
 def test_readiness_is_checked_before_any_change():
@@ -127,7 +127,7 @@ def test_readiness_is_checked_before_any_change():
     theta = flat(model)
     with pytest.raises(ValueError, match="needs step\\(closure\\)"):
         opt.step()
-    assert torch.equal(flat(model), theta) and opt.basis is None and opt._step == 0
+    assert torch.equal(flat(model), theta) and opt.basis is None and opt.subspace.step == 0
     assert opt.counters["refreshes"] == 0
 
 

@@ -85,7 +85,7 @@ def check_same_run(accumulated, reference) -> None:
     for t, (theta, expected) in enumerate(zip(thetas, ref_thetas)):
         torch.testing.assert_close(theta, expected, **TOL, msg=lambda m, t=t: f"step {t}: {m}")
     # one step, one refresh per step() call, not per micro-batch
-    assert opt._step == ref._step == len(STEPS)
+    assert opt.subspace.step == ref.subspace.step == len(STEPS)
     assert opt.counters["refreshes"] == ref.counters["refreshes"] == len(STEPS)
 
 

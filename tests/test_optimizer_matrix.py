@@ -368,12 +368,12 @@ def test_grad_scaler_matches_unscaled_run_and_skips_inf_steps(info):
         step(ref, ref_model, X, Y, info, batch)
     assert torch.equal(flat(model), flat(ref_model))  # power-of-two scale: unscaling is exact
     # an overflowing step is skipped by the scaler: parameters, base state, step count unchanged
-    theta, state, t = flat(model), copy.deepcopy(opt.base.state_dict()), opt._step
+    theta, state, t = flat(model), copy.deepcopy(opt.base.state_dict()), opt.subspace.step
     opt.zero_grad()
     scaler.scale(mse(model(X), Y) * float("inf")).backward()
     scaler.step(opt)
     scaler.update()
-    assert torch.equal(flat(model), theta) and opt._step == t
+    assert torch.equal(flat(model), theta) and opt.subspace.step == t
     assert scaler.get_scale() == 2.0**11
     for s1, s2 in zip(opt.base.state_dict()["state"].values(), state["state"].values()):
         for key in s1:
@@ -391,7 +391,7 @@ def test_grad_scaler_matches_unscaled_run_and_skips_inf_steps(info):
 
 
 def _snapshot(model, opt):
-    return flat(model), copy.deepcopy(opt.base.state_dict()), opt._step, opt.basis
+    return flat(model), copy.deepcopy(opt.base.state_dict()), opt.subspace.step, opt.basis
 
 
 def _unchanged(model, opt, snap):
@@ -402,7 +402,7 @@ def _unchanged(model, opt, snap):
         for a, b in zip(s1.values(), s2.values())
     )
     return (
-        torch.equal(flat(model), theta) and same_state and opt._step == t and (opt.basis is basis)
+        torch.equal(flat(model), theta) and same_state and opt.subspace.step == t and (opt.basis is basis)
     )
 
 
@@ -447,7 +447,7 @@ def test_unscaling_twice_is_refused_by_torch_and_keeps_the_gradients():
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
     scaler.step(opt)  # the iteration goes on: one unscale, one step
     scaler.update()
-    assert opt._step == 1 and opt.last_stats.projected
+    assert opt.subspace.step == 1 and opt.last_stats.projected
 
 
 def test_attached_grad_scaler_refuses_scaled_double_unscaled_and_closure_steps():
@@ -482,7 +482,7 @@ def test_attached_grad_scaler_refuses_scaled_double_unscaled_and_closure_steps()
     # 4. the correct loop works, and stepping again before update() is refused
     scaler.scale(mse(model(X), Y)).backward()
     scaler.step(opt)
-    assert opt._step == 1 and opt.last_stats.projected
+    assert opt.subspace.step == 1 and opt.last_stats.projected
     snap = _snapshot(model, opt)
     with pytest.raises(RuntimeError, match="already stepped"):
         opt.step()
@@ -495,7 +495,7 @@ def test_attached_grad_scaler_refuses_scaled_double_unscaled_and_closure_steps()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     scaler.step(opt)
     scaler.update()
-    assert opt._step == 2
+    assert opt.subspace.step == 2
     with pytest.raises(TypeError, match="grad_scaler must be"):
         so.SubspaceProjectedOptimizer(base, opt.curvature, k=3, grad_scaler=object())
 
@@ -523,14 +523,14 @@ def test_sam_with_grad_scaler_two_call_recipe_matches_the_closure_step(info, mod
         _sam_amp_step(opt, sam, model, X[batch], Y[batch], scaler)
         step(ref, ref_model, X, Y, info, batch)
         torch.testing.assert_close(flat(model), flat(ref_model), rtol=1e-5, atol=1e-6)
-    assert opt._step == 3 and opt.last_stats.projected
+    assert opt.subspace.step == 3 and opt.last_stats.projected
     # an overflowing step: skipped by the scaler, θ back at θ (not θ + ε), state unchanged
     snap = _snapshot(model, opt)
     _sam_amp_step(opt, sam, model, X, Y, scaler, factor=float("inf"))
     assert _unchanged(model, opt, snap) and scaler.get_scale() == 2.0**11
     assert not sam._perturbed
     _sam_amp_step(opt, sam, model, X, Y, scaler)  # and training goes on
-    assert opt._step == 4 and all(torch.isfinite(p).all() for p in model.parameters())
+    assert opt.subspace.step == 4 and all(torch.isfinite(p).all() for p in model.parameters())
     # GradScaler.step refuses closures; without unperturb() the wrapper asks for the recipe
     opt.zero_grad()
     scaler.scale(mse(model(X), Y)).backward()
@@ -714,7 +714,7 @@ def test_distributed_checkpoint_single_process(tmp_path):
     dcp.load(target, checkpoint_id=str(tmp_path / "dcp"))
     o2.load_state_dict(target["opt"])
     assert torch.equal(o2.basis, opt.basis)
-    assert o2._step == opt._step
+    assert o2.subspace.step == opt.subspace.step
     for s1, s2 in zip(
         o2.base.state_dict()["state"].values(), opt.base.state_dict()["state"].values()
     ):

@@ -373,7 +373,7 @@ def test_gradient_projection_refuses_the_two_call_api_before_any_change():
     theta, grads = _flat(model), [p.grad.clone() for p in model.parameters()]
     with pytest.raises(ValueError, match="project='gradient' with SAM's two-call API"):
         opt.step()
-    assert torch.equal(_flat(model), theta) and opt.basis is None and opt._step == 0
+    assert torch.equal(_flat(model), theta) and opt.basis is None and opt.subspace.step == 0
     assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
     assert opt.counters["refreshes"] == 0
 

@@ -26,6 +26,7 @@ from torch.optim import Optimizer
 
 from ..subspace import orthonormalize
 from ._refresh import needs_reorthonormalization
+from ._state import ProjectionState
 
 __all__ = ["delegate_to_base", "pack", "register", "subspace_state"]
 
@@ -43,7 +44,7 @@ def subspace_state(opt: Any) -> dict[str, Any]:
         "scales": list(opt.scales),
         "n": sum(opt._vec.sizes),
         "shapes": _shapes(opt),
-        "step": opt._step,
+        "step": opt.subspace.step,
         "active_k": opt.active_k,
         "basis": None if opt.basis is None else opt.basis.clone(),
         "eigenvalues": None if opt.eigenvalues is None else opt.eigenvalues.clone(),
@@ -113,22 +114,7 @@ def _validate(opt: Any, state_dict: dict[str, Any]) -> _Restore:
             f"{' ...' if len(here) > 6 else ''}; load the checkpoint into the architecture "
             "it was saved from"
         )
-    width = opt.k + opt.num_extra
-    basis, eig = sub["basis"], sub["eigenvalues"]
-    if basis is not None and tuple(basis.shape) != (n, width):
-        raise ValueError(f"saved basis has shape {tuple(basis.shape)}, expected ({n}, {width})")
-    if eig is not None and tuple(eig.shape) != (width,):
-        raise ValueError(f"saved eigenvalues have shape {tuple(eig.shape)}, expected ({width},)")
-    if (basis is None) != (eig is None):
-        raise ValueError("state_dict holds a basis without eigenvalues (or the reverse)")
-    if basis is not None and not (
-        bool(torch.isfinite(basis).all()) and bool(torch.isfinite(eig).all())
-    ):
-        raise ValueError(
-            "the saved basis or eigenvalues hold NaN/Inf: the checkpoint is corrupted. Set "
-            "state_dict['subspace']['basis'] and ['eigenvalues'] to None to recompute them "
-            "at the next step"
-        )
+    basis, eig = _checked_basis(sub, n, opt.k + opt.num_extra)
     if (opt.source is None) != (sub.get("source") is None):
         raise ValueError(
             "state_dict was saved by a wrapper with "
@@ -147,8 +133,29 @@ def _validate(opt: Any, state_dict: dict[str, Any]) -> _Restore:
     return _Restore(sub=sub, basis=basis, eigenvalues=eig)
 
 
-def _apply(opt: Any, restore: _Restore) -> None:
-    """Restore the validated subspace entry into ``opt``."""
+def _checked_basis(sub: dict[str, Any], n: int, width: int) -> tuple[Tensor | None, Tensor | None]:
+    """The saved basis ``(n, width)`` and eigenvalues ``(width,)``, both or neither, finite."""
+    basis, eig = sub["basis"], sub["eigenvalues"]
+    if basis is not None and tuple(basis.shape) != (n, width):
+        raise ValueError(f"saved basis has shape {tuple(basis.shape)}, expected ({n}, {width})")
+    if eig is not None and tuple(eig.shape) != (width,):
+        raise ValueError(f"saved eigenvalues have shape {tuple(eig.shape)}, expected ({width},)")
+    if (basis is None) != (eig is None):
+        raise ValueError("state_dict holds a basis without eigenvalues (or the reverse)")
+    if basis is not None and not (
+        bool(torch.isfinite(basis).all()) and bool(torch.isfinite(eig).all())
+    ):
+        raise ValueError(
+            "the saved basis or eigenvalues hold NaN/Inf: the checkpoint is corrupted. Set "
+            "state_dict['subspace']['basis'] and ['eigenvalues'] to None to recompute them "
+            "at the next step"
+        )
+    return basis, eig
+
+
+def restored_state(opt: Any, restore: _Restore) -> ProjectionState:
+    """The wrapper's :class:`~subspace_optim.optim._state.ProjectionState` from a validated
+    ``"subspace"`` entry (a new value; ``opt`` is not changed)."""
     sub = restore.sub
     device, dtype = opt.generator.device, opt._vec.dtype
     basis = restore.basis
@@ -156,12 +163,24 @@ def _apply(opt: Any, restore: _Restore) -> None:
         basis = basis.to(device=device, dtype=dtype).clone()
         if needs_reorthonormalization(basis):
             basis = orthonormalize(basis, generator=opt.generator)
-    opt.basis = basis
     eig = restore.eigenvalues
-    opt.eigenvalues = None if eig is None else eig.to(device=device, dtype=dtype).clone()
-    opt._step = int(sub["step"])
-    opt.active_k = int(sub.get("active_k", opt.k))
-    opt.counters = {**opt.counters, **sub["counters"]}
+    return ProjectionState(
+        step=int(sub["step"]),
+        active_k=int(sub.get("active_k", opt.k)),
+        basis=basis,
+        eigenvalues=None if eig is None else eig.to(device=device, dtype=dtype).clone(),
+        last_result=opt.subspace.last_result,
+        unstable=opt.subspace.unstable,
+        counters={**opt.subspace.counters, **sub["counters"]},
+    )
+
+
+def _apply(opt: Any, restore: _Restore) -> None:
+    """Restore the validated subspace entry into ``opt``: its state as one new value, then
+    the schedule, eigensolver, generator and source, each through its own
+    ``load_state_dict``."""
+    sub = restore.sub
+    opt.subspace = restored_state(opt, restore)
     opt.schedule.load_state_dict(sub["schedule"])
     opt.eigensolver.load_state_dict(sub.get("eigensolver", {}))
     opt.generator.set_state(sub["generator"])

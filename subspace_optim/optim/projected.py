@@ -27,6 +27,7 @@ from ._blockwise import delta_of, scale_blocks
 from ._config import MODES, ON_FAULT
 from ._flat import FlatParams
 from ._refresh import RefreshOutcome, refresh_basis
+from ._state import ProjectionState
 from ._step import StepFacts, project_existing_grads, projecting_closure, step_record
 from ._update import (
     dominant_part,
@@ -167,6 +168,10 @@ class SubspaceProjectedOptimizer(Optimizer):
             different parameters or devices; or parameters that already hold NaN/Inf.
 
     Attributes:
+        subspace: the wrapper's state between steps, one value: ``step``, ``active_k``,
+            ``basis``, ``eigenvalues``, ``last_result``, ``counters`` (the properties of
+            the same names read it); a checkpoint restores it as a new value.
+        source: the :class:`~subspace_optim.SubspaceSource`, or ``None`` with a curvature.
         last_stats: :class:`~subspace_optim.StepStats` of the latest step.
         basis: current ``(n, k + num_extra)`` eigenvector block, or ``None``.
         eigenvalues: current ``(k + num_extra,)`` eigenvalues, descending, or ``None``.
@@ -231,7 +236,8 @@ class SubspaceProjectedOptimizer(Optimizer):
         self.mode, self.scales = cfg.mode, cfg.scales
         self.project_target, self.on_fault = cfg.project, cfg.on_fault
         self.k, self.num_extra, self.adaptive_k = cfg.k, cfg.num_extra, cfg.adaptive_k
-        self.active_k = self.k
+        #: everything the wrapper remembers between steps, one value
+        self.subspace = ProjectionState(active_k=self.k)
         self.eigensolver, self.schedule = cfg.eigensolver, cfg.schedule
         self._vec = FlatParams(cfg.params, dtype)
 
@@ -247,13 +253,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         if generator is None:
             generator = torch.Generator(device=device).manual_seed(0)
         self.generator = generator
-        self.basis: Tensor | None = None
-        self.eigenvalues: Tensor | None = None
-        self.last_result: EigenResult | None = None
         self.last_stats: StepStats | None = None
-        self._step = 0
-        self._unstable = False  # inside an episode of λ_{k+1} above the threshold
-        self.counters: dict[str, float] = _faults.new_counters()
         self.grad_scaler = grad_scaler
         _checkpoint.register(self)
         # stepping the base (or any optimizer it steps through) other than through this
@@ -296,8 +296,8 @@ class SubspaceProjectedOptimizer(Optimizer):
         if curvature is not self.curvature:
             self.curvature = curvature
             self._vec = FlatParams(curvature.params, curvature.dtype)
-            self.basis = self.eigenvalues = None
-            self.active_k = self.k
+            self.subspace.basis = self.subspace.eigenvalues = None
+            self.subspace.active_k = self.k
 
     def _add_source_group(self, param_group: dict[str, Any], params: list[Tensor]) -> None:
         """``add_param_group`` with a source: the source learns the new blocks (checked
@@ -354,8 +354,8 @@ class SubspaceProjectedOptimizer(Optimizer):
             with_gradient=with_gradient,
         )
         if outcome.result is not None:
-            self.basis, self.eigenvalues = outcome.basis, outcome.eigenvalues
-            self.last_result = outcome.result
+            self.subspace.basis, self.subspace.eigenvalues = outcome.basis, outcome.eigenvalues
+            self.subspace.last_result = outcome.result
         return outcome
 
     # ---------------------------------------------------------------- step
@@ -394,12 +394,12 @@ class SubspaceProjectedOptimizer(Optimizer):
             if facts.active and facts.skip is None:
                 self._project_stage(facts)
             self.last_stats = self._record(facts)
-            self._step += 1
+            self.subspace.step += 1
             return loss
 
     def _begin(self, closure: Callable[[], Tensor] | None) -> StepFacts:
         """Stage 1: bad input and gradient faults are caught here, before any change."""
-        facts = StepFacts(t=self._step, active=self.k > 0)
+        facts = StepFacts(t=self.subspace.step, active=self.k > 0)
         if facts.active:
             pairs = _config.group_scales(self.base.param_groups, self.scales)
             if pairs is not None:
@@ -576,16 +576,41 @@ class SubspaceProjectedOptimizer(Optimizer):
         if self.eigenvalues is None or threshold is None:
             return
         if self.adaptive_k is not None:
-            self.active_k = choose_k(self.eigenvalues, threshold, self.adaptive_k, self.k)
+            self.subspace.active_k = choose_k(self.eigenvalues, threshold, self.adaptive_k, self.k)
         moved = moved_eigenvalue(self.eigenvalues, self.active_k, threshold, self.scales)
         if moved is None:
             return
         index, lam, limit = moved
         if lam > limit:
             self.counters["unstable_refreshes"] = self.counters.get("unstable_refreshes", 0) + 1
-            if not self._unstable:  # once per episode
+            if not self.subspace.unstable:  # once per episode
                 warn_unstable(t, index, lam, limit, dominant=index <= self.active_k, stacklevel=5)
-        self._unstable = lam > limit
+        self.subspace.unstable = lam > limit
+
+    @property
+    def basis(self) -> Tensor | None:
+        """``(n, k + num_extra)`` eigenvectors of the latest refresh, or ``None``."""
+        return self.subspace.basis
+
+    @property
+    def eigenvalues(self) -> Tensor | None:
+        """``(k + num_extra,)`` tracked eigenvalues, descending, or ``None``."""
+        return self.subspace.eigenvalues
+
+    @property
+    def active_k(self) -> int:
+        """Directions projected now (``k``, or fewer with ``adaptive_k``)."""
+        return self.subspace.active_k
+
+    @property
+    def last_result(self) -> EigenResult | None:
+        """The eigensolver's latest usable result, or ``None``."""
+        return self.subspace.last_result
+
+    @property
+    def counters(self) -> dict[str, float]:
+        """Refreshes, products, seconds and faults so far."""
+        return self.subspace.counters
 
     def covered_params(self) -> list[Tensor] | None:
         """The parameters the projection acts on.
