@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -103,11 +105,31 @@ def tolerance(theta: Tensor, tol: float) -> Tensor:
     return torch.maximum(tol * scale, floor)
 
 
+@dataclass(frozen=True)
+class Ritz:
+    """A solver's approximate eigenpairs and their residuals, best first.
+
+    Attributes:
+        theta: eigenvalue estimates ``(m,)``.
+        X: their vectors ``(n, m)`` (or more columns than :func:`result` keeps).
+        res: residual norms ``‖A x_i − θ_i x_i‖`` ``(m,)``.
+    """
+
+    theta: Tensor
+    X: Tensor
+    res: Tensor
+
+
+def nan_ritz(op: LinearOperator, k: int) -> Ritz:
+    """``k`` all-NaN pairs: what a solve whose products turned non-finite reports."""
+    theta = torch.full((k,), float("nan"), dtype=op.dtype, device=op.device)
+    X = torch.full((op.shape[0], k), float("nan"), dtype=op.dtype, device=op.device)
+    return Ritz(theta, X, theta.clone())
+
+
 def result(
     solver: str,
-    theta: Tensor,
-    X: Tensor,
-    res: Tensor,
+    ritz: Ritz,
     k: int,
     tol: float,
     iterations: int,
@@ -121,7 +143,7 @@ def result(
     meets ``tol · |θ_1|``, else ``BREAKDOWN`` if the solver reports one (``breakdown``:
     its search space stopped growing) or ``MAX_ITERATIONS``; ``hint`` says what to change.
     """
-    theta, X, res = theta[:k], X[:, :k], res[:k]
+    theta, X, res = ritz.theta[:k], ritz.X[:, :k], ritz.res[:k]
     finite = bool(torch.isfinite(theta).all()) and bool(torch.isfinite(X).all())
     target = tolerance(theta, tol) if finite else torch.tensor(0.0)
     converged = finite and bool((res <= target).all())

@@ -209,7 +209,6 @@ class BlockLanczos(Eigensolver):
         b, ncv = self.sizes(n, k)
         width = b if init is None else max(b, min(init.shape[1], ncv))
         cap = min(n, ncv + width)
-        eps = torch.finfo(op.dtype).eps
         # V[:, :m] has been applied; V[:, m : m + p] is the pending queue
         V = torch.zeros(n, cap, dtype=op.dtype, device=op.device)
         # G[i, j] = v_iᵀ A v_j for applied j (rows of later columns are 0 by orthogonality)
@@ -225,13 +224,7 @@ class BlockLanczos(Eigensolver):
                 assert theta is not None and S is not None  # m >= k here
                 keep = max(k, min(k + (m - k) // 2, ncv - 2 * c))
                 if keep < m:  # thick restart: the best `keep` Ritz vectors, the queue
-                    Y = V[:, :m] @ S[:, :keep]
-                    coupling = G[m : m + p, :m] @ S[:, :keep]
-                    V[:, keep : keep + p] = V[:, m : m + p].clone()
-                    V[:, :keep] = Y
-                    G.zero_()
-                    G[:keep, :keep] = torch.diag(theta[:keep])
-                    G[keep : keep + p, :keep] = coupling
+                    _thick_restart(V, G, theta, S, m, p, keep)
                     m = keep
                     continue
                 c = ncv - m  # tiny n, no room to gain: a narrower last block
@@ -242,21 +235,11 @@ class BlockLanczos(Eigensolver):
             if not bool(torch.isfinite(AV).all()):  # NaN/Inf products: report, do not raise
                 finite = False
                 break
-            stored = m + p
-            W, H = _orthogonalize(AV, V[:, :stored])
-            G[:stored, m : m + c] = H
-            drop = 1e2 * eps * AV.norm(dim=0).max()
-            Q, B = _extend(W, V[:, :stored], min(c, cap - stored), drop, op, generator)
-            r = Q.shape[1]
-            V[:, stored : stored + r] = Q
-            G[stored : stored + r, m : m + c] = B
+            r = _append_block(V, G, AV, m, p, op, generator)
             m, p = m + c, p - c + r
             if m < k:
                 continue  # fewer basis vectors than wanted pairs: keep growing
-            T = G[:m, :m]
-            theta, S = _common.safe_eigh((T + T.T) / 2)
-            idx = _common.order(theta, self.which)
-            theta, S = theta[idx], S[:, idx]
+            theta, S = _ritz_pairs(G[:m, :m], self.which)
             res = (G[m : m + p, :m] @ S).norm(dim=0)
             if not bool(torch.isfinite(theta).all()):
                 finite = False
@@ -265,16 +248,12 @@ class BlockLanczos(Eigensolver):
             if bool((res[:k] <= target).all()) or iterations >= self.max_iter:
                 break
         if not finite or theta is None or S is None or res is None:
-            theta = torch.full((k,), float("nan"), dtype=op.dtype, device=op.device)
-            X = torch.full((n, k), float("nan"), dtype=op.dtype, device=op.device)
-            res = theta.clone()
+            ritz = _common.nan_ritz(op, k)
         else:
-            X = V[:, :m] @ S[:, :k]
+            ritz = _common.Ritz(theta, V[:, :m] @ S[:, :k], res)
         return _common.result(
             "BlockLanczos",
-            theta,
-            X,
-            res,
+            ritz,
             k,
             self.tol,
             iterations,
@@ -287,3 +266,41 @@ class BlockLanczos(Eigensolver):
             f"BlockLanczos(block_size={self.block_size}, ncv={self.ncv}, tol={self.tol}, "
             f"max_iter={self.max_iter}, which={self.which!r})"
         )
+
+
+def _ritz_pairs(T: Tensor, which: str) -> tuple[Tensor, Tensor]:
+    """The eigenpairs of the block tridiagonal ``T`` (symmetrized), ordered by ``which``."""
+    theta, S = _common.safe_eigh((T + T.T) / 2)
+    idx = _common.order(theta, which)
+    return theta[idx], S[:, idx]
+
+
+def _thick_restart(
+    V: Tensor, G: Tensor, theta: Tensor, S: Tensor, m: int, p: int, keep: int
+) -> None:
+    """Restart in place from the best ``keep`` Ritz vectors of ``V[:, :m]``, then the
+    ``p`` pending columns, with their couplings in ``G``."""
+    Y = V[:, :m] @ S[:, :keep]
+    coupling = G[m : m + p, :m] @ S[:, :keep]
+    V[:, keep : keep + p] = V[:, m : m + p].clone()
+    V[:, :keep] = Y
+    G.zero_()
+    G[:keep, :keep] = torch.diag(theta[:keep])
+    G[keep : keep + p, :keep] = coupling
+
+
+def _append_block(
+    V: Tensor, G: Tensor, AV: Tensor, m: int, p: int, op: LinearOperator, generator: torch.Generator
+) -> int:
+    """Orthogonalize the products ``AV`` of ``V[:, m : m + c]`` against the ``m + p``
+    stored columns, record the coefficients in ``G`` and append the new directions to
+    ``V``; returns how many were appended."""
+    c, stored = AV.shape[1], m + p
+    W, H = _orthogonalize(AV, V[:, :stored])
+    G[:stored, m : m + c] = H
+    drop = 1e2 * torch.finfo(op.dtype).eps * AV.norm(dim=0).max()
+    Q, B = _extend(W, V[:, :stored], min(c, V.shape[1] - stored), drop, op, generator)
+    r = Q.shape[1]
+    V[:, stored : stored + r] = Q
+    G[stored : stored + r, m : m + c] = B
+    return r

@@ -65,4 +65,4 @@ class Eigh(Eigensolver):
         theta, V = theta[idx], V[:, idx]
         res = _common.residual_norms(V, A @ V, theta)
         tol = 1e4 * torch.finfo(A.dtype).eps  # eigh is backward stable: residuals ~ n·eps·|λ_1|
-        return _common.result("Eigh", theta, V, res, k, tol, 1, "")
+        return _common.result("Eigh", _common.Ritz(theta, V, res), k, tol, 1, "")

@@ -80,58 +80,71 @@ class Lanczos(Eigensolver):
         res = (beta * S[-1, idx]).abs()
         return bool((res <= _common.tolerance(theta[idx], self.tol)).all())
 
+    def _expand(
+        self,
+        op: LinearOperator,
+        V: Tensor,
+        T: Tensor,
+        j0: int,
+        m: int,
+        k: int,
+        generator: torch.Generator,
+        scale: Tensor,
+    ) -> tuple[int, Tensor, Tensor]:
+        """Lanczos steps ``j0, ..., m − 1``: fill ``V[:, j0 + 1 : m + 1]`` and ``T`` in place.
+
+        Returns:
+            ``(m, β, scale)``: the cycle's length (shorter when the top ``k`` Ritz pairs
+            converged mid-cycle), the last off-diagonal ``β`` and the largest ``|T|`` entry
+            seen, the scale of an invariant subspace's test.
+        """
+        n = op.shape[0]
+        eps = torch.finfo(op.dtype).eps
+        for j in range(j0, m):
+            w = op.matvec(V[:, j])
+            Vj = V[:, : j + 1]
+            h = Vj.T @ w
+            w = w - Vj @ h
+            h2 = Vj.T @ w  # second Gram-Schmidt pass: orthogonality to rounding
+            w = w - Vj @ h2
+            h = h + h2
+            T[: j + 1, j] = h
+            T[j, : j + 1] = h
+            beta = w.norm()
+            scale = torch.maximum(scale, h.abs().max())
+            if float(beta) <= 1e2 * eps * float(scale.clamp_min(eps)) and j + 1 < m:
+                # invariant subspace found: continue with a fresh orthogonal direction
+                r = _common.random_block(n, 1, op, generator)[:, 0]
+                r = r - Vj @ (Vj.T @ r)
+                r = r - Vj @ (Vj.T @ r)
+                V[:, j + 1] = r / r.norm()
+                beta = torch.zeros_like(beta)
+                if j + 1 < m:
+                    T[j + 1, j] = T[j, j + 1] = 0
+                continue
+            V[:, j + 1] = w / beta.clamp_min(torch.finfo(op.dtype).tiny)
+            if j + 1 < m:
+                T[j + 1, j] = T[j, j + 1] = beta
+            if k <= j + 1 < m and self._converged_early(T[: j + 1, : j + 1], beta, k):
+                return j + 1, beta, scale  # stop mid-cycle: later products would be wasted
+        return m, beta, scale
+
     def _solve(
         self, op: LinearOperator, k: int, init: Tensor | None, generator: torch.Generator
     ) -> EigenResult:
         n = op.shape[0]
-        m = min(n, self.ncv if self.ncv is not None else max(3 * k, 30))
-        if m <= k:
-            m = min(n, k + 1)
-        eps = torch.finfo(op.dtype).eps
+        m = min(n, max(k + 1, self.ncv if self.ncv is not None else max(3 * k, 30)))
         V = torch.zeros(n, m + 1, dtype=op.dtype, device=op.device)
         T = torch.zeros(m, m, dtype=op.dtype, device=op.device)
-        if init is not None:
-            v0 = init.sum(dim=1)
-            if float(v0.norm()) == 0:
-                v0 = _common.random_block(n, 1, op, generator)[:, 0]
-        else:
-            v0 = _common.random_block(n, 1, op, generator)[:, 0]
+        v0 = _start_vector(op, init, generator)
         V[:, 0] = v0 / v0.norm()
         j0 = 0
         theta = S = None
-        beta = torch.zeros((), dtype=op.dtype, device=op.device)
         iterations = 0
         scale = torch.zeros((), dtype=op.dtype, device=op.device)
         while True:
             iterations += 1
-            for j in range(j0, m):
-                w = op.matvec(V[:, j])
-                Vj = V[:, : j + 1]
-                h = Vj.T @ w
-                w = w - Vj @ h
-                h2 = Vj.T @ w  # second Gram-Schmidt pass: orthogonality to rounding
-                w = w - Vj @ h2
-                h = h + h2
-                T[: j + 1, j] = h
-                T[j, : j + 1] = h
-                beta = w.norm()
-                scale = torch.maximum(scale, h.abs().max())
-                if float(beta) <= 1e2 * eps * float(scale.clamp_min(eps)) and j + 1 < m:
-                    # invariant subspace found: continue with a fresh orthogonal direction
-                    r = _common.random_block(n, 1, op, generator)[:, 0]
-                    r = r - Vj @ (Vj.T @ r)
-                    r = r - Vj @ (Vj.T @ r)
-                    V[:, j + 1] = r / r.norm()
-                    beta = torch.zeros_like(beta)
-                    if j + 1 < m:
-                        T[j + 1, j] = T[j, j + 1] = 0
-                    continue
-                V[:, j + 1] = w / beta.clamp_min(torch.finfo(op.dtype).tiny)
-                if j + 1 < m:
-                    T[j + 1, j] = T[j, j + 1] = beta
-                if k <= j + 1 < m and self._converged_early(T[: j + 1, : j + 1], beta, k):
-                    m = j + 1  # stop mid-cycle: every later product would be wasted
-                    break
+            m, beta, scale = self._expand(op, V, T, j0, m, k, generator, scale)
             if not bool(torch.isfinite(T[:m, :m]).all()):  # NaN/Inf products: report, do not raise
                 theta = torch.full((m,), float("nan"), dtype=op.dtype, device=op.device)
                 S = torch.eye(m, dtype=op.dtype, device=op.device)
@@ -146,27 +159,40 @@ class Lanczos(Eigensolver):
             target = _common.tolerance(theta[:k], self.tol)
             if m == n or bool((res[:k] <= target).all()) or iterations >= self.max_iter:
                 break
-            keep = min(m - 1, k + (m - k) // 2)
-            Y = V[:, :m] @ S[:, :keep]
-            V[:, :keep] = Y
-            V[:, keep] = V[:, m]
-            V[:, keep + 1 :] = 0
-            T.zero_()
-            T[:keep, :keep] = torch.diag(theta[:keep])
-            coupling = beta * S[m - 1, :keep]
-            T[keep, :keep] = coupling
-            T[:keep, keep] = coupling
-            # the new column keep is filled by the next Lanczos step (its row of h covers
-            # the coupling to the kept Ritz vectors, computed afresh)
-            j0 = keep
+            j0 = min(m - 1, k + (m - k) // 2)
+            _thick_restart(V, T, theta, S, beta, m, j0)
         X = V[:, :m] @ S[:, :k]
         return _common.result(
             "Lanczos",
-            theta,
-            X,
-            res,
+            _common.Ritz(theta, X, res),
             k,
             self.tol,
             iterations,
             f"raise max_iter (now {self.max_iter}) or ncv (now {m}), or loosen tol",
         )
+
+
+def _start_vector(op: LinearOperator, init: Tensor | None, generator: torch.Generator) -> Tensor:
+    """The sum of the warm start's columns, or a random vector (no start, or a zero sum)."""
+    if init is not None:
+        v0 = init.sum(dim=1)
+        if float(v0.norm()) != 0:
+            return v0
+    return _common.random_block(op.shape[0], 1, op, generator)[:, 0]
+
+
+def _thick_restart(
+    V: Tensor, T: Tensor, theta: Tensor, S: Tensor, beta: Tensor, m: int, keep: int
+) -> None:
+    """Restart in place from the best ``keep`` Ritz vectors and the last Lanczos vector."""
+    Y = V[:, :m] @ S[:, :keep]
+    V[:, :keep] = Y
+    V[:, keep] = V[:, m]
+    V[:, keep + 1 :] = 0
+    T.zero_()
+    T[:keep, :keep] = torch.diag(theta[:keep])
+    coupling = beta * S[m - 1, :keep]
+    T[keep, :keep] = coupling
+    T[:keep, keep] = coupling
+    # the new column keep is filled by the next Lanczos step (its row of h covers the
+    # coupling to the kept Ritz vectors, computed afresh)

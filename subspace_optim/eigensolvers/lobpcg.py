@@ -111,7 +111,6 @@ def lobpcg_iterations(
     tol: float,
     max_iter: int,
     which: str = "LA",
-    AX: Tensor | None = None,
     expand_all: bool = True,
     sin_tol: float | None = None,
 ) -> LOBPCGState:
@@ -135,7 +134,6 @@ def lobpcg_iterations(
         tol: relative residual target, ``‖A x − θ x‖ <= tol · |θ_1|``.
         max_iter: cap on block iterations.
         which: ``"LA"`` or ``"LM"``.
-        AX: ``A X`` if already known (saves ``b`` matvecs).
         expand_all: expand the residuals of the ``b − k`` guard columns too (faster
             convergence per iteration, more matvecs per iteration).
         sin_tol: if given, the stopping rule is per pair and replaces ``tol``: pair
@@ -156,9 +154,7 @@ def lobpcg_iterations(
     b = X.shape[1]
     eps = torch.finfo(X.dtype).eps
     drop = 1e3 * eps
-    if AX is None:
-        AX = op.matmat(X)
-    theta, X, AX = _common.rayleigh_ritz(X, AX, which)
+    theta, X, AX = _common.rayleigh_ritz(X, op.matmat(X), which)
     P = AP = None
     iterations = 0
     while True:
@@ -303,9 +299,7 @@ class LOBPCG(Eigensolver):
         )
         return _common.result(
             "LOBPCG",
-            state.theta,
-            state.X,
-            state.residual_norms,
+            _common.Ritz(state.theta, state.X, state.residual_norms),
             k,
             self.tol,
             state.iterations,

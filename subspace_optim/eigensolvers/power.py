@@ -125,9 +125,7 @@ class PowerIteration(Eigensolver):
             AX = op.matmat(X)
         return _common.result(
             "PowerIteration",
-            theta,
-            X,
-            res,
+            _common.Ritz(theta, X, res),
             k,
             self.tol,
             iterations,
@@ -175,9 +173,7 @@ class PowerIteration(Eigensolver):
         idx = _common.order(theta, self.which)
         return _common.result(
             "PowerIteration(deflation)",
-            theta[idx],
-            X[:, idx],
-            torch.stack(residuals)[idx],
+            _common.Ritz(theta[idx], X[:, idx], torch.stack(residuals)[idx]),
             k,
             self.tol,
             iterations,

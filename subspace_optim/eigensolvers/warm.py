@@ -367,9 +367,7 @@ class WarmRefresh(Eigensolver):
         self.warm_state = dataclasses.replace(w, backoff=0)
         out = _common.result(
             "WarmRefresh[sketch check]",
-            kept.theta.clone(),
-            X.clone(),
-            kept.targets * rho,
+            _common.Ritz(kept.theta.clone(), X.clone(), kept.targets * rho),
             k,
             self.tol,
             0,
@@ -416,7 +414,9 @@ class WarmRefresh(Eigensolver):
         """The result for the first ``k`` pairs; ``met``: the warm iterations' own verdict
         (residual ``tol`` or, with ``sin_tol``, the Davis–Kahan targets) was reached."""
         if met and self.sin_tol is not None:
-            out = _common.result(f"WarmRefresh[{how}]", theta, X, res, k, self.tol, iterations, "")
+            out = _common.result(
+                f"WarmRefresh[{how}]", _common.Ritz(theta, X, res), k, self.tol, iterations, ""
+            )
             if out.outcome is SolveStatus.MAX_ITERATIONS:  # met the sin θ targets instead
                 worst = float(
                     (res[:k] / pair_targets(theta, k, 1.0, self.which)[:k].clamp_min(1e-300)).max()
@@ -430,9 +430,7 @@ class WarmRefresh(Eigensolver):
             return out
         out = _common.result(
             f"WarmRefresh[{how}]",
-            theta,
-            X,
-            res,
+            _common.Ritz(theta, X, res),
             k,
             self.tol,
             iterations,
