@@ -32,6 +32,7 @@ __all__ = [
     "ON_FAULT",
     "PROJECT",
     "Config",
+    "Settings",
     "check_arguments",
     "check_source_arguments",
     "covering_curvature",
@@ -109,28 +110,35 @@ def resolve_mode(mode: object) -> tuple[str | tuple[float, float], tuple[float, 
     return (a, b), (a, b)
 
 
-def check_arguments(
-    base: Any,
-    curvature: Any,
-    *,
-    k: Any,
-    mode: Any,
-    eigensolver: Any,
-    refresh: Any,
-    project: Any,
-    num_extra: Any,
-    on_fault: Any,
-    generator: Any,
-    adaptive_k: Any,
-    grad_scaler: Any,
-) -> Config:
+@dataclass(frozen=True)
+class Settings:
+    """The wrapper's keyword arguments besides ``k``, unchecked (:func:`check_arguments`
+    and :func:`check_source_arguments` check them)."""
+
+    mode: Any
+    eigensolver: Any
+    refresh: Any
+    project: Any
+    num_extra: Any
+    on_fault: Any
+    generator: Any
+    adaptive_k: Any
+    grad_scaler: Any
+
+
+def check_arguments(base: Any, curvature: Any, *, k: Any, **settings: Any) -> Config:
     """Check :class:`~subspace_optim.SubspaceProjectedOptimizer`'s arguments.
+
+    Args:
+        base, curvature, k: the wrapper's arguments of those names.
+        settings: its other keyword arguments, the fields of :class:`Settings`.
 
     Raises:
         TypeError: an argument of the wrong type (see the message).
         ValueError: a value out of range, or an operator and an optimizer over different
             parameters or devices, or parameters that already hold NaN/Inf.
     """
+    args = Settings(**settings)
     if not isinstance(base, Optimizer):
         raise TypeError(
             f"base must be a torch.optim.Optimizer (e.g. torch.optim.SGD(model.parameters(), "
@@ -142,15 +150,11 @@ def check_arguments(
             "subspace_optim.HessianOperator(model, loss_fn, data); got "
             f"{type(curvature).__name__}"
         )
-    mode_value, scales = resolve_mode(mode)
-    project = choice("project", project, PROJECT)
-    if grad_scaler is not None and not isinstance(grad_scaler, torch.amp.GradScaler):
-        raise TypeError(
-            "grad_scaler must be the torch.amp.GradScaler of the training loop (or None); "
-            f"got {type(grad_scaler).__name__}"
-        )
+    mode_value, scales = resolve_mode(args.mode)
+    project = choice("project", args.project, PROJECT)
+    _check_grad_scaler(args.grad_scaler)
     _guard.check_wrappable(base)
-    on_fault = choice("on_fault", on_fault, ON_FAULT)
+    on_fault = choice("on_fault", args.on_fault, ON_FAULT)
     n = curvature.shape[0]
     k_value = check_int("k", k, low=0)
     if k_value >= n:
@@ -158,25 +162,58 @@ def check_arguments(
             f"k={k} must be smaller than the number of parameters ({n}); the paper uses k = "
             "number of classes"
         )
-    num_extra = check_int("num_extra", num_extra, low=0)
-    solver = resolve_eigensolver(eigensolver)
+    num_extra = check_int("num_extra", args.num_extra, low=0)
+    solver = resolve_eigensolver(args.eigensolver)
     if k_value > 0:  # k + num_extra too large for the solver, or wider than its block
         solver.check_k(n, k_value + num_extra)
-    schedule = resolve_schedule(refresh)
-    if adaptive_k is not None:
-        if (
-            isinstance(adaptive_k, bool)
-            or not isinstance(adaptive_k, (int, float))
-            or not (0 < adaptive_k <= 1)
-        ):
-            raise ValueError(f"adaptive_k is a fraction of 2/η in (0, 1]; got {adaptive_k!r}")
-        if stability_threshold(base) is None:
-            raise ValueError(
-                f"adaptive_k needs a stability threshold, which {type(base).__name__} does not "
-                "define (only SGD, with momentum/Nesterov, or SAM around SGD); pass a fixed k"
-            )
+    schedule = resolve_schedule(args.refresh)
+    _check_adaptive_k(args.adaptive_k, base)
+    _check_generator(args.generator)
+    return Config(
+        mode=mode_value,
+        scales=scales,
+        project=project,
+        on_fault=on_fault,
+        k=k_value,
+        num_extra=num_extra,
+        eigensolver=solver,
+        schedule=schedule,
+        adaptive_k=None if args.adaptive_k is None else float(args.adaptive_k),
+        params=_checked_params(base, curvature),
+    )
+
+
+def _check_grad_scaler(scaler: object) -> None:
+    if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
+        raise TypeError(
+            "grad_scaler must be the torch.amp.GradScaler of the training loop (or None); "
+            f"got {type(scaler).__name__}"
+        )
+
+
+def _check_generator(generator: object) -> None:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator; got {type(generator).__name__}")
+
+
+def _check_adaptive_k(adaptive_k: object, base: Optimizer) -> None:
+    if adaptive_k is None:
+        return
+    if (
+        isinstance(adaptive_k, bool)
+        or not isinstance(adaptive_k, (int, float))
+        or not (0 < adaptive_k <= 1)
+    ):
+        raise ValueError(f"adaptive_k is a fraction of 2/η in (0, 1]; got {adaptive_k!r}")
+    if stability_threshold(base) is None:
+        raise ValueError(
+            f"adaptive_k needs a stability threshold, which {type(base).__name__} does not "
+            "define (only SGD, with momentum/Nesterov, or SAM around SGD); pass a fixed k"
+        )
+
+
+def _checked_params(base: Optimizer, curvature: LinearOperator) -> list[Tensor]:
+    """The covered parameters: real, on the operator's device, finite."""
     params = check_coverage(base, curvature)
     for p in params:
         if p.is_complex():
@@ -192,19 +229,7 @@ def check_arguments(
             "the operator and the optimizer"
         )
     _faults.check_finite_params(params, when="at construction")
-
-    return Config(
-        mode=mode_value,
-        scales=scales,
-        project=project,
-        on_fault=on_fault,
-        k=k_value,
-        num_extra=num_extra,
-        eigensolver=solver,
-        schedule=schedule,
-        adaptive_k=None if adaptive_k is None else float(adaptive_k),
-        params=params,
-    )
+    return params
 
 
 def check_coverage(base: Optimizer, curvature: LinearOperator) -> list[Tensor]:
@@ -288,9 +313,7 @@ _CURVATURE_ONLY = {
 }
 
 
-def check_source_arguments(
-    base: Any, source: SubspaceSource, *, mode: Any, project: Any, on_fault: Any, **rest: Any
-) -> Config:
+def check_source_arguments(base: Any, source: SubspaceSource, *, k: Any, **settings: Any) -> Config:
     """Check the wrapper's arguments when it is given a
     :class:`~subspace_optim.SubspaceSource` instead of a curvature operator; binds the
     source to the base's trainable parameters (a group's ``"subspace_k"`` sets their k).
@@ -306,29 +329,22 @@ def check_source_arguments(
             f"base must be a torch.optim.Optimizer (e.g. torch.optim.AdamW(model.parameters())); "
             f"got {type(base).__name__}"
         )
+    args = Settings(**settings)
     for name, default in _CURVATURE_ONLY.items():
-        if rest[name] != default:
+        if (k if name == "k" else getattr(args, name)) != default:
             raise ValueError(
                 f"{name}= applies to a curvature operator; a subspace source carries its own "
                 f"settings (k, refresh_every, ...): set them on {type(source).__name__}"
             )
-    mode_value, scales = resolve_mode(mode)
-    if choice("project", project, PROJECT) != "update":
+    mode_value, scales = resolve_mode(args.mode)
+    if choice("project", args.project, PROJECT) != "update":
         raise ValueError(
             "a subspace source scales the base optimizer's update; project='gradient' needs "
             "a curvature operator"
         )
-    on_fault = choice("on_fault", on_fault, ON_FAULT)
-    if rest["generator"] is not None and not isinstance(rest["generator"], torch.Generator):
-        raise TypeError(
-            f"generator must be a torch.Generator; got {type(rest['generator']).__name__}"
-        )
-    scaler = rest["grad_scaler"]
-    if scaler is not None and not isinstance(scaler, torch.amp.GradScaler):
-        raise TypeError(
-            "grad_scaler must be the torch.amp.GradScaler of the training loop (or None); "
-            f"got {type(scaler).__name__}"
-        )
+    on_fault = choice("on_fault", args.on_fault, ON_FAULT)
+    _check_generator(args.generator)
+    _check_grad_scaler(args.grad_scaler)
     _guard.check_wrappable(base)
     group_scales(base.param_groups, scales)
     params = [p for g in base.param_groups for p in g["params"] if p.requires_grad]
