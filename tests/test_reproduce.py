@@ -23,7 +23,7 @@ from subspace_optim.experiments import (
     write_report,
 )
 from subspace_optim.experiments.report import format_table, table_rows
-from subspace_optim.experiments.results import RunSummary, progress_ratio
+from subspace_optim.experiments.results import RunSummary, VariantOutcome, progress_ratio
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: see conftest.one_thread
 
@@ -345,17 +345,18 @@ def test_bulk_instability_is_detected_from_the_tracked_spectrum() -> None:
          "eig_0": 5.0 + t, "eig_1": 1.5 + 0.2 * t}
         for t in range(6)
     ]  # fmt: skip
-    common = {"k": 1, "limit": limit, "loss_at_switch": 0.5, "base_final": 0.3, "steps_run": 6}
-    bulk = RunSummary.from_rows("bulk", rows, final=0.7, **common)
+    common = {"k": 1, "limit": limit, "loss_at_switch": 0.5, "base_final": 0.3}
+    bulk = RunSummary.from_outcome(VariantOutcome("bulk", rows, 0.7, steps_run=6), **common)
     assert bulk.watched_eigenvalue == "λ_{k+1}" and bulk.limit_crossed_at == 3  # 1.5+0.6 > 2
     assert bulk.status == "loss rose" and bulk.max_watched == pytest.approx(2.5)
     assert bulk.matvecs == 60 and bulk.refreshes == 6 and bulk.faults == 2
-    dom = RunSummary.from_rows("dom", rows, final=0.5, **common)
+    dom = RunSummary.from_outcome(VariantOutcome("dom", rows, 0.5, steps_run=6), **common)
     assert dom.watched_eigenvalue == "λ_1" and dom.limit_crossed_at == 0
     assert dom.status == "ok" and dom.progress == 0.0
     # the base run dates the Edge of Stability from the shared prefix on
     early = [{**rows[0], "step": -1, "eig_0": 3.0}]
-    base = RunSummary.from_rows("base", rows[:1], final=0.3, earlier=early, **common)
+    base_run = VariantOutcome("base", rows[:1], 0.3, steps_run=6)
+    base = RunSummary.from_outcome(base_run, earlier=early, **common)
     assert base.limit_crossed_at == -1 and base.refreshes == 1
 
 

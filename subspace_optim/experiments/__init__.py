@@ -10,7 +10,7 @@ from .data import DataUnavailableError, load_cifar10, load_digits, load_mnist
 from .families import FAMILIES, Family
 from .models import cnn, half_sum_mse, mlp
 from .report import format_table, read_report, write_report
-from .results import ExperimentResult, FamilyResult, RunSummary
+from .results import ExperimentResult, FamilyResult, RunSummary, VariantOutcome
 from .runner import run
 from .setups import SETUPS, Setup, SetupError, load_setup
 
@@ -25,6 +25,7 @@ __all__ = [
     "RunSummary",
     "Setup",
     "SetupError",
+    "VariantOutcome",
     "cnn",
     "format_table",
     "half_sum_mse",

@@ -191,9 +191,9 @@ def format_table(result: ExperimentResult, *, markdown: bool = False) -> str:
         A result assembled by hand (:func:`~subspace_optim.experiments.run` returns one):
 
         >>> from subspace_optim.experiments import (ExperimentResult, FamilyResult, RunConfig,
-        ...                                         RunSummary, format_table)
-        >>> runs = {v: RunSummary.from_rows(v, [], k=2, limit=20.0, loss_at_switch=0.5,
-        ...                                 final=f, base_final=0.1, steps_run=8)
+        ...                                         RunSummary, VariantOutcome, format_table)
+        >>> runs = {v: RunSummary.from_outcome(VariantOutcome(v, [], f, steps_run=8), k=2,
+        ...                                    limit=20.0, loss_at_switch=0.5, base_final=0.1)
         ...         for v, f in [("base", 0.1), ("dom", 0.5), ("bulk", 0.12)]}
         >>> fam = FamilyResult("sgd", "SGD", lr=0.1, batch_size=16, stability_limit=20.0,
         ...                    initial_sharpness=float("nan"), switch_step=4,
@@ -334,11 +334,12 @@ def write_report(result: ExperimentResult, out: str | Path, *, figures: bool = T
         >>> import tempfile, torch
         >>> from pathlib import Path
         >>> from subspace_optim.experiments import (ExperimentResult, FamilyResult, RunConfig,
-        ...                                         RunSummary, read_report, write_report)
+        ...                                         RunSummary, VariantOutcome, read_report,
+        ...                                         write_report)
         >>> from subspace_optim.experiments.runner import machine_info
         >>> finals = [("base", 0.1), ("dom", 0.5), ("bulk", 0.12)]
-        >>> runs = {v: RunSummary.from_rows(v, [], k=2, limit=20.0, loss_at_switch=0.5,
-        ...                                 final=f, base_final=0.1, steps_run=8)
+        >>> runs = {v: RunSummary.from_outcome(VariantOutcome(v, [], f, steps_run=8), k=2,
+        ...                                    limit=20.0, loss_at_switch=0.5, base_final=0.1)
         ...         for v, f in finals}
         >>> rows = [{"family": "sgd", "variant": v, "phase": "after switch", "step": 12,
         ...          "loss": f} for v, f in finals]

@@ -15,6 +15,7 @@ __all__ = [
     "ExperimentResult",
     "FamilyResult",
     "RunSummary",
+    "VariantOutcome",
     "progress_ratio",
 ]
 
@@ -66,6 +67,32 @@ def progress_ratio(loss_at_switch: float, final: float, base_final: float) -> fl
 
 
 @dataclass(frozen=True)
+class VariantOutcome:
+    """How one run after the switch ended, before
+    :meth:`~subspace_optim.experiments.RunSummary.from_outcome` sums it up.
+
+    Attributes:
+        variant: ``"base"``, ``"dom"``, ``"bulk"`` or ``"scaled"``.
+        rows: the run's per-step rows after the switch (each holding the
+            :class:`~subspace_optim.StepStats` fields, eigenvalues as ``eig_0, eig_1, …``).
+        final_loss: the full-batch training loss after the last step (``nan`` if it
+            diverged).
+        diverged_at: the step at which a diverged run was stopped, else ``None``.
+        steps_run: steps taken after the switch.
+        seconds: wall time of the run.
+        warnings: distinct warning messages raised during the run.
+    """
+
+    variant: str
+    rows: Sequence[dict[str, Any]]
+    final_loss: float
+    diverged_at: int | None = None
+    steps_run: int = 0
+    seconds: float = math.nan
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class RunSummary:
     """What one run after the switch did.
 
@@ -102,9 +129,10 @@ class RunSummary:
 
         >>> import json, math
         >>> from dataclasses import asdict
-        >>> from subspace_optim.experiments import RunSummary
-        >>> r = RunSummary.from_rows("bulk", [], k=10, limit=4.0, loss_at_switch=0.2,
-        ...                          final=math.nan, base_final=0.1, diverged_at=37, steps_run=37)
+        >>> from subspace_optim.experiments import RunSummary, VariantOutcome
+        >>> outcome = VariantOutcome("bulk", [], math.nan, diverged_at=37, steps_run=37)
+        >>> r = RunSummary.from_outcome(outcome, k=10, limit=4.0, loss_at_switch=0.2,
+        ...                             base_final=0.1)
         >>> r.status, r.diverged_at, r.watched_eigenvalue, math.isnan(r.progress)
         ('diverged', 37, 'λ_{k+1}', True)
         >>> json.loads(json.dumps(asdict(r)))["steps_run"]
@@ -130,56 +158,44 @@ class RunSummary:
     warnings: tuple[str, ...] = ()
 
     @classmethod
-    def from_rows(
+    def from_outcome(
         cls,
-        variant: str,
-        rows: Sequence[dict[str, Any]],
+        outcome: VariantOutcome,
         *,
         k: int,
         limit: float,
         loss_at_switch: float,
-        final: float,
         base_final: float,
-        diverged_at: int | None = None,
-        steps_run: int = 0,
-        seconds: float = math.nan,
-        warnings: tuple[str, ...] = (),
         earlier: Sequence[dict[str, Any]] = (),
     ) -> RunSummary:
-        """Summarize a run from its per-step rows after the switch (each holding the
-        :class:`~subspace_optim.StepStats` fields, eigenvalues as ``eig_0, eig_1, …``).
+        """Summarize a run from its outcome and per-step rows after the switch.
 
         ``earlier`` rows (the shared run before the switch, for the base run) count only
         for the watched eigenvalue, so the onset of the Edge of Stability is dated.
 
         Args:
-            variant: ``"base"``, ``"dom"``, ``"bulk"`` or ``"scaled"``.
-            rows: the run's per-step rows after the switch.
+            outcome: how the run ended, with its rows.
             k: the dimension of the dominant subspace (Bulk watches ``eig_k``, λ_{k+1}).
             limit: the stability threshold the watched eigenvalue is compared with
                 (``nan``: none).
             loss_at_switch: the full-batch training loss at the switch.
-            final: this run's final loss.
             base_final: the base run's final loss.
-            diverged_at: the step at which a diverged run was stopped, else ``None``.
-            steps_run: steps taken after the switch.
-            seconds: wall time of the run.
-            warnings: distinct warning messages raised during the run.
             earlier: rows of the shared run before the switch.
 
         Returns:
             The record.
 
         Example:
-            >>> from subspace_optim.experiments.results import RunSummary
+            >>> from subspace_optim.experiments import RunSummary, VariantOutcome
             >>> rows = [{"step": t, "refreshed": True, "projected": True, "update_alignment": 0.4,
             ...          "refresh_matvecs": 20, "refresh_seconds": 0.1, "eig_0": 3.0,
             ...          "eig_1": 1.5 + t} for t in range(3)]
-            >>> r = RunSummary.from_rows("bulk", rows, k=1, limit=2.0, loss_at_switch=0.2,
-            ...                          final=0.3, base_final=0.1)
+            >>> r = RunSummary.from_outcome(VariantOutcome("bulk", rows, final_loss=0.3), k=1,
+            ...                             limit=2.0, loss_at_switch=0.2, base_final=0.1)
             >>> r.status, r.limit_crossed_at, r.max_watched, r.matvecs, round(r.removed_fraction, 6)
             ('loss rose', 1, 3.5, 60, 0.4)
         """
+        variant, rows, final = outcome.variant, outcome.rows, outcome.final_loss
         refreshed = [r for r in rows if r.get("refreshed")]
         projected = [r for r in rows if r.get("projected")]
         key = f"eig_{k if variant == 'bulk' else 0}"
@@ -189,7 +205,7 @@ class RunSummary:
         fractions = [
             r["update_alignment"] for r in projected if math.isfinite(r["update_alignment"])
         ]
-        if diverged_at is not None:
+        if outcome.diverged_at is not None:
             status = "diverged"
         elif final > loss_at_switch * (1 + ROSE_TOLERANCE):
             status = "loss rose"
@@ -202,8 +218,8 @@ class RunSummary:
             if variant == "base"
             else progress_ratio(loss_at_switch, final, base_final),
             status=status,
-            diverged_at=diverged_at,
-            steps_run=steps_run,
+            diverged_at=outcome.diverged_at,
+            steps_run=outcome.steps_run,
             removed_fraction=sum(fractions) / len(fractions) if fractions else math.nan,
             refreshes=len(refreshed),
             matvecs=int(sum(r["refresh_matvecs"] for r in refreshed)),
@@ -213,8 +229,8 @@ class RunSummary:
             limit_crossed_at=crossed,
             faults=max((int(r.get("faults") or 0) for r in rows), default=0),
             skipped_steps=sum(1 for r in rows if r.get("skipped")),
-            seconds=seconds,
-            warnings=tuple(warnings),
+            seconds=outcome.seconds,
+            warnings=tuple(outcome.warnings),
         )
 
 
@@ -254,9 +270,9 @@ class FamilyResult:
     Example:
         A family whose switch was forced and whose Dom run ended above the loss at the switch:
 
-        >>> from subspace_optim.experiments import FamilyResult, RunSummary
-        >>> runs = {v: RunSummary.from_rows(v, [], k=2, limit=20.0, loss_at_switch=0.5,
-        ...                                 final=f, base_final=0.1, steps_run=8)
+        >>> from subspace_optim.experiments import FamilyResult, RunSummary, VariantOutcome
+        >>> runs = {v: RunSummary.from_outcome(VariantOutcome(v, [], f, steps_run=8), k=2,
+        ...                                    limit=20.0, loss_at_switch=0.5, base_final=0.1)
         ...         for v, f in [("base", 0.1), ("dom", 0.6), ("bulk", 0.12)]}
         >>> fam = FamilyResult("sgd", "SGD", lr=0.1, batch_size=16, stability_limit=20.0,
         ...                    initial_sharpness=float("nan"), switch_step=40,
@@ -353,10 +369,11 @@ class ExperimentResult:
         :func:`~subspace_optim.experiments.run` returns one; here one is assembled by hand:
 
         >>> import json
-        >>> from subspace_optim.experiments import ExperimentResult, FamilyResult, RunSummary
+        >>> from subspace_optim.experiments import (ExperimentResult, FamilyResult, RunSummary,
+        ...                                         VariantOutcome)
         >>> finals = [("base", 0.1), ("dom", 0.5), ("bulk", 0.12)]
-        >>> runs = {v: RunSummary.from_rows(v, [], k=2, limit=20.0, loss_at_switch=0.5,
-        ...                                 final=f, base_final=0.1, steps_run=8)
+        >>> runs = {v: RunSummary.from_outcome(VariantOutcome(v, [], f, steps_run=8), k=2,
+        ...                                    limit=20.0, loss_at_switch=0.5, base_final=0.1)
         ...         for v, f in finals}
         >>> rows = [{"family": "sgd", "variant": v, "step": 12, "loss": f} for v, f in finals]
         >>> fam = FamilyResult("sgd", "SGD", lr=0.1, batch_size=16, stability_limit=20.0,

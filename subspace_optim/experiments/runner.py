@@ -31,6 +31,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -40,11 +41,11 @@ from ..diagnostics import effective_lr_summary
 from ..optim.eos import pick_learning_rate, stability_threshold
 from ..optim.projected import SubspaceProjectedOptimizer
 from ..schedules import AlignmentSwitch, Every
-from ._loop import BeforeMeasurement, metrics_row, progress_bar, train_until
+from ._loop import BeforeMeasurement, Stretch, progress_bar
 from .config import RunConfig
 from .context import RunContext, check_data, machine_info, resolve_device
 from .families import EOS_FRACTION, Family
-from .results import VARIANTS, ExperimentResult, FamilyResult, RunSummary
+from .results import VARIANTS, ExperimentResult, FamilyResult, RunSummary, VariantOutcome
 
 __all__ = ["run"]
 
@@ -57,16 +58,49 @@ def _trainable(model: nn.Module) -> list[Tensor]:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
-    cfg = ctx.config
-    model = copy.deepcopy(ctx.model).to(ctx.device)
+@dataclass(frozen=True)
+class _Start:
+    """A family's settings before its first step."""
+
+    lr: float
+    sharpness: float  # λ_1 at θ_0 when the lr was derived from it, else nan
+    limit: float  # the stability threshold (nan: none)
+    initial_loss: float
+
+    @property
+    def blowup(self) -> float:
+        """The full-batch loss above which a run is stopped as diverged."""
+        return _BLOWUP * self.initial_loss if self.initial_loss > 0 else math.inf
+
+
+@dataclass
+class _Switch:
+    """Where the shared prefix handed over to the runs after the switch."""
+
+    step: int
+    reason: str  # "threshold", "forced" or "fixed"
+    model: nn.Module  # the parameters the runs after the switch start from
+    opt_state: dict[str, Any]  # and the optimizer state (base state, basis, step count)
+    rows: list[dict[str, Any]]  # the prefix's rows
+    messages: dict[str, None]  # the prefix's warnings
+    alignment_ema: float
+    loss: float  # the full-batch loss at the switch
+    seconds: float
+
+
+def _start(ctx: RunContext, family: Family, model: nn.Module) -> _Start:
+    """The family's learning rate (an Edge-of-Stability one when none is given), its
+    stability threshold and the initial loss."""
     initial_loss = ctx.full_loss(model)
     sharpness = math.nan
-    lr = cfg.lr_for(family)
+    lr = ctx.config.lr_for(family)
     if lr is None:
         try:
             pick = pick_learning_rate(
-                ctx.operator(model), EOS_FRACTION, eigensolver=cfg.solver, generator=ctx.generator()
+                ctx.operator(model),
+                EOS_FRACTION,
+                eigensolver=ctx.config.solver,
+                generator=ctx.generator(),
             )
         except ValueError as exc:
             raise ValueError(
@@ -77,27 +111,35 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
         ctx.log(f"{family.name}: λ_1(θ_0) = {sharpness:.4g}, lr = {EOS_FRACTION}·2/λ_1 = {lr:.4g}")
     threshold = stability_threshold(family.build([torch.zeros(1, requires_grad=True)], lr))
     limit = math.nan if threshold is None else float(threshold)
-    blowup = _BLOWUP * initial_loss if initial_loss > 0 else math.inf
+    return _Start(lr, sharpness, limit, initial_loss)
 
-    # ---- 1. the shared unprojected prefix, until the switch
-    fixed = cfg.switch_step
-    if fixed is None:
-        # the runner forces the switch itself (at cfg.fallback_step) and reports it in the
-        # table, so the schedule's own "checks keep failing" warning is off. The schedule
-        # projects from the step after the triggering measurement t (in a live training
-        # loop step t is already taken); the runner rewinds to t, so min_steps is
-        # switch_after + 1: the measurement, and so the switch, is at step >= switch_after
-        schedule: Any = AlignmentSwitch(
-            threshold=float(cfg.switch),
-            ema=0.9**cfg.check_every,
-            check_every=cfg.check_every,
-            min_steps=cfg.switch_after + 1,
-            warn_after=None,
-        )
-    else:
-        schedule = Every(cfg.check_every, start=0)
-    prefix_opt = SubspaceProjectedOptimizer(
-        family.build(_trainable(model), lr),
+
+def _switch_schedule(cfg: RunConfig) -> AlignmentSwitch | Every:
+    """The prefix's refresh schedule: χ_k measured every ``check_every`` steps."""
+    if cfg.switch_step is not None:
+        return Every(cfg.check_every, start=0)
+    # the runner forces the switch itself (at cfg.fallback_step) and reports it in the
+    # table, so the schedule's own "checks keep failing" warning is off. The schedule
+    # projects from the step after the triggering measurement t (in a live training loop
+    # step t is already taken); the runner rewinds to t, so min_steps is switch_after + 1:
+    # the measurement, and so the switch, is at step >= switch_after
+    return AlignmentSwitch(
+        threshold=float(cfg.switch),
+        ema=0.9**cfg.check_every,
+        check_every=cfg.check_every,
+        min_steps=cfg.switch_after + 1,
+        warn_after=None,
+    )
+
+
+def _run_prefix(
+    ctx: RunContext, family: Family, model: nn.Module, start: _Start, bar: Any
+) -> _Switch:
+    """The shared unprojected run of ``model`` from initialization until the switch."""
+    cfg = ctx.config
+    schedule = _switch_schedule(cfg)
+    opt = SubspaceProjectedOptimizer(
+        family.build(_trainable(model), start.lr),
         ctx.operator(model),
         cfg.k,
         "none",
@@ -106,11 +148,10 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
         generator=ctx.generator(),
         **ctx.solver_kwargs(),
     )
-    rows: list[dict[str, Any]] = []
-    messages: dict[str, None] = {}
-    reason = "fixed"
+    prefix = Stretch(ctx, family, "base", "prefix", model, opt, bar)
+    fixed, reason = cfg.switch_step, "fixed"
 
-    def stop_prefix(t: int) -> bool:
+    def stop(t: int) -> bool:
         nonlocal reason
         if fixed is not None:
             return t >= fixed
@@ -122,33 +163,18 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
             return True
         return False
 
-    keeper: BeforeMeasurement | None = None
-    if fixed is None:  # a rule switch may rewind to its triggering measurement
-        keeper = BeforeMeasurement(model, prefix_opt, rows, cfg.check_every)
+    # a rule switch may rewind to its triggering measurement
+    keeper = None if fixed is not None else BeforeMeasurement(prefix, cfg.check_every)
     t0 = time.perf_counter()
-    bar = progress_bar(ctx, cfg.steps, f"{family.name}: to switch")
-    switch, diverged_at = train_until(
-        ctx,
-        family,
-        model,
-        prefix_opt,
-        0,
-        stop_prefix,
-        "base",
-        "prefix",
-        rows,
-        bar,
-        blowup,
-        messages,
-        before_step=keeper,
-    )
-    prefix_seconds = time.perf_counter() - t0
+    switch, diverged_at = prefix.train_until(0, stop, start.blowup, before_step=keeper)
+    seconds = time.perf_counter() - t0
     if diverged_at is not None:
         bar.close()
         raise FloatingPointError(
             f"{family.name}: the unprojected run diverged at step {diverged_at} before the switch "
-            f"(lr {lr:.4g}); lower the learning rate with --lr {family.name}=VALUE"
+            f"(lr {start.lr:.4g}); lower the learning rate with --lr {family.name}=VALUE"
         )
+    rows = prefix.rows
     if reason == "threshold":
         # rewind to the triggering measurement: the runs after the switch start from the
         # parameters and optimizer state before that step, so that their first update is
@@ -163,113 +189,118 @@ def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
         bar.n = switch
     else:
         snapshot_model = copy.deepcopy(model)
-        snapshot_opt = copy.deepcopy(prefix_opt.state_dict())
-    del keeper
-    measured = [r for r in rows if r.get("gradient_source") == "full"]
-    chi_ema = math.nan
-    for r in measured:
-        chi = r["grad_alignment"]
-        if math.isfinite(chi):
-            beta = 0.9**cfg.check_every
-            chi_ema = chi if not math.isfinite(chi_ema) else beta * chi_ema + (1 - beta) * chi
+        snapshot_opt = copy.deepcopy(opt.state_dict())
+    chi_ema = _alignment_ema(rows, cfg.check_every)
     if fixed is None and schedule.value is not None:
         chi_ema = float(schedule.value)
-    loss_at_switch = ctx.full_loss(snapshot_model)
-    del prefix_opt, model
+    loss = ctx.full_loss(snapshot_model)
+    return _Switch(
+        switch, reason, snapshot_model, snapshot_opt, rows, prefix.messages, chi_ema, loss, seconds
+    )
 
-    # ---- 2. base / Dom / Bulk (and scaled) from the same snapshot and minibatch sequence
+
+def _alignment_ema(rows: list[dict[str, Any]], check_every: int) -> float:
+    """The EMA of the full-batch χ_k measured in ``rows`` (``nan``: none measured)."""
+    chi_ema = math.nan
+    for r in rows:
+        chi = r["grad_alignment"] if r.get("gradient_source") == "full" else math.nan
+        if math.isfinite(chi):
+            beta = 0.9**check_every
+            chi_ema = chi if not math.isfinite(chi_ema) else beta * chi_ema + (1 - beta) * chi
+    return chi_ema
+
+
+def _run_variant(
+    ctx: RunContext, family: Family, variant: str, start: _Start, switch: _Switch, bar: Any
+) -> VariantOutcome:
+    """One run after the switch, from the switch's snapshot with the shared minibatches."""
+    cfg = ctx.config
+    end_step = cfg.end_step(switch.step)
+    bar.set_description(f"{family.name}: {variant}")
+    model = copy.deepcopy(switch.model)
+    opt = SubspaceProjectedOptimizer(
+        family.build(_trainable(model), start.lr),
+        ctx.operator(model),
+        cfg.k,
+        cfg.mode_scales if variant == "scaled" else _MODES[variant],
+        refresh=Every(cfg.track_every if variant == "base" else cfg.refresh, start=switch.step),
+        num_extra=cfg.num_extra,
+        generator=ctx.generator(),
+        **ctx.solver_kwargs(),
+    )
+    opt.load_state_dict(copy.deepcopy(switch.opt_state))  # base state, warm basis, step count
+    stretch = Stretch(ctx, family, variant, "after switch", model, opt, bar)
+    t1 = time.perf_counter()
+    end, diverged_at = stretch.train_until(switch.step, lambda t: t >= end_step, start.blowup)
+    if diverged_at is None:
+        final = ctx.full_loss(model)
+        stretch.rows.append(stretch.row(end, final, math.nan, stats=False))
+        if not math.isfinite(final):
+            diverged_at = end
+    else:
+        final = math.nan
+        bar.update(end_step - end)
+    messages = dict(stretch.messages)
+    if variant == "base":  # the base run also reports the shared prefix's warnings
+        messages.update(dict.fromkeys(switch.messages))
+    return VariantOutcome(
+        variant,
+        stretch.rows,
+        final_loss=final,
+        diverged_at=diverged_at,
+        steps_run=end - switch.step,
+        seconds=time.perf_counter() - t1,
+        warnings=tuple(messages),
+    )
+
+
+def _run_family(ctx: RunContext, family: Family) -> FamilyResult:
+    """One family: the shared prefix until the switch, then each variant's run from it."""
+    cfg = ctx.config
+    model = copy.deepcopy(ctx.model).to(ctx.device)
+    start = _start(ctx, family, model)
+    bar = progress_bar(ctx, cfg.steps, f"{family.name}: to switch")
+    switch = _run_prefix(ctx, family, model, start, bar)
+    del model
+    # base / Dom / Bulk (and scaled) from the same snapshot and minibatch sequence
     variants = VARIANTS + (("scaled",) if cfg.mode_scales is not None else ())
-    end_step = cfg.end_step(switch)
-    remaining = end_step - switch
-    bar.total = switch + len(variants) * remaining
+    bar.total = switch.step + len(variants) * (cfg.end_step(switch.step) - switch.step)
     bar.refresh()
-    run_rows: dict[str, list[dict[str, Any]]] = {}
-    finals: dict[str, tuple[float, int | None, int, float, dict[str, None]]] = {}
-    chi_at_switch = math.nan
-    for variant in variants:
-        bar.set_description(f"{family.name}: {variant}")
-        m = copy.deepcopy(snapshot_model)
-        every = cfg.track_every if variant == "base" else cfg.refresh
-        opt = SubspaceProjectedOptimizer(
-            family.build(_trainable(m), lr),
-            ctx.operator(m),
-            cfg.k,
-            cfg.mode_scales if variant == "scaled" else _MODES[variant],
-            refresh=Every(every, start=switch),
-            num_extra=cfg.num_extra,
-            generator=ctx.generator(),
-            **ctx.solver_kwargs(),
-        )
-        opt.load_state_dict(copy.deepcopy(snapshot_opt))  # base state, warm basis, step count
-        vrows: list[dict[str, Any]] = []
-        vmessages: dict[str, None] = {}
-        t1 = time.perf_counter()
-        end, div = train_until(
-            ctx,
-            family,
-            m,
-            opt,
-            switch,
-            lambda t: t >= end_step,
-            variant,
-            "after switch",
-            vrows,
-            bar,
-            blowup,
-            vmessages,
-        )
-        if div is None:
-            final = ctx.full_loss(m)
-            vrows.append(metrics_row(family, variant, "after switch", end, final, math.nan, None))
-            if not math.isfinite(final):
-                div = end
-        else:
-            final = math.nan
-            bar.update(end_step - end)
-        if vrows and vrows[0].get("refreshed") and variant == "base":
-            chi_at_switch = float(vrows[0].get("grad_alignment", math.nan))
-        run_rows[variant] = vrows
-        finals[variant] = (final, div, end - switch, time.perf_counter() - t1, vmessages)
-        del m, opt
+    outcomes = {v: _run_variant(ctx, family, v, start, switch, bar) for v in variants}
     bar.close()
-    for msg in messages:
-        finals["base"][4].setdefault(msg, None)
-
+    base = outcomes["base"]
+    first = base.rows[0] if base.rows else {}
     runs = {
-        v: RunSummary.from_rows(
-            v,
-            run_rows[v],
+        v: RunSummary.from_outcome(
+            outcome,
             k=cfg.k,
-            limit=limit,
-            loss_at_switch=loss_at_switch,
-            final=finals[v][0],
-            base_final=finals["base"][0],
-            diverged_at=finals[v][1],
-            steps_run=finals[v][2],
-            seconds=finals[v][3],
-            warnings=tuple(finals[v][4]),
-            earlier=rows if v == "base" else (),
+            limit=start.limit,
+            loss_at_switch=switch.loss,
+            base_final=base.final_loss,
+            earlier=switch.rows if v == "base" else (),
         )
-        for v in variants
+        for v, outcome in outcomes.items()
     }
-    base_measured = measured + [r for r in run_rows["base"] if r.get("gradient_source") == "full"]
+    measured = [r for r in [*switch.rows, *base.rows] if r.get("gradient_source") == "full"]
     return FamilyResult(
         family=family.name,
         label=family.label,
-        lr=lr,
+        lr=start.lr,
         batch_size=None if family.full_batch else min(cfg.batch_size, ctx.X.shape[0]),
-        stability_limit=limit,
-        initial_sharpness=sharpness,
-        switch_step=switch,
-        switch_reason=reason,
-        alignment_ema=chi_ema,
-        chi_at_switch=chi_at_switch,
-        initial_loss=initial_loss,
-        loss_at_switch=loss_at_switch,
-        eta=effective_lr_summary(base_measured),
+        stability_limit=start.limit,
+        initial_sharpness=start.sharpness,
+        switch_step=switch.step,
+        switch_reason=switch.reason,
+        alignment_ema=switch.alignment_ema,
+        chi_at_switch=float(first.get("grad_alignment", math.nan))
+        if first.get("refreshed")
+        else math.nan,
+        initial_loss=start.initial_loss,
+        loss_at_switch=switch.loss,
+        eta=effective_lr_summary(measured),
         runs=runs,
-        prefix_seconds=prefix_seconds,
-        rows=rows + [r for v in variants for r in run_rows[v]],
+        prefix_seconds=switch.seconds,
+        rows=switch.rows + [r for o in outcomes.values() for r in o.rows],
     )
 
 
