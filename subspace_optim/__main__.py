@@ -144,14 +144,82 @@ def _defaults_epilog() -> str:
     )
 
 
+_FLAG = "store_true"
+#: the options of ``reproduce``: flag, its type (``_FLAG``: on/off; ``None``: text),
+#: whether it sets the RunConfig field of its name, and its help
+# fmt: off
+_OPTIONS: tuple[tuple[str, Any, bool, str], ...] = (
+    ("--setup", None, False, _SETUP_HELP),
+    ("--quick", _FLAG, False,
+     "a short digits run of every family (under a minute; used by the tests)"),
+    ("--optimizers", None, True,
+     "comma-separated families: sgd, gd-eos, sam, momentum, adam, or all (default: all)"),
+    ("--steps", _positive_int, True, "optimizer steps per run, from initialization"),
+    ("--switch", _switch, True,
+     "χ_k threshold in (0, 1] (e.g. 0.95, the paper's protocol) or a fixed switch step "
+     "(e.g. 100)"),
+    ("--switch-by", _positive_int, True,
+     "with a threshold, force the switch at this step if it was not reached"),
+    ("--switch-after", _nonnegative_int, True,
+     "with a threshold, never switch before this step (χ_k at initialization can already "
+     "be high)"),
+    ("--after-switch", _positive_int, True,
+     "run base / Dom / Bulk this many steps after the switch, wherever it falls (default: "
+     "until --steps)"),
+    ("--k", _positive_int, True,
+     "dimension of the dominant subspace (the paper: number of classes)"),
+    ("--lr", _lr, True,
+     "learning rate for every family, or NAME=LR pairs (sgd=0.1,adam=1e-3); default: per "
+     "family (GD at EoS: 0.82·2/λ_1 at initialization)"),
+    ("--batch-size", _positive_int, True, "minibatch size of the stochastic families"),
+    ("--solver", None, True,
+     "eigensolver for the refreshes (see subspace_optim.available_eigensolvers(); default: "
+     "the library's)"),
+    ("--refresh", _positive_int, True,
+     "refresh the top-k basis every N steps after the switch (the paper: 1)"),
+    ("--check-every", _positive_int, True, "measure χ_k every N steps before the switch"),
+    ("--track-every", _positive_int, True,
+     "the base run measures χ_k and the spectrum every N steps after the switch"),
+    ("--num-extra", _nonnegative_int, True, "eigenvalues tracked beyond k (λ_{k+1}… against 2/η)"),
+    ("--eval-every", _positive_int, True, "evaluate the full-batch training loss every N steps"),
+    ("--chunk-size", _positive_int, True,
+     "micro-batch size for Hessian products and loss evaluation"),
+    ("--mode-scales", _mode_scales, True,
+     "also run a fourth variant, scaled: θ += A·P_kΔ + B·(Δ − P_kΔ), from the same switch "
+     "point and minibatches (two finite numbers, not 0,0; a negative A needs "
+     "--mode-scales=-A,B)"),
+    ("--seed", _nonnegative_int, False,
+     "seed of the initialization, minibatch order and solver start vectors"),
+    ("--threads", _positive_int, False,
+     "CPU threads for torch (default: 1 for the digits setups, whose products are too small "
+     "to gain from intra-op threads; torch's default otherwise)"),
+    ("--device", None, False, "cpu, cuda, cuda:1, ... (default: cpu)"),
+    ("--out", None, False,
+     "run folder to create (default: ./runs/<timestamp>); must not exist"),
+    ("--data-dir", None, False,
+     "where the data sets live: torchvision's MNIST / CIFAR-10 folders, SST-2/train.tsv "
+     "(default: ./data)"),
+    ("--download", _FLAG, False,
+     "let torchvision download MNIST / CIFAR-10 into --data-dir, or Hugging Face datasets "
+     "load SST-2 (when installed)"),
+    ("--no-figures", _FLAG, False, "skip the PNG figures"),
+    ("--quiet", _FLAG, False, "no progress bars or log lines"),
+)
+# fmt: on
+_DEFAULTS = {"--setup": "digits", "--seed": 0, "--data-dir": "data"}
+_METAVARS = {"--mode-scales": "A,B"}
+#: the RunConfig fields that the flags of the same names set
+_FLAG_FIELDS = tuple(flag[2:].replace("-", "_") for flag, _, field, _ in _OPTIONS if field)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (exposed for documentation and tests)."""
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="subspace-optim",
         description="Dom/Bulk-projected optimizers and dominant Hessian subspaces for PyTorch.",
     )
-    from . import __version__
-
     parser.add_argument("--version", action="version", version=f"subspace-optim {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     rep = sub.add_parser(
@@ -167,161 +235,13 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_defaults_epilog(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    rep.add_argument("--setup", default="digits", help=_SETUP_HELP)
-    rep.add_argument(
-        "--quick",
-        action="store_true",
-        help="a short digits run of every family (under a minute; used by the tests)",
-    )
-    rep.add_argument(
-        "--optimizers",
-        default=None,
-        help="comma-separated families: sgd, gd-eos, sam, momentum, adam, or all (default: all)",
-    )
-    rep.add_argument(
-        "--steps",
-        type=_positive_int,
-        default=None,
-        help="optimizer steps per run, from initialization",
-    )
-    rep.add_argument(
-        "--switch",
-        type=_switch,
-        default=None,
-        help="χ_k threshold in (0, 1] (e.g. 0.95, the paper's protocol) or a fixed "
-        "switch step (e.g. 100)",
-    )
-    rep.add_argument(
-        "--switch-by",
-        type=_positive_int,
-        default=None,
-        help="with a threshold, force the switch at this step if it was not reached",
-    )
-    rep.add_argument(
-        "--switch-after",
-        type=_nonnegative_int,
-        default=None,
-        help="with a threshold, never switch before this step (χ_k at initialization can "
-        "already be high)",
-    )
-    rep.add_argument(
-        "--after-switch",
-        type=_positive_int,
-        default=None,
-        help="run base / Dom / Bulk this many steps after the switch, wherever it falls "
-        "(default: until --steps)",
-    )
-    rep.add_argument(
-        "--k",
-        type=_positive_int,
-        default=None,
-        help="dimension of the dominant subspace (the paper: number of classes)",
-    )
-    rep.add_argument(
-        "--lr",
-        type=_lr,
-        default=None,
-        help="learning rate for every family, or NAME=LR pairs (sgd=0.1,adam=1e-3); "
-        "default: per family (GD at EoS: 0.82·2/λ_1 at initialization)",
-    )
-    rep.add_argument(
-        "--batch-size",
-        type=_positive_int,
-        default=None,
-        help="minibatch size of the stochastic families",
-    )
-    rep.add_argument(
-        "--solver",
-        default=None,
-        help="eigensolver for the refreshes (see subspace_optim.available_eigensolvers(); "
-        "default: the library's)",
-    )
-    rep.add_argument(
-        "--refresh",
-        type=_positive_int,
-        default=None,
-        help="refresh the top-k basis every N steps after the switch (the paper: 1)",
-    )
-    rep.add_argument(
-        "--check-every",
-        type=_positive_int,
-        default=None,
-        help="measure χ_k every N steps before the switch",
-    )
-    rep.add_argument(
-        "--track-every",
-        type=_positive_int,
-        default=None,
-        help="the base run measures χ_k and the spectrum every N steps after the switch",
-    )
-    rep.add_argument(
-        "--num-extra",
-        type=_nonnegative_int,
-        default=None,
-        help="eigenvalues tracked beyond k (λ_{k+1}… against 2/η)",
-    )
-    rep.add_argument(
-        "--eval-every",
-        type=_positive_int,
-        default=None,
-        help="evaluate the full-batch training loss every N steps",
-    )
-    rep.add_argument(
-        "--chunk-size",
-        type=_positive_int,
-        default=None,
-        help="micro-batch size for Hessian products and loss evaluation",
-    )
-    rep.add_argument(
-        "--mode-scales",
-        type=_mode_scales,
-        default=None,
-        metavar="A,B",
-        help="also run a fourth variant, scaled: θ += A·P_kΔ + B·(Δ − P_kΔ), from the same "
-        "switch point and minibatches (two finite numbers, not 0,0; a negative A needs "
-        "--mode-scales=-A,B)",
-    )
-    rep.add_argument(
-        "--seed",
-        type=_nonnegative_int,
-        default=0,
-        help="seed of the initialization, minibatch order and solver start vectors",
-    )
-    rep.add_argument(
-        "--threads",
-        type=_positive_int,
-        default=None,
-        help="CPU threads for torch (default: 1 for the digits setups, whose products are too "
-        "small to gain from intra-op threads; torch's default otherwise)",
-    )
-    rep.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cpu)")
-    rep.add_argument(
-        "--out",
-        default=None,
-        help="run folder to create (default: ./runs/<timestamp>); must not exist",
-    )
-    rep.add_argument(
-        "--data-dir",
-        default="data",
-        help="where the data sets live: torchvision's MNIST / CIFAR-10 folders, SST-2/train.tsv "
-        "(default: ./data)",
-    )
-    rep.add_argument(
-        "--download",
-        action="store_true",
-        help="let torchvision download MNIST / CIFAR-10 into --data-dir, or Hugging Face "
-        "datasets load SST-2 (when installed)",
-    )
-    rep.add_argument("--no-figures", action="store_true", help="skip the PNG figures")
-    rep.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    for flag, kind, _, text in _OPTIONS:
+        if kind == _FLAG:
+            rep.add_argument(flag, action="store_true", help=text)
+        else:
+            default, metavar = _DEFAULTS.get(flag), _METAVARS.get(flag)
+            rep.add_argument(flag, type=kind, default=default, metavar=metavar, help=text)
     return parser
-
-
-#: the RunConfig fields that the flags of the same names set
-_FLAG_FIELDS = tuple(
-    "optimizers steps switch switch_by switch_after after_switch k lr batch_size solver refresh "
-    "check_every track_every num_extra eval_every chunk_size mode_scales".split()
-)
 
 
 class _UsageError(Exception):
@@ -387,50 +307,52 @@ def _with_threads(threads: int | None, fn: Any, *args: Any, **kwargs: Any) -> An
         torch.set_num_threads(previous)
 
 
-def _reproduce(args: argparse.Namespace) -> int:
-    from .experiments import RunConfig, run
-    from .experiments.report import format_table, write_report
-    from .experiments.setups import SETUPS, DataUnavailableError, SetupError, load_setup
+def _setup_name(args: argparse.Namespace) -> str:
+    """The setup to load (``digits-quick`` for ``--quick``); refuses an unknown one."""
+    from .experiments.setups import SETUPS
 
-    setup_name = args.setup
+    name = args.setup
     if args.quick:
-        if setup_name not in ("digits", "digits-quick") and setup_name in SETUPS:
+        if name not in ("digits", "digits-quick") and name in SETUPS:
             raise _UsageError(
-                f"--quick is a short digits run; for {setup_name} shorten the run with --steps "
+                f"--quick is a short digits run; for {name} shorten the run with --steps "
                 "(and --switch)"
             )
-        if setup_name == "digits":
-            setup_name = "digits-quick"
-    elif setup_name not in SETUPS and ":" not in setup_name:
+        return "digits-quick" if name == "digits" else name
+    if name not in SETUPS and ":" not in name:
         raise _UsageError(
-            f"unknown setup {setup_name!r}; choose one of {', '.join(SETUPS)} or give your own "
+            f"unknown setup {name!r}; choose one of {', '.join(SETUPS)} or give your own "
             "as module:function"
         )
+    return name
+
+
+def _check_early(args: argparse.Namespace, setup_name: str) -> Path:
+    """Refuse what can be refused before loading any data; returns the run folder."""
+    from .experiments import RunConfig
+    from .experiments.setups import SETUP_DEFAULTS
+
     out = Path(args.out) if args.out is not None else _default_out()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise _UsageError(
             f"--out {str(out)!r} already exists and is not empty; choose another folder"
         )
-
     # check the flags against the built-in defaults before loading any data
-    static = {
-        "digits": "DIGITS_DEFAULTS",
-        "digits-quick": "QUICK_DEFAULTS",
-        "mnist-5k-mlp": "MNIST_DEFAULTS",
-        "cifar10-5k-cnn": "CIFAR_DEFAULTS",
-        "sst2-1k-transformer": "SST2_DEFAULTS",
-    }
-    from .experiments import setups as setups_module
-
-    if setup_name in static:
-        RunConfig(**_settings(args, dict(getattr(setups_module, static[setup_name]))))
+    if setup_name in SETUP_DEFAULTS:
+        RunConfig(**_settings(args, dict(SETUP_DEFAULTS[setup_name])))
     if args.device is not None:
         import torch
 
         from .experiments.context import resolve_device
 
         resolve_device(args.device, torch.nn.Linear(1, 1))
-    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    return out
+
+
+def _load_setup(args: argparse.Namespace, setup_name: str) -> Any:
+    """The setup, its warnings (e.g. a train.tsv with fewer rows than asked) printed."""
+    from .experiments.setups import DataUnavailableError, SetupError, load_setup
+
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -444,8 +366,19 @@ def _reproduce(args: argparse.Namespace) -> int:
             )
     except (SetupError, DataUnavailableError) as exc:
         raise _UsageError(str(exc)) from None
-    for w in caught:  # e.g. a train.tsv with fewer rows than the setup asks for
+    for w in caught:
         print(f"subspace-optim reproduce: warning: {w.message}", file=sys.stderr)
+    return setup
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from .experiments import RunConfig, run
+    from .experiments.report import format_table, write_report
+
+    setup_name = _setup_name(args)
+    out = _check_early(args, setup_name)
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    setup = _load_setup(args, setup_name)
     config = RunConfig(**_settings(args, dict(setup.defaults)))
     log(f"setup {setup.name}: {setup.description or type(setup.model).__name__}")
     threads = args.threads or (1 if setup_name in ("digits", "digits-quick") else None)

@@ -64,7 +64,15 @@ from .data import DataUnavailableError, load_cifar10, load_digits, load_mnist_5k
 from .models import TransformerClassifier, cnn, half_sum_mse, mlp
 from .sst2 import SST2_SIZE, load_sst2
 
-__all__ = ["SETUPS", "SETUP_SIZES", "DataUnavailableError", "Setup", "SetupError", "load_setup"]
+__all__ = [
+    "SETUPS",
+    "SETUP_DEFAULTS",
+    "SETUP_SIZES",
+    "DataUnavailableError",
+    "Setup",
+    "SetupError",
+    "load_setup",
+]
 
 
 class SetupError(ValueError):
@@ -375,6 +383,16 @@ SETUPS: dict[str, Callable[..., Setup]] = {
     "mnist-5k-mlp": mnist_5k_mlp,
     "cifar10-5k-cnn": cifar10_5k_cnn,
     "sst2-1k-transformer": sst2_1k_transformer,
+}
+
+#: the settings each built-in setup suggests (its ``Setup.defaults``), readable before any
+#: data is loaded: the CLI checks its flags against them first
+SETUP_DEFAULTS: dict[str, dict[str, Any]] = {
+    "digits": DIGITS_DEFAULTS,
+    "digits-quick": QUICK_DEFAULTS,
+    "mnist-5k-mlp": MNIST_DEFAULTS,
+    "cifar10-5k-cnn": CIFAR_DEFAULTS,
+    "sst2-1k-transformer": SST2_DEFAULTS,
 }
 
 
