@@ -1,17 +1,23 @@
 """The package's shape, read from its source with ``ast``: no import circles (lazy imports
 inside functions and imports under ``if TYPE_CHECKING:`` count: a type-only import is still
-a dependency), no module over 500 lines, the layers point one way (operators know no
-eigensolver), and the optimizer wrapper depends on protocols, not on particular optimizers
-or operators."""
+a dependency), modules and functions of bounded complexity (lines of code rather than of
+prose, and parameters), the layers point one way (operators know no eigensolver), and the
+optimizer wrapper depends on protocols, not on particular optimizers or operators."""
 
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "subspace_optim"
-MAX_LINES = 500
+#: at most this many lines of code in a module, and in a function's body (docstrings,
+#: comments and blank lines excluded), and this many parameters of a function
+MAX_MODULE_CODE = 350
+MAX_FUNCTION_CODE = 60
+MAX_PARAMETERS = 8
 
 
 def _module_name(path: Path, root: Path) -> str:
@@ -176,13 +182,183 @@ def test_operators_know_no_eigensolver_or_optimizer():
             assert not wrong, f"{module} imports {sorted(wrong)}"
 
 
-def test_no_module_is_longer_than_500_lines():
-    long = {
-        name: n
-        for name, path in _modules().items()
-        if (n := len(path.read_text().splitlines())) > MAX_LINES
+_NOT_CODE = {
+    tokenize.COMMENT,
+    tokenize.NL,
+    tokenize.NEWLINE,
+    tokenize.INDENT,
+    tokenize.DEDENT,
+    tokenize.ENCODING,
+    tokenize.ENDMARKER,
+}
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _docstring(node: ast.AST) -> ast.Expr | None:
+    """The docstring statement of a module, class or function (``None`` without one)."""
+    if not isinstance(node, (ast.Module, ast.ClassDef, *_FUNCTIONS)) or not node.body:
+        return None
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        return first if isinstance(first.value.value, str) else None
+    return None
+
+
+def code_lines(source: str) -> set[int]:
+    """The numbers of the lines of ``source`` that hold code: a token other than a comment,
+    outside every module, class and function docstring (any other string counts each of
+    the lines it spans)."""
+    rows: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in _NOT_CODE:
+            rows.update(range(tok.start[0], tok.end[0] + 1))
+    for node in ast.walk(ast.parse(source)):
+        if (doc := _docstring(node)) is not None:
+            rows.difference_update(range(doc.lineno, doc.end_lineno + 1))
+    return rows
+
+
+def parameter_count(fn: ast.FunctionDef | ast.AsyncFunctionDef, constructor: bool) -> int:
+    """Named parameters of ``fn``, ``self``/``cls`` not counted, nor ``*args``/``**kwargs``
+    (as ruff's PLR0913 counts them).
+
+    One exception, for ``constructor`` (the ``__init__`` of a public module-level class):
+    its keyword-only parameters count as one when each has a default. They are the
+    constructor's settings, spelled as torch spells its own (``torch.optim.Adam(params,
+    lr, ..., *, foreach=None, maximize=False, ...)``, ``nn.TransformerEncoderLayer``): a
+    user names the few to change, and a settings object would lengthen every call. Today
+    ``SubspaceProjectedOptimizer``, ``ModelOperator`` (the curvature operators) and
+    ``TransformerClassifier`` use it.
+    """
+    args = fn.args
+    positional = [*args.posonlyargs, *args.args]
+    if positional and positional[0].arg in ("self", "cls"):
+        positional = positional[1:]
+    keywords = len(args.kwonlyargs)
+    if constructor and keywords and all(d is not None for d in args.kw_defaults):
+        keywords = 1
+    return len(positional) + keywords
+
+
+def _public_constructors(tree: ast.Module) -> set[ast.AST]:
+    return {
+        fn
+        for cls in tree.body
+        if isinstance(cls, ast.ClassDef) and not cls.name.startswith("_")
+        for fn in cls.body
+        if isinstance(fn, _FUNCTIONS) and fn.name == "__init__"
     }
-    assert not long, f"modules over {MAX_LINES} lines: {long}"
+
+
+def complexity_violations(package: Path = PACKAGE) -> list[str]:
+    """Every module over :data:`MAX_MODULE_CODE` lines of code, function whose body is over
+    :data:`MAX_FUNCTION_CODE` lines of code (its docstring excluded; a nested function is
+    part of the body) and function with over :data:`MAX_PARAMETERS` parameters."""
+    out = []
+    for name, path in _modules(package).items():
+        source = path.read_text()
+        rows = code_lines(source)
+        if len(rows) > MAX_MODULE_CODE:
+            out.append(f"module {name}: {len(rows)} lines of code")
+        tree = ast.parse(source)
+        constructors = _public_constructors(tree)
+        for fn in (n for n in ast.walk(tree) if isinstance(n, _FUNCTIONS)):
+            body = fn.body[1:] if _docstring(fn) is not None else fn.body
+            lines = sum(1 for r in rows if body and body[0].lineno <= r <= fn.end_lineno)
+            if lines > MAX_FUNCTION_CODE:
+                out.append(f"function {name}.{fn.name} (line {fn.lineno}): {lines} lines of code")
+            count = parameter_count(fn, fn in constructors)
+            if count > MAX_PARAMETERS:
+                out.append(f"function {name}.{fn.name} (line {fn.lineno}): {count} parameters")
+    return out
+
+
+def _statements(n: int, indent: str = "    ") -> str:
+    return "".join(f"{indent}x{i} = {i}  # a comment\n" for i in range(n))
+
+
+def test_the_checker_counts_code_not_prose(tmp_path):
+    prose = '"""A module docstring\n\nover three lines."""\n\n# a comment\n\n'
+    fits = (
+        f'def f():\n    """Doc\n    string."""\n    # a comment\n\n{_statements(MAX_FUNCTION_CODE)}'
+    )
+    assert len(code_lines(prose + fits)) == 1 + MAX_FUNCTION_CODE
+    package = _write_package(tmp_path, {"__init__.py": "", "fits.py": prose + fits})
+    assert complexity_violations(package) == []
+    text = 'TEXT = """\n' + "line\n" * 5 + '"""\n'  # a string that is not a docstring
+    assert len(code_lines(prose + text)) == 7
+
+
+def test_the_checker_catches_a_long_module(tmp_path):
+    source = '"""Doc."""\n' + "".join(f"X{i} = {i}\n\n" for i in range(MAX_MODULE_CODE + 1))
+    package = _write_package(tmp_path, {"__init__.py": "", "big.py": source})
+    assert complexity_violations(package) == [
+        f"module pkg.big: {MAX_MODULE_CODE + 1} lines of code"
+    ]
+
+
+def test_the_checker_catches_a_long_function(tmp_path):
+    method = (
+        f"class A:\n    def f(self):\n        'Doc.'\n{_statements(MAX_FUNCTION_CODE, ' ' * 8)}"
+    )
+    nested = "    def g():\n        return 0\n"  # a nested function is part of the body
+    package = _write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": method,
+            "b.py": f"def f():\n{_statements(MAX_FUNCTION_CODE - 2)}{nested}",
+            "c.py": f"def f():\n{_statements(MAX_FUNCTION_CODE - 1)}{nested}",
+        },
+    )
+    assert complexity_violations(package) == [
+        f"function pkg.c.f (line 1): {MAX_FUNCTION_CODE + 1} lines of code"
+    ]
+    (package / "a.py").write_text(method + "        return x0\n")
+    assert complexity_violations(package)[0] == (
+        f"function pkg.a.f (line 2): {MAX_FUNCTION_CODE + 1} lines of code"
+    )
+
+
+def test_the_checker_catches_too_many_parameters(tmp_path):
+    names = ", ".join(f"a{i}" for i in range(MAX_PARAMETERS))
+    fewer = ", ".join(f"a{i}" for i in range(MAX_PARAMETERS - 1))
+    source = (
+        f"def fits(self, {names}, *args, **kwargs): ...\n"
+        f"def over({names}, *, extra=None): ...\n"
+        f"class Public:\n    def __init__(self, {fewer}, *, x=1, y=2): ...\n"
+        f"class _Private:\n    def __init__(self, {fewer}, *, x=1, y=2): ...\n"
+        f"class Required:\n    def __init__(self, {fewer}, *, x, y=2): ...\n"
+        f"class Methods:\n    def method(self, {fewer}, *, x=1, y=2): ...\n"
+    )
+    package = _write_package(tmp_path, {"__init__.py": "", "sig.py": source})
+    over = MAX_PARAMETERS + 1
+    # a public constructor's keyword-only settings count as one (Public fits); not those of
+    # a private class, nor keyword-only arguments without a default, nor another method's
+    assert complexity_violations(package) == [
+        f"function pkg.sig.over (line 2): {over} parameters",
+        f"function pkg.sig.__init__ (line 6): {over} parameters",
+        f"function pkg.sig.__init__ (line 8): {over} parameters",
+        f"function pkg.sig.method (line 10): {over} parameters",
+    ]
+
+
+#: violations that a change in progress elsewhere must still remove, each with its reason;
+#: each must still be a violation (like a strict xfail), so an entry goes when it is fixed
+PENDING = {
+    "module subspace_optim.optim.projected": (
+        "355 lines of code since the ProjectionState properties (issue 25 item 6); "
+        "projected.py's owner trims it"
+    ),
+}
+
+
+def test_modules_and_functions_stay_simple():
+    violations = complexity_violations()
+    pending = {v for v in violations if v.partition(":")[0] in PENDING}
+    assert not set(violations) - pending, "\n".join(sorted(set(violations) - pending))
+    fixed = set(PENDING) - {v.partition(":")[0] for v in pending}
+    assert not fixed, f"fixed: remove {sorted(fixed)} from PENDING"
 
 
 def test_the_wrapper_knows_no_particular_optimizer_or_operator():
