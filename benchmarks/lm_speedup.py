@@ -46,7 +46,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _lm import arms, oracle, report, text, train
+from _lm import arms, oracle, report, text, timing, train
 from _lm.gpt import GPTConfig
 from projected_training import compact, machine_info, output_dir
 
@@ -63,6 +63,7 @@ class Sizes:
     train: train.TrainConfig
     seeds: int
     oracle: oracle.OracleConfig
+    timing: timing.TimingConfig
 
 
 FULL = Sizes(
@@ -70,12 +71,14 @@ FULL = Sizes(
     train.TrainConfig(steps=500, batch=8, eval_every=25),
     2,
     oracle.OracleConfig(),
+    timing.TimingConfig(),
 )
 QUICK = Sizes(
     GPTConfig(vocab=0, context=32, width=32, layers=2, heads=2),
     train.TrainConfig(steps=20, batch=4, eval_every=5, eval_batches=2, eval_batch_size=4, warmup=4),
     2,
     oracle.OracleConfig.quick(),
+    timing.TimingConfig(warmup=4, steps=4),
 )
 QUICK_ARMS = ("adamw-lr1e-3", "adamw-lr4e-3", "history-a0.5-g1.5", "adamw-lrx2", "blockscale-2")
 
@@ -172,12 +175,30 @@ def study(args: argparse.Namespace, sizes: Sizes, corpus: text.Corpus) -> dict[s
     records += run_tasks(
         [train.RunTask(s, seed, lr, model, cfg) for s in rest for seed in seeds], corpus, args.jobs
     )
+    print("timing every arm side by side", flush=True)
     return {
         "model": asdict(model), "params": records[0]["params"] if records else None,
         "train": asdict(cfg), "seeds": seeds, "tuned_lr": lr, "tuned_lr_from": source,
         "arms": [dict(asdict(s), family=s.family) for s in specs], "runs": records,
+        "timing": timing.interleaved(specs, lr, (model, cfg), corpus, sizes.timing),
         "oracle": None if args.no_oracle else oracle.study(sizes.oracle, corpus, lr, seeds),
     }  # fmt: skip
+
+
+def add_timing(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, Any]:
+    """``--timing-only``: the side-by-side step timing of a finished study's arms, added to
+    its JSON (the runs themselves are kept)."""
+    sizes = QUICK if results["quick"] else FULL
+    raw, where = text.load_text(args.text)
+    corpus = text.encode(raw, where, sizes.model.context)
+    table = arms.arm_table()
+    specs = [table[a["name"]] for a in results["arms"]]
+    model = GPTConfig(**results["model"])
+    cfg = train.TrainConfig(**results["train"])
+    lr = results["tuned_lr"]
+    results["timing"] = timing.interleaved(specs, lr, (model, cfg), corpus, sizes.timing)
+    results["timing"]["load_average_at_end"] = os.getloadavg()
+    return compact(results)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -195,6 +216,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--arms", default=None, help="comma-separated arm names (default: all)")
     p.add_argument("--base-lr", type=float, default=None, help="tuned lr, instead of the sweep's")
     p.add_argument("--no-oracle", action="store_true", help="skip the small Hessian-oracle table")
+    p.add_argument("--timing-only", action="store_true",
+                   help="add the side-by-side step timing to the JSON in --out, then render")  # fmt: skip
     args = p.parse_args(argv)
     args.out = output_dir(args.out, args.quick, ROOT / "benchmarks" / "results", STEM)
     return args
@@ -245,8 +268,11 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    if args.render:
+    if args.render or args.timing_only:
         results = json.loads((args.out / f"{STEM}.json").read_text())
+        if args.timing_only:
+            results = add_timing(args, results)
+            (args.out / f"{STEM}.json").write_text(json.dumps(results))
     else:
         results = measure(args, argv)
         args.out.mkdir(parents=True, exist_ok=True)

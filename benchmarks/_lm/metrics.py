@@ -31,6 +31,32 @@ def mean_curve(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
     }
 
 
+def equal_load(runs: list[dict[str, Any]], timing: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The runs on the equal-load clock: each run's training seconds rebuilt as steps × its
+    arm's median ms per step from the side-by-side timing (``_lm/timing.py``), and its ms
+    per step and per ``opt.step()`` taken from there; the clock the run measured is kept as
+    ``measured_seconds`` and ``measured_step_ms``. Without timing, the runs unchanged."""
+    if not timing:
+        return runs
+    out = []
+    for r in runs:
+        t = timing["arms"].get(r["arm"])
+        if t is None:
+            out.append(r)
+            continue
+        out.append({
+            **r,
+            "measured_seconds": r["train_seconds"],
+            "measured_step_ms": r["step_ms"],
+            "train_seconds": [n * t["step_ms"] / 1000 for n in r["eval_steps"]],
+            "step_ms": t["step_ms"],
+            "opt_step_ms": t["opt_step_ms"],
+            "step_ms_median": t["step_ms"],
+            "opt_step_ms_median": t["opt_step_ms"],
+        })  # fmt: skip
+    return out
+
+
 def crossing(xs: list[float], ys: list[float], target: float) -> float | None:
     """The first ``x`` where ``ys`` comes down to ``target``, linearly interpolated between
     neighbouring points; ``None`` when it never does."""
@@ -62,9 +88,15 @@ def summarize(runs: list[dict[str, Any]], target: float | None) -> dict[str, Any
         "steps_to_target": None,
         "seconds_to_target": None,
     }
+    row["measured_seconds_to_target"] = None
     if target is not None:
         row["steps_to_target"] = crossing(curve["steps"], curve["val_mean"], target)
         row["seconds_to_target"] = crossing(curve["seconds"], curve["val_mean"], target)
+        if all("measured_seconds" in r for r in runs):
+            measured = mean_curve([{**r, "train_seconds": r["measured_seconds"]} for r in runs])
+            row["measured_seconds_to_target"] = crossing(
+                measured["seconds"], measured["val_mean"], target
+            )
     return row
 
 
@@ -101,6 +133,8 @@ def summarize_all(runs: list[dict[str, Any]], families: dict[str, str]) -> dict[
         t, t0 = row["seconds_to_target"], base.get("seconds_to_target")
         row["time_ratio"] = t / t0 if t is not None and t0 else None
         row["median_time_ratio"] = _median_ratio(row, base)
+        m, m0 = row["measured_seconds_to_target"], base.get("measured_seconds_to_target")
+        row["measured_time_ratio"] = m / m0 if m is not None and m0 else None
         # the optimizer's extra time per step, and that as a share of a plain AdamW step
         row["opt_overhead_ms"] = row["opt_step_ms"] - base["opt_step_ms"] if base else None
         row["opt_overhead_frac"] = row["opt_overhead_ms"] / base["step_ms"] if base else None

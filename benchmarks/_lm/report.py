@@ -38,7 +38,8 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
     """The main table's rows, the tuned baseline and target, and the verdict; the oracle's
     rows (its own plain AdamW is its baseline)."""
     families, kinds = _labels(results["arms"])
-    main = metrics.summarize_all(results["runs"], families) if results["runs"] else None
+    runs = metrics.equal_load(results["runs"], results.get("timing"))
+    main = metrics.summarize_all(runs, families) if runs else None
     out: dict[str, Any] = {"main": main, "oracle": None}
     out["verdict"] = (
         metrics.verdict(main, families, kinds) if main else {"passed": False, "text": "No runs."}
@@ -55,6 +56,8 @@ def _pair(a: float, b: float, spec: str) -> str:
 
 
 def main_table(results: dict[str, Any], analysis: dict[str, Any]) -> str:
+    if results.get("timing"):
+        return timed_table(results, analysis)
     s = analysis["main"]
     header = ["arm", "final val loss", "steps to target", "s to target", "× tuned AdamW's time",
               "× by median step",
@@ -165,6 +168,45 @@ def _what(results: dict[str, Any]) -> str:
     )
 
 
+def timed_table(results: dict[str, Any], analysis: dict[str, Any]) -> str:
+    """The main table on the equal-load clock (side-by-side step timing), with the clock
+    the runs measured beside it."""
+    s = analysis["main"]
+    header = ["arm", "final val loss", "steps to target", "s to target", "× tuned AdamW's time",
+              "measured s to target (×)", "ms / step", "opt.step ms",
+              "opt.step − AdamW's: ms (% of an AdamW step)", "diverged"]  # fmt: skip
+    rows = []
+    for a in results["arms"]:
+        r = s["rows"].get(a["name"])
+        if r is None:
+            continue
+        extra = r["opt_overhead_ms"]
+        measured = _f(r["measured_seconds_to_target"], ".1f")
+        if r["measured_time_ratio"] is not None:
+            measured += f" ({r['measured_time_ratio']:.2f})"
+        rows.append([
+            f"`{a['name']}`" + (" (tuned)" if a["name"] == s["tuned"] else ""),
+            f"{_f(r['final_mean'])} ± {_f(r['final_std'])}",
+            _f(r["steps_to_target"], ".0f"), _f(r["seconds_to_target"], ".1f"),
+            _f(r["time_ratio"], ".2f", "—"), measured,
+            _f(r["step_ms"], ".1f"), _f(r["opt_step_ms"], ".2f"),
+            "—" if extra is None else f"{extra:+.2f} ({100 * r['opt_overhead_frac']:+.1f} %)",
+            f"{r['diverged']}/{r['seeds']}",
+        ])  # fmt: skip
+    return markdown_table(header, rows)
+
+
+TIMED = (
+    "Seconds are on the *equal-load clock*: steps × the arm's median ms per training step "
+    "measured side by side with every other arm in one process ({steps} timed rounds after "
+    "{warmup} warm-up rounds, one step of each arm per round in a rotating order; "
+    "`_lm/timing.py`), because the runs themselves ran at different times under different "
+    "loads. The training seconds the runs measured are beside them. ms / step and opt.step "
+    "ms are the side-by-side medians; the overhead is opt.step's extra time over the tuned "
+    "AdamW's, as a share of the tuned AdamW's whole training step."
+)
+
+
 def markdown(results: dict[str, Any], analysis: dict[str, Any]) -> str:
     m = results["machine"]
     lines = ["# Language-model speed-up study (issue 23)", "", _what(results), ""]
@@ -177,13 +219,16 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any]) -> str:
     if analysis["main"]:
         s = analysis["main"]
         lines += ["## Arms", "", arm_list(results), "", "## Results", ""]
+        how = (
+            TIMED.format(**results["timing"]) if results.get("timing") else
+            "× by median step: steps to target × median ms per step, over the same for the "
+            "tuned AdamW (less sensitive to other processes' load than the measured seconds)."
+        )  # fmt: skip
         lines += [
             f"Target: the tuned AdamW's (`{s['tuned']}`) mean final validation loss "
             f"{_f(s['target'])}. Steps and seconds to it are read off the mean curve over seeds "
-            "(linear interpolation between evaluations); seconds are training time only. "
-            "× by median step: steps to target × median ms per step, over the same for the "
-            "tuned AdamW (less sensitive to other processes' load than the measured seconds).", "",
-            main_table(results, analysis), "",
+            "(linear interpolation between evaluations); seconds are training time only. " + how,
+            "", main_table(results, analysis), "",
         ]  # fmt: skip
         cost = source_table(results)
         if cost:
@@ -260,7 +305,7 @@ def _figure(
     _plot_curves(a1, a2, runs, arms_)
     for ax, xl in (
         (a1, "training step"),
-        (a2, "training seconds (one thread, evaluations excluded)"),
+        (a2, "training seconds (one thread; equal-load clock when timed side by side)"),
     ):
         if target is not None:
             ax.axhline(target, color="k", lw=0.8, alpha=0.6)
@@ -281,12 +326,11 @@ def plot(results: dict[str, Any], analysis: dict[str, Any], fig_dir: Path) -> li
     dashed: subspace arms, dotted: controls; the black line is the target)."""
     fig_dir.mkdir(parents=True, exist_ok=True)
     paths = []
-    if results["runs"]:
+    runs = metrics.equal_load(results["runs"], results.get("timing"))
+    if runs:
         target = analysis["main"]["target"]
         title = "Character GPT: validation loss (black line: the tuned AdamW's final loss)"
-        paths.append(
-            _figure(fig_dir / "val_loss.png", title, results["runs"], results["arms"], target)
-        )
+        paths.append(_figure(fig_dir / "val_loss.png", title, runs, results["arms"], target))
     if results.get("oracle"):
         o = results["oracle"]
         arms_ = [dict(a, family="adamw" if a["kind"] == "adamw" else "source") for a in o["arms"]]
