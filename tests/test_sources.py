@@ -497,3 +497,36 @@ def test_every_family_trains_with_a_source_and_accumulates_like_the_whole_batch(
     assert src.observed == src_acc.observed == 6  # one observation per step(), not per backward
     assert bool(torch.isfinite(whole).all())
     torch.testing.assert_close(accumulated, whole, rtol=1e-11, atol=1e-12)
+
+
+def test_block_statistics_equal_the_dense_statistics_of_the_realized_update():
+    """The per-block step's statistics, from coordinates only, against step_statistics on the
+    dense block-diagonal basis and the realized update built as a vector."""
+    from subspace_optim.optim._blockwise import BlockCoords, block_statistics
+    from subspace_optim.optim._update import step_statistics
+
+    g = torch.Generator().manual_seed(5)
+    U1, _ = torch.linalg.qr(torch.randn(6, 2, generator=g, dtype=torch.float64))
+    U3, _ = torch.linalg.qr(torch.randn(5, 1, generator=g, dtype=torch.float64))
+    basis = BlockBasis([0, 6, 9], [6, 3, 5], [U1, None, U3])
+    dense = torch.zeros(14, 3, dtype=torch.float64)
+    dense[0:6, 0:2], dense[9:14, 2:3] = U1, U3
+    delta, grad = (
+        torch.randn(14, generator=g, dtype=torch.float64),
+        torch.randn(14, generator=g, dtype=torch.float64),
+    )
+    scales = [(0.5, 2.0), (1.0, 1.0), (0.0, 1.5)]
+    realized = delta.clone()
+    coords = []
+    for (o, m, U), (a, b) in zip([(0, 6, U1), (6, 3, None), (9, 5, U3)], scales):
+        if U is None:
+            coords.append(None)
+            continue
+        c = U.T @ delta[o : o + m]
+        coords.append(c)
+        realized[o : o + m] = a * (U @ c) + b * (delta[o : o + m] - U @ c)
+    got = block_statistics(basis, BlockCoords(coords, scales), delta, grad)
+    want = step_statistics(dense, delta, realized, grad, None)
+    for key, value in want.items():
+        if key != "loss":
+            assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-14), key

@@ -19,6 +19,7 @@ from torch import Tensor
 
 from .._isolation import full_precision
 from ..bases import BlockBasis
+from ._update import effective_rates
 
 __all__ = ["BlockCoords", "block_statistics", "delta_of", "scale_blocks"]
 
@@ -147,10 +148,5 @@ def block_statistics(
         "loss": nan,
         "grad_alignment": math.sqrt(sqd / gg) if gg > 0 else nan,
         "update_alignment": math.sqrt(udom / ddel) if ddel > 0 else nan,
-        "eta_dom": dot_dom / sqd if sqd > 0 else nan,
-        "eta_bulk": dot_bulk / sqb if sqb > 0 else nan,
-        "dot_dom": dot_dom,
-        "dot_bulk": dot_bulk,
-        "sq_dom": sqd,
-        "sq_bulk": sqb,
+        **effective_rates(dot_dom, dot_bulk, sqd, sqb),
     }

@@ -20,6 +20,7 @@ from ..bases import Basis, as_basis
 __all__ = [
     "UpdatePlan",
     "dominant_part",
+    "effective_rates",
     "moved_eigenvalue",
     "plan_blockwise",
     "plan_update",
@@ -218,12 +219,28 @@ def step_statistics(
         "loss": lf,
         "grad_alignment": cgn / gn if gn > 0 else nan,
         "update_alignment": cbn / dn if dn > 0 else nan,
-        "eta_dom": dd / sqd if sqd > 0 else nan,
-        "eta_bulk": db / sqb if sqb > 0 else nan,
-        "dot_dom": dd,
-        "dot_bulk": db,
-        "sq_dom": sqd,
-        "sq_bulk": sqb,
+        **effective_rates(dd, db, sqd, sqb),
+    }
+
+
+def effective_rates(
+    dot_dom: float, dot_bulk: float, sq_dom: float, sq_bulk: float
+) -> dict[str, float]:
+    """The effective learning rates ``η_dom = −⟨Δ, Pg⟩/‖Pg‖²`` and ``η_bulk`` (``nan`` where
+    the denominator is 0) with the sums they are made of, as :class:`~subspace_optim.StepStats`
+    fields.
+
+    Example:
+        >>> effective_rates(0.4, 0.1, 4.0, 0.0)["eta_dom"], effective_rates(0.4, 0.1, 4.0, 0.0)["eta_bulk"]
+        (0.1, nan)
+    """
+    return {
+        "eta_dom": dot_dom / sq_dom if sq_dom > 0 else math.nan,
+        "eta_bulk": dot_bulk / sq_bulk if sq_bulk > 0 else math.nan,
+        "dot_dom": dot_dom,
+        "dot_bulk": dot_bulk,
+        "sq_dom": sq_dom,
+        "sq_bulk": sq_bulk,
     }
 
 
