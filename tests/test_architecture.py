@@ -345,12 +345,7 @@ def test_the_checker_catches_too_many_parameters(tmp_path):
 
 #: violations that a change in progress elsewhere must still remove, each with its reason;
 #: each must still be a violation (like a strict xfail), so an entry goes when it is fixed
-PENDING = {
-    "module subspace_optim.optim.projected": (
-        "355 lines of code since the ProjectionState properties (issue 25 item 6); "
-        "projected.py's owner trims it"
-    ),
-}
+PENDING: dict[str, str] = {}
 
 
 def test_modules_and_functions_stay_simple():

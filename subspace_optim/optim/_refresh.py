@@ -45,16 +45,18 @@ class RefreshOutcome:
         matvecs: operator applications this refresh cost.
         seconds: wall time of the refresh.
         converged: the solver met its tolerance (``False`` on a fault).
+
+    A source's refresh has only ``seconds`` (the defaults say: no solver, no products).
     """
 
-    result: EigenResult | None
-    basis: Tensor | None
-    eigenvalues: Tensor | None
-    loss: Tensor | None
-    grad: Tensor | None
-    matvecs: int
-    seconds: float
-    converged: bool
+    result: EigenResult | None = None
+    basis: Tensor | None = None
+    eigenvalues: Tensor | None = None
+    loss: Tensor | None = None
+    grad: Tensor | None = None
+    matvecs: int = 0
+    seconds: float = 0.0
+    converged: bool = True
 
 
 #: the outcomes in a fixed order: an outcome crosses ranks as its index

@@ -441,16 +441,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         assert self.source is not None
         seconds = self.source.refresh(facts.t)
         if seconds is not None:
-            facts.refresh = RefreshOutcome(
-                result=None,
-                basis=None,
-                eigenvalues=None,
-                loss=None,
-                grad=None,
-                matvecs=0,
-                seconds=seconds,
-                converged=True,
-            )
+            facts.refresh = RefreshOutcome(seconds=seconds)
         facts.wants_projection = self.mode != "none"
         facts.U = self.source.basis()
         if not facts.grad_finite:
