@@ -244,8 +244,8 @@ class WarmRefresh(Eigensolver):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; a state saved before the sketched check existed
-        (only ``"guards"``) loads too, and the next call then runs the full refresh.
+        """Restore :meth:`state_dict`; a state with ``"guards"`` and no kept pairs loads
+        too, and the next call then runs the full refresh.
 
         Args:
             state: a dict returned by :meth:`state_dict`.

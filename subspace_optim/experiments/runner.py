@@ -351,8 +351,8 @@ def run(
     .. note::
         The run uses torch's current intra-op thread count; it never changes global state.
         For small models (the digits MLP) one thread (``torch.set_num_threads(1)``) is the
-        fast choice, and the CLI uses it for its digits setups: two threads on a busy
-        2-core machine were measured to cost about 10x the CPU time.
+        fast choice, and the CLI uses it for its digits setups (OpenMP's idle threads
+        compete with other processes on a busy machine).
 
     Raises:
         TypeError, ValueError: bad settings or data, before any training.

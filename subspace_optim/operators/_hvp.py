@@ -112,6 +112,8 @@ def func_hvp(
             return flatten(hv).unsqueeze(1)
         return block_to_columns(torch.func.vmap(hvp)(parts), b)
     except RuntimeError as exc:
+        # torch 2.13: F.mse_loss breaks forward-over-reverse ("ZeroTensors are immutable"),
+        # which is why method="auto" takes double backward
         raise RuntimeError(
             f"method='func' (torch.func jvp of grad) failed on this model/loss: "
             f"{exc}. Use method='autograd' (the default), which supports every "

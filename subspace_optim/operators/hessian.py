@@ -110,13 +110,14 @@ class HessianOperator(ModelOperator):
         tensors (a Python attribute the forward reads, a stateful ``loss_fn``): pass
         ``cache_graph=False`` for such models. Dropout in train mode draws its masks once
         per cached graph, so repeated products at one ``θ`` apply the same (symmetric)
-        matrix. :meth:`release_graph` frees the cache early; the subspace optimizer and
-        :func:`~subspace_optim.top_k_eigenpairs` call it when their solve is done.
+        matrix. The cache lives until the end of the enclosing :meth:`solve_scope` (the
+        subspace optimizer and :func:`~subspace_optim.top_k_eigenpairs` run each solve in
+        one); :meth:`release_graph` frees it at once.
 
     .. note::
         ``method="auto"`` picks double backward because it works for every model and
-        loss (in torch 2.13, ``F.mse_loss`` breaks torch.func's forward-over-reverse with
-        "ZeroTensors are immutable") and shares one forward pass and one gradient graph
+        loss (torch.func's forward-over-reverse fails on some losses, see
+        ``operators/_hvp.py``) and shares one forward pass and one gradient graph
         across a whole block of vectors. Which back end is faster depends on the model and
         the machine (``benchmarks/hvp.py`` measures both, ``docs/performance.md`` reports
         the numbers), so pass ``method="func"`` where it measures faster. ``"auto"`` is a
