@@ -68,8 +68,7 @@ def progress_ratio(loss_at_switch: float, final: float, base_final: float) -> fl
 
 @dataclass(frozen=True)
 class VariantOutcome:
-    """How one run after the switch ended, before
-    :meth:`~subspace_optim.experiments.RunSummary.from_outcome` sums it up.
+    """How one run after the switch ended, before ``RunSummary.from_outcome`` sums it up.
 
     Attributes:
         variant: ``"base"``, ``"dom"``, ``"bulk"`` or ``"scaled"``.
