@@ -530,3 +530,22 @@ def test_block_statistics_equal_the_dense_statistics_of_the_realized_update():
     for key, value in want.items():
         if key != "loss":
             assert got[key] == pytest.approx(value, rel=1e-12, abs=1e-14), key
+
+
+# ---------------------------------------------------------------- mutation kills (issue 26)
+def test_block_basis_works_in_the_bases_dtype_and_hands_back_the_vectors():
+    """Bases kept in float64 for a float32 vector: each piece is cast to the basis's dtype,
+    the result to the vector's; a basis with no block projected has no coordinates."""
+    g = torch.Generator().manual_seed(1)
+    U1, _ = torch.linalg.qr(torch.randn(4, 2, generator=g, dtype=torch.float64))
+    basis = BlockBasis([0, 4], [4, 3], [U1, None])
+    v = torch.randn(7, generator=g)
+    dom, coords = basis.dominant(v), basis.coords(v)
+    assert dom.dtype == coords.dtype == torch.float32
+    want = torch.zeros(7, dtype=torch.float64)
+    want[:4] = U1 @ (U1.T @ v[:4].double())
+    torch.testing.assert_close(dom, want.float())
+    torch.testing.assert_close(coords, (U1.T @ v[:4].double()).float())
+    empty = BlockBasis([0], [7], [None])
+    assert empty.coords(v).shape == (0,) and empty.coords(v).dtype == torch.float32
+    assert empty.dim == 0 and torch.equal(empty.dominant(v), torch.zeros(7))

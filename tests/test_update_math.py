@@ -137,3 +137,55 @@ def test_resolve_mode_names_and_pairs():
 def test_resolve_mode_refuses_bad_scales(mode, exc, match):
     with pytest.raises(exc, match=match):
         resolve_mode(mode)
+
+
+# ---------------------------------------------------------------- mutation kills (issue 26)
+# Each test below kills mutants that mutmut's run (benchmarks/mutation_report.py) found alive.
+
+
+def test_zero_frozen_walks_the_offsets_past_every_slice():
+    """The offset is a running sum: a frozen slice after two others sits at 2 + 1."""
+    v = torch.arange(1.0, 7.0)
+    assert zero_frozen(v, [2, 1, 3], [False, False, True]).tolist() == [1.0, 2.0, 3.0, 0.0, 0.0, 0.0]
+
+
+def test_the_dominant_plan_copies_and_says_so_with_a_bool():
+    U, theta_old, delta = _basis(6, 2), _vec(6, 2), _vec(6, 3)
+    dom = dominant_part(U, delta)
+    assert plan_update(theta_old, delta, dom, (1.0, 0.0)).add is False
+    assert plan_update(theta_old, delta, dom, (0.0, 1.0)).add is True
+    assert plan_update(theta_old, delta, dom, (0.5, 2.0)).add is True
+
+
+def test_moved_eigenvalue_amplified_dominant_part_edges():
+    eig = torch.tensor([9.0, 5.0, 1.0])
+    # any a > 1 amplifies λ_1, not only large ones
+    assert moved_eigenvalue(eig, 3, 40.0, (1.5, 0.0)) == (1, 9.0, 40.0 / 1.5)
+    # one tracked eigenvalue is enough for the dominant check
+    assert moved_eigenvalue(torch.tensor([9.0]), 1, 40.0, (2.0, 0.0)) == (1, 9.0, 20.0)
+    # none tracked: nothing to check, no index error
+    assert moved_eigenvalue(torch.tensor([]), 0, 40.0, (2.0, 0.0)) is None
+
+
+@pytest.mark.parametrize(
+    "scales", [[(0.5, 2.0), (1.0, 1.0), (0.0, 1.0)], [(1.0, 1.0), (2.0, 0.5), (1.0, 0.0)]]
+)
+def test_plan_blockwise_scales_each_slice_by_its_own_pair(scales):
+    """Slice i of the plan is a_i·P_kΔ + b_i·(Δ − P_kΔ) on exactly its own entries."""
+    from subspace_optim.optim._update import plan_blockwise
+
+    sizes = [2, 3, 4]
+    U, delta = _basis(9, 2), _vec(9, 4)
+    dom = dominant_part(U, delta)
+    plan = plan_blockwise(delta, dom, sizes, scales)
+    expected, offset = [], 0
+    for m, (a, b) in zip(sizes, scales):
+        sl = slice(offset, offset + m)
+        expected.append(a * dom[sl] + b * (delta[sl] - dom[sl]))
+        offset += m
+    expected = torch.cat(expected)
+    torch.testing.assert_close(plan.delta, expected, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(plan.vector, expected - delta, rtol=1e-12, atol=1e-14)
+    assert plan.add is True
+    assert not torch.equal(plan.delta, delta)  # the base update is left untouched ...
+    torch.testing.assert_close(delta, _vec(9, 4), rtol=0, atol=0)  # ... and not written in place
