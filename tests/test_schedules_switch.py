@@ -210,3 +210,42 @@ def test_state_round_trips_after_a_switch_and_decides_identically(
     every = kwargs["every"]
     projected_refreshes = [t for t, d in enumerate(decisions) if d.project and d.refresh]
     assert projected_refreshes == list(range(switched_at, len(CHIS), every))
+
+
+# ---------------------------------------------------------------- mutation kills (issue 26)
+# Every and AtSteps were tested only by their doctests, which the mutation run does not use.
+def test_every_refreshes_on_its_period_from_start_and_projects_from_start() -> None:
+    from subspace_optim import Every
+
+    s = Every(3, start=2)
+    got = [(s.decide(t).refresh, s.decide(t).project) for t in range(9)]
+    assert got == [(False, False), (False, False), (True, True), (False, True), (False, True),
+                   (True, True), (False, True), (False, True), (True, True)]
+    assert all(Every().decide(t) == Decision(refresh=True, project=True) for t in range(4))
+    assert repr(s) == "Every(3, start=2)"
+
+
+def test_at_steps_sorts_and_deduplicates_and_projects_from_the_first() -> None:
+    from subspace_optim import AtSteps
+
+    s = AtSteps([5, 2, 5, 9])
+    assert s.steps == frozenset({2, 5, 9}) and s.first == 2
+    got = [(s.decide(t).refresh, s.decide(t).project) for t in range(1, 11)]
+    want = [(t in (2, 5, 9), t >= 2) for t in range(1, 11)]
+    assert got == want
+    assert repr(s) == "AtSteps([2, 5, 9])"
+    assert AtSteps([0]).decide(0) == Decision(refresh=True, project=True)
+    with pytest.raises(ValueError, match="at least one step"):
+        AtSteps([])
+    with pytest.raises(ValueError):
+        AtSteps([3, -1])
+    with pytest.raises(TypeError):
+        AtSteps([1.5])
+
+
+def test_load_state_dict_of_an_empty_state_is_the_fresh_schedule() -> None:
+    s = AlignmentSwitch(threshold=0.9, ema=0.5, check_every=1)
+    drive(s, [0.95, 0.99])
+    s.load_state_dict({})
+    assert (s.value, s.switched_at, s.forced, s.failed_checks) == (None, None, False, 0)
+    assert s.state_dict() == AlignmentSwitch().state_dict()
