@@ -249,3 +249,54 @@ def test_load_state_dict_of_an_empty_state_is_the_fresh_schedule() -> None:
     s.load_state_dict({})
     assert (s.value, s.switched_at, s.forced, s.failed_checks) == (None, None, False, 0)
     assert s.state_dict() == AlignmentSwitch().state_dict()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"threshold": 0.0}, r"^threshold must be > 0"),
+        ({"threshold": "high"}, r"^threshold must be a number"),
+        ({"ema": -0.5}, r"^ema must be >= 0"),
+        ({"check_every": 0}, r"^check_every must be >= 1"),
+        ({"every": 0}, r"^every must be >= 1"),
+        ({"min_steps": -1}, r"^min_steps must be >= 0"),
+        ({"max_steps": -1}, r"^max_steps must be >= 0"),
+    ],
+)
+def test_each_refusal_names_its_argument_and_its_bound(kwargs: dict, message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        AlignmentSwitch(**kwargs)
+
+
+def test_documented_defaults_and_an_ema_of_zero() -> None:
+    s = AlignmentSwitch()
+    assert (s.threshold, s.ema, s.check_every, s.every, s.min_steps, s.max_steps) == (
+        0.95, 0.9, 10, 1, 0, None)
+    assert AlignmentSwitch(ema=0.0).ema == 0.0  # no smoothing is allowed
+
+
+def test_refreshes_after_the_switch_count_from_the_switch_step() -> None:
+    s = AlignmentSwitch(threshold=0.9, ema=0.0, check_every=1, every=3)
+    drive(s, [0.5, 0.5, 0.5, 0.95])  # switch at step 4
+    assert s.switched_at == 4
+    assert [s.decide(t).refresh for t in range(4, 11)] == [True, False, False, True, False,
+                                                           False, True]
+
+
+def test_the_forced_switch_warning_says_what_was_reached_and_points_at_the_caller() -> None:
+    s = AlignmentSwitch(threshold=0.99, max_steps=3, check_every=1)
+    with pytest.warns(UserWarning, match=r"not reached \(no measurement\)") as caught:
+        s.decide(3)
+    assert caught[0].filename == __file__  # stacklevel: the caller of decide, not schedules.py
+    s = AlignmentSwitch(threshold=0.99, ema=0.0, max_steps=3, check_every=1)
+    s.observe(0, 0.5)
+    with pytest.warns(UserWarning, match=r"not reached \(an EMA of 0\.5\)"):
+        s.decide(3)
+
+
+def test_the_stuck_warning_says_what_to_change_and_points_at_the_caller() -> None:
+    s = AlignmentSwitch(threshold=0.99, ema=0.0, check_every=1, warn_after=2)
+    s.observe(0, 0.5)
+    with pytest.warns(UserWarning, match=r"or raise check_every to measure less often$") as caught:
+        s.observe(1, 0.5)
+    assert caught[0].filename == __file__

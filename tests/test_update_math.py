@@ -189,3 +189,22 @@ def test_plan_blockwise_scales_each_slice_by_its_own_pair(scales):
     assert plan.add is True
     assert not torch.equal(plan.delta, delta)  # the base update is left untouched ...
     torch.testing.assert_close(delta, _vec(9, 4), rtol=0, atol=0)  # ... and not written in place
+
+
+@pytest.mark.parametrize("scales", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (2.0, 0.0), (0.0, 2.0), (0.5, 1.5)])
+def test_project_gradient_is_a_dom_plus_b_bulk_for_every_pair(scales):
+    """The Dom and Bulk shortcuts are taken for exactly their own pair."""
+    U, g = _basis(7, 2), _vec(7, 5)
+    a, b = scales
+    dom = U @ (U.T @ g)
+    torch.testing.assert_close(project_gradient(g, U, scales), a * dom + b * (g - dom),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_step_statistics_of_a_small_gradient_are_ratios_not_nan():
+    """A gradient of norm below 1 still has an alignment (only a zero one has none)."""
+    U = torch.tensor([[1.0], [0.0]], dtype=torch.float64)
+    g = torch.tensor([0.02, 0.01], dtype=torch.float64)
+    s = step_statistics(U, -0.1 * g, -0.1 * g, g, None)
+    assert s["grad_alignment"] == pytest.approx(0.02 / math.hypot(0.02, 0.01), rel=1e-12)
+    assert math.isnan(step_statistics(U, -0.1 * g, -0.1 * g, 0 * g, None)["grad_alignment"])
