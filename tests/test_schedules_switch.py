@@ -219,8 +219,17 @@ def test_every_refreshes_on_its_period_from_start_and_projects_from_start() -> N
 
     s = Every(3, start=2)
     got = [(s.decide(t).refresh, s.decide(t).project) for t in range(9)]
-    assert got == [(False, False), (False, False), (True, True), (False, True), (False, True),
-                   (True, True), (False, True), (False, True), (True, True)]
+    assert got == [
+        (False, False),
+        (False, False),
+        (True, True),
+        (False, True),
+        (False, True),
+        (True, True),
+        (False, True),
+        (False, True),
+        (True, True),
+    ]
     assert all(Every().decide(t) == Decision(refresh=True, project=True) for t in range(4))
     assert repr(s) == "Every(3, start=2)"
 
@@ -271,7 +280,13 @@ def test_each_refusal_names_its_argument_and_its_bound(kwargs: dict, message: st
 def test_documented_defaults_and_an_ema_of_zero() -> None:
     s = AlignmentSwitch()
     assert (s.threshold, s.ema, s.check_every, s.every, s.min_steps, s.max_steps) == (
-        0.95, 0.9, 10, 1, 0, None)
+        0.95,
+        0.9,
+        10,
+        1,
+        0,
+        None,
+    )
     assert AlignmentSwitch(ema=0.0).ema == 0.0  # no smoothing is allowed
 
 
@@ -279,8 +294,15 @@ def test_refreshes_after_the_switch_count_from_the_switch_step() -> None:
     s = AlignmentSwitch(threshold=0.9, ema=0.0, check_every=1, every=3)
     drive(s, [0.5, 0.5, 0.5, 0.95])  # switch at step 4
     assert s.switched_at == 4
-    assert [s.decide(t).refresh for t in range(4, 11)] == [True, False, False, True, False,
-                                                           False, True]
+    assert [s.decide(t).refresh for t in range(4, 11)] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
 
 
 def test_the_forced_switch_warning_says_what_was_reached_and_points_at_the_caller() -> None:

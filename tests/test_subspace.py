@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -86,3 +87,55 @@ def test_principal_angles_known_values():
     eps = 1e-9
     W2 = torch.stack([e[0], math.cos(eps) * e[1] + math.sin(eps) * e[2]], dim=1)
     assert abs(float(subspace_distance(e[:, :2], W2)) - eps) < 1e-15
+
+
+# ---------------------------------------------------------------- mutation kills (issue 26)
+
+
+def test_refusals_say_what_was_wrong():
+    with pytest.raises(ValueError, match=r"expects a block \(n, m\); got shape \(3,\)"):
+        orthonormalize(torch.ones(3))
+    with pytest.raises(ValueError, match="cannot orthonormalize 3 columns in dimension 2"):
+        orthonormalize(torch.ones(2, 3))
+    with pytest.raises(ValueError, match="different dimensions: 4 and 5"):
+        principal_angles(torch.ones(4, 2), torch.ones(5, 3))
+
+
+@pytest.mark.parametrize("size", [1.0, 1e-3])
+def test_a_column_just_above_the_rank_tolerance_is_kept(size):
+    """The tolerance is 1e3·eps times the largest column norm (not the Frobenius or a row
+    norm): a column 2.5e-13 (relative) off its neighbour keeps its own direction."""
+    n, m = 200, 100
+    V = torch.eye(n, dtype=torch.float64)[:, :m].clone()
+    V[0, 1], V[1, 1] = 1.0, 2.5e-13  # column 1 = e0 + δ·e1; row 0 has norm √2
+    V[:, 1] /= V[:, 1].norm()
+    Q = orthonormalize(V * size, generator=torch.Generator().manual_seed(0))
+    assert abs(float(Q[1, 1])) > 0.99
+
+
+def test_dependent_columns_are_filled_from_the_generator():
+    V = torch.ones(6, 3, dtype=torch.float64)
+    a = orthonormalize(V, generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(123)  # the global generator must not matter when one is given
+    b = orthonormalize(V, generator=torch.Generator().manual_seed(0))
+    c = orthonormalize(V, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a[:, 1:].abs(), c[:, 1:].abs())
+    Q = orthonormalize(V)  # no generator: the global one
+    assert torch.allclose(Q.T @ Q, torch.eye(3, dtype=torch.float64), atol=1e-12)
+
+
+def test_principal_angles_take_the_smaller_basis_either_way_round():
+    U, W = basis(9, 3, 1), basis(9, 2, 2)
+    a, b = principal_angles(U, W), principal_angles(W, U)
+    assert a.shape == (2,)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
+def test_an_angle_near_a_right_angle_comes_from_the_cosine():
+    """Near π/2 the sine formula loses half the digits: the cosine one must be used."""
+    e = torch.eye(3, dtype=torch.float64)
+    gap = 1e-6
+    w = math.sin(gap) * e[0] + math.cos(gap) * e[1]  # angle π/2 − gap from e0
+    angle = principal_angles(e[:, :1], w.unsqueeze(1))
+    assert abs((math.pi / 2 - float(angle[0])) - gap) < 1e-15

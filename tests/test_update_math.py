@@ -146,7 +146,14 @@ def test_resolve_mode_refuses_bad_scales(mode, exc, match):
 def test_zero_frozen_walks_the_offsets_past_every_slice():
     """The offset is a running sum: a frozen slice after two others sits at 2 + 1."""
     v = torch.arange(1.0, 7.0)
-    assert zero_frozen(v, [2, 1, 3], [False, False, True]).tolist() == [1.0, 2.0, 3.0, 0.0, 0.0, 0.0]
+    assert zero_frozen(v, [2, 1, 3], [False, False, True]).tolist() == [
+        1.0,
+        2.0,
+        3.0,
+        0.0,
+        0.0,
+        0.0,
+    ]
 
 
 def test_the_dominant_plan_copies_and_says_so_with_a_bool():
@@ -191,14 +198,17 @@ def test_plan_blockwise_scales_each_slice_by_its_own_pair(scales):
     torch.testing.assert_close(delta, _vec(9, 4), rtol=0, atol=0)  # ... and not written in place
 
 
-@pytest.mark.parametrize("scales", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (2.0, 0.0), (0.0, 2.0), (0.5, 1.5)])
+@pytest.mark.parametrize(
+    "scales", [(1.0, 0.0), (0.0, 1.0), (1.0, 1.0), (2.0, 0.0), (0.0, 2.0), (0.5, 1.5)]
+)
 def test_project_gradient_is_a_dom_plus_b_bulk_for_every_pair(scales):
     """The Dom and Bulk shortcuts are taken for exactly their own pair."""
     U, g = _basis(7, 2), _vec(7, 5)
     a, b = scales
     dom = U @ (U.T @ g)
-    torch.testing.assert_close(project_gradient(g, U, scales), a * dom + b * (g - dom),
-                               rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        project_gradient(g, U, scales), a * dom + b * (g - dom), rtol=1e-12, atol=1e-14
+    )
 
 
 def test_step_statistics_of_a_small_gradient_are_ratios_not_nan():
