@@ -549,3 +549,34 @@ def test_block_basis_works_in_the_bases_dtype_and_hands_back_the_vectors():
     empty = BlockBasis([0], [7], [None])
     assert empty.coords(v).shape == (0,) and empty.coords(v).dtype == torch.float32
     assert empty.dim == 0 and torch.equal(empty.dominant(v), torch.zeros(7))
+
+
+def _fd_reference(B: torch.Tensor, decay: float) -> torch.Tensor:
+    """BᵀB after one Frequent Directions shrink, in float64 from the SVD of the sketch."""
+    B = B.double()
+    _, S, Vh = torch.linalg.svd(B, full_matrices=False)
+    lam = S**2
+    delta = lam[B.shape[0] // 2]
+    return Vh.T @ torch.diag((lam - delta).clamp_min(0) * decay) @ Vh
+
+
+@pytest.mark.parametrize("ell", [2, 4, 5])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_frequent_directions_shrink_matches_the_svd_reference(ell, dtype):
+    """Second moment of the shrunk sketch against the SVD formula (rotation-invariant), at
+    a small scale (eigenvalues below 1), for every dtype path and a decay."""
+    g = torch.Generator().manual_seed(ell)
+    B = (0.05 * torch.randn(ell, 7, generator=g, dtype=torch.float64)).to(dtype)
+    out = frequent_directions_shrink(B, decay=0.5)
+    assert out.dtype == dtype and out.shape == B.shape
+    assert torch.count_nonzero(out[ell - ell // 2 :]) == 0
+    got = out.double().T @ out.double()
+    tol = {torch.float64: 1e-14, torch.float32: 1e-8, torch.bfloat16: 3e-5}[dtype]
+    torch.testing.assert_close(got, _fd_reference(B, 0.5), rtol=0, atol=tol)
+
+
+def test_a_non_finite_sketch_comes_back_as_zeros_of_its_dtype():
+    B = torch.ones(4, 3, dtype=torch.float32)
+    B[1, 2] = float("nan")
+    out = frequent_directions_shrink(B)
+    assert out.dtype == torch.float32 and torch.equal(out, torch.zeros(4, 3))
