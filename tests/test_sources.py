@@ -580,3 +580,38 @@ def test_a_non_finite_sketch_comes_back_as_zeros_of_its_dtype():
     B[1, 2] = float("nan")
     out = frequent_directions_shrink(B)
     assert out.dtype == torch.float32 and torch.equal(out, torch.zeros(4, 3))
+
+
+def test_scale_blocks_per_block_in_place_with_its_coordinates_and_scales():
+    """Each block with a basis becomes a·P_bΔ + b·(Δ − P_bΔ) in place (float32 parameters,
+    float64 bases); a block with (1, 1) keeps Δ but still reports its coordinates; a block
+    without a basis keeps Δ, reports (1, 1) and no coordinates. delta_of reads Δ back."""
+    from subspace_optim.optim._blockwise import delta_of, scale_blocks
+
+    g = torch.Generator().manual_seed(7)
+    U1, _ = torch.linalg.qr(torch.randn(4, 2, generator=g, dtype=torch.float64))
+    U2, _ = torch.linalg.qr(torch.randn(3, 1, generator=g, dtype=torch.float64))
+    U4, _ = torch.linalg.qr(torch.randn(5, 2, generator=g, dtype=torch.float64))
+    basis = BlockBasis([0, 4, 7, 9], [4, 3, 2, 5], [U1, U2, None, U4])
+    theta_old = torch.randn(14, generator=g)
+    delta = torch.randn(14, generator=g)
+    params = [
+        (theta_old[o : o + m] + delta[o : o + m]).clone()
+        for o, m in [(0, 4), (4, 3), (7, 2), (9, 5)]
+    ]
+    torch.testing.assert_close(
+        delta_of(params, theta_old), torch.cat(params) - theta_old, rtol=0, atol=0
+    )
+    scales = [(2.0, 1.0), (1.0, 1.0), (0.5, 2.0), (1.0, 2.0)]
+    c = scale_blocks(params, basis, delta, scales)
+    assert c.scales == [(2.0, 1.0), (1.0, 1.0), (1.0, 1.0), (1.0, 2.0)]
+    assert c.update[2] is None
+    for i, (o, m, U) in enumerate([(0, 4, U1), (4, 3, U2), (9, 5, U4)]):
+        j = [0, 1, 3][i]
+        d = delta[o : o + m].double()
+        torch.testing.assert_close(c.update[j], U.T @ d)
+        a, b = scales[j]
+        want = theta_old[o : o + m].double() + a * (U @ (U.T @ d)) + b * (d - U @ (U.T @ d))
+        torch.testing.assert_close(params[j].double(), want, rtol=1e-6, atol=1e-6)
+        assert params[j].dtype == torch.float32
+    torch.testing.assert_close(params[2], theta_old[7:9] + delta[7:9], rtol=0, atol=0)
