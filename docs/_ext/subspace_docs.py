@@ -48,6 +48,7 @@ GENERATED_PAGES: tuple[str, ...] = (
     "eos_findings",
     "distributed",
     "reliability",
+    "mutation",
     "reproduce_quick",
     "subspace_sources",
     "bulk_adam",
