@@ -10,6 +10,7 @@ step late.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 
 import pytest
@@ -305,11 +306,19 @@ def test_refreshes_after_the_switch_count_from_the_switch_step() -> None:
     ]
 
 
+def _points_at_the_caller(filename: str) -> None:
+    """stacklevel=2: the warning names the caller's line, not schedules.py. Under mutmut a
+    trampoline sits between the two, so there it can only check the second half."""
+    assert not filename.endswith("schedules.py")
+    if "MUTANT_UNDER_TEST" not in os.environ:
+        assert filename == __file__
+
+
 def test_the_forced_switch_warning_says_what_was_reached_and_points_at_the_caller() -> None:
     s = AlignmentSwitch(threshold=0.99, max_steps=3, check_every=1)
     with pytest.warns(UserWarning, match=r"not reached \(no measurement\)") as caught:
         s.decide(3)
-    assert caught[0].filename == __file__  # stacklevel: the caller of decide, not schedules.py
+    _points_at_the_caller(caught[0].filename)
     s = AlignmentSwitch(threshold=0.99, ema=0.0, max_steps=3, check_every=1)
     s.observe(0, 0.5)
     with pytest.warns(UserWarning, match=r"not reached \(an EMA of 0\.5\)"):
@@ -321,4 +330,4 @@ def test_the_stuck_warning_says_what_to_change_and_points_at_the_caller() -> Non
     s.observe(0, 0.5)
     with pytest.warns(UserWarning, match=r"or raise check_every to measure less often$") as caught:
         s.observe(1, 0.5)
-    assert caught[0].filename == __file__
+    _points_at_the_caller(caught[0].filename)
