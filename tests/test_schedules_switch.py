@@ -331,3 +331,20 @@ def test_the_stuck_warning_says_what_to_change_and_points_at_the_caller() -> Non
     with pytest.warns(UserWarning, match=r"or raise check_every to measure less often$") as caught:
         s.observe(1, 0.5)
     _points_at_the_caller(caught[0].filename)
+
+
+def test_every_at_steps_and_resolve_schedule_refusals_and_names() -> None:
+    from subspace_optim import AtSteps, Every
+
+    for build, message in [
+        (lambda: Every(0), r"^n must be >= 1"),
+        (lambda: Every(1, start=-1), r"^start must be >= 0"),
+        (lambda: AtSteps([-1]), r"^step must be >= 0"),
+        (lambda: AtSteps([]), r"^AtSteps needs at least one step$"),
+        (lambda: AlignmentSwitch(warn_after=0), r"^warn_after must be >= 1"),
+        (lambda: resolve_schedule("bogus"), r"^unknown refresh schedule 'bogus'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            build()
+    assert repr(resolve_schedule(None)) == repr(resolve_schedule("every")) == "Every(1, start=0)"
+    assert isinstance(resolve_schedule("switch"), AlignmentSwitch)

@@ -615,3 +615,40 @@ def test_scale_blocks_per_block_in_place_with_its_coordinates_and_scales():
         torch.testing.assert_close(params[j].double(), want, rtol=1e-6, atol=1e-6)
         assert params[j].dtype == torch.float32
     torch.testing.assert_close(params[2], theta_old[7:9] + delta[7:9], rtol=0, atol=0)
+
+
+def test_block_statistics_at_small_and_zero_scales():
+    """Norms below 1 still give ratios; a zero gradient or update gives NaN, not None."""
+    from subspace_optim.optim._blockwise import BlockCoords, block_statistics
+    from subspace_optim.optim._update import step_statistics
+
+    U = torch.tensor([[1.0], [0.0], [0.0]], dtype=torch.float64)
+    basis = BlockBasis([0], [3], [U])
+    g = torch.tensor([0.02, 0.01, 0.03], dtype=torch.float64)
+    delta = -0.1 * g
+    got = block_statistics(basis, BlockCoords([U.T @ delta], [(1.0, 1.0)]), delta, g)
+    want = step_statistics(U, delta, delta, g, None)
+    for key in ("grad_alignment", "update_alignment", "eta_dom", "eta_bulk", "sq_bulk"):
+        assert got[key] == pytest.approx(want[key], rel=1e-12), key
+    zero = torch.zeros(3, dtype=torch.float64)
+    z = block_statistics(basis, BlockCoords([U.T @ zero], [(1.0, 1.0)]), zero, zero)
+    assert math.isnan(z["grad_alignment"]) and math.isnan(z["update_alignment"])
+
+
+def test_gram_directions_of_no_rows_and_in_the_rows_dtype():
+    assert gram_directions(torch.zeros(0, 4), 1, center=False) is None
+    rows = torch.randn(3, 5, generator=torch.Generator().manual_seed(0))
+    d = gram_directions(rows, 2, center=False)
+    assert d.basis.dtype == d.singular_values.dtype == torch.float32
+
+
+def test_delta_of_writes_each_slice_without_resizing():
+    import warnings
+
+    from subspace_optim.optim._blockwise import delta_of
+
+    params = [torch.ones(2), torch.full((3,), 2.0)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = delta_of(params, torch.zeros(5))
+    assert out.tolist() == [1.0, 1.0, 2.0, 2.0, 2.0]

@@ -139,3 +139,10 @@ def test_an_angle_near_a_right_angle_comes_from_the_cosine():
     w = math.sin(gap) * e[0] + math.cos(gap) * e[1]  # angle π/2 − gap from e0
     angle = principal_angles(e[:, :1], w.unsqueeze(1))
     assert abs((math.pi / 2 - float(angle[0])) - gap) < 1e-15
+
+
+def test_a_kept_column_keeps_its_direction_when_a_weak_one_comes_first():
+    V = torch.zeros(4, 2, dtype=torch.float64)
+    V[2, 1] = 3.0  # column 0 is zero (weak), column 1 is e2
+    Q = orthonormalize(V, generator=torch.Generator().manual_seed(0))
+    assert abs(abs(float(Q[2, 1])) - 1.0) < 1e-12

@@ -12,6 +12,7 @@ from subspace_optim.optim._config import resolve_mode
 from subspace_optim.optim._update import (
     MODE_SCALES,
     dominant_part,
+    effective_rates,
     moved_eigenvalue,
     plan_update,
     project_gradient,
@@ -218,3 +219,25 @@ def test_step_statistics_of_a_small_gradient_are_ratios_not_nan():
     s = step_statistics(U, -0.1 * g, -0.1 * g, g, None)
     assert s["grad_alignment"] == pytest.approx(0.02 / math.hypot(0.02, 0.01), rel=1e-12)
     assert math.isnan(step_statistics(U, -0.1 * g, -0.1 * g, 0 * g, None)["grad_alignment"])
+
+
+def test_effective_rates_of_a_small_gradient():
+    """Squared norms below 1 still give rates (only zero ones give NaN)."""
+    r = effective_rates(0.02, 0.03, 0.5, 0.25)
+    assert (r["eta_dom"], r["eta_bulk"]) == (0.02 / 0.5, 0.03 / 0.25)
+
+
+@pytest.mark.parametrize("scales", [[(2.0, 1.0), (1.0, 2.0), (1.0, 1.0)]])
+def test_plan_blockwise_pairs_next_to_the_identity(scales):
+    from subspace_optim.optim._update import plan_blockwise
+
+    U, delta = _basis(9, 2), _vec(9, 4)
+    dom = dominant_part(U, delta)
+    plan = plan_blockwise(delta, dom, [2, 3, 4], scales)
+    want = torch.cat(
+        [
+            a * dom[s] + b * (delta[s] - dom[s])
+            for s, (a, b) in zip([slice(0, 2), slice(2, 5), slice(5, 9)], scales)
+        ]
+    )
+    torch.testing.assert_close(plan.delta, want, rtol=1e-12, atol=1e-14)
