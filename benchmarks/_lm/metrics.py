@@ -183,9 +183,9 @@ def _how(row: dict[str, Any], tuned: str, target: float) -> str:
         )
     fast = row["time_ratio"] <= SPEEDUP_TARGET
     return (
-        f"reaches the tuned AdamW's ({tuned}) final validation loss {target:.4f} in "
-        f"{row['time_ratio']:.2f}× its training time ({'within' if fast else 'over'} the "
-        f"{SPEEDUP_TARGET:g}× target)"
+        f"reaches the tuned AdamW's ({tuned}) final validation loss {target:.4f} at step "
+        f"{row['steps_to_target']:.0f}, in {row['time_ratio']:.2f}× its training time "
+        f"({'within' if fast else 'over'} the {SPEEDUP_TARGET:g}× target)"
     )
 
 

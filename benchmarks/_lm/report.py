@@ -207,6 +207,11 @@ TIMED = (
 )
 
 
+def _timing_load(timed: dict[str, Any]) -> str:
+    load = timed.get("load_average_at_end")
+    return f" Load average after the timing: {load[0]:.1f} (1 min)." if load else ""
+
+
 def markdown(results: dict[str, Any], analysis: dict[str, Any]) -> str:
     m = results["machine"]
     lines = ["# Language-model speed-up study (issue 23)", "", _what(results), ""]
@@ -219,8 +224,9 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any]) -> str:
     if analysis["main"]:
         s = analysis["main"]
         lines += ["## Arms", "", arm_list(results), "", "## Results", ""]
+        timed = results.get("timing")
         how = (
-            TIMED.format(**results["timing"]) if results.get("timing") else
+            TIMED.format(**timed) + _timing_load(timed) if timed else
             "× by median step: steps to target × median ms per step, over the same for the "
             "tuned AdamW (less sensitive to other processes' load than the measured seconds)."
         )  # fmt: skip
@@ -321,6 +327,40 @@ def _figure(
     return path
 
 
+def _zoom(
+    path: Path, runs: list[dict[str, Any]], arms_: list[dict[str, Any]], analysis: dict[str, Any]
+) -> Path:
+    """The second half of training for the arms the verdict compares: the tuned AdamW, the
+    best subspace arm, the best of each control, and Bulk."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = analysis["verdict"]
+    keep = {analysis["main"]["tuned"], v.get("best"), "bulk", *v.get("controls", {}).values()}
+    chosen = [a for a in arms_ if a["name"] in keep]
+    half = [r for r in runs if r["arm"] in keep]
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.6), sharey=True)
+    _plot_curves(a1, a2, half, chosen)
+    steps = max(r["eval_steps"][-1] for r in half)
+    tail = [x for r in half for i, x in enumerate(r["val_loss"]) if r["eval_steps"][i] >= steps / 2]
+    for ax, xl in ((a1, "training step"), (a2, "training seconds (equal-load clock)")):
+        ax.axhline(analysis["main"]["target"], color="k", lw=0.8, alpha=0.6)
+        ax.set_xlabel(xl)
+        ax.grid(alpha=0.3)
+    a1.set_xlim(steps / 2, steps * 1.02)
+    a2.set_xlim(0.45 * max(max(r["train_seconds"]) for r in half), None)
+    a1.set_ylim(min(tail) - 0.01, max(tail) + 0.01)
+    a1.set_ylabel("validation loss, mean ± std over seeds")
+    fig.suptitle("Second half of training: the arms the verdict compares (black: the target)")
+    a2.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def plot(results: dict[str, Any], analysis: dict[str, Any], fig_dir: Path) -> list[Path]:
     """Validation loss vs steps and vs seconds, one line per arm (solid: AdamW sweep,
     dashed: subspace arms, dotted: controls; the black line is the target)."""
@@ -331,6 +371,8 @@ def plot(results: dict[str, Any], analysis: dict[str, Any], fig_dir: Path) -> li
         target = analysis["main"]["target"]
         title = "Character GPT: validation loss (black line: the tuned AdamW's final loss)"
         paths.append(_figure(fig_dir / "val_loss.png", title, runs, results["arms"], target))
+        if analysis["verdict"].get("best"):
+            paths.append(_zoom(fig_dir / "val_loss_zoom.png", runs, results["arms"], analysis))
     if results.get("oracle"):
         o = results["oracle"]
         arms_ = [dict(a, family="adamw" if a["kind"] == "adamw" else "source") for a in o["arms"]]
