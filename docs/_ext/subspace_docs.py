@@ -58,6 +58,7 @@ GENERATED_PAGES: tuple[str, ...] = (
 GALLERY_ORDER: tuple[str, ...] = (
     "wrap_sgd.py",
     "dom_bulk_adam.py",
+    "train_char_gpt.py",
     "sharpness_monitor.py",
     "custom_eigensolver.py",
     "own_model_experiments.py",
