@@ -652,3 +652,14 @@ def test_delta_of_writes_each_slice_without_resizing():
         warnings.simplefilter("error")
         out = delta_of(params, torch.zeros(5))
     assert out.tolist() == [1.0, 1.0, 2.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_a_half_precision_sketch_is_shrunk_in_float32(dtype):
+    """The shrink of a half-precision sketch is the float32 shrink of the same numbers,
+    rounded once at the end (no Gram matrix or eigenvectors in half precision)."""
+    g = torch.Generator().manual_seed(2)
+    B = (torch.randn(6, 40, generator=g) * torch.linspace(3, 0.1, 40)).to(dtype)
+    got = frequent_directions_shrink(B, decay=0.9)
+    want = frequent_directions_shrink(B.float(), decay=0.9).to(dtype)
+    assert got.dtype == dtype and torch.equal(got, want)
