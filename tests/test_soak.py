@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 
 import pytest
-from scenarios import soak
+from scenarios import soak, soak_resumed
 
 
 def _check_flat(outcome, *, max_time_ratio):
@@ -54,3 +54,24 @@ def test_soak_2000_steps_refresh_every_step():
     cpu = outcome.step_cpu_ms
     half = len(cpu) // 2
     assert statistics.median(cpu[half:]) <= 1.5 * statistics.median(cpu[1:half]), cpu
+
+
+def test_soak_resumed_in_new_processes_with_faults():
+    """Three segments of 20 steps, each in a fresh process that loads the previous one's
+    checkpoint; every 5th Hessian product is NaN and the loss raises once inside a refresh."""
+    outcome = soak_resumed(
+        60, segments=3, windows_per_segment=1, problem="tiny", nan_every=5, raise_at=25
+    )
+    assert (outcome.steps, outcome.segments, outcome.resumes) == (60, 3, 2)
+    assert outcome.params_finite
+    assert outcome.loss_last < outcome.loss_first
+    # one block product per step: 12 of the 60 are NaN, each a fault the wrapper handled
+    assert outcome.injected["nan_products"] == 12
+    assert outcome.counters["faults"] == 12
+    assert outcome.counters["refreshes"] == 60  # counters carried across the resumes
+    assert outcome.counters["skipped_steps"] == 0
+    assert outcome.injected["loss_raises"] == 1
+    assert outcome.injected["raises_propagated"] == 1
+    assert outcome.injected["params_untouched_after_raise"] == 1
+    assert set(outcome.graph_tensors) == {0}
+    assert max(outcome.tensors) - min(outcome.tensors) <= 10, outcome.tensors

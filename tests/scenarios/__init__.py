@@ -23,8 +23,9 @@ from .longrun import (
     resume_check,
     setup_factory,
     soak,
+    soak_resumed,
 )
-from .problem import checkpoint_bytes, load_bytes, mse, tiny_problem, train
+from .problem import checkpoint_bytes, digits_problem, load_bytes, mse, tiny_problem, train
 
 __all__ = [
     "BAD_INPUTS",
@@ -39,6 +40,7 @@ __all__ = [
     "SoakOutcome",
     "Trial",
     "checkpoint_bytes",
+    "digits_problem",
     "load_bytes",
     "mse",
     "resume_check",
@@ -46,6 +48,7 @@ __all__ = [
     "run_fault",
     "setup_factory",
     "soak",
+    "soak_resumed",
     "tiny_problem",
     "train",
 ]

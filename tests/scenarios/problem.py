@@ -89,3 +89,29 @@ def checkpoint_bytes(obj: Any) -> bytes:
 def load_bytes(blob: bytes) -> Any:
     """``torch.load(..., weights_only=True)`` from :func:`checkpoint_bytes`."""
     return torch.load(io.BytesIO(blob), weights_only=True)
+
+
+def half_mse(out: Tensor, y: Tensor) -> Tensor:
+    """Half the squared error summed over outputs, averaged over examples."""
+    return 0.5 * ((out - y) ** 2).sum(dim=1).mean()
+
+
+def digits_problem(
+    seed: int = 0, *, examples: int = 1000
+) -> tuple[nn.Module, Callable[[Tensor, Tensor], Tensor], tuple[Tensor, Tensor]]:
+    """``(model, half_mse, (X, Y))``: the digits MLP of ``subspace-optim reproduce`` and the
+    reliability report, 64-64-64-10 with tanh (9,610 parameters, float32), on the first
+    ``examples`` scikit-learn digits, standardized, one-hot targets. The initialization is
+    drawn under a forked RNG seeded with ``seed`` (the global RNG is left as it was)."""
+    from sklearn.datasets import load_digits
+
+    X, y = load_digits(return_X_y=True)
+    Xt = torch.tensor(X[:examples], dtype=torch.float32)
+    Xt = (Xt - Xt.mean(0)) / Xt.std(0).clamp_min(1e-6)
+    Yt = nn.functional.one_hot(torch.tensor(y[:examples]), 10).float()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = nn.Sequential(
+            nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10)
+        )
+    return model, half_mse, (Xt, Yt)
