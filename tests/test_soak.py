@@ -2,7 +2,8 @@
 autograd graphs and step time flat.
 
 The default run soaks 160 steps; the 2,000-step soak is marked ``slow``
-(``pytest -m slow tests/test_soak.py``).
+(``pytest -m slow tests/test_soak.py``). The resumed soak (segments in fresh processes,
+faults injected) runs 3 segments of 20 steps here; the reliability report runs 5,000 steps.
 """
 
 from __future__ import annotations
