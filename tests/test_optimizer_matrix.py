@@ -402,7 +402,10 @@ def _unchanged(model, opt, snap):
         for a, b in zip(s1.values(), s2.values())
     )
     return (
-        torch.equal(flat(model), theta) and same_state and opt.subspace.step == t and (opt.basis is basis)
+        torch.equal(flat(model), theta)
+        and same_state
+        and opt.subspace.step == t
+        and (opt.basis is basis)
     )
 
 
