@@ -51,8 +51,6 @@ def equal_load(runs: list[dict[str, Any]], timing: dict[str, Any] | None) -> lis
             "train_seconds": [n * t["step_ms"] / 1000 for n in r["eval_steps"]],
             "step_ms": t["step_ms"],
             "opt_step_ms": t["opt_step_ms"],
-            "step_ms_median": t["step_ms"],
-            "opt_step_ms_median": t["opt_step_ms"],
         })  # fmt: skip
     return out
 
@@ -83,8 +81,6 @@ def summarize(runs: list[dict[str, Any]], target: float | None) -> dict[str, Any
         "diverged": sum(bool(r["diverged"]) for r in runs),
         "step_ms": _mean([r["step_ms"] for r in runs]),
         "opt_step_ms": _mean([r["opt_step_ms"] for r in runs]),
-        "step_ms_median": _mean([r.get("step_ms_median", math.nan) for r in runs]),
-        "opt_step_ms_median": _mean([r.get("opt_step_ms_median", math.nan) for r in runs]),
         "steps_to_target": None,
         "seconds_to_target": None,
     }
@@ -98,16 +94,6 @@ def summarize(runs: list[dict[str, Any]], target: float | None) -> dict[str, Any
                 measured["seconds"], measured["val_mean"], target
             )
     return row
-
-
-def _median_ratio(row: dict[str, Any], base: dict[str, Any]) -> float | None:
-    """Steps to target × median ms per step, over the same for the tuned AdamW: the time
-    ratio with the other processes' spikes left out (a check on a loaded machine)."""
-    n, n0 = row["steps_to_target"], base.get("steps_to_target")
-    if n is None or not n0:
-        return None
-    ratio = (n * row["step_ms_median"]) / (n0 * base["step_ms_median"])
-    return ratio if math.isfinite(ratio) else None
 
 
 def tuned_baseline(rows: dict[str, dict[str, Any]], families: dict[str, str]) -> str | None:
@@ -132,7 +118,6 @@ def summarize_all(runs: list[dict[str, Any]], families: dict[str, str]) -> dict[
     for row in rows.values():
         t, t0 = row["seconds_to_target"], base.get("seconds_to_target")
         row["time_ratio"] = t / t0 if t is not None and t0 else None
-        row["median_time_ratio"] = _median_ratio(row, base)
         m, m0 = row["measured_seconds_to_target"], base.get("measured_seconds_to_target")
         row["measured_time_ratio"] = m / m0 if m is not None and m0 else None
         # the optimizer's extra time per step, and that as a share of a plain AdamW step

@@ -51,36 +51,6 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _pair(a: float, b: float, spec: str) -> str:
-    return f"{_f(a, spec)} ({_f(b, spec)})"
-
-
-def main_table(results: dict[str, Any], analysis: dict[str, Any]) -> str:
-    if results.get("timing"):
-        return timed_table(results, analysis)
-    s = analysis["main"]
-    header = ["arm", "final val loss", "steps to target", "s to target", "× tuned AdamW's time",
-              "× by median step",
-              "ms / step, mean (median)", "opt.step ms, mean (median)",
-              "opt.step − AdamW's: ms (% of an AdamW step)", "diverged"]  # fmt: skip
-    rows = []
-    for a in results["arms"]:
-        r = s["rows"].get(a["name"])
-        if r is None:
-            continue
-        extra = r["opt_overhead_ms"]
-        rows.append([
-            f"`{a['name']}`" + (" (tuned)" if a["name"] == s["tuned"] else ""),
-            f"{_f(r['final_mean'])} ± {_f(r['final_std'])}",
-            _f(r["steps_to_target"], ".0f"), _f(r["seconds_to_target"], ".1f"),
-            _f(r["time_ratio"], ".2f", "—"), _f(r.get("median_time_ratio"), ".2f", "—"), _pair(r["step_ms"], r["step_ms_median"], ".1f"),
-            _pair(r["opt_step_ms"], r["opt_step_ms_median"], ".2f"),
-            "—" if extra is None else f"{extra:+.2f} ({100 * r['opt_overhead_frac']:+.1f} %)",
-            f"{r['diverged']}/{r['seeds']}",
-        ])  # fmt: skip
-    return markdown_table(header, rows)
-
-
 def _source_mean(runs: list[dict[str, Any]], key: str) -> float:
     return sum(r["source"].get(key, math.nan) for r in runs) / len(runs)
 
@@ -168,7 +138,7 @@ def _what(results: dict[str, Any]) -> str:
     )
 
 
-def timed_table(results: dict[str, Any], analysis: dict[str, Any]) -> str:
+def main_table(results: dict[str, Any], analysis: dict[str, Any]) -> str:
     """The main table on the equal-load clock (side-by-side step timing), with the clock
     the runs measured beside it."""
     s = analysis["main"]
@@ -224,12 +194,7 @@ def markdown(results: dict[str, Any], analysis: dict[str, Any]) -> str:
     if analysis["main"]:
         s = analysis["main"]
         lines += ["## Arms", "", arm_list(results), "", "## Results", ""]
-        timed = results.get("timing")
-        how = (
-            TIMED.format(**timed) + _timing_load(timed) if timed else
-            "× by median step: steps to target × median ms per step, over the same for the "
-            "tuned AdamW (less sensitive to other processes' load than the measured seconds)."
-        )  # fmt: skip
+        how = TIMED.format(**results["timing"]) + _timing_load(results["timing"])
         lines += [
             f"Target: the tuned AdamW's (`{s['tuned']}`) mean final validation loss "
             f"{_f(s['target'])}. Steps and seconds to it are read off the mean curve over seeds "
