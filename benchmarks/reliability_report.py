@@ -65,6 +65,34 @@ def determinism(steps: int = 6) -> list[dict]:
     return rows
 
 
+#: the largest parameter difference accepted between accumulated and whole-batch steps
+ACCUMULATION_TOL = 1e-13
+
+
+def accumulation() -> list[dict]:
+    """Four accumulated micro-batches, then one ``step()``, against one step on the whole
+    batch, 3 steps, for every family and mode of ``tests/test_grad_accumulation.py`` (its
+    own functions: the same runs the test asserts on)."""
+    import test_grad_accumulation as acc
+    from test_optimizer_matrix import INFOS
+
+    rows = []
+    for info in INFOS:
+        for mode in acc.MODES:
+            ref, _ = acc.run(info, mode, acc.whole)
+            got, opt = acc.run(info, mode, acc.accumulate)
+            diff = max(float((a - b).abs().max()) for a, b in zip(got, ref))
+            rows.append(
+                {
+                    "family": info.name,
+                    "mode": str(mode),
+                    "max_abs_diff": diff,
+                    "refreshes": int(opt.counters["refreshes"]),
+                }
+            )
+    return rows
+
+
 def _median_seconds(fn, repeats: int = 3) -> float:
     times = []
     for _ in range(repeats):
@@ -210,6 +238,27 @@ def markdown(report: dict) -> str:
             f"| {r['config']} | {r['steps']} | {r['refreshes']} | "
             f"{'yes' if r['repeat_identical'] else '**no**'} | {same} of {len(r['resume_identical'])} |"
         )
+    if "accumulation" in report:
+        rows = report["accumulation"]
+        worst = max(r["max_abs_diff"] for r in rows)
+        lines += [
+            "",
+            "## Gradient accumulation",
+            "",
+            "Four micro-batches of `loss / 4`, one backward each, then one `step()`, against one",
+            "step on the whole batch of 8, for 3 steps, from the same start, for every optimizer",
+            "family and mode (`tests/test_grad_accumulation.py`'s own runs; float64). The",
+            f"wrapper must step once per `step()`: {len(rows)} runs, the largest parameter",
+            f"difference {worst:.1e} (accepted: {ACCUMULATION_TOL:g}), "
+            f"{sum(r['refreshes'] == 3 for r in rows)} of {len(rows)} with exactly one refresh "
+            "per step.",
+            "",
+            "| family | " + " | ".join(dict.fromkeys(r["mode"] for r in rows)) + " |",
+            "|---|" + "---|" * len(dict.fromkeys(r["mode"] for r in rows)),
+        ]
+        for family in dict.fromkeys(r["family"] for r in rows):
+            cells = [f"{r['max_abs_diff']:.1e}" for r in rows if r["family"] == family]
+            lines.append(f"| {family} | " + " | ".join(cells) + " |")
     if "self_check" in report:
         lines += [
             "",
@@ -349,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
             out = asdict(run_fault(case, args.fault_steps))
             faults.append({**out, "injection": case.injection, "policy": case.policy})
         det = determinism()
+        accumulated = accumulation()
         soaked = asdict(soak_resumed(args.soak_steps, segments=args.soak_segments))
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -367,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         "bad_inputs": bad,
         "faults": faults,
         "determinism": det,
+        "accumulation": accumulated,
         "soak": soaked,
         "self_check": checks,
     }
@@ -383,6 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     ]
     failed += [r["name"] for r in faults if not r["params_finite"]]
     failed += [r["config"] for r in det if not r["ok"]]
+    failed += [
+        f"accumulation {r['family']} {r['mode']}"
+        for r in accumulated
+        if r["max_abs_diff"] > ACCUMULATION_TOL or r["refreshes"] != 3
+    ]
     sk = report["soak"]
     if not (
         sk["params_finite"]
