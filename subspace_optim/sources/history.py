@@ -3,6 +3,7 @@ few updates (the subspace estimator of BSFA, Zhou et al., EMNLP 2025)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor
@@ -94,9 +95,7 @@ class UpdateHistory(OnlineSource):
         self._next = 0  # the history row the next update goes to
 
     def _check_block(self, shape: tuple[int, ...], k: int) -> None:
-        size = 1
-        for d in shape:
-            size *= d
+        size = math.prod(shape)
         if k >= size or self.window > size:
             raise ValueError(
                 f"a parameter of shape {shape} has {size} entries, too few for k={k} "

@@ -3,6 +3,7 @@ covariance, streamed through a Frequent Directions sketch."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from torch import Tensor
@@ -78,9 +79,7 @@ class GradientSketch(OnlineSource):
         self._used = 0  # filled rows of every sketch
 
     def _check_block(self, shape: tuple[int, ...], k: int) -> None:
-        size = 1
-        for d in shape:
-            size *= d
+        size = math.prod(shape)
         if k >= self.sketch or self.sketch > size:
             raise ValueError(
                 f"a parameter of shape {shape} has {size} entries, too few for a sketch of "
