@@ -20,11 +20,9 @@ pytest.importorskip("sklearn")
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("projected_training"), importlib.import_module("hvp")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return importlib.import_module("benchmarks.projected_training.run"), importlib.import_module(
+        "benchmarks.hvp.run"
+    )
 
 
 def test_projected_training_quick(bench, tmp_path):
@@ -42,7 +40,7 @@ def test_projected_training_quick(bench, tmp_path):
         ]
     )
     saved = json.loads((tmp_path / "projected_training.json").read_text())
-    assert saved["command"].startswith("python benchmarks/projected_training.py")
+    assert saved["command"].startswith("python -m benchmarks.projected_training")
     assert saved["machine"]["device"] == "cpu" and saved["machine"]["description"]
     assert [b["setup"] for b in saved["setups"]] == ["mlp", "cnn"]
     for block in results["setups"]:
@@ -88,11 +86,11 @@ def test_hvp_quick(bench, tmp_path):
 
 
 def test_cnn_setup_shape(bench):
-    pt, _ = bench
-    s = pt.make_setup("cnn", examples=20)
+    setups = importlib.import_module("benchmarks.projected_training.setups")
+    s = setups.make_setup("cnn", examples=20)
     assert sum(p.numel() for p in s.model.parameters()) == 1898
     assert s.model(s.X).shape == (20, 10)
-    again = pt.make_setup("cnn", examples=20)
+    again = setups.make_setup("cnn", examples=20)
     assert all(torch.equal(a, b) for a, b in zip(s.model.parameters(), again.model.parameters()))
 
 
@@ -138,7 +136,7 @@ def test_blas_interference_quick(bench, tmp_path):
     import scipy.sparse.linalg  # noqa: F401  (its BLAS is loaded before the count below)
 
     before = [i["num_threads"] for i in threadpoolctl.threadpool_info()]
-    mod = importlib.import_module("blas_interference")
+    mod = importlib.import_module("benchmarks.blas_interference.run")
     results = mod.main(["--quick", "--out", str(tmp_path)])
     phases = {r["phase"] for r in results["rows"]}
     assert len(phases) == 3

@@ -16,8 +16,8 @@ which is computed at every step in float64 (:class:`~subspace_optim.Lanczos`, ``
 Counts, not times: ``cpu_s`` is the process CPU time of the whole replay, for orientation
 only. Run (about 5 minutes on one core)::
 
-    python benchmarks/refresh_analysis.py            # writes benchmarks/results/refresh_analysis.json
-    python benchmarks/refresh_analysis.py --steps 30 --out /tmp/ra
+    python -m benchmarks.refresh_analysis            # writes benchmarks/results/refresh_analysis.json
+    python -m benchmarks.refresh_analysis --steps 30 --out /tmp/ra
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -33,12 +32,10 @@ from typing import Any
 import torch
 
 import subspace_optim as so
+from benchmarks.harness import RESULTS
+from benchmarks.projected_training.setups import batch_schedule, make_setup, params_of, write_flat
 from subspace_optim._utils import flatten
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import projected_training as pt
-
-RESULTS = Path(__file__).resolve().parent / "results"
 K = 10
 
 
@@ -63,22 +60,22 @@ def strategies() -> list[tuple[str, Any, int]]:
 
 def trajectory(steps: int) -> dict[str, list[torch.Tensor]]:
     """Parameters and exact top-16 eigenpairs (float64) at each of ``steps`` Bulk-SGD steps."""
-    s = pt.make_setup("mlp")
-    params = pt.params_of(s.model)
-    batches = pt.batch_schedule(s.X.shape[0], s.batch, 100 + steps)
+    s = make_setup("mlp")
+    params = params_of(s.model)
+    batches = batch_schedule(s.X.shape[0], s.batch, 100 + steps)
     base = torch.optim.SGD(params, lr=s.lr)
     for idx in batches[:100]:
         base.zero_grad()
         s.loss_fn(s.model(s.X[idx]), s.Y[idx]).backward()
         base.step()
-    s64 = pt.make_setup("mlp", dtype=torch.float64)
-    p64 = pt.params_of(s64.model)
+    s64 = make_setup("mlp", dtype=torch.float64)
+    p64 = params_of(s64.model)
     op64 = so.HessianOperator(s64.model, s64.loss_fn, (s64.X, s64.Y))
     out: dict[str, list[torch.Tensor]] = {"thetas": [], "vals": [], "vecs": []}
     prev = None
     for idx in batches[100:]:
         theta = flatten(p.detach() for p in params).clone()
-        pt.write_flat(p64, theta.double())
+        write_flat(p64, theta.double())
         init = None if prev is None else prev[:, :1]
         exact = so.Lanczos(tol=1e-7, ncv=60).solve(op64, K + 6, init=init)
         prev = exact.eigenvectors
@@ -91,7 +88,7 @@ def trajectory(steps: int) -> dict[str, list[torch.Tensor]]:
         base.step()
         with torch.no_grad():
             delta = flatten(p.detach() for p in params) - theta
-            pt.write_flat(params, theta + delta - U @ (U.T @ delta))
+            write_flat(params, theta + delta - U @ (U.T @ delta))
     return out
 
 
@@ -100,16 +97,16 @@ def sin(U: torch.Tensor, V: torch.Tensor) -> float:
 
 
 def replay(traj: dict[str, list[torch.Tensor]], make: Any, every: int) -> dict[str, Any]:
-    s = pt.make_setup("mlp")
-    params = pt.params_of(s.model)
+    s = make_setup("mlp")
+    params = params_of(s.model)
     op = so.HessianOperator(s.model, s.loss_fn, (s.X, s.Y))
     solver = make()
-    pt.write_flat(params, traj["thetas"][0])
+    write_flat(params, traj["thetas"][0])
     U = solver.solve(op, K).eigenvectors
     matvecs, sins, unconverged = [], [], 0
     c0 = time.process_time()
     for t in range(1, len(traj["thetas"])):
-        pt.write_flat(params, traj["thetas"][t])
+        write_flat(params, traj["thetas"][t])
         if t % every == 0:
             res = solver.solve(op, K, init=U)
             U = res.eigenvectors

@@ -3,7 +3,7 @@
 The paper protocol's rows call scipy ``eigsh`` (ARPACK), whose BLAS is OpenBLAS. After each
 call OpenBLAS's worker threads keep spinning for a while; on a small CPU they take the
 cores from torch's threads in whatever runs next. This script runs the same rows as
-``benchmarks/projected_training.py`` (digits MLP, from the same step-100 snapshot, lockstep
+``benchmarks/projected_training/`` (digits MLP, from the same step-100 snapshot, lockstep
 with a rotating order), with the library default twice (two identical rows), in three
 phases in one process:
 
@@ -13,37 +13,34 @@ phases in one process:
 
 Run (about a minute on a 2-core CPU)::
 
-    OMP_NUM_THREADS=2 python benchmarks/blas_interference.py --docs docs/performance.md
+    OMP_NUM_THREADS=2 python -m benchmarks.blas_interference --docs docs/performance.md
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from projected_training import (
+from benchmarks.harness import (
     RESULTS,
-    Run,
-    RunSpec,
-    batch_schedule,
+    command_line,
     limit_blas_threads,
+    load_average,
     machine_info,
     machine_line,
-    make_setup,
     markdown_table,
     output_dir,
-    params_of,
     restore_blas_threads,
-    save_results,
+    rotated,
 )
+from benchmarks.performance_page import save_results, write_performance_doc
+from benchmarks.projected_training.runs import Run, RunSpec
+from benchmarks.projected_training.setups import batch_schedule, make_setup, sgd_steps
 
 ROWS = [
     RunSpec("SGD", "sgd"),
@@ -59,8 +56,7 @@ def phase(label: str, specs: list[RunSpec], snapshot: Any, batches: list, skip: 
     device = torch.device("cpu")
     runs = [Run(spec, snapshot, device) for spec in specs]
     for t, idx in enumerate(batches):
-        shift = t % len(runs)
-        for run in runs[shift:] + runs[:shift]:
+        for run in rotated(runs, t):
             run.step(t, idx, False)
     out = []
     for run in runs:
@@ -108,7 +104,7 @@ def to_markdown(results: dict[str, Any]) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--quick", action="store_true", help="100 examples, switch at 4, 2 steps")
@@ -120,19 +116,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         help="default: benchmarks/results; with --quick a new temporary folder",
     )
     p.add_argument("--docs", type=Path, default=None)
+    p.add_argument(
+        "--render", action="store_true", help="only rewrite the markdown from the saved JSON"
+    )
     args = p.parse_args(argv)
     args.out = output_dir(args.out, args.quick, RESULTS, "blas_interference")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    if args.render:
+        results = json.loads((args.out / "blas_interference.json").read_text())
+        (args.out / "blas_interference.md").write_text(to_markdown(results))
+        if args.docs is not None:
+            write_performance_doc(args.out, args.docs)
+        return results
     switch, examples = 100, 1000
     if args.quick:
         switch, examples, args.steps, args.skip = 4, 100, 2, 0
     machine = machine_info(torch.device("cpu"))
     s = make_setup("mlp", examples=examples)
     batches = batch_schedule(s.X.shape[0], s.batch, switch + args.steps)
-    base = torch.optim.SGD(params_of(s.model), lr=s.lr)
-    for idx in batches[:switch]:
-        base.zero_grad()
-        s.loss_fn(s.model(s.X[idx]), s.Y[idx]).backward()
-        base.step()
+    sgd_steps(s, batches[:switch])
     after = batches[switch:]
     alone = [r for r in ROWS if r.kind != "reference"]
     rows = phase("library rows alone", alone, s, after, args.skip)
@@ -142,13 +148,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         rows += phase("paper protocol beside, BLAS capped at 1", ROWS, s, after, args.skip)
     finally:
         restore_blas_threads()
-    command = "python benchmarks/blas_interference.py " + " ".join(
-        sys.argv[1:] if argv is None else argv
-    )
-    machine["load_average_at_end"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    machine["load_average_at_end"] = load_average()
     results = {
         "machine": machine,
-        "command": command.strip(),
+        "command": command_line("blas_interference", argv),
         "steps": args.steps,
         "skip": args.skip,
         "switch": switch,

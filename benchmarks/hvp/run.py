@@ -36,17 +36,15 @@ Rows:
 
 Run::
 
-    OMP_NUM_THREADS=2 python benchmarks/hvp.py            # full (a few minutes)
-    python benchmarks/hvp.py --quick --out /tmp/hvp        # smoke test
+    OMP_NUM_THREADS=2 python -m benchmarks.hvp            # full (a few minutes)
+    python -m benchmarks.hvp --quick --out /tmp/hvp        # smoke test
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,19 +54,18 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from projected_training import (
+from benchmarks.harness import (
     RESULTS,
+    command_line,
+    load_average,
     machine_info,
     machine_line,
-    make_setup,
     markdown_table,
     output_dir,
-    save_results,
     synchronize,
 )
-
+from benchmarks.performance_page import save_results
+from benchmarks.projected_training.setups import make_setup
 from subspace_optim import GGNOperator, GradientCovarianceOperator, HessianOperator
 from subspace_optim._utils import block_to_columns, flatten, unflatten
 
@@ -371,7 +368,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
-    command = "python benchmarks/hvp.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = command_line("hvp", argv)
     suffix = "" if args.device == "cpu" else f"_{torch.device(args.device).type}"
     if args.render:  # only the markdown, from the saved JSON
         results = json.loads((args.out / f"hvp{suffix}.json").read_text())
@@ -379,10 +376,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         save_results(args.out, f"hvp{suffix}", {}, md, args.docs)
         return results
     results = run(args)
-    results["command"] = command.strip()
-    results["machine"]["load_average_at_end"] = (
-        os.getloadavg() if hasattr(os, "getloadavg") else None
-    )
+    results["command"] = command
+    results["machine"]["load_average_at_end"] = load_average()
     md = to_markdown(results, results["command"])
     save_results(args.out, f"hvp{suffix}", results, md, args.docs)
     return results
