@@ -97,11 +97,9 @@ def test_cnn_setup_shape(bench):
 def test_eigensolvers_quick(tmp_path):
     """The eigensolver benchmark's quick mode: our rows carry every field and meet the residual
     target in the float64 check; anchors are run where importable, else recorded as not run."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        eig = importlib.import_module("eigensolvers")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    eig = importlib.import_module("benchmarks.eigensolvers.run")
+    from benchmarks.eigensolvers.problems import TOL, K
+
     results = eig.main(
         ["--quick", "--out", str(tmp_path), "--docs", str(tmp_path / "eig.md")], say=lambda _: None
     )
@@ -112,12 +110,12 @@ def test_eigensolvers_quick(tmp_path):
     names = {r["solver"] for r in ours}
     assert {"Lanczos", "LOBPCG", "PowerIteration (block)", "scipy eigsh (adapter)"} <= names
     for r in ours:
-        assert r["run"] and r["returned"] == eig.K and r["matvecs"] >= eig.K, r
+        assert r["run"] and r["returned"] == K and r["matvecs"] >= K, r
         assert r["seconds"] > 0 and 0 <= r["sin_theta"] <= 1
         assert math.isfinite(r["max_rel_residual"]) and math.isfinite(r["max_eig_error"])
         # a solver that claims convergence at tol meets it in the float64 check too (float32
         # products leave a little slack)
-        tol = 3e-3 if "tol=0.003" in r["solver"] else eig.TOL
+        tol = 3e-3 if "tol=0.003" in r["solver"] else TOL
         if r["converged"]:
             assert r["max_rel_residual"] <= 1.5 * tol, r
     for r in results["rows"]:
@@ -127,7 +125,11 @@ def test_eigensolvers_quick(tmp_path):
     assert summary["best_cold"]["solver"] in {"Lanczos", "LOBPCG", "PowerIteration (block)"}
     assert {"a", "c"} <= set(summary) and summary["c"]["ratio"] > 0
     md = (tmp_path / "eig.md").read_text()
-    assert md.startswith("# Eigensolver benchmark") and "benchmarks/eigensolvers.py --quick" in md
+    assert md.startswith("# Eigensolver benchmark") and "-m benchmarks.eigensolvers --quick" in md
+    # the page renders again from its JSON, the same
+    again = tmp_path / "again.md"
+    eig.main(["--quick", "--render", "--out", str(tmp_path), "--docs", str(again)], say=print)
+    assert again.read_text() == md
     assert ("not run" in md) == (not all(s["available"] for s in results["anchors"].values()))
 
 
@@ -210,12 +212,17 @@ def test_paper_scale_quick(tmp_path):
 def test_quick_modes_write_to_a_temporary_folder():
     """Every benchmark's --quick defaults to a fresh temporary folder (never the committed
     benchmarks/results); an explicit --out is kept."""
-    sys.path.insert(0, str(BENCHMARKS))
+    sys.path.insert(0, str(BENCHMARKS))  # paper_scale.py is still a script there
     try:
-        modules = [importlib.import_module(m) for m in ("projected_training", "hvp", "paper_scale")]
-        eig = importlib.import_module("eigensolvers")
+        paper_scale = importlib.import_module("paper_scale")
     finally:
         sys.path.remove(str(BENCHMARKS))
+    modules = [
+        importlib.import_module(f"benchmarks.{m}.run")
+        for m in ("projected_training", "hvp", "blas_interference")
+    ]
+    modules.append(paper_scale)
+    eig = importlib.import_module("benchmarks.eigensolvers.run")
     results = BENCHMARKS / "results"
     for mod in modules:
         assert mod.parse([]).out == results
@@ -223,6 +230,7 @@ def test_quick_modes_write_to_a_temporary_folder():
         assert quick != results and quick.is_dir() and not any(quick.iterdir())
         assert mod.parse(["--quick", "--out", "/tmp/x"]).out == Path("/tmp/x")
     assert eig.parse(["--quick"]).out is None  # resolved in main, by the same helper
-    pt = modules[0]
-    assert pt.output_dir(None, True, results, "t") != results
-    assert pt.output_dir(None, False, results, "t") == results
+    from benchmarks.harness import output_dir
+
+    assert output_dir(None, True, results, "t") != results
+    assert output_dir(None, False, results, "t") == results
