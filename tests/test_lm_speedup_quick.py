@@ -1,4 +1,4 @@
-"""The language-model speed-up study (``benchmarks/lm_speedup.py``, issue 23): its
+"""The language-model speed-up study (``benchmarks/lm_speedup/``, issue 23): its
 ``--quick`` mode runs and writes sane outputs that ``--render`` reproduces, and its verdict
 follows the numbers (a made-up result flips it). No download: without the cached corpus the
 quick run trains on a small text written here."""
@@ -9,25 +9,18 @@ import importlib
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
 import subspace_optim as so
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
 
 @pytest.fixture(scope="module")
 def lm():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        module = importlib.import_module("lm_speedup")
-        module.metrics = importlib.import_module("_lm.metrics")  # what the report computes
-        yield module
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    module = importlib.import_module("benchmarks.lm_speedup.run")
+    module.metrics = importlib.import_module("benchmarks.lm_speedup.metrics")  # the report's
+    return module
 
 
 def small_text(path: Path) -> Path:

