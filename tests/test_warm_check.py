@@ -118,7 +118,7 @@ def test_check_verifies_the_pairs_it_is_given() -> None:
 
 def test_fast_moving_operator_backs_off() -> None:
     """When every check fails (the operator moves a lot at each call), the check is tried
-    at calls 1, 3, 6, 11, 20, ... (skips of 1, 2, 4, 8), so it costs few matvecs."""
+    at calls 1, 2, 4, 7, 12, 21, 30 (skips of 0, 1, 2, 4, 8, 8), so it costs few matvecs."""
     k = 6
     A = operator(k=k)
     warm = WarmRefresh(probes=2)

@@ -55,7 +55,8 @@ class WarmState:
             ``None``: appended to the next warm start.
         kept: the last accepted Ritz values and their residual targets, for the sketched
             check (``None``: nothing to check against; the next call refreshes fully).
-        backoff: refreshes the check will be skipped for after its next failure, halved.
+        backoff: refreshes the check will skip after its next failure (0 until it has
+            failed; doubles with every failure in a row, reset by a pass).
         skip: refreshes left before the check runs again.
     """
 
@@ -102,9 +103,10 @@ class WarmRefresh(Eigensolver):
     and the previous pairs are returned as they are (``num_iterations`` 0, ``message``
     "sketch check"; the residual norms reported are the estimates ``ρ · t_i``). Otherwise
     the full refresh follows, aiming at a quarter of the targets (:data:`CHECK_TIGHTEN`)
-    so that the checks after it have room for the drift. After a failed check the next
-    ``1, 2, 4, …, 8`` refreshes skip the check (:data:`MAX_BACKOFF`), so an operator that
-    moves fast pays almost nothing for it. The check is
+    so that the checks after it have room for the drift. The check runs again at the next
+    call; only when it fails again in a row do the next ``1, 2, 4, …, 8`` refreshes skip it
+    (:data:`MAX_BACKOFF`), so an operator that moves fast pays almost nothing for it, and one
+    that drifts past the margin now and then is checked again right after its refresh. The check is
     attempted when ``init`` has orthonormal columns (to 1e-4); it verifies the pairs
     ``(θ_i, init_i)`` themselves, so a start that is not the previous basis (rotated within
     its span, reordered) simply fails it. The estimate is
@@ -361,8 +363,9 @@ class WarmRefresh(Eigensolver):
         R = op.matmat(X @ Z) - X @ (kept.theta[:, None] * Z)
         rho = float(R.norm()) / math.sqrt(self.probes)
         if not math.isfinite(rho) or rho > CHECK_MARGIN:
+            # skip 0 after a first failure, then 1, 2, 4, ... while it keeps failing
             backoff = min(MAX_BACKOFF, 2 * w.backoff) if w.backoff else 1
-            self.warm_state = dataclasses.replace(w, backoff=backoff, skip=backoff)
+            self.warm_state = dataclasses.replace(w, backoff=backoff, skip=w.backoff)
             return None
         self.warm_state = dataclasses.replace(w, backoff=0)
         out = _common.result(
