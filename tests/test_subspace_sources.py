@@ -1,4 +1,4 @@
-"""The ``--quick`` path of ``benchmarks/subspace_sources.py``: it runs, its outputs parse,
+"""The ``--quick`` path of ``benchmarks/subspace_sources/``: it runs, its outputs parse,
 and the measured fields are sane (angles, costs, the (a, b) rows, the SGD identity)."""
 
 from __future__ import annotations
@@ -6,12 +6,11 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+ROOT = Path(__file__).resolve().parent.parent
 
 pytest.importorskip("sklearn")
 pytest.importorskip("matplotlib")
@@ -20,19 +19,15 @@ pytest.importorskip("matplotlib")
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("subspace_sources")
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        module = importlib.import_module("subspace_sources")
-        results = module.main(["--quick", "--out", str(out), "--docs", str(out / "page.md")])
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    module = importlib.import_module("benchmarks.subspace_sources.run")
+    results = module.main(["--quick", "--out", str(out), "--docs", str(out / "page.md")])
     return module, results, out
 
 
 def test_outputs_written_and_parse(study):
     _, results, out = study
     saved = json.loads((out / "subspace_sources.json").read_text())
-    assert saved["quick"] is True and saved["command"].startswith("python benchmarks/")
+    assert saved["quick"] is True and saved["command"].startswith("python -m benchmarks.")
     assert set(saved["setups"]) == {"mlp", "cnn"} == set(results["summary"])
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert figures == sorted(
@@ -103,11 +98,7 @@ def test_render_reproduces(study, tmp_path):
     module, _, out = study
     before = (out / "subspace_sources.md").read_text()
     (out / "subspace_sources.md").unlink()
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        module.main(["--render", "--out", str(out), "--figures", str(tmp_path)])
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    module.main(["--render", "--out", str(out), "--figures", str(tmp_path)])
     assert (out / "subspace_sources.md").read_text() == before
     assert len(list(tmp_path.glob("*.png"))) == 6
 
@@ -115,11 +106,11 @@ def test_render_reproduces(study, tmp_path):
 def test_quick_never_writes_the_committed_outputs(study):
     module, _, _ = study
     args = module.parse_args(["--quick", "--docs"])
-    assert module.ROOT not in args.out.parents and args.out.is_dir()
+    assert ROOT not in args.out.parents and args.out.is_dir()
     args.out.rmdir()  # the fresh, still empty temporary directory
     for path in (args.docs, args.figures):
         assert args.out in path.parents
     full = module.parse_args(["--docs"])
-    assert full.out == module.ROOT / "benchmarks" / "results"
-    assert full.docs == module.ROOT / "docs" / "subspace_sources.md"
-    assert full.figures == module.ROOT / "docs" / "_static" / "subspace_sources"
+    assert full.out == ROOT / "benchmarks" / "results"
+    assert full.docs == ROOT / "docs" / "subspace_sources.md"
+    assert full.figures == ROOT / "docs" / "_static" / "subspace_sources"

@@ -31,8 +31,8 @@ sweep 50 and 40) keep the run near 10 minutes; it took 12 on a 2-core CPU at loa
 
 Run (the committed results)::
 
-    python benchmarks/subspace_sources.py --threads 1 --docs
-    python benchmarks/subspace_sources.py --quick          # smoke run, seconds
+    python -m benchmarks.subspace_sources --threads 1 --docs
+    python -m benchmarks.subspace_sources --quick          # smoke run, seconds
 """
 
 from __future__ import annotations
@@ -40,10 +40,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
-import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -52,16 +49,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import subspace_sources_docs as docs
-import subspace_sources_report as report
-from projected_training import batch_schedule, compact, machine_info
-
 import subspace_optim as so
+from benchmarks.harness import (
+    DOCS,
+    RESULTS,
+    command_line,
+    compact,
+    load_average,
+    machine_info,
+    output_dir,
+)
+from benchmarks.projected_training.setups import batch_schedule
 from subspace_optim.experiments import cnn, half_sum_mse, load_digits, mlp
 
-ROOT = Path(__file__).resolve().parents[1]
+from . import page as docs
+from . import report
+from .summary import summarize
+
 STEM = "subspace_sources"
 #: the curvatures compared; "fisher" (the uncentred covariance) only in the trajectory
 CURVATURES = ("hessian", "ggn", "covariance")
@@ -336,25 +340,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=None, help="results directory")
     p.add_argument("--figures", type=Path, default=None, help="figure directory")
     p.add_argument(
-        "--docs", nargs="?", type=Path, const=ROOT / "docs" / f"{STEM}.md", default=None,
+        "--docs", nargs="?", type=Path, const=DOCS / f"{STEM}.md", default=None,
         help="also write the docs page (default path docs/subspace_sources.md)",
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     p.add_argument("--cnn-examples", type=int, default=None, help="examples for the CNN")
     p.add_argument("--render", action="store_true", help="rewrite outputs from the JSON only")
     args = p.parse_args(argv)
-    if args.out is None:
-        args.out = (
-            Path(tempfile.mkdtemp(prefix="subspace_sources_"))
-            if args.quick
-            else ROOT / "benchmarks" / "results"
-        )
-    if args.quick and args.docs == ROOT / "docs" / f"{STEM}.md":
+    args.out = output_dir(args.out, args.quick, RESULTS, STEM)
+    if args.quick and args.docs == DOCS / f"{STEM}.md":
         args.docs = args.out / f"{STEM}_page.md"  # --quick never touches the committed page
     if args.figures is None:
-        args.figures = (
-            args.out / "figures" if args.quick else ROOT / "docs" / "_static" / "subspace_sources"
-        )
+        args.figures = args.out / "figures" if args.quick else DOCS / "_static" / STEM
     return args
 
 
@@ -366,10 +363,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         threads = torch.get_num_threads()
         torch.set_num_threads(args.threads)
         configs = QUICK if args.quick else FULL
-        command = "python benchmarks/subspace_sources.py " + " ".join(
-            argv if argv is not None else sys.argv[1:]
-        )
-        results = {"command": command.strip(), "quick": args.quick, "setups": {}}
+        command = command_line(STEM, argv)
+        results = {"command": command, "quick": args.quick, "setups": {}}
         results["machine"] = machine_info(torch.device("cpu"))
         t_all = time.perf_counter()
         for name in args.setups:
@@ -378,14 +373,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 cfg.examples = args.cnn_examples
             print(f"{name}: {asdict(cfg)}", flush=True)
             results["setups"][name] = study(cfg)
-        results["machine"]["load_average_at_end"] = (
-            os.getloadavg() if hasattr(os, "getloadavg") else None
-        )
+        results["machine"]["load_average_at_end"] = load_average()
         results["wall_seconds"] = time.perf_counter() - t_all
         torch.set_num_threads(threads)  # main may run inside a test process
         # the outputs are made from what the JSON keeps, so --render reproduces them exactly
         results = compact(results)
-    results["summary"] = {n: report.summarize(b) for n, b in results["setups"].items()}
+    results["summary"] = {n: summarize(b) for n, b in results["setups"].items()}
     if not args.render:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{STEM}.json").write_text(json.dumps(compact(results), default=str))
