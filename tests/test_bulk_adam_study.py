@@ -1,4 +1,4 @@
-"""``benchmarks/bulk_adam_study.py --quick``: it runs on tiny settings into a temporary
+"""``python -m benchmarks.bulk_adam --quick``: it runs on tiny settings into a temporary
 folder, never touches the committed results or page, and what it measures holds: the
 realized Bulk-Adam step is ``(I − P_k)`` of Adam's own step, the instrumented runs retrace
 ``run``'s, and the first-order split adds up. No timing is asserted."""
@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,11 +25,7 @@ IDENTITY_TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def study():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        yield importlib.import_module("bulk_adam_study")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    return importlib.import_module("benchmarks.bulk_adam.run")
 
 
 def _fingerprint() -> dict[str, tuple[float, int] | None]:
@@ -59,7 +54,7 @@ def test_quick_writes_its_results_and_page(quick):
     _, out = quick
     saved = json.loads((out / "bulk_adam_study.json").read_text())
     assert saved["quick"] is True and saved["command"].startswith(
-        "python benchmarks/bulk_adam_study.py --quick"
+        "python -m benchmarks.bulk_adam --quick"
     )
     m = saved["machine"]
     assert m["torch_threads"] >= 1 and m["cpu"] and m["python"] and m["torch"]

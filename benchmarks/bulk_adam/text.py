@@ -1,0 +1,21 @@
+"""How the Bulk-Adam page writes numbers, learning rates, tables and switch reasons."""
+
+from __future__ import annotations
+
+import math
+
+
+def _f(x: float, spec: str = ".2f") -> str:
+    return "—" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def _lr(x: float) -> str:
+    return f"{x:g}"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    return out + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+
+
+REASON = {"threshold": "rule", "forced": "forced", "fixed": "fixed"}
