@@ -33,6 +33,7 @@ from .eigensolvers import (
 from .operators import (
     Curvature,
     CurvatureCheckWarning,
+    DataParallel,
     DenseOperator,
     DistributedCurvatureError,
     DistributedGGNOperator,
@@ -42,6 +43,7 @@ from .operators import (
     GradientCovarianceOperator,
     HessianOperator,
     LinearOperator,
+    OperatorSettings,
 )
 from .optim import (
     SAM,
@@ -78,6 +80,7 @@ __all__ = [
     "CompositeOptimizer",
     "Curvature",
     "CurvatureCheckWarning",
+    "DataParallel",
     "Decision",
     "DenseOperator",
     "DistributedCurvatureError",
@@ -97,6 +100,7 @@ __all__ = [
     "Lanczos",
     "LearningRatePick",
     "LinearOperator",
+    "OperatorSettings",
     "PowerIteration",
     "RefreshCostEstimate",
     "RefreshSchedule",

@@ -280,22 +280,3 @@ def test_bad_block_size_and_budget_are_refused_at_construction(generator):
     with pytest.raises(ValueError, match=r"too small for one column.*lower chunk_size") as info:
         HessianOperator(model, loss_fn, data, memory_budget=100)
     assert "per column" in str(info.value)  # the estimate is in the message
-
-
-def test_the_data_parallel_operator_inherits_its_constructor_and_keeps_its_signature():
-    import inspect
-
-    from subspace_optim import DistributedHessianOperator
-
-    # the constructor is HessianOperator's, not a forwarding copy of it
-    assert "__init__" not in DistributedHessianOperator.__dict__
-    single = list(inspect.signature(HessianOperator).parameters)
-    names = list(inspect.signature(DistributedHessianOperator).parameters)
-    assert names == [*single, "group", "check_consistency"]
-    extra = inspect.signature(DistributedHessianOperator).parameters
-    assert extra["group"].default is None and extra["check_consistency"].default is True
-    assert extra["group"].kind is inspect.Parameter.KEYWORD_ONLY
-    with pytest.raises(RuntimeError, match=r"torch\.distributed is not initialized"):
-        DistributedHessianOperator(
-            nn.Linear(2, 1), nn.MSELoss(), (torch.ones(2, 2), torch.ones(2, 1))
-        )

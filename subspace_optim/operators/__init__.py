@@ -5,7 +5,6 @@ from .base import LinearOperator
 from .covariance import COVARIANCE_METHODS, GradientCovarianceOperator
 from .dense import DenseOperator
 from .distributed import (
-    DataParallel,
     DistributedCurvatureError,
     DistributedGGNOperator,
     DistributedGradientCovarianceOperator,
@@ -14,11 +13,13 @@ from .distributed import (
 from .ggn import GGN_METHODS, SUPPORTED_GGN_LOSSES, GGNOperator
 from .hessian import HVP_METHODS, HessianOperator
 from .protocol import Curvature
+from .settings import PRODUCT_METHODS, DataParallel, OperatorSettings
 
 __all__ = [
     "COVARIANCE_METHODS",
     "GGN_METHODS",
     "HVP_METHODS",
+    "PRODUCT_METHODS",
     "SUPPORTED_GGN_LOSSES",
     "Curvature",
     "CurvatureCheckWarning",
@@ -32,4 +33,5 @@ __all__ = [
     "GradientCovarianceOperator",
     "HessianOperator",
     "LinearOperator",
+    "OperatorSettings",
 ]

@@ -6,29 +6,30 @@ all-reduces both in one flat buffer, and divides by the global count, so the ope
 the mean over the union of the shards, whatever their sizes (uneven and empty shards are
 weighted correctly). Every rank receives the same bits, so eigensolvers run in lockstep on
 all ranks from the same generator seed and end with the same basis;
-:meth:`DataParallel.agree_tensors` then gives every rank rank 0's eigenpairs, which makes
-the agreement bit-for-bit even where ranks would round differently (different CPUs or BLAS
+:meth:`AllReduce.agree_tensors` then gives every rank rank 0's eigenpairs, which makes the
+agreement bit-for-bit even where ranks would round differently (different CPUs or BLAS
 builds).
 
-:class:`DataParallel` is a mixin: ``class DistributedX(DataParallel, X)`` makes the
-single-process operator ``X`` data-parallel. It adds two keywords (``group``,
-``check_consistency``) to ``X``'s constructor without re-declaring it; the class's
-``inspect.signature`` shows ``X``'s arguments followed by these two.
+:class:`AllReduce` is the :class:`~._reduction.Reduction` an operator composes when its
+settings hold a :class:`~subspace_optim.DataParallel`: the operator's own code is the same
+on one process and on a group, and this module is the whole of what a group adds.
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Sequence
-from typing import Any, ClassVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from ._selfcheck import check_locally, check_repeatable
+from ._memory import budget_message
+from ._reduction import Joining, OneProcess, Reduction
+from ._selfcheck import Checkable, check_locally, check_repeatable
+from .settings import DataParallel
 
-__all__ = ["DataParallel", "DistributedCurvatureError"]
+__all__ = ["AllReduce", "DistributedCurvatureError", "reduction_for"]
 
 _DTYPE_CODES = {torch.float16: 1, torch.bfloat16: 2, torch.float32: 3, torch.float64: 4}
 
@@ -94,13 +95,13 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-class DataParallel:
-    """Mixin that makes a curvature operator the mean over every rank's data shard.
+class AllReduce:
+    """The reduction of a data-parallel operator: every sum is one all-reduce over the group.
 
-    Construct the operator on every rank of ``group`` (like DistributedDataParallel), each
-    with its own shard in ``data``. Every product and :meth:`loss_and_grad` is a collective:
-    all ranks must call them in the same order, which they do when they run the same solver
-    and optimizer code (the subspace optimizer does).
+    Built from the operator's :class:`~subspace_optim.DataParallel` setting, once per
+    operator (it keeps the counts of the latest reduction). Every product and gradient is
+    then a collective: all ranks must call them in the same order, which they do when they
+    run the same solver and optimizer code (the subspace optimizer does).
 
     One product is one pass over the local shard followed by **one** all-reduce of a flat
     buffer: the local block, then each rank's example count, failure flag and a checksum
@@ -110,40 +111,23 @@ class DataParallel:
     vectors).
 
     Args:
-        model: the model, as for the single-process operator; it may be wrapped in
-            ``DistributedDataParallel`` (products run on ``model.module``).
-        *args: the single-process operator's other positional arguments (``loss_fn``,
-            ``data``: this rank's shard), passed through unchanged.
-        group: keyword only; the process group (default: the world group of
-            ``torch.distributed``).
-        check_consistency: keyword only; compare a checksum of the input block across
-            ranks at every product (free: it rides in the same all-reduce). Turn off only
-            if the ranks feed deliberately different vectors, which makes the product
-            meaningless.
-        **settings: the single-process operator's keyword arguments, passed through
-            unchanged.
+        parallel: the operator's setting (group and consistency check).
+
+    Attributes:
+        group: the process group (``None``: the world group).
+        check_consistency: whether each product compares a checksum of its input block.
+        rank, world_size, backend: this process's rank in ``group``, the group's size and
+            its backend (set when the operator joins).
+        last_counts: example count of each rank in the latest reduction (index = rank in
+            ``group``).
 
     Raises:
-        RuntimeError: ``torch.distributed`` is not initialized, or the ranks' models differ
-            in size or dtype (checked with one collective at construction).
-        TypeError: ``check_consistency`` is not a bool.
-        ValueError: this process is not a member of ``group``, an NCCL group with
-            parameters on the CPU, ``memory_budget`` passed on some ranks only, or too
-            small for one column on some rank (every rank raises).
+        RuntimeError: ``torch.distributed`` is not initialized.
     """
 
-    _allow_empty_data: ClassVar[bool] = True  # an empty shard is fine: other ranks have data
-    _collective_budget_check: ClassVar[bool] = True  # refused in _handshake, on every rank
-    _collective_self_check: ClassVar[bool] = True  # products are collectives: after _handshake
+    allows_empty_shard = True  # an empty shard is fine: other ranks have data
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *args: Any,
-        group: Any = None,
-        check_consistency: bool = True,
-        **settings: Any,
-    ) -> None:
+    def __init__(self, parallel: DataParallel) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(
                 "torch.distributed is not initialized: call "
@@ -151,63 +135,69 @@ class DataParallel:
                 "the environment for init_method='env://'), or use the single-process "
                 "operator"
             )
-        if not isinstance(check_consistency, bool):
-            raise TypeError(f"check_consistency must be True or False; got {check_consistency!r}")
-        model = _unwrap(model)
-        failure: Exception | None = None
-        try:
-            super().__init__(model, *args, **settings)  # type: ignore[call-arg]
-        except Exception as exc:  # raised on every rank below, never a hang
-            failure = exc
-        _agree_on_construction(failure, group)
-        self.group = group
-        self.rank = dist.get_rank(group)
-        self.world_size = dist.get_world_size(group)
-        if self.rank < 0:
-            raise ValueError("this process is not a member of the given process group")
-        backend = str(dist.get_backend(group)).lower()
-        if backend == "nccl" and self.device.type != "cuda":
-            raise ValueError(
-                "the NCCL backend reduces CUDA tensors only, but the model's parameters are on "
-                f"{self.device}; move the model to this rank's GPU or use the gloo backend"
-            )
-        self.backend = backend
-        self.check_consistency = check_consistency
-        #: example count of each rank in the latest reduction (index = rank in ``group``)
+        self.group = parallel.group
+        self.check_consistency = parallel.check_consistency
+        self.rank = -1
+        self.world_size = 0
+        self.backend = ""
         self.last_counts: list[int] = []
-        self._handshake()
-        if self.check:
-            self._self_check()
-
-    def _self_check(self) -> None:
-        """The construction self-check, collectively: a rank whose first micro-batch fails
-        makes every rank raise (never a hang), then every rank joins the products."""
-        failure: BaseException | None = None
-        try:
-            check_locally(self)  # type: ignore[arg-type]
-        except Exception as exc:
-            failure = exc
-        self._allreduce(None, 0, 0, failure, None)
-        self.last_counts = []
-        check_repeatable(self)  # type: ignore[arg-type]
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # the public signature: the operator's own arguments, then group and check_consistency
-        cls.__signature__ = None if "__init__" in cls.__dict__ else _merged_signature(cls)
+        self.dtype = torch.float64
+        self.device = torch.device("cpu")
 
     # ------------------------------------------------------------------ setup
-    def _handshake(self) -> None:
-        """One collective that refuses mismatched models before any product can hang."""
-        code = _DTYPE_CODES.get(self.dtype, 0)
+    def construct(self, build: Callable[[nn.Module], None], model: nn.Module) -> None:
+        """``build`` the operator on the module under any DDP wrapper; a rank that fails
+        makes every rank raise (one collective, never a hang).
+
+        Raises:
+            Exception: this rank's own construction error, unchanged.
+            DistributedCurvatureError: on the ranks that succeeded, when another failed.
+        """
+        failure: Exception | None = None
+        try:
+            build(_unwrap(model))
+        except Exception as exc:  # raised on every rank below, never a hang
+            failure = exc
+        _agree_on_construction(failure, self.group)
+
+    def join(self, op: Joining) -> int | None:
+        """Learn this rank's place in the group, then one collective that refuses
+        mismatched models before any product can hang and agrees on the block width.
+
+        Returns:
+            The smallest width ``memory_budget`` allows on any rank (``None``: no rank
+            passed one).
+
+        Raises:
+            ValueError: this process is not a member of ``group``; an NCCL group with
+                parameters on the CPU; ``memory_budget`` passed on some ranks only, or too
+                small for one column on some rank (every rank raises).
+            RuntimeError: the ranks' models differ in size or dtype.
+        """
+        self.rank = dist.get_rank(self.group)
+        self.world_size = dist.get_world_size(self.group)
+        if self.rank < 0:
+            raise ValueError("this process is not a member of the given process group")
+        self.backend = str(dist.get_backend(self.group)).lower()
+        if self.backend == "nccl" and op.device.type != "cuda":
+            raise ValueError(
+                "the NCCL backend reduces CUDA tensors only, but the model's parameters are on "
+                f"{op.device}; move the model to this rank's GPU or use the gloo backend"
+            )
+        self.dtype, self.device = op.dtype, op.device
+        return self._handshake(op)
+
+    def _handshake(self, op: Joining) -> int | None:
+        code = _DTYPE_CODES.get(op.dtype, 0)
         # the width that fits this rank's memory_budget (0: not even one column)
         fits = -1.0
-        if self.memory_estimate is not None and self.memory_budget is not None:
-            fits = float(self.memory_estimate.max_width(self.memory_budget))
-        mine = torch.tensor([self.shape[0], code, fits], dtype=torch.float64)
-        both = torch.cat([mine, -mine]).to(self.device)
+        if op.memory_estimate is not None and op.memory_budget is not None:
+            fits = float(op.memory_estimate.max_width(op.memory_budget))
+        mine = torch.tensor([op.shape[0], code, fits], dtype=torch.float64)
+        both = torch.cat([mine, -mine]).to(op.device)
         dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
         hi, lo = both[:3].tolist(), (-both[3:]).tolist()
+        width = None
         if hi[2] >= 0:  # some rank passed memory_budget: every rank decides alike
             if lo[2] < 0:
                 raise ValueError(
@@ -215,23 +205,66 @@ class DataParallel:
                     "arguments on every rank"
                 )
             if lo[2] < 1:
-                here = self._budget_message() if fits < 1 else self.memory_estimate.describe()
+                assert op.memory_estimate is not None and op.memory_budget is not None
+                here = (
+                    budget_message(op.memory_budget, op.memory_estimate)
+                    if fits < 1
+                    else op.memory_estimate.describe()
+                )
                 raise ValueError(
                     "memory_budget is too small for one column on at least one rank (seen "
                     f"from rank {self.rank}; here: {here})"
                 )
             width = int(lo[2])
-            self.block_size = (
-                width if self.max_block_size is None else min(width, self.max_block_size)
-            )
         if hi[:2] != lo[:2]:
             raise RuntimeError(
                 f"the ranks' models differ: parameter counts range over [{int(lo[0])}, "
-                f"{int(hi[0])}] (rank {self.rank} has {self.shape[0]}) or their dtypes differ; "
+                f"{int(hi[0])}] (rank {self.rank} has {op.shape[0]}) or their dtypes differ; "
                 "build the same model on every rank (DistributedDataParallel requires it too)"
             )
+        return width
+
+    def self_check(self, op: Checkable) -> None:
+        """The construction self-check, collectively: a rank whose first micro-batch fails
+        makes every rank raise (never a hang), then every rank joins the products."""
+        failure: BaseException | None = None
+        try:
+            check_locally(op)
+        except Exception as exc:
+            failure = exc
+        self._allreduce(None, 0, 0, failure, None)
+        self.last_counts = []
+        check_repeatable(op)
 
     # -------------------------------------------------------------- reduction
+    def sum(
+        self, local: Callable[[], tuple[Tensor, int]], size: int, V: Tensor | None
+    ) -> tuple[Tensor, int]:
+        """Every rank's ``local()`` summed, with the global example count (a collective).
+
+        Args:
+            local: this rank's unnormalized sum (``size`` numbers) and example count.
+            size: how many numbers ``local()`` returns (every rank passes the same).
+            V: the product's input block, whose checksum every rank compares
+                (``None``: a gradient, nothing to compare).
+
+        Raises:
+            DistributedCurvatureError: some rank failed computing its share (every rank
+                raises).
+            RuntimeError: the ranks' input blocks differ.
+            ValueError: no rank has any example.
+        """
+        payload: Tensor | None = None
+        count = 0
+        failure: BaseException | None = None
+        try:
+            payload, count = local()
+        except Exception as exc:  # surfaced on every rank by _allreduce
+            failure = exc
+        checksum = self._checksum(V) if V is not None and self.check_consistency else None
+        total = self._allreduce(payload, size, count, failure, checksum)
+        return total, self._global_count()
+
     def _tail_dtype(self) -> torch.dtype:
         # counts and checksums must be exact: half precision cannot hold counts above 2048
         return self.dtype if self.dtype in (torch.float32, torch.float64) else torch.float64
@@ -307,48 +340,6 @@ class DataParallel:
             )
         return total
 
-    # -------------------------------------------------------------- products
-    def _matmat(self, V: Tensor) -> Tensor:
-        local: Tensor | None = None
-        count = 0
-        failure: BaseException | None = None
-        try:
-            local, count = self._local_matmat(V)
-        except Exception as exc:  # surfaced on every rank by _allreduce
-            failure = exc
-        checksum = self._checksum(V) if self.check_consistency else None
-        size = V.shape[0] * self._payload_columns(V.shape[1])
-        total = self._allreduce(local, size, count, failure, checksum)
-        return self._finish(total.view(V.shape[0], -1), self._global_count(), V)
-
-    def loss_and_grad(self) -> tuple[Tensor, Tensor]:
-        """Global mean loss and its flat gradient ``∇L`` over all ranks' shards.
-
-        A collective; shapes ``()`` and ``(n,)``, identical on every rank. Does not touch
-        ``.grad``.
-
-        Returns:
-            ``(loss, grad)``: the mean loss over every rank's examples, shape ``()``, and
-            its gradient, shape ``(n,)``, in the operator's dtype.
-
-        Raises:
-            DistributedCurvatureError: some rank failed computing its share (every rank
-                raises).
-            ValueError: no rank has any example.
-        """
-        n = self.shape[0]
-        payload: Tensor | None = None
-        count = 0
-        failure: BaseException | None = None
-        try:
-            loss_sum, grad_sum, count = self._local_loss_and_grad()
-            payload = torch.cat([loss_sum.reshape(1).to(self.dtype), grad_sum])
-        except Exception as exc:
-            failure = exc
-        total = self._allreduce(payload, n + 1, count, failure, None)
-        N = self._global_count()
-        return total[0] / N, total[1:] / N
-
     # -------------------------------------------------------------- agreement
     def agree_tensors(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         """Rank 0's ``tensors`` on every rank, bit for bit: one broadcast per dtype.
@@ -387,18 +378,9 @@ class DataParallel:
                 start += t.numel()
         return tuple(out)
 
-    def _settings(self) -> dict[str, Any]:
-        return {
-            **super()._settings(),
-            "group": self.group,
-            "check_consistency": self.check_consistency,
-        }
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, device={self.device}, "
-            f"rank={self.rank}, world_size={self.world_size}, backend={self.backend!r})"
-        )
+    def describe(self) -> str:
+        """What the operator's ``repr`` adds: rank, group size and backend."""
+        return f", rank={self.rank}, world_size={self.world_size}, backend={self.backend!r}"
 
 
 def _agree_on_construction(failure: Exception | None, group: Any) -> None:
@@ -433,15 +415,10 @@ def _agree_on_construction(failure: Exception | None, group: Any) -> None:
     )
 
 
-def _merged_signature(cls: type) -> inspect.Signature:
-    """``cls``'s constructor signature: its operator's arguments and the mixin's keywords."""
-    operator = cls.__mro__[cls.__mro__.index(DataParallel) + 1]
-    own = list(inspect.signature(operator).parameters.values())
-    extra = [
-        p
-        for name, p in inspect.signature(DataParallel.__init__).parameters.items()
-        if name in ("group", "check_consistency")
-    ]
-    var_kw = [p for p in own if p.kind is inspect.Parameter.VAR_KEYWORD]
-    fixed = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    return inspect.Signature([*fixed, *extra, *var_kw], return_annotation=None)
+def reduction_for(parallel: DataParallel | None) -> Reduction:
+    """The reduction an operator with the setting ``parallel`` composes.
+
+    Raises:
+        RuntimeError: ``parallel`` is given but ``torch.distributed`` is not initialized.
+    """
+    return OneProcess() if parallel is None else AllReduce(parallel)

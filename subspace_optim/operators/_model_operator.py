@@ -15,12 +15,19 @@ one micro-batch:
 
 Micro-batches are weighted by their number of examples, so every operator is the mean over
 all examples whatever the batching.
+
+Its settings are one frozen :class:`~subspace_optim.OperatorSettings` (``op.settings``),
+built from the constructor's keywords and passed on whole by :meth:`ModelOperator.extended`.
+Where the data lives is the settings' ``parallel`` field: the operator composes the
+matching reduction (``_reduction.OneProcess``, or ``_data_parallel.AllReduce`` for a
+:class:`~subspace_optim.DataParallel`) around its local sums, and its own code is the same
+either way.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
+import dataclasses
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
@@ -30,41 +37,48 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .._isolation import forked_rng
-from .._utils import check_int, choice, flatten
+from .._utils import flatten
 from . import _data
-from ._data import RAN_DRY, Batch
+from ._data import Batch
+from ._data_parallel import reduction_for
 from ._graph_cache import GraphCache, resolve_cache_graph, state_key
-from ._memory import BlockMemoryEstimate, MemoryRule, budget_message, check_budget, saved_bytes
+from ._memory import BlockMemoryEstimate, MemoryRule, saved_bytes
 from ._params import check_model, missing_from, select_params
-from ._selfcheck import self_check
+from ._reduction import Reduction
 from .base import LinearOperator
+from .settings import OperatorSettings, settings_from
 
 __all__ = ["ModelOperator"]
+
+
+def _setting(name: str) -> property:
+    """A read-only attribute that reads the field ``name`` of the operator's settings."""
+    return property(
+        lambda self: getattr(self.settings, name),
+        doc=f"``settings.{name}`` (read-only; see :class:`~subspace_optim.OperatorSettings`).",
+    )
 
 
 class ModelOperator(LinearOperator):
     """Base of the curvature operators defined by ``model``, ``loss_fn`` and ``data``.
 
     The constructor's arguments are documented on :class:`~subspace_optim.HessianOperator`;
-    subclasses set the class attributes below and implement the product hooks.
+    its keyword settings build :attr:`settings` (or ``settings=`` gives them whole), and the
+    :attr:`reduction` that :attr:`settings`'s ``parallel`` asks for is composed around the
+    local sums. Subclasses set the class attributes below and implement the product hooks.
+
+    Attributes:
+        settings: the :class:`~subspace_optim.OperatorSettings` of this operator (its
+            generator the one products draw from); :meth:`extended` passes it on.
+        reduction: how local sums become products: over this process's data, or
+            all-reduced over a process group (``settings.parallel``).
     """
 
-    #: the back ends a subclass offers (``"auto"`` among them), the one ``"auto"`` stands
-    #: for, and those that can cache a graph
-    _methods: ClassVar[tuple[str, ...]] = ("auto",)
+    #: the back end ``"auto"`` stands for, and those that can cache a graph
     _auto_method: ClassVar[str] = "auto"
     _cacheable_methods: ClassVar[tuple[str, ...]] = ()
     #: the peak-memory rule of each back end (see ``_memory``)
     _memory_rules: ClassVar[dict[str, MemoryRule]] = {}
-    #: whether this process's data may hold no examples (a data-parallel subclass: another
-    #: rank has data); the single-process operator refuses empty data at construction
-    _allow_empty_data: ClassVar[bool] = False
-    #: whether a too small ``memory_budget`` is refused by the subclass in a collective (so
-    #: that every rank raises, not only the ranks whose first micro-batch is large)
-    _collective_budget_check: ClassVar[bool] = False
-    #: whether the subclass runs the construction self-check itself, once its collective
-    #: set-up is done (its products are collectives)
-    _collective_self_check: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -81,29 +95,38 @@ class ModelOperator(LinearOperator):
         cache_graph: bool | None = None,
         check: bool = True,
         generator: torch.Generator | None = None,
+        settings: OperatorSettings | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(check, bool):
-            raise TypeError(f"check must be True or False; got {check!r}")
-        if generator is None:
-            generator = torch.Generator().manual_seed(0)
-        elif not isinstance(generator, torch.Generator) or generator.device.type != "cpu":
-            raise TypeError(
-                "generator must be a CPU torch.Generator (it seeds the randomness of each pass "
-                f"over the data); got {generator!r}"
+        settings = settings_from(
+            settings,
+            chunk_size=chunk_size,
+            method=method,
+            train=train,
+            max_block_size=max_block_size,
+            memory_budget=memory_budget,
+            cache_graph=cache_graph,
+            check=check,
+            generator=generator,
+        )
+        if settings.generator is None:
+            settings = dataclasses.replace(settings, generator=torch.Generator().manual_seed(0))
+        self.settings = settings
+        self.reduction: Reduction = reduction_for(settings.parallel)
+        self.reduction.construct(lambda m: self._build(m, loss_fn, data, params), model)
+        width = self.reduction.join(self)
+        if width is not None:
+            self.block_size = (
+                width if self.max_block_size is None else min(width, self.max_block_size)
             )
-        self.check = check
-        self.generator = generator
+        if settings.check:
+            self.reduction.self_check(self)
+
+    def _build(self, model: nn.Module, loss_fn: Any, data: Any, params: Any) -> None:
+        """This process's part of the construction: everything but the budget's verdict
+        and the self-check, which depend on the reduction."""
         self.model = check_model(model, loss_fn)
         self.loss_fn = loss_fn
-        self.method = choice("method", method, self._methods)
-        if chunk_size is not None:
-            check_int("chunk_size", chunk_size, low=1)
-        self.chunk_size = chunk_size
-        if train is not None and not isinstance(train, bool):
-            raise TypeError(f"train must be True, False or None; got {train!r}")
-        self.train = train
-
         space = select_params(self.model, params)
         self.params: list[Tensor] = space.params
         self.param_names = space.names
@@ -111,47 +134,34 @@ class ModelOperator(LinearOperator):
         self.param_dtype = space.param_dtype
         self.dtype = space.dtype
         self.device = space.device
+        self._cache: GraphCache[Any] = GraphCache()
 
         self.data: Any = _data.normalize_data(data)
+        allow_empty = self.reduction.allows_empty_shard
         with forked_rng(self.device, self.generator):  # a loader's first batch: not the
-            _data.validate_data(self.data, allow_empty=self._allow_empty_data)  # caller's RNG
+            _data.validate_data(self.data, allow_empty=allow_empty)  # caller's RNG
 
-        if max_block_size is not None:
-            check_int("max_block_size", max_block_size, low=1)
-        self.max_block_size = max_block_size
-        self.memory_budget = check_budget(memory_budget)
         self.memory_estimate: BlockMemoryEstimate | None = None
-        self.block_size: int | None = max_block_size
-        if memory_budget is not None:
+        self.block_size: int | None = self.max_block_size
+        if self.memory_budget is not None:
             self.memory_estimate = self._estimate_block_memory()
-            width = self.memory_estimate.max_width(memory_budget)
-            if width < 1 and not self._collective_budget_check:
-                raise ValueError(self._budget_message())
-            width = max(width, 1)  # a data-parallel subclass refuses 0 with one collective
-            self.block_size = width if max_block_size is None else min(width, max_block_size)
-
         self.caches_graph = resolve_cache_graph(
-            cache_graph,
+            self.settings.cache_graph,
             method=self.method,
             cacheable=self._resolved_method() in self._cacheable_methods,
             data=self.data,
-            chunk_size=chunk_size,
+            chunk_size=self.chunk_size,
         )
-        self._cache: GraphCache[Any] = GraphCache()
         self._check_setup()
-        if check and not self._collective_self_check:
-            self_check(self)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        # a subclass whose constructor adds keywords and passes **settings on: its public
-        # signature lists those settings instead of **settings
-        init = cls.__dict__.get("__init__")
-        if init is not None and any(
-            p.kind is inspect.Parameter.VAR_KEYWORD
-            for p in inspect.signature(init).parameters.values()
-        ):
-            cls.__signature__ = _with_settings(init)  # type: ignore[attr-defined]
+    # the settings, read-only: one truth, in ``settings``
+    chunk_size = _setting("chunk_size")
+    method = _setting("method")
+    train = _setting("train")
+    max_block_size = _setting("max_block_size")
+    memory_budget = _setting("memory_budget")
+    check = _setting("check")
+    generator = _setting("generator")
 
     def _check_setup(self) -> None:
         """Refuse a model or loss this operator cannot be built from (default: accept).
@@ -162,10 +172,6 @@ class ModelOperator(LinearOperator):
     def _resolved_method(self) -> str:
         """The back end ``"auto"`` stands for (a fixed rule, never a timing race)."""
         return self._auto_method if self.method == "auto" else self.method
-
-    def _budget_message(self) -> str:
-        assert self.memory_estimate is not None and self.memory_budget is not None
-        return budget_message(self.memory_budget, self.memory_estimate)
 
     # ------------------------------------------------------------------ data
     def chunks(self) -> Iterator[tuple[Any, Tensor, int]]:
@@ -386,10 +392,9 @@ class ModelOperator(LinearOperator):
         return total.div_(count)
 
     def _matmat(self, V: Tensor) -> Tensor:
-        total, count = self._local_matmat(V)
-        if count == 0:
-            raise ValueError(RAN_DRY)
-        return self._finish(total, count, V)
+        size = V.shape[0] * self._payload_columns(V.shape[1])
+        total, count = self.reduction.sum(lambda: self._local_matmat(V), size, V)
+        return self._finish(total.view(V.shape[0], -1), count, V)
 
     # -------------------------------------------------------------- gradient
     def _local_loss_and_grad(self) -> tuple[Tensor, Tensor, int]:
@@ -420,30 +425,39 @@ class ModelOperator(LinearOperator):
         The training loss, whichever curvature the operator applies. Does not touch
         ``.grad`` of the parameters.
         """
-        loss_sum, grad_sum, count = self._local_loss_and_grad()
-        if count == 0:
-            raise ValueError(RAN_DRY)
-        return loss_sum / count, grad_sum / count
+
+        def local() -> tuple[Tensor, int]:
+            loss_sum, grad_sum, count = self._local_loss_and_grad()
+            return torch.cat([loss_sum.reshape(1).to(self.dtype), grad_sum]), count
+
+        total, count = self.reduction.sum(local, self.shape[0] + 1, None)
+        return total[0] / count, total[1:] / count
 
     # -------------------------------------------------------------- protocol
-    def _settings(self) -> dict[str, Any]:
-        """The constructor's keywords (all but ``params``) that reproduce this operator."""
-        return {
-            "chunk_size": self.chunk_size,
-            "method": self.method,
-            "train": self.train,
-            "max_block_size": self.max_block_size,
-            "memory_budget": self.memory_budget,
-            "cache_graph": self.caches_graph,
-            "check": self.check,
-            "generator": self.generator,
-        }
+    def agree_tensors(self, *tensors: Tensor) -> tuple[Tensor, ...]:
+        """The same ``tensors`` on every process that holds this operator: rank 0's.
+
+        ``tensors`` themselves for an operator over one process's data; for a data-parallel
+        one a collective that broadcasts rank 0's bits (see
+        :meth:`~subspace_optim.LinearOperator.agree_tensors`).
+
+        Args:
+            *tensors: this process's tensors, of any shapes, dtypes and devices.
+
+        Returns:
+            Rank 0's tensors, in the order given, each of the shape, dtype and device given.
+        """
+        return self.reduction.agree_tensors(*tensors)
+
+    def _curvature_keywords(self) -> dict[str, Any]:
+        """The constructor's keywords of this curvature beyond :attr:`settings` (none)."""
+        return {}
 
     def extended(self, params: Sequence[Tensor]) -> Any:
         """The same operator over ``params``, a superset of :attr:`params`, settings kept.
 
-        Data, micro-batching, method, mode, memory budget, block width and graph cache are
-        those of this operator (and the process group, for a data-parallel one).
+        Data, loss and :attr:`settings` (micro-batching, method, mode, memory budget, block
+        width, graph cache, generator, process group) are this operator's.
 
         Args:
             params: the parameters of the new operator, in flat-vector order; every tensor
@@ -464,22 +478,21 @@ class ModelOperator(LinearOperator):
                 f"extended() takes a superset of the operator's parameters; shapes {missing[:4]} "
                 "are missing. Pass [*op.params, *new_params]"
             )
-        return type(self)(self.model, self.loss_fn, self.data, params=params, **self._settings())
+        return type(self)(
+            self.model,
+            self.loss_fn,
+            self.data,
+            params=params,
+            settings=self.settings,
+            **self._curvature_keywords(),
+        )
 
     def flat_params(self) -> Tensor:
         """The current parameters as one flat vector (a copy), shape ``(n,)``."""
         return flatten(p.detach() for p in self.params)
 
-
-def _with_settings(init: Any) -> inspect.Signature:
-    """``init``'s signature without ``self``, its ``**settings`` spelled out as
-    :class:`ModelOperator`'s keyword-only arguments."""
-    own = list(inspect.signature(init).parameters.values())[1:]
-    names = {p.name for p in own}
-    settings = [
-        p
-        for p in inspect.signature(ModelOperator.__init__).parameters.values()
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in names
-    ]
-    fixed = [p for p in own if p.kind is not inspect.Parameter.VAR_KEYWORD]
-    return inspect.Signature([*fixed, *settings], return_annotation=None)
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(shape={self.shape}, dtype={self.dtype}, "
+            f"device={self.device}{self.reduction.describe()})"
+        )

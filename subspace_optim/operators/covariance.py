@@ -14,7 +14,7 @@ the vector of per-example losses and ``Gᵀ w`` a VJP of it. ``centered=False`` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -26,6 +26,7 @@ from ._hvp import PRODUCT_MEMORY_RULES
 from ._jacobian import OutputGraph, build_output_graph, func_jacobian_block, graph_jvp, graph_vjp
 from ._memory import MemoryRule
 from ._model_operator import ModelOperator
+from .settings import PRODUCT_METHODS, OperatorSettings
 
 __all__ = ["COVARIANCE_METHODS", "GradientCovarianceOperator"]
 
@@ -33,7 +34,7 @@ __all__ = ["COVARIANCE_METHODS", "GradientCovarianceOperator"]
 #: trick through one graph of the per-example losses per micro-batch, cacheable),
 #: ``"func"`` (torch.func ``jvp`` and ``vjp``, ``vmap``-ed over the block) and ``"auto"``
 #: (``"autograd"``).
-COVARIANCE_METHODS = ("auto", "autograd", "func")
+COVARIANCE_METHODS = PRODUCT_METHODS
 
 
 class GradientCovarianceOperator(ModelOperator):
@@ -59,10 +60,10 @@ class GradientCovarianceOperator(ModelOperator):
         per_example_loss: ``per_example_loss(outputs, targets)`` returning the ``(B,)``
             losses of a batch of ``B`` examples, whose mean is ``loss_fn(outputs,
             targets)``; ``None`` derives them from ``loss_fn`` as above.
-        params, chunk_size, method, train, max_block_size, memory_budget, cache_graph: as
-            in :class:`~subspace_optim.HessianOperator`; ``method`` is ``"autograd"``
-            (double-VJP trick, graph cacheable), ``"func"`` (torch.func ``jvp``/``vjp``) or
-            ``"auto"`` (``"autograd"``).
+        params, chunk_size, method, train, max_block_size, memory_budget, cache_graph, check,
+            generator, settings: as in :class:`~subspace_optim.HessianOperator`; ``method``
+            is ``"autograd"`` (double-VJP trick, graph cacheable), ``"func"`` (torch.func
+            ``jvp``/``vjp``) or ``"auto"`` (``"autograd"``).
 
     Raises:
         TypeError: ``centered`` is not a bool, ``per_example_loss`` is not callable, or
@@ -101,7 +102,6 @@ class GradientCovarianceOperator(ModelOperator):
         True
     """
 
-    _methods: ClassVar[tuple[str, ...]] = COVARIANCE_METHODS
     _auto_method: ClassVar[str] = "autograd"
     _cacheable_methods: ClassVar[tuple[str, ...]] = ("autograd",)
     _memory_rules: ClassVar[dict[str, MemoryRule]] = PRODUCT_MEMORY_RULES
@@ -114,7 +114,16 @@ class GradientCovarianceOperator(ModelOperator):
         *,
         centered: bool = True,
         per_example_loss: Callable[[Any, Tensor], Tensor] | None = None,
-        **settings: Any,
+        params: Iterable[Tensor] | None = None,
+        chunk_size: int | None = None,
+        method: str = "auto",
+        train: bool | None = None,
+        max_block_size: int | None = None,
+        memory_budget: int | None = None,
+        cache_graph: bool | None = None,
+        check: bool = True,
+        generator: torch.Generator | None = None,
+        settings: OperatorSettings | None = None,
     ) -> None:
         if not isinstance(centered, bool):
             raise TypeError(f"centered must be True or False; got {centered!r}")
@@ -124,7 +133,21 @@ class GradientCovarianceOperator(ModelOperator):
             )
         self.centered = centered
         self.per_example_loss = per_example_loss
-        super().__init__(model, loss_fn, data, **settings)
+        super().__init__(
+            model,
+            loss_fn,
+            data,
+            params=params,
+            chunk_size=chunk_size,
+            method=method,
+            train=train,
+            max_block_size=max_block_size,
+            memory_budget=memory_budget,
+            cache_graph=cache_graph,
+            check=check,
+            generator=generator,
+            settings=settings,
+        )
 
     # ------------------------------------------------------ per-example losses
     def _per_example(self, out: Any, y: Tensor) -> Tensor:
@@ -233,9 +256,5 @@ class GradientCovarianceOperator(ModelOperator):
             yield loss, grads, graph.count
 
     # -------------------------------------------------------------- protocol
-    def _settings(self) -> dict[str, Any]:
-        return {
-            **super()._settings(),
-            "centered": self.centered,
-            "per_example_loss": self.per_example_loss,
-        }
+    def _curvature_keywords(self) -> dict[str, Any]:
+        return {"centered": self.centered, "per_example_loss": self.per_example_loss}

@@ -10,18 +10,32 @@ all-reduces both in one flat buffer, and divides by the global count:
           \\nabla^2_\\theta \\ell_i(\\theta)\\, V
 
 so the operator is the Hessian of the mean loss over the union of the shards, whatever
-their sizes (uneven and empty shards are weighted correctly). The reduction, the failure
-protocol and the agreement of results across ranks are the :class:`DataParallel` mixin's,
-shared with the other curvature operators, which get their data-parallel variants here
-the same way (:class:`DistributedGGNOperator`, :class:`DistributedGradientCovarianceOperator`).
+their sizes (uneven and empty shards are weighted correctly).
+
+Data parallelism is a setting, not a kind of operator: a
+:class:`~subspace_optim.DataParallel` in an operator's
+:class:`~subspace_optim.OperatorSettings` makes it compose the all-reduce reduction
+(``_data_parallel``: the reduction, the failure protocol, the agreement of results across
+ranks) around its local sums. The classes here are the single-process operators with that
+setting always on: their constructors take the same arguments plus ``group`` and
+``check_consistency``, and they show the reduction's state under the names DDP users read
+(``rank``, ``world_size``, ``last_counts``, ...).
 """
 
 from __future__ import annotations
 
-from ._data_parallel import DataParallel, DistributedCurvatureError
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._data import Batch
+from ._data_parallel import DistributedCurvatureError
 from .covariance import GradientCovarianceOperator
 from .ggn import GGNOperator
 from .hessian import HessianOperator
+from .settings import DataParallel, OperatorSettings, settings_from, with_parallel
 
 __all__ = [
     "DataParallel",
@@ -32,7 +46,46 @@ __all__ = [
 ]
 
 
-class DistributedHessianOperator(DataParallel, HessianOperator):
+def _reduction_attribute(name: str, doc: str) -> property:
+    return property(lambda self: getattr(self.reduction, name), doc=doc)
+
+
+#: the reduction's state under the names DDP users read, shared by the three classes below
+#: (read-only; a property object can serve several classes)
+_GROUP = _reduction_attribute("group", "The process group (``None``: the world group).")
+_CHECK = _reduction_attribute(
+    "check_consistency", "Whether each product compares a checksum of its input block."
+)
+_RANK = _reduction_attribute("rank", "This process's rank in :attr:`group`.")
+_WORLD = _reduction_attribute("world_size", "The number of ranks in :attr:`group`.")
+_BACKEND = _reduction_attribute("backend", "The group's backend (``'gloo'``, ``'nccl'``).")
+_COUNTS = _reduction_attribute(
+    "last_counts", "Example count of each rank in the latest reduction (index = rank)."
+)
+
+
+def data_parallel_settings(
+    settings: OperatorSettings | None, group: Any, check_consistency: bool, **keywords: Any
+) -> OperatorSettings:
+    """The settings of a data-parallel operator's constructor: its keywords (or
+    ``settings``) with ``parallel`` set from ``group`` and ``check_consistency`` (or kept
+    from ``settings``).
+
+    Raises:
+        TypeError: ``settings`` given together with another keyword that is not at its
+            default (``group`` and ``check_consistency`` included).
+    """
+    parallel = DataParallel(group=group, check_consistency=check_consistency)
+    if settings is not None and parallel != DataParallel():
+        raise TypeError(
+            "pass group and check_consistency either as keywords or inside settings ("
+            "OperatorSettings(parallel=DataParallel(group=..., check_consistency=...))), "
+            "not both"
+        )
+    return with_parallel(settings_from(settings, **keywords), parallel)
+
+
+class DistributedHessianOperator(HessianOperator):
     """Hessian of the global mean loss over every rank's data shard, as a matrix-free operator.
 
     Construct it on every rank of ``group`` (like DistributedDataParallel), each with its own
@@ -110,8 +163,54 @@ class DistributedHessianOperator(DataParallel, HessianOperator):
         >>> dist.destroy_process_group()
     """
 
+    group = _GROUP
+    check_consistency = _CHECK
+    rank = _RANK
+    world_size = _WORLD
+    backend = _BACKEND
+    last_counts = _COUNTS
 
-class DistributedGGNOperator(DataParallel, GGNOperator):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Tensor], Tensor],
+        data: Batch | Iterable[Batch],
+        *,
+        params: Iterable[Tensor] | None = None,
+        chunk_size: int | None = None,
+        method: str = "auto",
+        train: bool | None = None,
+        max_block_size: int | None = None,
+        memory_budget: int | None = None,
+        cache_graph: bool | None = None,
+        check: bool = True,
+        generator: torch.Generator | None = None,
+        group: Any = None,
+        check_consistency: bool = True,
+        settings: OperatorSettings | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            loss_fn,
+            data,
+            params=params,
+            settings=data_parallel_settings(
+                settings,
+                group,
+                check_consistency,
+                chunk_size=chunk_size,
+                method=method,
+                train=train,
+                max_block_size=max_block_size,
+                memory_budget=memory_budget,
+                cache_graph=cache_graph,
+                check=check,
+                generator=generator,
+            ),
+        )
+
+
+class DistributedGGNOperator(GGNOperator):
     """Gauss–Newton matrix of the global mean loss over every rank's data shard.
 
     :class:`~subspace_optim.GGNOperator` made data-parallel by the same mixin as
@@ -140,8 +239,54 @@ class DistributedGGNOperator(DataParallel, GGNOperator):
         >>> dist.destroy_process_group()
     """
 
+    group = _GROUP
+    check_consistency = _CHECK
+    rank = _RANK
+    world_size = _WORLD
+    backend = _BACKEND
+    last_counts = _COUNTS
 
-class DistributedGradientCovarianceOperator(DataParallel, GradientCovarianceOperator):
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Tensor], Tensor],
+        data: Batch | Iterable[Batch],
+        *,
+        params: Iterable[Tensor] | None = None,
+        chunk_size: int | None = None,
+        method: str = "auto",
+        train: bool | None = None,
+        max_block_size: int | None = None,
+        memory_budget: int | None = None,
+        cache_graph: bool | None = None,
+        check: bool = True,
+        generator: torch.Generator | None = None,
+        group: Any = None,
+        check_consistency: bool = True,
+        settings: OperatorSettings | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            loss_fn,
+            data,
+            params=params,
+            settings=data_parallel_settings(
+                settings,
+                group,
+                check_consistency,
+                chunk_size=chunk_size,
+                method=method,
+                train=train,
+                max_block_size=max_block_size,
+                memory_budget=memory_budget,
+                cache_graph=cache_graph,
+                check=check,
+                generator=generator,
+            ),
+        )
+
+
+class DistributedGradientCovarianceOperator(GradientCovarianceOperator):
     """Per-example gradient covariance over every rank's data shard.
 
     :class:`~subspace_optim.GradientCovarianceOperator` made data-parallel by the same
@@ -167,3 +312,53 @@ class DistributedGradientCovarianceOperator(DataParallel, GradientCovarianceOper
         True
         >>> dist.destroy_process_group()
     """
+
+    group = _GROUP
+    check_consistency = _CHECK
+    rank = _RANK
+    world_size = _WORLD
+    backend = _BACKEND
+    last_counts = _COUNTS
+
+    def __init__(
+        self,
+        model: nn.Module,
+        loss_fn: Callable[[Any, Tensor], Tensor],
+        data: Batch | Iterable[Batch],
+        *,
+        centered: bool = True,
+        per_example_loss: Callable[[Any, Tensor], Tensor] | None = None,
+        params: Iterable[Tensor] | None = None,
+        chunk_size: int | None = None,
+        method: str = "auto",
+        train: bool | None = None,
+        max_block_size: int | None = None,
+        memory_budget: int | None = None,
+        cache_graph: bool | None = None,
+        check: bool = True,
+        generator: torch.Generator | None = None,
+        group: Any = None,
+        check_consistency: bool = True,
+        settings: OperatorSettings | None = None,
+    ) -> None:
+        super().__init__(
+            model,
+            loss_fn,
+            data,
+            centered=centered,
+            per_example_loss=per_example_loss,
+            params=params,
+            settings=data_parallel_settings(
+                settings,
+                group,
+                check_consistency,
+                chunk_size=chunk_size,
+                method=method,
+                train=train,
+                max_block_size=max_block_size,
+                memory_budget=memory_budget,
+                cache_graph=cache_graph,
+                check=check,
+                generator=generator,
+            ),
+        )

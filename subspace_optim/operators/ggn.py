@@ -24,13 +24,14 @@ from ._hvp import PRODUCT_MEMORY_RULES
 from ._jacobian import OutputGraph, build_output_graph, func_jacobian_block, graph_jvp, graph_vjp
 from ._memory import MemoryRule
 from ._model_operator import ModelOperator
+from .settings import PRODUCT_METHODS
 
 __all__ = ["GGN_METHODS", "SUPPORTED_GGN_LOSSES", "GGNOperator"]
 
 #: product back ends of :class:`GGNOperator`: ``"autograd"`` (the double-VJP trick through
 #: one forward graph per micro-batch, cacheable), ``"func"`` (torch.func ``jvp`` and
 #: ``vjp``, ``vmap``-ed over the block) and ``"auto"`` (``"autograd"``).
-GGN_METHODS = ("auto", "autograd", "func")
+GGN_METHODS = PRODUCT_METHODS
 
 #: losses whose output-space Hessian the GGN needs and gets (twice differentiable and
 #: convex in the outputs): any ``loss_fn(outputs, targets)`` of this kind works, these are
@@ -124,7 +125,6 @@ class GGNOperator(ModelOperator):
         True
     """
 
-    _methods: ClassVar[tuple[str, ...]] = GGN_METHODS
     _auto_method: ClassVar[str] = "autograd"
     _cacheable_methods: ClassVar[tuple[str, ...]] = ("autograd",)
     _memory_rules: ClassVar[dict[str, MemoryRule]] = PRODUCT_MEMORY_RULES

@@ -23,13 +23,14 @@ from torch import Tensor
 from ._hvp import PRODUCT_MEMORY_RULES, ChunkGraph, build_chunk_graph, func_hvp, graph_hvp
 from ._memory import BlockMemoryEstimate, MemoryRule
 from ._model_operator import ModelOperator
+from .settings import PRODUCT_METHODS
 
 __all__ = ["HVP_METHODS", "BlockMemoryEstimate", "HessianOperator"]
 
 #: HVP back ends: ``"autograd"`` (double backward, one forward and one gradient graph per
 #: micro-batch shared by the whole block), ``"func"`` (forward-over-reverse ``jvp∘grad`` from
 #: torch.func, ``vmap``-ed over the block) and ``"auto"``.
-HVP_METHODS = ("auto", "autograd", "func")
+HVP_METHODS = PRODUCT_METHODS
 
 
 class HessianOperator(ModelOperator):
@@ -83,8 +84,14 @@ class HessianOperator(ModelOperator):
             randomness from (dropout masks, a ``DataLoader``'s shuffling and worker seeds);
             the caller's global random state is never touched. Default: a private
             generator seeded with 0.
+        settings: every keyword setting above at once, as one
+            :class:`~subspace_optim.OperatorSettings` (to share them between operators);
+            pass either ``settings`` or the keywords, not both.
 
     Attributes:
+        settings: the :class:`~subspace_optim.OperatorSettings` the keywords built (with
+            the generator products draw from); ``chunk_size``, ``method``, ``train``,
+            ``max_block_size``, ``memory_budget``, ``check`` and ``generator`` read it.
         params: the parameters that span the flat space, in the order of the flat
             vectors.
         block_size: columns evaluated per pass (``None``: the whole block at once).
@@ -163,7 +170,6 @@ class HessianOperator(ModelOperator):
         True
     """
 
-    _methods: ClassVar[tuple[str, ...]] = HVP_METHODS
     _auto_method: ClassVar[str] = "autograd"
     _cacheable_methods: ClassVar[tuple[str, ...]] = ("autograd",)
     _memory_rules: ClassVar[dict[str, MemoryRule]] = PRODUCT_MEMORY_RULES
