@@ -87,10 +87,8 @@ def _intro(results: dict[str, Any]) -> list[str]:
 
 
 def _in_short(results: dict[str, Any]) -> list[str]:
-    s, m = results["summary"], results["mechanism"]
-    rule, mech = s["rule"], s["mechanism"]
-    mb, mbase, ml = mech["bulk"], mech["base"], mech["bulk_lanczos"]
-    k, head = results["setup"]["defaults"]["k"], results["study"]["head"]
+    s = results["summary"]
+    rule = s["rule"]
     L: list[str] = []
     by_rule_bulk = rule["bulk_progress"]
     fixed_txt = ", ".join(
@@ -119,7 +117,14 @@ def _in_short(results: dict[str, Any]) -> list[str]:
         f"switched at {', '.join(map(_lr, s['sweep']['by_rule'])) or 'none'}; Bulk kept up "
         f"with Adam at {', '.join(map(_lr, s['sweep']['bulk_like_adam'])) or 'none'}."
     )
-    L += [
+    return L + _in_short_mechanism(results)
+
+
+def _in_short_mechanism(results: dict[str, Any]) -> list[str]:
+    m, mech = results["mechanism"], results["summary"]["mechanism"]
+    mb, mbase, ml = mech["bulk"], mech["base"], mech["bulk_lanczos"]
+    k, head = results["setup"]["defaults"]["k"], results["study"]["head"]
+    return [
         f"* **The projection does what it says.** Over the {m['end_step'] - m['switch_step']} "
         "steps after the rule's switch, the realized Bulk step equals (I − P_k) applied to the "
         f"step Adam's own state gives, to {_f(mb['identity_rel_error_max'], '.1e')} relative "
@@ -156,7 +161,6 @@ def _in_short(results: dict[str, Any]) -> list[str]:
         ),
         "",
     ]
-    return L
 
 
 def _fixed_switch(results: dict[str, Any]) -> list[str]:

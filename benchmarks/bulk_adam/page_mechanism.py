@@ -36,8 +36,60 @@ def mechanism_section(results: dict[str, Any]) -> list[str]:
         f"{_f(mech['vs_run']['base'], '.1e')}, Bulk's by {_f(mech['vs_run']['bulk'], '.1e')}.",
         "",
     ]
-    names = [("base", "Adam"), ("bulk", "Bulk (warm)"), ("bulk_lanczos", "Bulk (Lanczos)")]
-    quantity_rows: list[tuple[str, Any]] = [
+    L += _table(
+        ["quantity", *(label for _, label in NAMES)],
+        [[q, *(fn(mech[n]) for n, _ in NAMES)] for q, fn in _quantities(head)],
+    )
+    L += [
+        "The eigen-residual is of the basis the run projects with, checked against the "
+        f"Hessian at the step's parameters every {st['residual_every']} steps. A refresh that "
+        "stops short of the solver's tolerance keeps its best estimate and is counted as "
+        "unconverged; the runs that carry the prefix's optimizer state (Adam, Bulk with the "
+        "warm refresh) count the prefix's refreshes too.",
+        "",
+        f"### Along the run (every {st['sample_every']} steps)",
+        "",
+        "Cumulative leak / rest: the first-order sums so far.",
+        "",
+    ]
+    return L + _along_the_run(m)
+
+
+def _along_the_run(m: dict[str, Any]) -> list[str]:
+    samples = {n: m["runs"][n]["samples"] for n in ("base", "bulk")}
+    rows = []
+    for a, b in zip(samples["base"], samples["bulk"]):
+        rows.append(
+            [
+                str(a["step"]),
+                f"{_f(a['loss'], '.5f')} / {_f(b['loss'], '.5f')}",
+                f"{_f(a['chi'])} / {_f(b['chi'])}",
+                f"{_f(a['update_alignment'])} / {_f(b['update_alignment'])}",
+                f"{_f(a['m_dom_norm'], '.3g')} / {_f(b['m_dom_norm'], '.3g')}",
+                f"{_f(a['lambda_1'])} / {_f(b['lambda_1'])}",
+                f"{_f(b['leak_cumulative'], '+.4f')} / {_f(b['rest_cumulative'], '+.4f')}",
+            ]
+        )
+    return _table(
+        [
+            "step",
+            "loss Adam / Bulk",
+            "χ_k(∇L)",
+            "‖P_kΔ‖/‖Δ‖",
+            "‖P_k m‖",
+            "λ_1",
+            "Bulk: leak / rest (cumulative)",
+        ],
+        rows,
+    )
+
+
+NAMES = [("base", "Adam"), ("bulk", "Bulk (warm)"), ("bulk_lanczos", "Bulk (Lanczos)")]
+
+
+def _quantities(head: int) -> list[tuple[str, Any]]:
+    """The rows of the mechanism's table: a label and how to write it for one run."""
+    return [
         ("final loss", lambda r: _f(r["final_loss"], ".5f")),
         ("progress vs Adam", lambda r: _f(r["progress"])),
         (
@@ -80,46 +132,3 @@ def mechanism_section(results: dict[str, Any]) -> list[str]:
             lambda r: f"{r['unconverged_refreshes']:.0f} / {r['refreshes']:.0f}",
         ),
     ]
-    L += _table(
-        ["quantity", *(label for _, label in names)],
-        [[q, *(fn(mech[n]) for n, _ in names)] for q, fn in quantity_rows],
-    )
-    L += [
-        "The eigen-residual is of the basis the run projects with, checked against the "
-        f"Hessian at the step's parameters every {st['residual_every']} steps. A refresh that "
-        "stops short of the solver's tolerance keeps its best estimate and is counted as "
-        "unconverged; the runs that carry the prefix's optimizer state (Adam, Bulk with the "
-        "warm refresh) count the prefix's refreshes too.",
-        "",
-        f"### Along the run (every {st['sample_every']} steps)",
-        "",
-        "Cumulative leak / rest: the first-order sums so far.",
-        "",
-    ]
-    samples = {n: m["runs"][n]["samples"] for n in ("base", "bulk")}
-    rows = []
-    for a, b in zip(samples["base"], samples["bulk"]):
-        rows.append(
-            [
-                str(a["step"]),
-                f"{_f(a['loss'], '.5f')} / {_f(b['loss'], '.5f')}",
-                f"{_f(a['chi'])} / {_f(b['chi'])}",
-                f"{_f(a['update_alignment'])} / {_f(b['update_alignment'])}",
-                f"{_f(a['m_dom_norm'], '.3g')} / {_f(b['m_dom_norm'], '.3g')}",
-                f"{_f(a['lambda_1'])} / {_f(b['lambda_1'])}",
-                f"{_f(b['leak_cumulative'], '+.4f')} / {_f(b['rest_cumulative'], '+.4f')}",
-            ]
-        )
-    L += _table(
-        [
-            "step",
-            "loss Adam / Bulk",
-            "χ_k(∇L)",
-            "‖P_kΔ‖/‖Δ‖",
-            "‖P_k m‖",
-            "λ_1",
-            "Bulk: leak / rest (cumulative)",
-        ],
-        rows,
-    )
-    return L
