@@ -65,7 +65,7 @@ from benchmarks.harness import (
     synchronize,
 )
 from benchmarks.performance_page import save_results
-from benchmarks.projected_training.setups import make_setup
+from benchmarks.projected_training.setups import Setup, make_setup
 from subspace_optim import GGNOperator, GradientCovarianceOperator, HessianOperator
 from subspace_optim._utils import block_to_columns, flatten, unflatten
 
@@ -161,10 +161,21 @@ def build_rows(
             },
             {"backend": "func", "b": b, "fn": op_func.matmat},
         ]
-    # the other curvatures: each checked against a float64 evaluation of the same operator
-    V64d = V64.to(device)
+    rows += _curvature_rows(s, s64, V64.to(device), block)
+    info: dict[str, Any] = {"n": n, "examples": int(X.shape[0])}
+    if compile_:
+        compiled = _compiled_rows(block_fn, params, V, block, info)
+        rows += [dict(r, eager=func_eager) for r in compiled]
+    return rows, V, reference, info
+
+
+def _curvature_rows(s: Setup, s64: Setup, V64: Tensor, block: int) -> list[dict[str, Any]]:
+    """The GGN's and the covariance's rows, each checked against a float64 evaluation of the
+    same operator (``s64``: the setup in float64 at the same parameters)."""
+    model, loss_fn, X, Y = s.model, s.loss_fn, s.X, s.Y
+    rows: list[dict[str, Any]] = []
     for name, Op in (("ggn", GGNOperator), ("covariance", GradientCovarianceOperator)):
-        ref = Op(s64.model, s64.loss_fn, (s64.X, s64.Y), cache_graph=False).matmat(V64d)
+        ref = Op(s64.model, s64.loss_fn, (s64.X, s64.Y), cache_graph=False).matmat(V64)
         ops = {
             name: Op(model, loss_fn, (X, Y), cache_graph=False),
             f"{name}-cached": Op(model, loss_fn, (X, Y), cache_graph=True),
@@ -175,42 +186,52 @@ def build_rows(
                 {"backend": key, "b": b, "fn": op.matmat, "reference": ref}
                 for key, op in ops.items()
             ]
-    info: dict[str, Any] = {"n": n, "examples": int(X.shape[0])}
-    if compile_:
-        # compiled once, for a block of width `block`; narrower blocks are padded with zero
-        # columns (one compilation serves every width, each pass costs the full width)
-        compiled = torch.compile(block_fn, dynamic=False)
+    return rows
 
-        def padded(W: Tensor) -> Tensor:
-            P = torch.zeros(W.shape[0], block, dtype=W.dtype, device=W.device)
-            P[:, : W.shape[1]] = W
-            out = compiled(primals(), tuple(unflatten(P, params)))
-            return block_to_columns(out, block)[:, : W.shape[1]]
 
-        t0 = time.perf_counter()
-        c0 = time.process_time()
-        note = ""
-        try:
-            out = padded(V)
-            synchronize(device)
-            ok = bool(torch.isfinite(out).all())
-        except Exception as exc:  # a back end that fails is a result, not a crash
-            ok, note = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
-        info[f"compile_seconds_b{block}"] = time.perf_counter() - t0
-        info[f"compile_cpu_seconds_b{block}"] = time.process_time() - c0
-        if ok:
-            for b in (1, block):
-                rows.append(
-                    {
-                        "backend": "func-compiled" if b == block else "func-compiled (padded)",
-                        "b": b,
-                        "fn": padded,
-                        "eager": func_eager,
-                    }
-                )
-        else:
-            info[f"compile_failure_b{block}"] = note
-    return rows, V, reference, info
+def _compiled_rows(
+    block_fn: Callable, params: list[Tensor], V: Tensor, block: int, info: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """torch.compile of the torch.func block, compiled once for width ``block``; narrower
+    blocks are padded with zero columns (one compilation serves every width, each pass
+    costs the full width). Its compile time, or why it failed, goes into ``info``."""
+    device = V.device
+    rows: list[dict[str, Any]] = []
+
+    def primals() -> tuple[Tensor, ...]:
+        return tuple(p.detach() for p in params)
+
+    compiled = torch.compile(block_fn, dynamic=False)
+
+    def padded(W: Tensor) -> Tensor:
+        P = torch.zeros(W.shape[0], block, dtype=W.dtype, device=W.device)
+        P[:, : W.shape[1]] = W
+        out = compiled(primals(), tuple(unflatten(P, params)))
+        return block_to_columns(out, block)[:, : W.shape[1]]
+
+    t0 = time.perf_counter()
+    c0 = time.process_time()
+    note = ""
+    try:
+        out = padded(V)
+        synchronize(device)
+        ok = bool(torch.isfinite(out).all())
+    except Exception as exc:  # a back end that fails is a result, not a crash
+        ok, note = False, f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"
+    info[f"compile_seconds_b{block}"] = time.perf_counter() - t0
+    info[f"compile_cpu_seconds_b{block}"] = time.process_time() - c0
+    if ok:
+        for b in (1, block):
+            rows.append(
+                {
+                    "backend": "func-compiled" if b == block else "func-compiled (padded)",
+                    "b": b,
+                    "fn": padded,
+                }
+            )
+    else:
+        info[f"compile_failure_b{block}"] = note
+    return rows
 
 
 def time_rows(rows: list[dict[str, Any]], V: Tensor, repeats: int, device: torch.device) -> None:
@@ -273,6 +294,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+HEADER = ["setup", "dtype", "back end", "b", "ms / column", "CPU ms / column", "speedup", "error"]
+
+
+def _table_row(r: dict[str, Any]) -> list[str]:
+    err = f"{r['rel_error_vs_float64']:.1e}"
+    if "compiled_vs_eager" in r:
+        err += f" (vs eager {r['compiled_vs_eager']:.1e})"
+    return [
+        f"{r['setup']} (n={r['n']:,})",
+        r["dtype"],
+        r["backend"],
+        str(r["b"]),
+        f"{r['ms_per_column']:.2f}",
+        f"{r['cpu_ms_per_column']:.2f}" if "cpu_ms_per_column" in r else "",
+        f"{r['speedup_vs_paper']:.2f}×",
+        err,
+    ]
+
+
 def to_markdown(results: dict[str, Any], command: str) -> str:
     m = results["machine"]
     lines = [
@@ -298,34 +338,7 @@ def to_markdown(results: dict[str, Any], command: str) -> str:
         "rows of the same setup, dtype and `b`.",
         "",
     ]
-    header = [
-        "setup",
-        "dtype",
-        "back end",
-        "b",
-        "ms / column",
-        "CPU ms / column",
-        "speedup",
-        "error",
-    ]
-    table = []
-    for r in results["rows"]:
-        err = f"{r['rel_error_vs_float64']:.1e}"
-        if "compiled_vs_eager" in r:
-            err += f" (vs eager {r['compiled_vs_eager']:.1e})"
-        table.append(
-            [
-                f"{r['setup']} (n={r['n']:,})",
-                r["dtype"],
-                r["backend"],
-                str(r["b"]),
-                f"{r['ms_per_column']:.2f}",
-                f"{r['cpu_ms_per_column']:.2f}" if "cpu_ms_per_column" in r else "",
-                f"{r['speedup_vs_paper']:.2f}×",
-                err,
-            ]
-        )
-    lines.append(markdown_table(header, table))
+    lines.append(markdown_table(HEADER, [_table_row(r) for r in results["rows"]]))
     compile_info = results.get("compile", {})
     if compile_info:
         lines += [
