@@ -116,8 +116,9 @@ class AllReduce:
     Attributes:
         group: the process group (``None``: the world group).
         check_consistency: whether each product compares a checksum of its input block.
-        rank, world_size, backend: this process's rank in ``group``, the group's size and
-            its backend (set when the operator joins).
+        rank: this process's rank in ``group`` (set when the operator joins).
+        world_size: the number of ranks in ``group``.
+        backend: the group's backend (``"gloo"``, ``"nccl"``).
         last_counts: example count of each rank in the latest reduction (index = rank in
             ``group``).
 

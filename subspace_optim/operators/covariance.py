@@ -60,10 +60,11 @@ class GradientCovarianceOperator(ModelOperator):
         per_example_loss: ``per_example_loss(outputs, targets)`` returning the ``(B,)``
             losses of a batch of ``B`` examples, whose mean is ``loss_fn(outputs,
             targets)``; ``None`` derives them from ``loss_fn`` as above.
-        params, chunk_size, method, train, max_block_size, memory_budget, cache_graph, check,
-            generator, settings: as in :class:`~subspace_optim.HessianOperator`; ``method``
-            is ``"autograd"`` (double-VJP trick, graph cacheable), ``"func"`` (torch.func
+        params, chunk_size, train, max_block_size, memory_budget, cache_graph: as in
+            :class:`~subspace_optim.HessianOperator`.
+        method: ``"autograd"`` (double-VJP trick, graph cacheable), ``"func"`` (torch.func
             ``jvp``/``vjp``) or ``"auto"`` (``"autograd"``).
+        check, generator, settings: as in :class:`~subspace_optim.HessianOperator`.
 
     Raises:
         TypeError: ``centered`` is not a bool, ``per_example_loss`` is not callable, or

@@ -119,15 +119,20 @@ class DistributedHessianOperator(HessianOperator):
             rank estimates its own peak (shards differ) and all ranks use the smallest
             width; if one column does not fit on some rank, every rank raises
             ``ValueError`` at construction.
+        check, generator: as in :class:`HessianOperator`.
         group: the process group (default: the world group of ``torch.distributed``).
         check_consistency: compare a checksum of the input block across ranks at every
             product (free: it rides in the same all-reduce). Turn off only if the ranks feed
             deliberately different vectors, which makes the product meaningless.
+        settings: every keyword setting at once (see
+            :class:`~subspace_optim.OperatorSettings`); its ``parallel``, when set, takes
+            the place of ``group`` and ``check_consistency``.
 
     Raises:
         RuntimeError: ``torch.distributed`` is not initialized, or the ranks' models differ
             in size or dtype (checked with one collective at construction).
         ValueError: an NCCL group with parameters on the CPU.
+        TypeError: ``settings`` given with another keyword that is not at its default.
 
     Shapes:
         ``matvec``: ``(n,) -> (n,)``; ``matmat``: ``(n, b) -> (n, b)``, identical on every
@@ -137,7 +142,8 @@ class DistributedHessianOperator(HessianOperator):
         The paper computes the Hessian on one device with scipy's ``eigsh``. Here the
         eigensolver runs redundantly on every rank (its dense work is ``O(n k^2)``, small
         next to the HVPs) so that no rank idles while serving products; see
-        :meth:`agree_tensors` for how the ranks are made to agree bit for bit.
+        :meth:`~subspace_optim.Curvature.agree_tensors` for how the ranks are made to agree
+        bit for bit.
 
     Example:
         A one-process gloo group (what ``torchrun --nproc_per_node 1`` gives); with more
@@ -213,11 +219,26 @@ class DistributedHessianOperator(HessianOperator):
 class DistributedGGNOperator(GGNOperator):
     """Gauss–Newton matrix of the global mean loss over every rank's data shard.
 
-    :class:`~subspace_optim.GGNOperator` made data-parallel by the same mixin as
-    :class:`DistributedHessianOperator`: its arguments, then ``group`` and
+    :class:`~subspace_optim.GGNOperator` with the data-parallel setting, as
+    :class:`DistributedHessianOperator` is the Hessian's: its arguments, then ``group`` and
     ``check_consistency``; one all-reduce per product; every rank gets the same bits;
-    :meth:`agree_tensors` gives every rank rank 0's eigenpairs. Construct it on every rank,
-    each with its own shard.
+    :meth:`~subspace_optim.Curvature.agree_tensors` gives every rank rank 0's eigenpairs.
+    Construct it on every rank, each with its own shard.
+
+    Args:
+        model, loss_fn, data, params: as in :class:`DistributedHessianOperator` (``data``
+            is this rank's shard; ``model`` may be wrapped in DDP).
+        chunk_size, method, train, max_block_size, memory_budget, cache_graph: as in
+            :class:`~subspace_optim.GGNOperator`.
+        check, generator: as in :class:`~subspace_optim.GGNOperator`.
+        group, check_consistency: as in :class:`DistributedHessianOperator`.
+        settings: every keyword setting at once (see
+            :class:`~subspace_optim.OperatorSettings`); its ``parallel``, when set, takes
+            the place of ``group`` and ``check_consistency``.
+
+    Raises:
+        RuntimeError: ``torch.distributed`` is not initialized, or the ranks' models differ.
+        TypeError: ``settings`` given with another keyword that is not at its default.
 
     Example:
         >>> import os, tempfile, torch
@@ -289,10 +310,26 @@ class DistributedGGNOperator(GGNOperator):
 class DistributedGradientCovarianceOperator(GradientCovarianceOperator):
     """Per-example gradient covariance over every rank's data shard.
 
-    :class:`~subspace_optim.GradientCovarianceOperator` made data-parallel by the same
-    mixin as :class:`DistributedHessianOperator`. The mean gradient ``ḡ`` of the centred
-    form travels in the same all-reduce as the product (one more column), so the centring
-    uses the mean over all ranks' examples.
+    :class:`~subspace_optim.GradientCovarianceOperator` with the data-parallel setting, as
+    :class:`DistributedHessianOperator` is the Hessian's. The mean gradient ``ḡ`` of the
+    centred form travels in the same all-reduce as the product (one more column), so the
+    centring uses the mean over all ranks' examples.
+
+    Args:
+        model, loss_fn, data, params: as in :class:`DistributedHessianOperator` (``data``
+            is this rank's shard; ``model`` may be wrapped in DDP).
+        centered, per_example_loss: as in :class:`~subspace_optim.GradientCovarianceOperator`.
+        chunk_size, method, train, max_block_size, memory_budget, cache_graph: as in
+            :class:`~subspace_optim.GradientCovarianceOperator`.
+        check, generator: as in :class:`~subspace_optim.GradientCovarianceOperator`.
+        group, check_consistency: as in :class:`DistributedHessianOperator`.
+        settings: every keyword setting at once (see
+            :class:`~subspace_optim.OperatorSettings`); its ``parallel``, when set, takes
+            the place of ``group`` and ``check_consistency``.
+
+    Raises:
+        RuntimeError: ``torch.distributed`` is not initialized, or the ranks' models differ.
+        TypeError: ``settings`` given with another keyword that is not at its default.
 
     Example:
         >>> import os, tempfile, torch

@@ -25,7 +25,7 @@ import torch
 from .._utils import check_int, choice
 from ._memory import check_budget
 
-__all__ = ["PRODUCT_METHODS", "DataParallel", "OperatorSettings", "settings_from"]
+__all__ = ["PRODUCT_METHODS", "DataParallel", "OperatorSettings"]
 
 #: the product back ends every curvature operator over a model offers: ``"autograd"``
 #: (double backward through one graph per micro-batch, cacheable), ``"func"`` (torch.func
@@ -84,7 +84,8 @@ class OperatorSettings:
     Args:
         chunk_size: split batches into micro-batches of at most this many examples
             (``None``: whole batches).
-        method: the product back end, one of :data:`PRODUCT_METHODS`.
+        method: the product back end, one of
+            :data:`~subspace_optim.operators.settings.PRODUCT_METHODS`.
         train: evaluate in train (``True``) or eval (``False``) mode; ``None`` keeps the
             model's mode.
         max_block_size: evaluate at most this many columns of a block per pass over the
