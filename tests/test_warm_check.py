@@ -78,7 +78,7 @@ def test_drift_is_caught_and_refreshed(seed: int) -> None:
     )
     kept = refreshed = spent = spent_full = 0
     for t in range(30):
-        A = nudge(A, 0.05, 1000 * seed + t)
+        A = nudge(A, 0.2, 1000 * seed + t)
         res = warm.solve(DenseOperator(A), k, init=U)
         ref = full.solve(DenseOperator(A), k, init=V)
         assert res.converged, res.message

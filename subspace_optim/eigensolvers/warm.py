@@ -25,8 +25,8 @@ DEFAULT_SIN_TOL = 0.04
 DEFAULT_TOL = 3e-3
 #: the default number of random probes of the sketched check (0: no check)
 DEFAULT_PROBES = 2
-#: the sketched check accepts the previous pairs when the estimated residuals are at most
-#: this fraction of their targets (see :class:`WarmRefresh`)
+#: the sketched check accepts the previous pairs when the root mean square of their estimated
+#: residuals is at most this fraction of their targets (see :class:`WarmRefresh`)
 CHECK_MARGIN = 0.5
 #: a refresh that will be checked next time aims this much lower than the target, so that
 #: the checks that follow have room for the drift
@@ -98,10 +98,11 @@ class WarmRefresh(Eigensolver):
         \\mathbb{E}\\,\\rho^2 = \\sum_{i \\le k} \\frac{\\|A x_i - \\theta_i x_i\\|^2}{t_i^2},
 
     with ``X``, ``Θ`` the previous vectors and Ritz values and ``D = diag(t_i)`` their
-    residual targets (the angle or residual target below). If ``ρ <= 1/2``
-    (:data:`CHECK_MARGIN`) every pair is estimated to meet its target with room to spare,
-    and the previous pairs are returned as they are (``num_iterations`` 0, ``message``
-    "sketch check"; the residual norms reported are the estimates ``ρ · t_i``). Otherwise
+    residual targets (the angle or residual target below). If the root mean square
+    ``ρ / √k <= 1/2`` (:data:`CHECK_MARGIN`), the pairs are estimated to meet their targets
+    with room to spare on average, and the previous pairs are returned as they are
+    (``num_iterations`` 0, ``message`` "sketch check"; the residual norms reported are
+    ``(ρ / √k) · t_i``, the estimates for a drift spread evenly over the pairs). Otherwise
     the full refresh follows, aiming at a quarter of the targets (:data:`CHECK_TIGHTEN`)
     so that the checks after it have room for the drift. The check runs again at the next
     call; only when it fails again in a row do the next ``1, 2, 4, …, 8`` refreshes skip it
@@ -109,11 +110,14 @@ class WarmRefresh(Eigensolver):
     that drifts past the margin now and then is checked again right after its refresh. The check is
     attempted when ``init`` has orthonormal columns (to 1e-4); it verifies the pairs
     ``(θ_i, init_i)`` themselves, so a start that is not the previous basis (rotated within
-    its span, reordered) simply fails it. The estimate is
-    unbiased for the sum of squared ratios, which is at least the largest one; with 2
-    probes it falls below a quarter of that sum with probability at most
-    ``1 − e^{−1/4} ≈ 0.22`` (a single dominant residual, χ² with 2 degrees of freedom), in
-    which case a pair up to twice its target can be accepted for one step.
+    its span, reordered) simply fails it. The estimate is unbiased for the sum of squared
+    ratios; the margin is on their mean because a refresh leaves every pair below a quarter
+    of its target, and a margin on the sum (``ρ <= 1/2``) would then reject the pairs it has
+    just accepted once ``k`` exceeds 4. The price: a drift that falls on one pair alone is
+    accepted up to ``√k / 2`` of that pair's target (1.6 for ``k = 10``), more when the two
+    probes underestimate (a single dominant residual is χ² with 2 degrees of freedom: below a
+    quarter of its mean with probability ``1 − e^{−1/4} ≈ 0.22``), for one step before the
+    next check.
 
     Two accuracy targets are available:
 
@@ -361,7 +365,7 @@ class WarmRefresh(Eigensolver):
             return None
         Z = _common.random_block(k, self.probes, op, generator) / kept.targets[:, None]
         R = op.matmat(X @ Z) - X @ (kept.theta[:, None] * Z)
-        rho = float(R.norm()) / math.sqrt(self.probes)
+        rho = float(R.norm()) / math.sqrt(self.probes * k)  # root mean square over pairs
         if not math.isfinite(rho) or rho > CHECK_MARGIN:
             # skip 0 after a first failure, then 1, 2, 4, ... while it keeps failing
             backoff = min(MAX_BACKOFF, 2 * w.backoff) if w.backoff else 1
@@ -380,7 +384,7 @@ class WarmRefresh(Eigensolver):
             out,
             outcome=SolveStatus.CONVERGED,
             message=f"WarmRefresh[sketch check]: previous pairs kept (estimated residuals "
-            f"{rho:.2f} of their targets, {self.probes} probes)",
+            f"{rho:.2f} of their targets, root mean square, {self.probes} probes)",
         )
 
     def _keep(self, theta: Tensor, X: Tensor, k: int) -> None:
