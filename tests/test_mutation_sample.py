@@ -1,6 +1,6 @@
 """A fixed sample of mutants, each of which the unit tests must kill (issue 26).
 
-The full mutation run (``python benchmarks/mutation_report.py``, mutmut; page
+The full mutation run (``python -m benchmarks.mutation``, mutmut; page
 ``docs/mutation.md``) takes tens of minutes, too long for CI. This test applies a handful of
 hand-listed mutants of the kinds that run finds, each a bug that leaves shapes and dtypes
 intact (a flipped sign or comparison, an index off by one, swapped arguments), to a copy of

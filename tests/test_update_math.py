@@ -141,7 +141,7 @@ def test_resolve_mode_refuses_bad_scales(mode, exc, match):
 
 
 # ---------------------------------------------------------------- mutation kills (issue 26)
-# Each test below kills mutants that mutmut's run (benchmarks/mutation_report.py) found alive.
+# Each test below kills mutants that mutmut's run (python -m benchmarks.mutation) found alive.
 
 
 def test_zero_frozen_walks_the_offsets_past_every_slice():

@@ -1,0 +1,108 @@
+"""Mutation testing with mutmut, and the page that reports it (docs/mutation.md).
+
+One command, from the repository root (``pip install mutmut`` first; it takes a while, so run
+it at low priority on a shared machine)::
+
+    nice -n 19 python -m benchmarks.mutation
+
+runs ``mutmut run`` with the configuration in ``pyproject.toml`` (``[tool.mutmut]``: which
+modules are mutated, which tests are run) and writes the page from mutmut's results in
+``mutants/``. ``--no-run`` only rewrites the page from the results already there;
+``--max-children N`` sets mutmut's parallelism.
+
+Plain mutmut 3 skips every decorated function (a decorator runs at import time, and
+``@property`` breaks its trampolines). In the mutated modules most of the math carries
+``@full_precision`` (an autocast guard that calls the function unchanged) and
+``@torch.no_grad()``, so this script starts mutmut with those two decorators treated like
+``@staticmethod``: mutmut's own operators, trampolines, runner and cache, with the decorated
+functions mutated too. ``mutmut results`` / ``mutmut show NAME`` read the same cache.
+
+Each surviving mutant needs a line in :data:`REASONS`, keyed by its mutmut name and the line
+it changes (mutmut numbers the mutants of a function in order, so the line keeps a reason
+from sticking to a different mutant after the code changes): why it is equivalent, or which
+test was added to kill it (a killed mutant is no longer listed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+from benchmarks.harness import ROOT
+
+from .page import write_page
+from .results import load_results
+
+#: decorators mutmut may look through: both call the function unchanged
+TRANSPARENT_DECORATORS = ("full_precision", "torch.no_grad()")
+
+
+def launch_mutmut(argv: list[str]) -> int:
+    """Run mutmut's command line with the transparent decorators let through."""
+    import libcst as cst
+    from libcst.metadata import PositionProvider
+    from mutmut.mutation import file_mutation
+
+    original = file_mutation.MutationVisitor._skip_node_and_children
+
+    def skip(self, node):  # type: ignore[no-untyped-def]
+        if (
+            isinstance(node, cst.FunctionDef)
+            and node.decorators
+            and all(
+                cst.Module([]).code_for_node(d.decorator) in TRANSPARENT_DECORATORS
+                for d in node.decorators
+            )
+        ):
+            position = self.get_metadata(PositionProvider, node, None)
+            if position and position.start.line in self._ignored_node_lines:
+                self.ignored_functions.add(node.name.value)
+                return True
+            return original(self, node.with_changes(decorators=()))
+        return original(self, node)
+
+    file_mutation.MutationVisitor._skip_node_and_children = skip
+    from mutmut.__main__ import cli
+
+    return cli.main(argv, prog_name="mutmut", standalone_mode=False) or 0
+
+
+def run_mutmut(max_children: int | None) -> None:
+    """``mutmut run``, then the mutants it did not kill once more by name.
+
+    mutmut keeps a cached verdict until the mutated function changes, so a survivor stays a
+    survivor after a test is added for it; naming it makes mutmut retest it with the tests
+    as they are now (a killed mutant cannot come back to life by adding tests).
+    """
+    jobs = [] if max_children is None else ["--max-children", str(max_children)]
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.mutation", "--mutmut", "run", *jobs],
+        cwd=ROOT,
+        check=True,
+    )
+    alive = [
+        name
+        for statuses in load_results().values()
+        for name, status in statuses.items()
+        if status in ("survived", "no tests", "suspicious")
+    ]
+    if alive:
+        subprocess.run(
+            [sys.executable, "-m", "benchmarks.mutation", "--mutmut", "run", *jobs, *alive],
+            cwd=ROOT,
+            check=True,
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--no-run", action="store_true", help="only rewrite the page")
+    parser.add_argument("--max-children", type=int, default=None)
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)  # mutmut reads pyproject.toml and mutants/ from the working directory
+    if not args.no_run:
+        run_mutmut(args.max_children)
+    print(write_page(load_results()))
+    return 0
