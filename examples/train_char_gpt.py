@@ -18,7 +18,7 @@ Run::
     python examples/train_char_gpt.py --quick                # a tiny model on a built-in text (docs)
 
 Without ``--text``, the script reads ``~/.cache/subspace-optim/shakespeare.txt`` when a
-benchmark run has cached it (``benchmarks/lm_speedup.py``), else a built-in text made from
+benchmark run has cached it (``benchmarks/lm_speedup/``), else a built-in text made from
 a small grammar (enough to show the mechanics, not to learn English).
 
 Threads: a small model, so one torch thread (see :doc:`/guide/troubleshooting`).

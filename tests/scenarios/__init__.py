@@ -2,7 +2,7 @@
 a soak, each runnable on its own and reported as a typed outcome.
 
 ``tests/test_bad_input.py``, ``tests/test_reliability.py``, ``tests/test_soak.py`` and
-``benchmarks/reliability_report.py`` run the same cases, so the documented table is what the
+``benchmarks/reliability/`` run the same cases, so the documented table is what the
 tests check. Everything runs on a tiny float64 MLP (4-6-3, tanh, 51 parameters) in seconds.
 It lives with the tests, not in the installed package; import it as ``scenarios`` with
 ``tests/`` on ``sys.path`` (pytest puts it there for the test files).
