@@ -117,6 +117,8 @@ def test_settings_and_keywords_together_are_refused(generator):
         so.HessianOperator(model, mse, data, chunk_size=4, settings=OperatorSettings())
     with pytest.raises(TypeError, match="settings must be an OperatorSettings; got dict"):
         so.HessianOperator(model, mse, data, settings={"chunk_size": 4})  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not both: check given"):  # 1 is not the default True
+        so.HessianOperator(model, mse, data, check=1, settings=OperatorSettings())
     # a keyword left at its default is not a conflict
     op = so.HessianOperator(
         model, mse, data, method="auto", settings=OperatorSettings(chunk_size=3)

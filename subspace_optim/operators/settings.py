@@ -44,8 +44,8 @@ def _check_flag(name: str, value: object, *, allow_none: bool = False) -> None:
 class DataParallel:
     """Sum an operator's products over the data shards of every rank of a process group.
 
-    The setting that makes a curvature operator data-parallel
-    (:attr:`OperatorSettings.parallel`): every product and ``loss_and_grad()`` becomes a
+    The setting that makes a curvature operator data-parallel (the ``parallel`` field of
+    :class:`OperatorSettings`): every product and ``loss_and_grad()`` becomes a
     collective that all-reduces each rank's local sum and example count, so the operator is
     the mean over the union of the shards.
     :class:`~subspace_optim.DistributedHessianOperator` and its GGN and covariance siblings
@@ -155,6 +155,11 @@ class OperatorSettings:
 _DEFAULTS = OperatorSettings()
 
 
+def _is_default(value: object, default: object) -> bool:
+    # ``1`` is not the default ``True``: a keyword of another type counts as given
+    return value is default or (type(value) is type(default) and value == default)
+
+
 def settings_from(settings: OperatorSettings | None, **keywords: Any) -> OperatorSettings:
     """The settings an operator's constructor was given: ``settings``, or its keywords.
 
@@ -173,11 +178,7 @@ def settings_from(settings: OperatorSettings | None, **keywords: Any) -> Operato
         return OperatorSettings(**keywords)
     if not isinstance(settings, OperatorSettings):
         raise TypeError(f"settings must be an OperatorSettings; got {type(settings).__name__}")
-    given = [
-        k
-        for k, v in keywords.items()
-        if v is not getattr(_DEFAULTS, k) and v != getattr(_DEFAULTS, k)
-    ]
+    given = [k for k, v in keywords.items() if not _is_default(v, getattr(_DEFAULTS, k))]
     if given:
         raise TypeError(
             f"pass the settings either as keywords or as settings=OperatorSettings(...), not "
@@ -188,8 +189,7 @@ def settings_from(settings: OperatorSettings | None, **keywords: Any) -> Operato
 
 
 def with_parallel(settings: OperatorSettings, parallel: DataParallel) -> OperatorSettings:
-    """``settings`` made data-parallel: its own :attr:`~OperatorSettings.parallel` if it has
-    one, else ``parallel``."""
+    """``settings`` made data-parallel: its own ``parallel`` if it has one, else ``parallel``."""
     if settings.parallel is not None:
         return settings
     return dataclasses.replace(settings, parallel=parallel)
