@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+from benchmarks.harness import markdown_table
+
 
 def _f(x: float, spec: str = ".2f") -> str:
     return "—" if x is None or not math.isfinite(x) else format(x, spec)
@@ -14,8 +16,8 @@ def _lr(x: float) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return out + ["| " + " | ".join(r) + " |" for r in rows] + [""]
+    """The table's lines and a blank line after it."""
+    return [*markdown_table(header, rows).split("\n"), ""]
 
 
 REASON = {"threshold": "rule", "forced": "forced", "fixed": "fixed"}

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import os
 import subprocess
 import time
 from dataclasses import asdict, dataclass, replace
@@ -202,7 +201,7 @@ def add_timing(args: argparse.Namespace, results: dict[str, Any]) -> dict[str, A
     cfg = train.TrainConfig(**results["train"])
     lr = results["tuned_lr"]
     results["timing"] = timing.interleaved(specs, lr, (model, cfg), corpus, sizes.timing)
-    results["timing"]["load_average_at_end"] = os.getloadavg()
+    results["timing"]["load_average_at_end"] = load_average()
     return compact(results)
 
 

@@ -19,6 +19,8 @@ from typing import Any
 
 import torch
 
+from benchmarks.harness import rotated
+
 from . import arms, text
 from .gpt import GPTConfig
 from .train import TrainConfig, _step, lr_factor, make_model
@@ -75,8 +77,7 @@ def interleaved(
     try:
         built = [_build(s, lr, model_cfg) for s in specs]
         for step in range(cfg.warmup + cfg.steps):
-            shift = step % len(built)
-            for arm in built[shift:] + built[:shift]:
+            for arm in rotated(built, step):
                 _one_step(arm, step, train_cfg, corpus, model_cfg.context)
     finally:
         torch.set_num_threads(threads)

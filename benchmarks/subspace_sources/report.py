@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from benchmarks.harness import load_clause
+from benchmarks.harness import load_clause, markdown_table
 
 from .findings import findings
 from .summary import LABEL
@@ -21,8 +21,7 @@ def _f(x: float, spec: str = ".3g") -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return out + ["| " + " | ".join(r) + " |" for r in rows]
+    return markdown_table(header, rows).split("\n")
 
 
 # ---------------------------------------------------------------------- markdown
