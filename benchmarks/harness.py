@@ -9,6 +9,8 @@ Machine and load (a page names the machine, its load and the command):
 * :func:`machine_info` ``(device, blas=None) -> dict``: CPU, cores, torch threads, torch
   and Python versions, the device (and GPU name), the load average at the start and a
   one-line ``description``;
+* :func:`cpu_name` ``() -> str``: the CPU's model name (for a study that keeps its own
+  machine record);
 * :func:`load_average` ``() -> list | None``: the 1, 5 and 15 minute load averages; store
   it as ``machine["load_average_at_end"]`` when the measurements end;
 * :func:`machine_line` ``(machine, command) -> str``: ``Machine: … Command: `…`.``;

@@ -234,3 +234,18 @@ def test_quick_modes_write_to_a_temporary_folder():
 
     assert output_dir(None, True, results, "t") != results
     assert output_dir(None, False, results, "t") == results
+
+
+def test_refresh_analysis_quick(tmp_path):
+    """The refresh-cost study on 4 steps: every strategy's row is there and sane, and the
+    performance page's table is made from its JSON."""
+    ra = importlib.import_module("benchmarks.refresh_analysis.run")
+    page = importlib.import_module("benchmarks.performance_page")
+    ra.main(["--quick", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "refresh_analysis.json").read_text())
+    assert saved["steps"] == 4 and saved["k"] == ra.K
+    assert [r["label"] for r in saved["rows"]] == [label for label, _, _ in ra.strategies()]
+    for r in saved["rows"]:
+        assert r["matvecs_per_step"] > 0 and 0 <= r["sin_median"] <= r["sin_max"] <= 1
+    notes = "\n".join(page.refresh_analysis_notes(tmp_path / "refresh_analysis.json"))
+    assert "python -m benchmarks.refresh_analysis --steps 4" in notes

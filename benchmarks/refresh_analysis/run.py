@@ -18,6 +18,7 @@ only. Run (about 5 minutes on one core)::
 
     python -m benchmarks.refresh_analysis            # writes benchmarks/results/refresh_analysis.json
     python -m benchmarks.refresh_analysis --steps 30 --out /tmp/ra
+    python -m benchmarks.refresh_analysis --quick    # 4 steps, a smoke run
 """
 
 from __future__ import annotations
@@ -32,8 +33,13 @@ from typing import Any
 import torch
 
 import subspace_optim as so
-from benchmarks.harness import RESULTS
-from benchmarks.projected_training.setups import batch_schedule, make_setup, params_of, write_flat
+from benchmarks.harness import RESULTS, output_dir
+from benchmarks.projected_training.setups import (
+    batch_schedule,
+    make_setup,
+    params_of,
+    write_flat,
+)
 from subspace_optim._utils import flatten
 
 K = 10
@@ -131,8 +137,17 @@ def replay(traj: dict[str, list[torch.Tensor]], make: Any, every: int) -> dict[s
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=120)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--quick", action="store_true", help="4 steps, into a temporary folder")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: benchmarks/results; with --quick a new temporary folder",
+    )
     args = p.parse_args(argv)
+    args.out = output_dir(args.out, args.quick, RESULTS, "refresh_analysis")
+    if args.quick:
+        args.steps = 4
     torch.set_num_threads(1)
     traj = trajectory(args.steps)
     V, lam = traj["vecs"], torch.stack(traj["vals"])
