@@ -52,6 +52,8 @@ GENERATED_PAGES: tuple[str, ...] = (
     "reproduce_quick",
     "subspace_sources",
     "bulk_adam",
+    "lm_speedup",
+    "paper_setups",
 )
 
 #: the order of the gallery (file names under examples/); scripts not listed come last
