@@ -38,16 +38,79 @@ from .results import load_results
 #: decorators mutmut may look through: both call the function unchanged
 TRANSPARENT_DECORATORS = ("full_precision", "torch.no_grad()")
 
+#: modules of which only these functions are mutated: the math where a wrong sign, index or
+#: weight is silent. The rest of these modules is argument checking, messages and plumbing
+#: (state dicts, validation, memory estimates) that the other tests cover by failing loudly.
+ONLY_FUNCTIONS = {
+    # the warm refresh's sketched check, its targets and its back-off
+    "subspace_optim/eigensolvers/warm.py": frozenset({"_check", "_targets", "_meets", "_keep"}),
+    # micro-batch weighting: splitting batches into chunks and weighting each by its count
+    "subspace_optim/operators/_data.py": frozenset(
+        {"batch_size", "_split", "micro_batches", "num_micro_batches"}
+    ),
+    "subspace_optim/operators/_model_operator.py": frozenset(
+        {"_local_matmat", "_finish", "_matmat", "_local_loss_and_grad", "loss_and_grad"}
+    ),
+    # the curvature operators' products
+    "subspace_optim/operators/_hvp.py": frozenset({"build_chunk_graph", "graph_hvp", "func_hvp"}),
+    "subspace_optim/operators/_jacobian.py": frozenset(
+        {"build_output_graph", "graph_jvp", "graph_vjp", "func_jacobian_block"}
+    ),
+    "subspace_optim/operators/hessian.py": frozenset(
+        {"_build_graph", "_graph_product", "_chunk_product", "_losses_and_grads"}
+    ),
+    "subspace_optim/operators/ggn.py": frozenset(
+        {"apply", "_build_graph", "_graph_product", "_chunk_product"}
+    ),
+    "subspace_optim/operators/covariance.py": frozenset(
+        {
+            "_losses_of",
+            "_build_graph",
+            "_graph_product",
+            "_chunk_product",
+            "_payload_columns",
+            "_local_matmat",
+            "_finish",
+            "_losses_and_grads",
+        }
+    ),
+}
+
 
 def launch_mutmut(argv: list[str]) -> int:
-    """Run mutmut's command line with the transparent decorators let through."""
+    """Run mutmut's command line with the transparent decorators let through and only the
+    :data:`ONLY_FUNCTIONS` of the modules listed there mutated."""
+    patch_mutmut()
+    from mutmut.__main__ import cli
+
+    return cli.main(argv, prog_name="mutmut", standalone_mode=False) or 0
+
+
+def patch_mutmut() -> None:
+    """Teach mutmut's mutation visitor :data:`TRANSPARENT_DECORATORS` and
+    :data:`ONLY_FUNCTIONS` (mutmut forks its workers, so they inherit the patch)."""
     import libcst as cst
     from libcst.metadata import PositionProvider
     from mutmut.mutation import file_mutation
 
     original = file_mutation.MutationVisitor._skip_node_and_children
+    create = file_mutation.create_mutations
+    current: dict[str, frozenset[str] | None] = {"only": None}
+
+    def create_mutations(filename, *args, **kwargs):  # type: ignore[no-untyped-def]
+        path = os.path.relpath(filename, ROOT) if os.path.isabs(filename) else filename
+        current["only"] = ONLY_FUNCTIONS.get(path.replace(os.sep, "/"))
+        try:
+            return create(filename, *args, **kwargs)
+        finally:
+            current["only"] = None
 
     def skip(self, node):  # type: ignore[no-untyped-def]
+        only = current["only"]
+        if only is not None and isinstance(node, cst.FunctionDef):
+            outer = self.get_metadata(file_mutation.OuterFunctionProvider, node, None) or node
+            if outer.name.value not in only:
+                return True  # a function the study leaves alone (ONLY_FUNCTIONS)
         if (
             isinstance(node, cst.FunctionDef)
             and node.decorators
@@ -64,9 +127,7 @@ def launch_mutmut(argv: list[str]) -> int:
         return original(self, node)
 
     file_mutation.MutationVisitor._skip_node_and_children = skip
-    from mutmut.__main__ import cli
-
-    return cli.main(argv, prog_name="mutmut", standalone_mode=False) or 0
+    file_mutation.create_mutations = create_mutations
 
 
 def run_mutmut(max_children: int | None) -> None:
