@@ -31,7 +31,7 @@ docs=()
 if [ "$(realpath "$OUT")" = "$(realpath benchmarks/results)" ]; then
     docs=(--docs docs/performance.md)
 fi
-timeout 240 python benchmarks/paper_scale.py --device cuda --quick --out "$OUT" "${docs[@]}" \
+timeout 240 python -m benchmarks.paper_scale --device cuda --quick --out "$OUT" "${docs[@]}" \
     || status=$?
 echo "gpu_check: finished in $((SECONDS - start)) s with status $status (tests: $OUT/gpu_check_tests.txt)"
 exit "$status"

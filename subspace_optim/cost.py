@@ -10,8 +10,8 @@ gradient (which builds the graph the products then reuse):
   its guards), plus about ``k`` per LOBPCG iteration when the subspace moved more than the
   angle target (the first iteration is counted in the upper end of the range);
 * the first refresh: a cold solve, between ``2·(k + extra)`` (single-vector Lanczos) and
-  ``9·(k + extra)`` products (the default LOBPCG; ``benchmarks/paper_scale.py`` measures
-  it on the paper's setups).
+  ``9·(k + extra)`` products (the default LOBPCG; ``python -m benchmarks.paper_scale``
+  measures it on the paper's setups).
 
 :func:`estimate_refresh_cost` measures the two prices on the user's own operator (one
 full-data gradient, one block of products) and multiplies. ``docs/guide/cost.rst`` explains

@@ -359,12 +359,9 @@ def test_modules_and_functions_stay_simple():
 
 
 #: benchmark modules that still break a rule because they have not moved into the suite's
-#: layout yet (their owner moves them into benchmarks/paper_setups/); like PENDING, each
-#: must still break a rule, so an entry goes when its module moves or is simplified
-BENCHMARKS_PENDING: dict[str, str] = {
-    "benchmarks.paper_scale": "the paper-scale study, moving into benchmarks/paper_setups/",
-    "benchmarks.paper_scale_rows": "its rows, moving into benchmarks/paper_setups/",
-}
+#: layout yet; like PENDING, each must still break a rule, so an entry goes when its module
+#: moves or is simplified
+BENCHMARKS_PENDING: dict[str, str] = {}
 
 
 def _of_module(violation: str, module: str) -> bool:

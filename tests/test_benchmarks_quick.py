@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
@@ -160,15 +159,12 @@ SETUPS = ("mnist-mlp", "cifar-cnn", "sst2-transformer")
 
 
 def test_paper_scale_quick(tmp_path):
-    """benchmarks/paper_scale.py --quick on narrow versions of the three setups (the
+    """python -m benchmarks.paper_scale --quick on narrow versions of the three setups (the
     Transformer's products and the paper protocol's go through attention; its data are
     fewer than a batch): every row and column is there and sane, the targets are checked,
     the profile is taken, and the performance page builds."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        ps = importlib.import_module("paper_scale")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    ps = importlib.import_module("benchmarks.paper_scale.run")
+    rows = importlib.import_module("benchmarks.paper_scale.rows")
     before = _results_fingerprint()
     perf = tmp_path / "perf.md"
     results = ps.main(
@@ -180,7 +176,7 @@ def test_paper_scale_quick(tmp_path):
     assert [b["setup"] for b in results["setups"]] == list(SETUPS)
     for block in results["setups"]:
         runs = {r["label"]: r for r in block["runs"]}
-        assert {"SGD", "paper protocol", "library default", ps.rows.PREVIOUS_DEFAULT} <= set(runs)
+        assert {"SGD", "paper protocol", "library default", rows.PREVIOUS_DEFAULT} <= set(runs)
         for r in block["runs"]:
             assert r["steps"] == 2 and r["ms_median"] > 0 and r["hours_20k"] > 0
             assert r["peak_mib"] >= 0 and math.isfinite(r["final_loss"])
@@ -212,16 +208,10 @@ def test_paper_scale_quick(tmp_path):
 def test_quick_modes_write_to_a_temporary_folder():
     """Every benchmark's --quick defaults to a fresh temporary folder (never the committed
     benchmarks/results); an explicit --out is kept."""
-    sys.path.insert(0, str(BENCHMARKS))  # paper_scale.py is still a script there
-    try:
-        paper_scale = importlib.import_module("paper_scale")
-    finally:
-        sys.path.remove(str(BENCHMARKS))
     modules = [
         importlib.import_module(f"benchmarks.{m}.run")
-        for m in ("projected_training", "hvp", "blas_interference")
+        for m in ("projected_training", "hvp", "blas_interference", "paper_scale")
     ]
-    modules.append(paper_scale)
     eig = importlib.import_module("benchmarks.eigensolvers.run")
     results = BENCHMARKS / "results"
     for mod in modules:

@@ -36,29 +36,3 @@ Run (about 8 minutes on a quiet 2-core CPU)::
     python -m benchmarks.projected_training --device cuda     # adds *_cuda results
     python -m benchmarks.projected_training --quick   # smoke test, into a temporary folder
 """
-
-# Until benchmarks/paper_scale.py and paper_scale_rows.py move into the suite (their owner
-# moves them): run as scripts, they import this package as a top-level `projected_training`
-# (with benchmarks/ on sys.path) and use the names below. Remove this block then.
-if __name__ == "projected_training":
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from benchmarks.harness import (  # noqa: F401
-        limit_blas_threads,
-        machine_info,
-        machine_line,
-        markdown_table,
-        restore_blas_threads,
-        synchronize,
-    )
-    from benchmarks.performance_page import save_results  # noqa: F401
-    from benchmarks.projected_training.paper_protocol import PaperEigsh  # noqa: F401
-    from benchmarks.projected_training.setups import (  # noqa: F401
-        Setup,
-        batch_schedule,
-        full_loss,
-        params_of,
-        write_flat,
-    )
