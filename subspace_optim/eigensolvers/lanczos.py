@@ -29,7 +29,7 @@ class Lanczos(Eigensolver):
         ncv: Krylov basis size (default ``max(3k, 30)``, capped at ``n``). SciPy's
             :func:`~scipy.sparse.linalg.eigsh` uses ``max(2k + 1, 20)``; the larger basis
             costs ``n · k`` more numbers of memory and restarts less
-            (``benchmarks/eigensolvers.py`` compares the two).
+            (``python -m benchmarks.eigensolvers`` compares the two).
         tol, max_iter, which, raise_on_failure: see :class:`Eigensolver`; ``max_iter``
             counts restarts.
 

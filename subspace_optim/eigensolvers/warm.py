@@ -131,7 +131,7 @@ class WarmRefresh(Eigensolver):
     * a residual (``tol`` given, ``sin_tol`` not): ``‖A v_i − θ_i v_i‖ <= tol · |θ_1|``
       for ``i <= k``, the target of every other solver.
 
-    The default target was chosen by measurement (``benchmarks/refresh_analysis.py``;
+    The default target was chosen by measurement (``python -m benchmarks.refresh_analysis``;
     results in ``benchmarks/results/refresh_analysis.json``, summary in the changelog).
     The Davis–Kahan estimate is not a bound: ``θ_b`` only stands in for the largest
     eigenvalue outside the block, and the angle to the top ``k`` also depends on how well

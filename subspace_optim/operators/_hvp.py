@@ -29,7 +29,7 @@ __all__ = ["PRODUCT_MEMORY_RULES", "ChunkGraph", "build_chunk_graph", "func_hvp"
 #: shared by the columns; the double backward of one column allocates temporaries of the
 #: same sizes; each column keeps its input and result, and one column at a time two more);
 #: ``"func"`` ``G + w·(4·G + 3·col)`` (``vmap`` carries the tangents of the forward and
-#: backward intermediates for every column). Calibration: ``benchmarks/memory.py``.
+#: backward intermediates for every column). Calibration: ``python -m benchmarks.memory``.
 PRODUCT_MEMORY_RULES = {
     "autograd": MemoryRule(graph_fixed=5, col_fixed=2, graph_per_column=0, col_per_column=2),
     "func": MemoryRule(graph_fixed=1, col_fixed=0, graph_per_column=4, col_per_column=3),

@@ -126,8 +126,8 @@ class HessianOperator(ModelOperator):
         loss (torch.func's forward-over-reverse fails on some losses, see
         ``operators/_hvp.py``) and shares one forward pass and one gradient graph
         across a whole block of vectors. Which back end is faster depends on the model and
-        the machine (``benchmarks/hvp.py`` measures both, ``docs/performance.md`` reports
-        the numbers), so pass ``method="func"`` where it measures faster. ``"auto"`` is a
+        the machine (``python -m benchmarks.hvp`` measures both, ``docs/performance.md``
+        reports the numbers), so pass ``method="func"`` where it measures faster. ``"auto"`` is a
         fixed rule, never a timing race: a fresh process makes the same choice, so
         checkpoint-resume stays bit-for-bit.
 
@@ -146,7 +146,7 @@ class HessianOperator(ModelOperator):
           and backward intermediates for every column).
 
         The estimate is meant to bound the peak from above; its multiples of ``G`` are
-        calibrated by ``benchmarks/memory.py``, which compares it with measured peaks
+        calibrated by ``python -m benchmarks.memory``, which compares it with measured peaks
         (``docs/memory_benchmark.md``). Limits: it counts tensors, not allocator caching or
         fragmentation; other architectures may need other multiples; and it is measured on
         the first micro-batch only (larger later batches, or data-dependent control flow,
