@@ -40,14 +40,16 @@ runs it.
 """
 
 
-def _merged(folder: Path, families: list[str]) -> Any:
-    """One result with every family's run (for the Figure-1 panels and the table)."""
+def _merged(folder: Path, families: list[str]) -> tuple[Any, dict[str, float]]:
+    """One result with every family's run (for the Figure-1 panels and the table), and each
+    family's CPU seconds."""
     results = [read_report(folder / f) for f in families]
-    return dataclasses.replace(
+    merged = dataclasses.replace(
         results[0],
         families=[r.families[0] for r in results],
         seconds=sum(r.seconds for r in results),
     )
+    return merged, {f: r.cpu_seconds for f, r in zip(families, results)}
 
 
 def _chi_figure(folder: Path, study: dict[str, Any], path: Path) -> None:
@@ -106,7 +108,8 @@ def _cost_rows(result: Any) -> list[list[str]]:
     return rows
 
 
-def _rule_rows(study: dict[str, Any]) -> list[list[str]]:
+def _rule_rows(study: dict[str, Any], cpu: dict[str, float]) -> list[list[str]]:
+    """Per family: what the rule decided, and the wall and CPU time of the two passes."""
     return [
         [
             r["family"],
@@ -116,6 +119,7 @@ def _rule_rows(study: dict[str, Any]) -> list[list[str]]:
             r["switch_reason"],
             fmt(r["trajectory_seconds"], ".0f"),
             fmt(r["run_seconds"], ".0f"),
+            fmt(cpu[r["family"]], ".0f"),
         ]
         for r in study["rules"]
     ]
@@ -125,7 +129,7 @@ def setup_section(folder: Path, name: str, figures: Path) -> str:
     """The page's section for one setup folder (draws its two figures into ``figures``)."""
     study = json.loads((folder / "study.json").read_text())
     families = [r["family"] for r in study["rules"]]
-    result = _merged(folder, families)
+    result, cpu = _merged(folder, families)
     figures.mkdir(parents=True, exist_ok=True)
     chi_png, loss_png = figures / f"{name}_chi.png", figures / f"{name}_loss.png"
     _chi_figure(folder, study, chi_png)
@@ -145,8 +149,17 @@ def setup_section(folder: Path, name: str, figures: Path) -> str:
         f"{plan['after_switch']} steps after it.",
         "",
         markdown_table(
-            ["family", "highest EMA", "threshold", "switch", "by", "trajectory s", "run s"],
-            _rule_rows(study),
+            [
+                "family",
+                "highest EMA",
+                "threshold",
+                "switch",
+                "by",
+                "trajectory s",
+                "run s",
+                "run CPU s",
+            ],
+            _rule_rows(study, cpu),
         ),
         "",
         f"![χ_k before the switch]({FIGURES / chi_png.name})",
