@@ -39,9 +39,17 @@ Run (``--quick``: tiny sizes, writes to a temporary folder unless ``--out`` is g
         --examples cifar-cnn=1000 --out C
     OMP_NUM_THREADS=1 python -m benchmarks.paper_scale --threads 1 --setups sst2-transformer \
         --examples sst2-transformer=200 --out D
-    python -m benchmarks.paper_scale --merge {A,B,C,D}/paper_scale.json --out benchmarks/results \
-        --docs docs/performance.md
+    OMP_NUM_THREADS=1 python -m benchmarks.paper_scale --threads 1 --setups mnist-5k-real \
+        --warmup 1575 --levers previous --no-profile --out E    # the switch, see below
+    OMP_NUM_THREADS=1 python -m benchmarks.paper_scale --threads 1 --setups mnist-5k-real \
+        --warmup 1000 --levers previous --no-profile --out F
+    python -m benchmarks.paper_scale --merge {A,B,C,D,E,F}/paper_scale.json \
+        --out benchmarks/results --docs docs/performance.md
     python -m benchmarks.paper_scale --device cuda --quick --out benchmarks/results
+
+Step 1,575 is where the paper's rule switched SGD on the same real MNIST-5k (the EMA of χ_k
+passed 0.95 there, ``python -m benchmarks.paper_setups``); this benchmark's own SGD run,
+on its own mini-batches, is snapshotted at that step.
 """
 
 from __future__ import annotations
