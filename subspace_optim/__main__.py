@@ -288,14 +288,8 @@ def _settings(args: argparse.Namespace, defaults: dict[str, Any]) -> dict[str, A
 
 
 def _with_threads(threads: int | None, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call ``fn`` with torch's intra-op thread count set to ``threads`` (restored after).
-
-    The digits setups default to one thread: their products are small (64-wide layers), so
-    intra-op threads have little to parallelize, and on a busy machine OpenMP's waiting
-    threads cost far more than they give (measured: ``--quick --optimizers sgd,momentum``
-    took 21 s of CPU and 34 s of wall time with one thread, 300 s and 411 s with two, on a
-    2-core machine shared with other jobs).
-    """
+    """Call ``fn`` with torch's intra-op thread count set to ``threads`` (restored after,
+    also on an error); ``None`` leaves the thread count as it is."""
     import torch
 
     if threads is None:

@@ -20,6 +20,7 @@ the model and when to use a data subset, a wider block or a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -159,17 +160,18 @@ def estimate_refresh_cost(
     if block >= n:
         raise ValueError(f"k + extra = {block} must be below the operator's size {n}")
     device = operator.device
-    release = getattr(operator, "release_graph", lambda: None)
+    scope = getattr(operator, "solve_scope", contextlib.nullcontext)
     gen = generator if generator is not None else torch.Generator().manual_seed(0)
     V = torch.randn(n, block, generator=gen, dtype=operator.dtype).to(device)
-    release()
+    with scope():  # nothing cached before the estimate is reused
+        pass
     grad = getattr(operator, "loss_and_grad", None)
-    ms_gradient = _ms(grad, device) if grad is not None else 0.0
-    release()
-    ms_single = _ms(lambda: operator.matmat(V[:, :1]), device)
-    operator.matmat(V[:, :1])  # the graph of this point, as a refresh has it
-    ms_column = _ms(lambda: operator.matmat(V), device) / block
-    release()
+    with scope():
+        ms_gradient = _ms(grad, device) if grad is not None else 0.0
+    with scope():
+        ms_single = _ms(lambda: operator.matmat(V[:, :1]), device)
+        operator.matmat(V[:, :1])  # the graph of this point, as a refresh has it
+        ms_column = _ms(lambda: operator.matmat(V), device) / block
     later = (min(probes, block) if probes else block, block + k)
     first = (COLD_MULTIPLES[0] * block, COLD_MULTIPLES[1] * block)
     per = tuple(ms_gradient + p * ms_column for p in later)

@@ -401,6 +401,6 @@ def test_the_wrapper_knows_no_particular_optimizer_or_operator():
     # SAM, a base optimizer, knows no wrapper: it asks the protocol and _guard instead
     assert "subspace_optim.optim.projected" not in graph["subspace_optim.optim.sam"]
     source = (PACKAGE / "optim" / "projected.py").read_text()
-    for private in ("_perturbed", "_has_fresh_gradient", "broadcast_result", "release_graph"):
+    for private in ("_perturbed", "_has_fresh_gradient", "broadcast_result", "_release_cache"):
         assert private not in source, private
     assert 'hasattr(base, "curvature")' not in (PACKAGE / "optim" / "sam.py").read_text()

@@ -66,7 +66,8 @@ def test_one_forward_pass_per_point_and_a_rebuild_after_each_step(generator):
     assert not torch.equal(after, first)
     assert torch.equal(after, reference @ V)
 
-    op.release_graph()
+    with op.solve_scope():  # an empty scope frees the cached graph
+        pass
     calls[0] = 0
     op @ V
     assert calls[0] == 1
@@ -164,7 +165,7 @@ def _mutations():  # type: ignore[no-untyped-def]
                 strict=True,
                 reason="library limitation: p.data.mul_() changes neither the version counter "
                 "nor the storage, so the key cannot see it and the cached graph is stale "
-                "(fix: a value fingerprint in the key, or document release_graph())",
+                "(fix: a value fingerprint in the key; state_key's note says to free the graph)",
             ),
         ),
         ("batchnorm_eval", running_stats),

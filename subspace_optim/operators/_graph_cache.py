@@ -39,7 +39,8 @@ def state_key(
     .. note::
         A change through ``p.data`` (``p.data.mul_(...)``, as weight clipping does) moves
         neither the version counter nor the storage: the key cannot see it. Free the cached
-        graph after such a change (``with op.solve_scope(): ...`` around the next solve).
+        graph after such a change (``with op.solve_scope(): pass``: a scope frees what was
+        cached when it exits).
     """
     key: list[Any] = [train]
     key.extend(m.training for m in model.modules())

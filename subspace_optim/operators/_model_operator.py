@@ -250,7 +250,7 @@ class ModelOperator(LinearOperator):
             ):
                 yield
         except BaseException:
-            self.release_graph()
+            self._release_cache()
             raise
         finally:
             if self.train is not None and self.train != previous:
@@ -336,7 +336,7 @@ class ModelOperator(LinearOperator):
             key, lambda: [self._build_graph(x, y, m) for x, y, m in self.chunks()]
         )
 
-    def release_graph(self) -> None:
+    def _release_cache(self) -> None:
         """Free the cached graph (the next product rebuilds it); a no-op without one."""
         self._cache.release()
 

@@ -104,23 +104,21 @@ class LinearOperator(ABC):
             )
         return self.matmat(v.unsqueeze(1)).squeeze(1)
 
-    def release_graph(self) -> None:
-        """Free state cached between products at one point (a no-op here).
-
-        :class:`~subspace_optim.HessianOperator` keeps the gradient graph of its data while
-        the parameters stay the same; solvers' callers that know a solve is over (the
-        subspace optimizer after each refresh, :func:`~subspace_optim.top_k_eigenpairs`)
-        call this to free it early.
-        """
+    def _release_cache(self) -> None:
+        """Free state cached between products at one point (a no-op here; an operator that
+        caches overrides it). Callers use :meth:`solve_scope`."""
         return None
 
     @contextlib.contextmanager
     def solve_scope(self) -> Iterator[None]:
         """A context for one solve: products inside may share state cached at one point.
 
-        On exit, normal or by an exception, :meth:`release_graph` frees that state, so
-        callers never have to remember to. Scopes may nest; the state is freed when each
-        one exits, and the next product rebuilds it.
+        :class:`~subspace_optim.HessianOperator` keeps the gradient graph of its data while
+        the parameters stay the same. On exit, normal or by an exception, that state is
+        freed, so callers never have to remember to; the next product rebuilds it. Scopes
+        may nest; the state is freed when each one exits. The subspace optimizer and
+        :func:`~subspace_optim.top_k_eigenpairs` run each solve in one; an empty scope
+        (``with op.solve_scope(): pass``) frees what earlier products cached.
 
         Returns:
             A context manager; it yields ``None``.
@@ -137,7 +135,7 @@ class LinearOperator(ABC):
         try:
             yield
         finally:
-            self.release_graph()
+            self._release_cache()
 
     def agree_tensors(self, *tensors: Tensor) -> tuple[Tensor, ...]:
         """The same ``tensors`` on every process that holds this operator: rank 0's.

@@ -119,7 +119,7 @@ class HessianOperator(ModelOperator):
         per cached graph, so repeated products at one ``θ`` apply the same (symmetric)
         matrix. The cache lives until the end of the enclosing :meth:`solve_scope` (the
         subspace optimizer and :func:`~subspace_optim.top_k_eigenpairs` run each solve in
-        one); :meth:`release_graph` frees it at once.
+        one).
 
     .. note::
         ``method="auto"`` picks double backward because it works for every model and

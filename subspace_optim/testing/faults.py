@@ -197,9 +197,6 @@ class FaultyOperator(LinearOperator, _Counted):
             out = torch.full_like(out, self.value)
         return out
 
-    def release_graph(self) -> None:
-        self.op.release_graph()
-
     def solve_scope(self) -> AbstractContextManager[None]:
         """The wrapped operator's scope (its cached state is what a solve shares).
 
