@@ -115,8 +115,8 @@ def _sparse_minor_log_label(value: float, pos: int) -> str:
 
 
 def plot_loss(result: ExperimentResult) -> Any:
-    """Training loss (log scale) of base / Dom / Bulk (and scaled) per family; returns the
-    Figure.
+    """Training loss (log scale; linear where a panel spans less than a factor 1.5) of
+    base / Dom / Bulk (and scaled) per family; returns the Figure.
 
     Args:
         result: a reproduction's result (from a run, or read back with
@@ -142,7 +142,10 @@ def plot_loss(result: ExperimentResult) -> Any:
         ax.autoscale_view()
         low, high = ax.get_ylim()
         ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        if high / low < 15:  # about a decade or less: label the minor ticks too
+        if high / low < 1.5:  # a few percent: a log axis only crowds its labels
+            ax.set_yscale("linear")
+            ax.yaxis.set_major_formatter(FormatStrFormatter("%.4g"))
+        elif high / low < 15:  # about a decade or less: label the minor ticks too
             ax.yaxis.set_minor_formatter(FuncFormatter(_minor_log_label))
             ax.tick_params(axis="y", which="both", labelsize=7)
         elif high / low < 150:  # up to about two decades: label 2 and 5 of each decade
