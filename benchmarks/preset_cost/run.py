@@ -34,7 +34,7 @@ PROTOCOL = (2000, 200)
 PLAN = (
     ("digits", (1000,)),
     ("mnist-5k-mlp", (1000, 5000)),
-    ("sst2-1k-transformer", (100, 300)),
+    ("sst2-1k-transformer", (64, 200)),
 )
 QUICK_PLAN = (("digits-quick", (100,)),)
 START, END = "<!-- preset-cost:start -->", "<!-- preset-cost:end -->"
