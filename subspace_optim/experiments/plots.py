@@ -88,7 +88,8 @@ def _legend(fig: Any, axes: list[Any]) -> None:
             list(seen.values()),
             list(seen),
             loc="outside lower center",
-            ncols=min(len(seen), 6),
+            # the long labels fit one to a row under one panel, four under two or more
+            ncols=min(len(seen), 6, 1 if len(axes) == 1 else 4),
             fontsize=9,
             frameon=False,
         )
