@@ -163,3 +163,135 @@ def test_probes_validated() -> None:
     with pytest.raises(ValueError, match="probes"):
         WarmRefresh(probes=-1)
     assert WarmRefresh().probes == 2 and "probes=2" in repr(WarmRefresh())
+
+
+# ------------------------------------------------------------------ planted pairs
+# The check's estimate, margin, back-off and targets against numbers worked out by hand
+# (these kill the mutants of WarmRefresh._check, _targets and _meets; docs/mutation.md).
+
+
+def planted(ratios: list[float], targets: list[float], n: int = 40):
+    """A diagonal operator whose top eigenvectors are the first unit vectors, and kept
+    pairs ``(θ_i, e_i)`` whose residuals are exactly ``ratios[i] · targets[i]``."""
+    k = len(ratios)
+    lam = torch.cat(
+        [torch.linspace(10.0, 4.0, k, dtype=F64), torch.linspace(-1.0, 1.0, n - k, dtype=F64)]
+    )
+    t = torch.tensor(targets, dtype=F64)
+    theta = lam[:k] + torch.tensor(ratios, dtype=F64) * t
+    state = {"guards": None, "kept": {"theta": theta, "targets": t}, "backoff": 0, "skip": 0}
+    return torch.diag(lam), torch.eye(n, dtype=F64)[:, :k], theta, t, state
+
+
+@pytest.mark.parametrize(
+    ("ratios", "accepted"), [([0.6, 0.2, 0.4, 0.2], True), ([1.2, 0.2, 0.4, 0.2], False)]
+)
+def test_the_estimate_is_the_root_mean_square_of_the_ratios(ratios, accepted) -> None:
+    """With residuals planted at known fractions of unequal targets, the estimate is the
+    root mean square of the fractions (0.387 here, accepted; 0.648, refreshed), the pairs
+    come back unchanged and the reported residuals are the estimate times each target."""
+    targets = [1.0, 0.5, 0.25, 0.125]
+    A, X, theta, t, state = planted(ratios, targets)
+    k = len(ratios)
+    rms = (sum(r * r for r in ratios) / k) ** 0.5
+    warm = WarmRefresh(probes=4096)
+    warm.load_state_dict(state)
+    res = warm.solve(DenseOperator(A), k, init=X)
+    assert ("sketch check" in res.message) is accepted, res.message
+    if not accepted:
+        assert warm.warm_state.backoff == 1 and warm.warm_state.skip == 0
+        return
+    assert res.num_matvecs == 4096 and res.converged
+    assert torch.equal(res.eigenvalues, theta) and torch.equal(res.eigenvectors, X)
+    estimate = res.residual_norms / t
+    assert torch.allclose(estimate, estimate[0].expand(k)), estimate
+    assert abs(float(estimate[0]) / rms - 1) < 0.05, (float(estimate[0]), rms)
+    assert f"{float(estimate[0]):.2f} of their targets" in res.message
+
+
+def test_back_off_skips_0_1_2_4_8_8_and_a_pass_resets_it() -> None:
+    """Every check fails (the operator moves a lot at each call): after each call the
+    back-off and the skips left are exactly those of the schedule; then, at a fixed
+    operator, the first check that passes resets the back-off."""
+    k = 6
+    A = operator(k=k)
+    warm = WarmRefresh(probes=2)
+    U = warm.solve(DenseOperator(A), k).eigenvectors
+    expected = [(1, 0), (2, 1), (2, 0), (4, 2), (4, 1), (4, 0), (8, 4), (8, 3), (8, 2)]
+    expected += [(8, 1), (8, 0), (8, 8), (8, 7)]  # skips of 0, 1, 2, 4, then 8 at most
+    for t, state in enumerate(expected):
+        A = nudge(A, 3.0, t)
+        res = warm.solve(DenseOperator(A), k, init=U)
+        assert "sketch check" not in res.message
+        assert (warm.warm_state.backoff, warm.warm_state.skip) == state, t
+        U = res.eigenvectors
+    for _ in range(12):  # the skips run out, then the check passes at a fixed operator
+        res = warm.solve(DenseOperator(A), k, init=U)
+        U = res.eigenvectors
+        if "sketch check" in res.message:
+            break
+    assert "sketch check" in res.message
+    assert (warm.warm_state.backoff, warm.warm_state.skip) == (0, 0)
+
+
+def test_a_start_in_another_dtype_is_refreshed_not_checked() -> None:
+    """Pairs kept in float64 are not checked against a float32 operator (the full refresh
+    runs, in float32), and a start with fewer than ``k`` columns is not checked either."""
+    ratios, targets = [0.1, 0.1, 0.1, 0.1], [1.0, 1.0, 1.0, 1.0]
+    A, X, _, _, state = planted(ratios, targets)
+    warm = WarmRefresh()
+    warm.load_state_dict(state)
+    res = warm.solve(DenseOperator(A.float()), 4, init=X.float())
+    assert "sketch check" not in res.message and res.eigenvectors.dtype == torch.float32
+    warm.load_state_dict(state)
+    res = warm.solve(DenseOperator(A), 4, init=X[:, :3])
+    assert "sketch check" not in res.message
+    warm.load_state_dict(state)  # nearly orthonormal columns are not enough
+    assert "sketch check" not in warm.solve(DenseOperator(A), 4, init=1.2 * X).message
+    warm.load_state_dict(state)  # pairs kept for another k are not checked
+    res = warm.solve(DenseOperator(A), 3, init=X)
+    assert "sketch check" not in res.message and res.eigenvalues.shape == (3,)
+    warm.load_state_dict(state)  # the same pairs with all k columns pass
+    assert "sketch check" in warm.solve(DenseOperator(A), 4, init=X).message
+
+
+def test_the_probes_come_from_the_solve_generator() -> None:
+    """The estimate draws its probes from the generator of the call, never the global
+    random state: the same generator gives the same estimate bit for bit."""
+    A, X, _, _, state = planted([0.3, 0.1, 0.2, 0.1], [1.0, 0.5, 0.25, 0.125])
+    estimates = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        warm = WarmRefresh(probes=3)
+        warm.load_state_dict(state)
+        res = warm.solve(DenseOperator(A), 4, init=X, generator=torch.Generator().manual_seed(7))
+        assert "sketch check" in res.message
+        estimates.append(res.residual_norms)
+    assert torch.equal(estimates[0], estimates[1])
+
+
+def test_targets_and_meets_by_hand() -> None:
+    """The kept targets: ``sin_tol · (θ_i − θ_b)`` per pair (never below rounding), or
+    ``tol · |θ_1|`` for every pair; a residual exactly at its target meets it."""
+    theta = torch.tensor([10.0, 6.0, 5.0, 2.0], dtype=F64)
+    by_angle = WarmRefresh(sin_tol=0.1)
+    targets = by_angle._targets(theta, 2)
+    assert torch.allclose(targets, torch.tensor([0.8, 0.4], dtype=F64), rtol=1e-12, atol=0)
+    by_residual = WarmRefresh(tol=1e-3)
+    assert torch.allclose(
+        by_residual._targets(theta, 2), torch.tensor([0.01, 0.01], dtype=F64), rtol=1e-12, atol=0
+    )
+    by_magnitude = WarmRefresh(sin_tol=0.1, which="LM")  # gaps in magnitude
+    signed = torch.tensor([-10.0, 6.0, -5.0, 2.0], dtype=F64)
+    assert torch.allclose(
+        by_magnitude._targets(signed, 2), torch.tensor([0.8, 0.4], dtype=F64), rtol=1e-12, atol=0
+    )
+    flat = torch.ones(3, dtype=F64)  # no gap: the targets fall to the rounding floor
+    floor = torch.full((2,), 10 * torch.finfo(F64).eps, dtype=F64)
+    assert torch.allclose(by_angle._targets(flat, 2), floor, rtol=1e-12, atol=0)
+    at = torch.cat([targets, torch.tensor([99.0, 99.0], dtype=F64)])  # beyond k: not counted
+    assert by_angle._meets(theta, at, 2)
+    for i in range(2):
+        over = at.clone()
+        over[i] *= 1.01
+        assert not by_angle._meets(theta, over, 2)
