@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from benchmarks.harness import DOCS
+import tomllib
+
+from benchmarks.harness import DOCS, ROOT
 
 from .reasons import REASONS
 from .results import changed_line, score
@@ -82,11 +84,25 @@ def _scores(results: dict[str, dict[str, str]]) -> tuple[list[str], tuple[int, i
             f"{c['no tests']} | {100 * det / max(tot, 1):.1f}% |"
         )
     det, tot = score(all_statuses)
+    missing = [m for m in configured_modules() if m not in results]
+    lines += [f"| `{m}` | | | | | | not run yet |" for m in missing]
     lines.append(f"| **all** | {tot} | | | | | **{100 * det / max(tot, 1):.1f}%** |")
+    if missing:
+        lines += [
+            "",
+            f"{len(missing)} modules of `[tool.mutmut]` have no results in `mutants/` yet: run",
+            "the command above (the score of **all** counts the modules that were run).",
+        ]
     unchecked = sum(1 for s in all_statuses.values() if s == "not checked")
     if unchecked:
         lines += ["", f"{unchecked} mutants were not checked (the run was interrupted)."]
     return lines, (det, tot)
+
+
+def configured_modules() -> list[str]:
+    """The modules ``[tool.mutmut]`` mutates (``only_mutate`` in ``pyproject.toml``)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return list(config["tool"]["mutmut"].get("only_mutate", []))
 
 
 def _survivors(results: dict[str, dict[str, str]]) -> tuple[list[str], int]:
