@@ -138,17 +138,29 @@ def _rule_rows(study: dict[str, Any], cpu: dict[str, float]) -> list[list[str]]:
     ]
 
 
+#: the columns of the rule table and of the cost table
+RULE_HEADER = ["family", "highest EMA", "threshold", "switch", "by", "trajectory s", "run s",
+               "run CPU s"]  # fmt: skip
+COST_HEADER = ["family", "run", "steps", "products median", "mean", "refresh ms median",
+               "first step products", "s/step (all)"]  # fmt: skip
+
+
+def _draw(folder: Path, study: dict[str, Any], result: Any, stem: Path) -> list[str]:
+    """The three figures of a setup (``stem`` + ``_chi``, ``_loss``, ``_loss_after_switch``);
+    returns their file names."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    names = [f"{stem.name}_chi.png", f"{stem.name}_loss.png", f"{stem.name}_loss_after_switch.png"]
+    _chi_figure(folder, study, stem.parent / names[0])
+    plot_loss(result).savefig(stem.parent / names[1], dpi=110)
+    plot_loss(_after_switch(result)).savefig(stem.parent / names[2], dpi=110)
+    return names
+
+
 def setup_section(folder: Path, name: str, figures: Path) -> str:
-    """The page's section for one setup folder (draws its two figures into ``figures``)."""
+    """The page's section for one setup folder (draws its figures into ``figures``)."""
     study = json.loads((folder / "study.json").read_text())
-    families = [r["family"] for r in study["rules"]]
-    result, cpu = _merged(folder, families)
-    figures.mkdir(parents=True, exist_ok=True)
-    chi_png, loss_png = figures / f"{name}_chi.png", figures / f"{name}_loss.png"
-    _chi_figure(folder, study, chi_png)
-    plot_loss(result).savefig(loss_png, dpi=110)
-    zoom_png = figures / f"{name}_loss_after_switch.png"
-    plot_loss(_after_switch(result)).savefig(zoom_png, dpi=110)
+    result, cpu = _merged(folder, [r["family"] for r in study["rules"]])
+    chi, loss, zoom = (FIGURES / n for n in _draw(folder, study, result, figures / name))
     m, plan = study["machine"], study["plan"]
     parts = [
         f"## {study['setup']}",
@@ -163,30 +175,18 @@ def setup_section(folder: Path, name: str, figures: Path) -> str:
         f"forced at step {plan['switch_by']} if the threshold is not reached; "
         f"{plan['after_switch']} steps after it.",
         "",
-        markdown_table(
-            [
-                "family",
-                "highest EMA",
-                "threshold",
-                "switch",
-                "by",
-                "trajectory s",
-                "run s",
-                "run CPU s",
-            ],
-            _rule_rows(study, cpu),
-        ),
+        markdown_table(RULE_HEADER, _rule_rows(study, cpu)),
         "",
-        f"![χ_k before the switch]({FIGURES / chi_png.name})",
+        f"![χ_k before the switch]({chi})",
         "",
         "Training loss, laid out like the paper's Figure 1 (one panel per optimizer; the "
         "vertical line is the switch):",
         "",
-        f"![training loss]({FIGURES / loss_png.name})",
+        f"![training loss]({loss})",
         "",
         "The same from the switch on:",
         "",
-        f"![training loss after the switch]({FIGURES / zoom_png.name})",
+        f"![training loss after the switch]({zoom})",
         "",
         format_table(result, markdown=True),
         "",
@@ -195,19 +195,7 @@ def setup_section(folder: Path, name: str, figures: Path) -> str:
         "refresh's wall time, then the whole step's seconds including the mini-batch "
         "gradient and evaluations.",
         "",
-        markdown_table(
-            [
-                "family",
-                "run",
-                "steps",
-                "products median",
-                "mean",
-                "refresh ms median",
-                "first step products",
-                "s/step (all)",
-            ],
-            _cost_rows(result),
-        ),
+        markdown_table(COST_HEADER, _cost_rows(result)),
         "",
     ]
     return "\n".join(parts)
