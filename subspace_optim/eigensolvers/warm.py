@@ -147,7 +147,7 @@ class WarmRefresh(Eigensolver):
             ``LOBPCG(tol=tol)``, which, unlike single-vector Lanczos, finds every copy of a
             repeated eigenvalue); any :class:`Eigensolver`.
         probes: random probes of the sketched check (default 2; 0 turns the check off,
-            so every call spends at least ``b`` matvecs, the behaviour before the check).
+            so every call spends at least ``b`` matvecs).
         which: see :class:`Eigensolver`.
         raise_on_failure: see :class:`Eigensolver`.
 
