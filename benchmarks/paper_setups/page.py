@@ -37,6 +37,10 @@ every step would average about ten. That is the price of measuring χ_k at 4% of
 `--check-every 1` is the paper's rule, at 25 times the measurements. From the same point and the same mini-batches, base, Dom (the update
 projected onto the top-k) and Bulk (projected out of it) then run side by side.
 
+Where a run diverged or its loss rose, the tables and the panel titles say so; why
+Bulk-Adam can fail where Bulk-SGD trains is studied on its own page, [Bulk-Adam](bulk_adam.md)
+(on digits).
+
 CIFAR-10 is not here: its files are not on this machine, and nothing downloads. Its
 numbers elsewhere (`docs/performance.md`) are on synthetic data of its shape; with
 torchvision's CIFAR-10 in `--data-dir`, `subspace-optim reproduce --setup cifar10-5k-cnn`
