@@ -200,9 +200,11 @@ def test_a_parameter_the_loss_never_reads_has_zero_rows(name: str, method: str) 
     used = OPERATORS[name](model, (X, Y), params=list(model.net.parameters()))
     V = torch.randn(full.shape[0], 3, generator=g, dtype=F64)
     out = full.matmat(V)
-    m = used.shape[0]  # model.parameters() lists net's parameters first
-    assert torch.equal(out[m:], torch.zeros_like(out[m:]))
-    assert rel(out[:m], used.matmat(V[:m])) < 1e-10
+    # model.parameters() lists the module's own parameter (unused) before its children's
+    assert next(iter(model.parameters())) is model.unused
+    u = model.unused.numel()
+    assert torch.equal(out[:u], torch.zeros_like(out[:u]))
+    assert rel(out[u:], used.matmat(V[u:])) < 1e-10
 
 
 def test_a_product_without_keep_frees_the_graph_and_with_keep_holds_it() -> None:
