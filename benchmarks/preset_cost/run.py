@@ -91,7 +91,7 @@ def to_block(saved: dict[str, Any]) -> str:
         [f"`{r['preset']}`", f"{r['examples']:,}", f"{r['params']:,}",
          fmt(1000 * r["prefix_step"], ".0f"), fmt(r["dom_first"], ".1f"),
          fmt(r["dom"], ".2f"), fmt(r["bulk"], ".2f"), fmt(r["wall"] / 60, ".1f"),
-         fmt(estimate_hours(r), ".1f")]
+         fmt(estimate_hours(r), ".2f")]
         for r in saved["rows"]
     ]  # fmt: skip
     m = saved["machine"]
