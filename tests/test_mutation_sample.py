@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.mutation.run import ONLY_FUNCTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 #: the seed of the draw and the number of mutants drawn
@@ -38,6 +40,12 @@ SEED = 26
 SIZE = 8
 
 _PYTEST = ["-x", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-m", "not slow"]
+
+
+def _studied(module: str) -> tuple[str, ...]:
+    """The functions the full run mutates in ``module`` (its ``ONLY_FUNCTIONS``)."""
+    return tuple(sorted(ONLY_FUNCTIONS[module]))
+
 
 #: module -> (functions whose bodies the catalogue mutates, pytest arguments that select the
 #: fast unit tests reaching them); the same functions as the full run's (benchmarks/mutation)
@@ -87,44 +95,35 @@ TARGETS: dict[str, tuple[tuple[str, ...], list[str]]] = {
         ["tests/test_schedules_switch.py"],
     ),
     "subspace_optim/eigensolvers/warm.py": (
-        ("_check", "_targets", "_meets", "_keep"),
+        _studied("subspace_optim/eigensolvers/warm.py"),
         ["tests/test_warm_check.py", "-k", "not drift"],
     ),
     "subspace_optim/operators/_data.py": (
-        ("batch_size", "_split", "micro_batches", "num_micro_batches"),
+        _studied("subspace_optim/operators/_data.py"),
         ["tests/test_operator_products_mutants.py", "-k", "helpers or tuple or unequal"],
     ),
     "subspace_optim/operators/_model_operator.py": (
-        ("_local_matmat", "_finish", "_matmat", "_local_loss_and_grad", "loss_and_grad"),
+        _studied("subspace_optim/operators/_model_operator.py"),
         ["tests/test_operator_products_mutants.py", "-k", "unequal"],
     ),
     "subspace_optim/operators/_hvp.py": (
-        ("build_chunk_graph", "graph_hvp", "func_hvp"),
+        _studied("subspace_optim/operators/_hvp.py"),
         ["tests/test_hessian_operator.py", "-k", "dense_references or block_equals"],
     ),
     "subspace_optim/operators/_jacobian.py": (
-        ("build_output_graph", "graph_jvp", "graph_vjp", "func_jacobian_block"),
+        _studied("subspace_optim/operators/_jacobian.py"),
         ["tests/test_ggn.py", "-k", "dense_references"],
     ),
     "subspace_optim/operators/hessian.py": (
-        ("_build_graph", "_graph_product", "_chunk_product", "_losses_and_grads"),
+        _studied("subspace_optim/operators/hessian.py"),
         ["tests/test_hessian_operator.py", "-k", "dense_references or loss_and_grad"],
     ),
     "subspace_optim/operators/ggn.py": (
-        ("apply", "_build_graph", "_graph_product", "_chunk_product"),
+        _studied("subspace_optim/operators/ggn.py"),
         ["tests/test_ggn.py", "-k", "dense_references"],
     ),
     "subspace_optim/operators/covariance.py": (
-        (
-            "_losses_of",
-            "_build_graph",
-            "_graph_product",
-            "_chunk_product",
-            "_payload_columns",
-            "_local_matmat",
-            "_finish",
-            "_losses_and_grads",
-        ),
+        _studied("subspace_optim/operators/covariance.py"),
         ["tests/test_covariance.py", "-k", "stacked or per_example_loss or training_loss"],
     ),
 }
