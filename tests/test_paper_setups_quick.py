@@ -33,6 +33,9 @@ def test_threshold_is_the_papers_when_reached_else_the_highest_reached() -> None
     assert rule.rule_threshold(low, 100) == (0.93, 0.937)
     with pytest.raises(ValueError, match="at or after step 200"):
         rule.rule_threshold(low, 200)
+    # an EMA below every threshold (SST-2 at 24 sentences): 0.01, never met, so forced
+    flat = rule.Trajectory([0, 100], [0.98, 0.0004], [0.98, 0.0004], [1.0] * 2)
+    assert rule.rule_threshold(flat, 100) == (0.01, 0.0004)
 
 
 def test_trajectory_keeps_the_triggering_measurement_of_a_rule_switch() -> None:

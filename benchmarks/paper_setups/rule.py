@@ -8,6 +8,8 @@ from typing import Any
 
 #: the paper's threshold on the EMA of χ_k
 PAPER_THRESHOLD = 0.95
+#: the lowest threshold the rule states (thresholds are whole hundredths)
+MIN_THRESHOLD = 0.01
 #: the paper's EMA factor per step
 EMA_PER_STEP = 0.9
 
@@ -63,7 +65,9 @@ def trajectory(rows: list[dict[str, Any]], check_every: int) -> Trajectory:
 
 def rule_threshold(track: Trajectory, switch_after: int) -> tuple[float, float]:
     """The threshold to switch by: the paper's 0.95 when the EMA reaches it at a step
-    ``>= switch_after``, else the highest threshold to 0.01 that it reaches there.
+    ``>= switch_after``, else the highest threshold to 0.01 that it reaches there. An EMA
+    that stays below 0.01 reaches no threshold: 0.01 is returned, which the run never meets,
+    so its switch is forced at ``switch_by``.
 
     Returns:
         ``(threshold, highest EMA from switch_after on)``.
@@ -82,4 +86,4 @@ def rule_threshold(track: Trajectory, switch_after: int) -> tuple[float, float]:
     top = max(late)
     if top >= PAPER_THRESHOLD:
         return PAPER_THRESHOLD, top
-    return math.floor(top * 100) / 100, top
+    return max(math.floor(top * 100) / 100, MIN_THRESHOLD), top

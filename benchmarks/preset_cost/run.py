@@ -47,14 +47,14 @@ def measure(preset: str, n: int, data_dir: str, quick: bool) -> dict[str, Any]:
     if preset.startswith("sst2"):
         kwargs["data_dir"] = data_dir
     setup = load_setup(preset, **kwargs)
-    d = setup.defaults
     switch, after = (20, 5) if quick else (SWITCH, AFTER)
-    config = RunConfig(
-        optimizers="sgd", steps=switch + after, switch=switch, after_switch=after, k=d["k"],
-        lr=d.get("lr"), batch_size=d["batch_size"], solver=d.get("solver"),
-        check_every=d.get("check_every", 10), track_every=d.get("track_every", 10),
-        eval_every=d.get("eval_every", 1), chunk_size=d.get("chunk_size"),
-    )  # fmt: skip
+    # the preset's settings with a fixed switch (so none of the rule's steps), measuring
+    # every 10 steps and evaluating every step where the preset does not say otherwise
+    settings = {"track_every": 10, "eval_every": 1, **setup.defaults}
+    settings.pop("switch_by", None)
+    settings.pop("switch_after", None)
+    settings.update(optimizers="sgd", steps=switch + after, switch=switch, after_switch=after)
+    config = RunConfig(**settings)
     t0 = time.perf_counter()
     result = run(copy.deepcopy(setup.model), setup.loss_fn, setup.train_data, config,
                  setup=setup.name, progress=False)  # fmt: skip
