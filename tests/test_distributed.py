@@ -635,6 +635,19 @@ def test_half_precision_parameters_use_float32_products_and_basis(half):
     assert bool(torch.isfinite(delta).all()) and float(delta.norm()) > 0
 
 
+def _aborted_at_exit(out: subprocess.CompletedProcess) -> bool:
+    """Whether a torchrun launch finished its work and a rank then aborted while the
+    interpreter exited: torch 2.13's gloo can do that after ``destroy_process_group`` (about
+    one launch in 60 of a plain two-rank DDP script with no library code, on a loaded
+    2-core machine), with ``terminate called without an active exception``. Only such a
+    launch is retried; any other failure fails the test."""
+    return (
+        out.returncode != 0
+        and "parameters identical on all ranks: True" in out.stdout
+        and "terminate called without an active exception" in out.stderr
+    )
+
+
 def test_the_ddp_example_runs_under_torchrun(tmp_path):
     """examples/ddp_bulk_sgd.py on two gloo processes: a few steps past the switch, with a
     memory budget; every rank ends with the same parameters and rank 0's checkpoint loads."""
@@ -658,7 +671,10 @@ def test_the_ddp_example_runs_under_torchrun(tmp_path):
         str(ckpt),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    for _ in range(3):
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        if not _aborted_at_exit(out):
+            break
     assert out.returncode == 0, out.stderr[-3000:]
     assert "memory budget 4 MiB:" in out.stdout
     assert "parameters identical on all ranks: True" in out.stdout
