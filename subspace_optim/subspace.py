@@ -68,11 +68,10 @@ def orthonormalize(V: Tensor, *, generator: torch.Generator | None = None) -> Te
     scale = V.norm(dim=0).max().clamp_min(torch.finfo(V.dtype).tiny)
     weak = diag <= 1e3 * torch.finfo(V.dtype).eps * scale
     if bool(weak.any()):
-        g = generator
-        if g is not None and g.device != V.device:
-            fill = torch.randn(n, m, dtype=V.dtype, device=g.device, generator=g).to(V.device)
-        else:
-            fill = torch.randn(n, m, dtype=V.dtype, device=V.device, generator=g)
+        # drawn where the generator lives (a CPU generator may serve a CUDA block)
+        device = V.device if generator is None else generator.device
+        fill = torch.randn(n, m, dtype=V.dtype, device=device, generator=generator)
+        fill = fill.to(V.device)
         keep = ~weak
         W = torch.where(keep.unsqueeze(0), Q, fill)
         for _ in range(2):
@@ -146,9 +145,7 @@ def alignment(v: Tensor, U: Tensor) -> Tensor:
     """
     num = (U.T @ v).norm(dim=0)
     den = v.norm(dim=0)
-    return torch.where(
-        den > 0, num / den.clamp_min(torch.finfo(v.dtype).tiny), torch.zeros_like(den)
-    )
+    return num / den.clamp_min(torch.finfo(v.dtype).tiny)  # a zero column: 0 / tiny = 0
 
 
 @full_precision
@@ -181,10 +178,12 @@ def principal_angles(U: Tensor, W: Tensor) -> Tensor:
         raise ValueError(f"bases live in different dimensions: {U.shape[0]} and {W.shape[0]}")
     if U.shape[1] > W.shape[1]:
         U, W = W, U
-    cos = torch.linalg.svdvals(U.T @ W).clamp(0, 1)
+    # each formula is taken only where its argument is below 0.7072, so rounding above 1
+    # (a NaN from arccos or arcsin) never reaches the result
+    cos = torch.linalg.svdvals(U.T @ W)
     # sines from the part of U outside span(W): accurate for small angles
     R = U - W @ (W.T @ U)
-    sin = torch.linalg.svdvals(R).clamp(0, 1).flip(0)
+    sin = torch.linalg.svdvals(R).flip(0)
     angles_cos = torch.arccos(cos)
     angles_sin = torch.arcsin(sin)
     return torch.where(cos > 0.7071, angles_sin, angles_cos)

@@ -205,6 +205,11 @@ def test_a_parameter_the_loss_never_reads_has_zero_rows(name: str, method: str) 
     u = model.unused.numel()
     assert torch.equal(out[:u], torch.zeros_like(out[:u]))
     assert rel(out[u:], used.matmat(V[u:])) < 1e-10
+    # the gradient too: zero for the unused parameter, the rest as without it
+    loss, grad = full.loss_and_grad()
+    want_loss, want_grad = used.loss_and_grad()
+    assert torch.equal(grad[:u], torch.zeros_like(grad[:u]))
+    assert rel(grad[u:], want_grad) < 1e-12 and abs(float(loss - want_loss)) < 1e-14
 
 
 def test_a_product_without_keep_frees_the_graph_and_with_keep_holds_it() -> None:
@@ -224,9 +229,121 @@ def test_a_product_without_keep_frees_the_graph_and_with_keep_holds_it() -> None
         return mse(out, Y)
 
     kept = build_chunk_graph(loss_of, params, 15)
-    first = graph_hvp(kept, V, params, F64, keep=True)
-    assert torch.equal(graph_hvp(kept, V, params, F64, keep=True), first)
+    first = graph_hvp(kept, V, params, keep=True)
+    assert torch.equal(graph_hvp(kept, V, params, keep=True), first)
     freed = build_chunk_graph(loss_of, params, 15)
-    assert torch.equal(graph_hvp(freed, V, params, F64, keep=False), first)
+    assert torch.equal(graph_hvp(freed, V, params, keep=False), first)
     with pytest.raises(RuntimeError, match="backward through the graph a second time"):
-        graph_hvp(freed, V, params, F64, keep=False)
+        graph_hvp(freed, V, params, keep=False)
+
+
+class CheckedReduction:
+    """The one-process reduction, checking the ``Reduction`` protocol's contract that a
+    single process cannot otherwise see: ``local()`` returns ``size`` numbers, and a
+    product passes its input block (a data-parallel reduction sizes its all-reduce buffer
+    by ``size`` and compares the block's checksum across ranks)."""
+
+    def __init__(self, inner) -> None:
+        self.inner = inner
+        self.blocks: list[torch.Tensor | None] = []
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+    def sum(self, local, size: int, V: torch.Tensor | None):
+        def checked():
+            total, count = local()
+            assert total.numel() == size, (total.shape, size)
+            return total, count
+
+        self.blocks.append(V)
+        return self.inner.sum(checked, size, V)
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+@pytest.mark.parametrize("cache_graph", [True, False])
+def test_the_reduction_gets_the_size_of_the_local_sums_and_the_block(
+    name: str, cache_graph: bool
+) -> None:
+    """Products and the gradient hand their reduction the number of numbers they sum (the
+    centred covariance one column more than the block) and, for a product, the block."""
+    model, X, Y = mlp_case()
+    op = OPERATORS[name](model, (X, Y), cache_graph=cache_graph)
+    op.reduction = CheckedReduction(op.reduction)
+    V = torch.randn(op.shape[0], 3, generator=torch.Generator().manual_seed(5), dtype=F64)
+    out = op.matmat(V)
+    assert rel(out, dense_reference(name, model, X, Y) @ V) < 1e-10
+    assert len(op.reduction.blocks) == 1 and torch.equal(op.reduction.blocks[0], V)
+    op.loss_and_grad()
+    assert op.reduction.blocks[1] is None
+
+
+@pytest.mark.parametrize("name", list(OPERATORS))
+def test_sub_blocks_make_one_pass_over_the_data_each(name: str) -> None:
+    """Without the graph cache, a product of 5 columns in sub-blocks of 2 runs the model
+    once per micro-batch for each of its 3 passes (the memory a budget buys)."""
+    model, X, Y = mlp_case()
+    op = OPERATORS[name](model, (X, Y), chunk_size=5, cache_graph=False, max_block_size=2)
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        op.matmat(
+            torch.randn(op.shape[0], 5, generator=torch.Generator().manual_seed(6), dtype=F64)
+        )
+    finally:
+        hook.remove()
+    # 3 passes (columns 0-1, 2-3, 4) of 3 micro-batches (15 examples in chunks of 5), and
+    # for the centred covariance one more pass for the mean gradient
+    passes = 3 + (name == "covariance")
+    assert len(calls) == passes * 3
+
+
+def test_a_model_output_that_ignores_the_parameters_has_a_zero_jacobian() -> None:
+    """The output graph of the GGN and the covariance when ``z`` does not depend on the
+    parameters (J = 0), and when it depends on one leaf of two: the zero columns and rows
+    come back with the right shapes and dtypes, and the graph holds what the products read."""
+    from subspace_optim.operators._jacobian import build_output_graph, graph_jvp, graph_vjp
+
+    g = torch.Generator().manual_seed(7)
+    a = torch.randn(3, dtype=F64, generator=g, requires_grad=True)
+    b = torch.randn(2, dtype=F64, generator=g, requires_grad=True)
+    x = torch.randn(4, 3, dtype=F64, generator=g)
+    const = build_output_graph(lambda leaves: x.sum(1), [a, b], 4)
+    assert const.leaves == [a, b] and const.count == 4 and const.live == []
+    assert torch.equal(const.z, x.sum(1)) and const.jt == (None, None)
+    assert torch.equal(const.u, torch.zeros(4, dtype=F64)) and const.u.requires_grad
+    w = torch.randn(4, dtype=F64, generator=g)
+    assert torch.equal(graph_jvp(const, [torch.ones(3, dtype=F64), torch.ones(2, dtype=F64)]),
+                       torch.zeros(4, dtype=F64))  # fmt: skip
+    zero = graph_vjp(const, w, [a, b])
+    assert zero.shape == (5,) and zero.dtype == F64 and not zero.any()
+    # z reads a only: J^T w has zero rows for b, and J v ignores v's piece for b
+    half = build_output_graph(lambda leaves: x @ leaves[0], [a, b], 4)
+    assert half.live == [0]
+    vjp = graph_vjp(half, w, [a, b])
+    assert torch.allclose(vjp[:3], x.T @ w, rtol=1e-12) and not vjp[3:].any()
+    v = [torch.randn(3, dtype=F64, generator=g), torch.randn(2, dtype=F64, generator=g)]
+    assert torch.allclose(graph_jvp(half, v), x @ v[0], rtol=1e-12)
+
+
+def test_a_bad_batch_is_named_by_its_index() -> None:
+    """Splitting data into micro-batches names the batch at fault."""
+    X, Y = torch.zeros(4, 3), torch.zeros(4, 2)
+    data = [(X, Y), (X, Y[:3])]
+    with pytest.raises(ValueError, match=r"^batch 1: inputs hold 4 examples but targets hold 3"):
+        list(micro_batches(data, 2, CPU))
+    with pytest.raises(ValueError, match=r"^batch 1: inputs hold 4 examples but targets hold 3"):
+        num_micro_batches(data, 2)
+
+
+def test_func_hvp_failure_names_the_way_out() -> None:
+    """``method="func"`` on a loss torch.func cannot transform (``F.mse_loss`` in torch 2.13)
+    fails at construction with a message that ends with the way out."""
+    model = nn.Linear(3, 2).double()
+    X, Y = torch.randn(5, 3, dtype=F64), torch.randn(5, 2, dtype=F64)
+    with pytest.raises(
+        RuntimeError,
+        match=r"Use method='autograd' \(the default\), which supports every model "
+        r"\(in torch 2\.13, F\.mse_loss breaks forward-over-reverse\)\.$",
+    ):
+        HessianOperator(model, nn.functional.mse_loss, (X, Y), method="func")

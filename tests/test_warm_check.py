@@ -286,6 +286,11 @@ def test_targets_and_meets_by_hand() -> None:
     assert torch.allclose(
         by_magnitude._targets(signed, 2), torch.tensor([0.8, 0.4], dtype=F64), rtol=1e-12, atol=0
     )
+    # a negative last value: algebraic gaps (LA, the default) differ from magnitude gaps
+    below = torch.tensor([10.0, 6.0, 5.0, -3.0], dtype=F64)
+    assert torch.allclose(
+        by_angle._targets(below, 2), torch.tensor([1.3, 0.9], dtype=F64), rtol=1e-12, atol=0
+    )
     flat = torch.ones(3, dtype=F64)  # no gap: the targets fall to the rounding floor
     floor = torch.full((2,), 10 * torch.finfo(F64).eps, dtype=F64)
     assert torch.allclose(by_angle._targets(flat, 2), floor, rtol=1e-12, atol=0)
@@ -295,3 +300,25 @@ def test_targets_and_meets_by_hand() -> None:
         over = at.clone()
         over[i] *= 1.01
         assert not by_angle._meets(theta, over, 2)
+
+
+def test_the_state_keeps_the_guard_columns_and_nothing_to_check_without_probes() -> None:
+    """After a solve, the ``b - k`` columns beyond the top k are kept as guards for the next
+    warm start (a copy, not a view of the result); without probes nothing is kept for a
+    check."""
+    A, k = operator(), 4
+    warm = WarmRefresh(probes=2)
+    res = warm.solve(DenseOperator(A), k)
+    guards = warm.warm_state.guards
+    assert guards is not None and guards.shape == (A.shape[0], warm.extra)
+    # the guards are the block's next Ritz vectors: orthogonal to the top k, near the
+    # exact eigenvectors k+1, ..., k+extra of this well-separated spectrum
+    assert float((res.eigenvectors.T @ guards).abs().max()) < 1e-8
+    assert warm.warm_state.kept is not None and warm.warm_state.kept.theta.shape == (k,)
+    off = WarmRefresh(probes=0)
+    off.solve(DenseOperator(A), k)
+    assert off.warm_state.kept is None and off.warm_state.guards is not None
+    # no guard columns asked for (a residual tolerance instead of an angle): none kept
+    bare = WarmRefresh(extra=0, tol=1e-8)
+    bare.solve(DenseOperator(A), k)
+    assert bare.warm_state.guards is None

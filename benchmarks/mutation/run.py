@@ -138,10 +138,14 @@ def run_mutmut(max_children: int | None) -> None:
     as they are now (a killed mutant cannot come back to life by adding tests).
     """
     jobs = [] if max_children is None else ["--max-children", str(max_children)]
+    # mutmut forks its workers from a process that has run the tests: a torch thread pool
+    # started there deadlocks in the forked child (seen as a wall-clock timeout), so one thread
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
         [sys.executable, "-m", "benchmarks.mutation", "--mutmut", "run", *jobs],
         cwd=ROOT,
         check=True,
+        env=env,
     )
     alive = [
         name
@@ -154,6 +158,7 @@ def run_mutmut(max_children: int | None) -> None:
             [sys.executable, "-m", "benchmarks.mutation", "--mutmut", "run", *jobs, *alive],
             cwd=ROOT,
             check=True,
+            env=env,
         )
 
 

@@ -372,16 +372,12 @@ class WarmRefresh(Eigensolver):
             self.warm_state = dataclasses.replace(w, backoff=backoff, skip=w.backoff)
             return None
         self.warm_state = dataclasses.replace(w, backoff=0)
-        out = _common.result(
-            "WarmRefresh[sketch check]",
-            _common.Ritz(kept.theta.clone(), X.clone(), kept.targets * rho),
-            k,
-            self.tol,
-            0,
-            "",
-        )
-        return dataclasses.replace(
-            out,
+        return EigenResult(
+            eigenvalues=kept.theta.clone(),
+            eigenvectors=X.clone(),
+            residual_norms=kept.targets * rho,
+            num_matvecs=0,
+            num_iterations=0,
             outcome=SolveStatus.CONVERGED,
             message=f"WarmRefresh[sketch check]: previous pairs kept (estimated residuals "
             f"{rho:.2f} of their targets, root mean square, {self.probes} probes)",

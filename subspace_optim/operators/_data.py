@@ -192,10 +192,8 @@ def micro_batches(
         if count == 0:
             continue
         x, y = batch
-        if chunk_size is None or count <= chunk_size:
-            yield _to(x, device), y.to(device, non_blocking=True), count
-            continue
-        for xs, ys in zip(_split(x, chunk_size), torch.split(y, chunk_size)):
+        size = count if chunk_size is None else chunk_size
+        for xs, ys in zip(_split(x, size), torch.split(y, size)):
             yield _to(xs, device), ys.to(device, non_blocking=True), ys.shape[0]
 
 

@@ -61,12 +61,11 @@ def build_chunk_graph(
     return ChunkGraph(leaves, loss, grads, live, count)
 
 
-def graph_hvp(
-    graph: ChunkGraph, V: Tensor, params: Sequence[Tensor], dtype: torch.dtype, *, keep: bool
-) -> Tensor:
+def graph_hvp(graph: ChunkGraph, V: Tensor, params: Sequence[Tensor], *, keep: bool) -> Tensor:
     """``H_chunk V`` by double backward through ``graph``; ``keep=False`` frees it.
 
-    ``params`` gives the shapes of the flat space (one tensor per leaf); returns ``(n, b)``.
+    ``params`` gives the shapes of the flat space (one tensor per leaf); returns ``(n, b)``
+    with the dtype of ``V`` (a parameter the loss does not reach contributes zeros).
     """
     out = torch.zeros_like(V)
     if not graph.live:
@@ -81,9 +80,7 @@ def graph_hvp(
             retain_graph=keep or j < b - 1,
             allow_unused=True,
         )
-        out[:, j] = flatten(
-            torch.zeros_like(p, dtype=dtype) if h is None else h for h, p in zip(hv, params)
-        )
+        out[:, j] = flatten(torch.zeros_like(p) if h is None else h for h, p in zip(hv, params))
     return out
 
 

@@ -77,18 +77,16 @@ def graph_jvp(graph: OutputGraph, v_parts: Sequence[Tensor]) -> Tensor:
     return torch.zeros_like(graph.z) if jv is None else jv
 
 
-def graph_vjp(
-    graph: OutputGraph, w: Tensor, params: Sequence[Tensor], dtype: torch.dtype
-) -> Tensor:
-    """``Jᵀ w`` as a flat vector of shape ``(n,)`` (``w`` has the shape of ``z``)."""
+def graph_vjp(graph: OutputGraph, w: Tensor, params: Sequence[Tensor]) -> Tensor:
+    """``Jᵀ w`` as a flat vector of shape ``(n,)`` (``w`` has the shape of ``z``), in the
+    parameters' dtype (``w``'s when no parameter reaches ``z``); callers store it into their
+    block, which casts."""
     if not graph.z.requires_grad:
-        return torch.zeros(sum(p.numel() for p in params), dtype=dtype, device=w.device)
+        return w.new_zeros(sum(p.numel() for p in params))
     parts = torch.autograd.grad(
         graph.z, graph.leaves, grad_outputs=w, retain_graph=True, allow_unused=True
     )
-    return flatten(
-        torch.zeros_like(p, dtype=dtype) if g is None else g for g, p in zip(parts, params)
-    )
+    return flatten(torch.zeros_like(p) if g is None else g for g, p in zip(parts, params))
 
 
 def func_jacobian_block(

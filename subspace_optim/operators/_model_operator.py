@@ -365,7 +365,6 @@ class ModelOperator(LinearOperator):
         b = V.shape[1]
         width = b if self.block_size is None else min(b, self.block_size)
         total = torch.zeros_like(V)
-        count = 0
         with self.evaluation_context():
             graphs = self._cached_graphs() if self.caches_graph else None
             for start in range(0, b, width):
@@ -404,7 +403,7 @@ class ModelOperator(LinearOperator):
         with self.evaluation_context():
             for loss, grads, m in self._losses_and_grads():
                 g = flatten(
-                    torch.zeros_like(p, dtype=self.dtype) if gi is None else gi.detach()
+                    torch.zeros_like(p) if gi is None else gi.detach()
                     for gi, p in zip(grads, self.params)
                 )
                 grad_sum.add_(g, alpha=m)

@@ -215,7 +215,7 @@ class GradientCovarianceOperator(ModelOperator):
         parts = unflatten(W, self.params)
         for j in range(W.shape[1]):
             Gv = graph_jvp(graph, [p[j] for p in parts])
-            out[:, j] = graph_vjp(graph, Gv, self.params, self.dtype)
+            out[:, j] = graph_vjp(graph, Gv, self.params)
         return out.div_(graph.z.shape[0])
 
     def _chunk_product(self, x: Any, y: Tensor, W: Tensor) -> Tensor:

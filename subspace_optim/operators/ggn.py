@@ -177,7 +177,7 @@ class GGNOperator(ModelOperator):
         parts = unflatten(W, self.params)
         for j in range(W.shape[1]):
             Jv = graph_jvp(graph, [p[j] for p in parts])
-            out[:, j] = graph_vjp(graph, graph.extra.apply(Jv), self.params, self.dtype)
+            out[:, j] = graph_vjp(graph, graph.extra.apply(Jv), self.params)
         return out
 
     def _chunk_product(self, x: Any, y: Tensor, W: Tensor) -> Tensor:

@@ -180,11 +180,11 @@ class HessianOperator(ModelOperator):
         return build_chunk_graph(lambda leaves: self._loss(leaves, x, y), self._leaves(), count)
 
     def _graph_product(self, graph: ChunkGraph, W: Tensor) -> Tensor:
-        return graph_hvp(graph, W, self.params, self.dtype, keep=True)
+        return graph_hvp(graph, W, self.params, keep=True)
 
     def _chunk_product(self, x: Any, y: Tensor, W: Tensor) -> Tensor:
         if self._resolved_method() == "autograd":
-            return graph_hvp(self._build_graph(x, y, 0), W, self.params, self.dtype, keep=False)
+            return graph_hvp(self._build_graph(x, y, 0), W, self.params, keep=False)
         return func_hvp(lambda tensors: self._loss(tensors, x, y), self._primals(), W, self.params)
 
     # -------------------------------------------------------------- gradient

@@ -82,7 +82,7 @@ def gram_directions(rows: Tensor, k: int, *, center: bool) -> Directions | None:
         gram = J @ gram @ J
     if not bool(torch.isfinite(gram).all()):
         return None
-    lam, W = torch.linalg.eigh((gram + gram.T) / 2)
+    lam, W = torch.linalg.eigh(gram)  # reads one triangle: rounding asymmetry is ignored
     lam, W = lam.flip(0), W.flip(1)  # descending
     top = float(lam[0]) if m else 0.0
     if not top > 0:
@@ -91,10 +91,9 @@ def gram_directions(rows: Tensor, k: int, *, center: bool) -> Directions | None:
     lam, W = lam[:keep], W[:, :keep]
     if center:
         W = W - W.mean(dim=0, keepdim=True)  # J W, so that U = Rᵀ J W Λ^{-1/2}
-    coeff = (W / lam.sqrt()).to(work.dtype)
-    U = (coeff.T @ work).T  # (k, m)·(m, n): far faster than (n, m)·(m, k) on a CPU
-    Q, R = torch.linalg.qr(U)
-    Q = Q * torch.sign(torch.diagonal(R)).where(torch.diagonal(R) != 0, 1.0)
+    # Rᵀ J W, normalized by the QR rather than by Λ^{-1/2} (a positive scale of each column)
+    U = (W.to(work.dtype).T @ work).T  # (k, m)·(m, n): far faster than (n, m)·(m, k) on a CPU
+    Q, _ = torch.linalg.qr(U)
     return Directions(basis=Q, singular_values=lam.sqrt().to(work.dtype))
 
 
@@ -130,12 +129,10 @@ def frequent_directions_shrink(sketch: Tensor, *, decay: float = 1.0) -> Tensor:
     gram = (work @ work.T).double()
     if not bool(torch.isfinite(gram).all()):
         return torch.zeros_like(sketch)
-    lam, W = torch.linalg.eigh((gram + gram.T) / 2)
+    lam, W = torch.linalg.eigh(gram)  # reads one triangle: rounding asymmetry is ignored
     lam, W = lam.flip(0).clamp_min(0), W.flip(1)
-    delta = lam[ell // 2] if ell >= 2 else lam[-1]
-    shrunk = (lam - delta).clamp_min(0)
-    scale = torch.where(lam > 0, (shrunk / lam.clamp_min(1e-300)).sqrt(), torch.zeros_like(lam))
+    # rows ⌊ℓ/2⌋ onward shrink to exactly 0 (λ_i <= λ_{ℓ/2}), and so does a λ_i = 0
+    shrunk = (lam - lam[ell // 2]).clamp_min(0)
+    scale = (shrunk / lam.clamp_min(1e-300)).sqrt()
     mix = (W * (scale * decay**0.5)).T.to(work.dtype)  # (ℓ, ℓ): row i is s_i·w_iᵀ
-    out = mix @ work
-    out[ell - ell // 2 :] = 0
-    return out.to(sketch.dtype)
+    return (mix @ work).to(sketch.dtype)
