@@ -228,6 +228,27 @@ def test_projected_step_syncs_only_where_justified() -> None:
         torch.cuda.set_sync_debug_mode("default")
 
 
+@needs_cuda
+@pytest.mark.parametrize("generator_device", ["cpu", "cuda"])
+def test_orthonormalize_fills_weak_columns_from_a_generator_on_either_device(
+    generator_device: str,
+) -> None:
+    """A rank-deficient block on the GPU: the weak column is filled with draws from the
+    generator where it lives (a CPU generator serves a CUDA block), reproducibly, and the
+    result is orthonormal on the block's device."""
+    V = torch.randn(50, 4, dtype=F64, generator=torch.Generator().manual_seed(0)).cuda()
+    V[:, 3] = V[:, 0] + V[:, 1]  # dependent: filled
+
+    def run() -> torch.Tensor:
+        g = torch.Generator(device=generator_device).manual_seed(1)
+        return so.orthonormalize(V, generator=g)
+
+    Q = run()
+    assert Q.device == V.device and Q.dtype == F64
+    assert torch.allclose(Q.T @ Q, torch.eye(4, dtype=F64, device="cuda"), atol=1e-12)
+    assert torch.equal(Q, run())
+
+
 # ------------------------------------------------------------ end to end runs
 @needs_cuda
 def test_reproduce_quick_on_cuda(tmp_path) -> None:

@@ -131,6 +131,11 @@ TARGETS: dict[str, tuple[tuple[str, ...], list[str]]] = {
 #: (module, function, mutation) -> why the mutant cannot be killed (only ever drawn ones)
 EQUIVALENT: dict[tuple[str, str, str], str] = {
     (
+        "subspace_optim/operators/_model_operator.py",
+        "_local_loss_and_grad",
+        "0 -> 1  in  grad_sum = torch.zeros(self.shape[0], dtype=self.dtype, device=self.device)",
+    ): "a curvature operator is square: shape[1] is shape[0]",
+    (
         "subspace_optim/operators/ggn.py",
         "_chunk_product",
         "0 -> 1  in  return self._graph_product(self._build_graph(x, y, 0), W)",

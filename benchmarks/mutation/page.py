@@ -13,6 +13,8 @@ from .reasons import REASONS
 from .results import changed_line, score
 
 PAGE = DOCS / "mutation.md"
+#: the share of each module's mutants the tests should kill (issue 26)
+TARGET = 0.9
 
 INTRO = [
     "# Mutation testing",
@@ -84,6 +86,11 @@ def _scores(results: dict[str, dict[str, str]]) -> tuple[list[str], tuple[int, i
             f"{c['no tests']} | {100 * det / max(tot, 1):.1f}% |"
         )
     det, tot = score(all_statuses)
+    below = [
+        f"`{m}` ({100 * k / max(t, 1):.1f}%)"
+        for m, (k, t) in ((m, score(s)) for m, s in results.items())
+        if k < TARGET * t
+    ]
     missing = [m for m in configured_modules() if m not in results]
     lines += [f"| `{m}` | | | | | | not run yet |" for m in missing]
     lines.append(f"| **all** | {tot} | | | | | **{100 * det / max(tot, 1):.1f}%** |")
@@ -93,6 +100,8 @@ def _scores(results: dict[str, dict[str, str]]) -> tuple[list[str], tuple[int, i
             f"{len(missing)} modules of `[tool.mutmut]` have no results in `mutants/` yet: run",
             "the command above (the score of **all** counts the modules that were run).",
         ]
+    if below:
+        lines += ["", f"Below the target of {TARGET:.0%} killed: {', '.join(below)}."]
     unchecked = sum(1 for s in all_statuses.values() if s == "not checked")
     if unchecked:
         lines += ["", f"{unchecked} mutants were not checked (the run was interrupted)."]

@@ -67,14 +67,14 @@ def graph_jvp(graph: OutputGraph, v_parts: Sequence[Tensor]) -> Tensor:
     """``J v`` (shape of ``z``) for one column given as per-leaf pieces ``v_parts``."""
     if not graph.live:
         return torch.zeros_like(graph.z)
+    # every live piece of Jᵀu is linear in u, so the gradient with respect to u exists
     (jv,) = torch.autograd.grad(
         [graph.jt[i] for i in graph.live],
         graph.u,
         grad_outputs=[v_parts[i] for i in graph.live],
         retain_graph=True,
-        allow_unused=True,
     )
-    return torch.zeros_like(graph.z) if jv is None else jv
+    return jv
 
 
 def graph_vjp(graph: OutputGraph, w: Tensor, params: Sequence[Tensor]) -> Tensor:

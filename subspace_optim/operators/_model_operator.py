@@ -407,7 +407,7 @@ class ModelOperator(LinearOperator):
                     for gi, p in zip(grads, self.params)
                 )
                 grad_sum.add_(g, alpha=m)
-                loss_sum += loss.detach().to(self.dtype) * m
+                loss_sum.add_(loss.detach(), alpha=m)
                 count += m
         return loss_sum, grad_sum, count
 
@@ -427,7 +427,7 @@ class ModelOperator(LinearOperator):
 
         def local() -> tuple[Tensor, int]:
             loss_sum, grad_sum, count = self._local_loss_and_grad()
-            return torch.cat([loss_sum.reshape(1).to(self.dtype), grad_sum]), count
+            return torch.cat([loss_sum.reshape(1), grad_sum]), count
 
         total, count = self.reduction.sum(local, self.shape[0] + 1, None)
         return total[0] / count, total[1:] / count

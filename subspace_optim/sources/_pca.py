@@ -88,10 +88,9 @@ def gram_directions(rows: Tensor, k: int, *, center: bool) -> Directions | None:
     if not top > 0:
         return None
     keep = int((lam[:k] > RANK_TOL * top).sum())
+    # centred, the eigenvectors of J G J with λ > 0 lie in the range of J: J W = W
     lam, W = lam[:keep], W[:, :keep]
-    if center:
-        W = W - W.mean(dim=0, keepdim=True)  # J W, so that U = Rᵀ J W Λ^{-1/2}
-    # Rᵀ J W, normalized by the QR rather than by Λ^{-1/2} (a positive scale of each column)
+    # Rᵀ J W = Rᵀ W, normalized by the QR instead of Λ^{-1/2} (a positive scale per column)
     U = (W.to(work.dtype).T @ work).T  # (k, m)·(m, n): far faster than (n, m)·(m, k) on a CPU
     Q, _ = torch.linalg.qr(U)
     return Directions(basis=Q, singular_values=lam.sqrt().to(work.dtype))
