@@ -33,7 +33,9 @@ def orthonormalize(V: Tensor, *, generator: torch.Generator | None = None) -> Te
 
     Two passes of Householder QR (stable to rounding). Columns that are numerically
     dependent are replaced by random directions orthogonal to the rest, so the output always
-    has ``m`` orthonormal columns (``m <= n`` required).
+    has ``m`` orthonormal columns (``m <= n`` required). A column is dependent when its part
+    outside the span of the columns before it has a norm of at most ``1000 · eps`` times the
+    largest column norm of ``V`` (``eps`` of ``V``'s dtype).
 
     Args:
         V: the block ``(n, m)`` whose column span to orthonormalize; not modified.

@@ -113,6 +113,19 @@ def test_a_column_just_above_the_rank_tolerance_is_kept(size):
     assert abs(float(Q[1, 1])) > 0.99
 
 
+@pytest.mark.parametrize(("factor", "weak"), [(1000.0, True), (1000.5, False)])
+def test_the_rank_tolerance_is_1000_eps_inclusive(factor: float, weak: bool) -> None:
+    """Axis-aligned columns, whose QR is exact: a column of norm exactly 1000·eps (the largest
+    column has norm 1) is dependent and replaced; one of 1000.5·eps is kept as ±e1."""
+    eps = torch.finfo(torch.float64).eps
+    V = torch.zeros(5, 2, dtype=torch.float64)
+    V[0, 0], V[1, 1] = 1.0, factor * eps
+    Q = orthonormalize(V, generator=torch.Generator().manual_seed(0))
+    kept = abs(float(Q[1, 1])) == 1.0
+    assert kept is not weak
+    assert torch.allclose(Q.T @ Q, torch.eye(2, dtype=torch.float64), atol=1e-12)
+
+
 def test_dependent_columns_are_filled_from_the_generator():
     V = torch.ones(6, 3, dtype=torch.float64)
     a = orthonormalize(V, generator=torch.Generator().manual_seed(0))
