@@ -369,3 +369,26 @@ def test_sampled_mutant_is_killed(
         f"the mutant in {module}:{function} ({kind}: {mutation}) survived {tests} "
         f"(pytest exit {run.returncode}):\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
     )
+
+
+def test_refreshing_mutmuts_copies_keeps_only_the_mutated_modules_and_their_results(
+    tmp_path: Path,
+) -> None:
+    """``python -m benchmarks.mutation`` deletes mutmut's stale copies of unmutated files
+    (mutmut 3 never refreshes them) and keeps each mutated module with its cached verdicts."""
+    from benchmarks.mutation.run import refresh_copies
+
+    files = [
+        "pkg/mutated.py",
+        "pkg/mutated.py.meta",
+        "pkg/plain.py",
+        "pkg/sub/other.py",
+        "tests/test_x.py",
+        "mutmut-stats.json",
+    ]
+    for name in files:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("x")
+    refresh_copies(tmp_path, ["pkg/mutated.py"])
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    assert left == ["pkg", "pkg/mutated.py", "pkg/mutated.py.meta"]

@@ -29,10 +29,11 @@ import argparse
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from benchmarks.harness import ROOT
 
-from .page import write_page
+from .page import configured_modules, write_page
 from .results import load_results
 
 #: decorators mutmut may look through: both call the function unchanged
@@ -130,6 +131,23 @@ def patch_mutmut() -> None:
     file_mutation.create_mutations = create_mutations
 
 
+def refresh_copies(root: Path, mutated: list[str]) -> None:
+    """Delete mutmut's copies of everything in ``root`` (its ``mutants/``) but the mutated
+    modules and their ``.meta`` results (the cache of verdicts).
+
+    mutmut 3 copies the source tree once and never again: a module that is not mutated
+    and changed since (or a renamed name it exports) stays stale in ``mutants/``, and the
+    tests then run against old code. Its stats of which tests reach which function go too,
+    so they are collected again with the tests as they are now.
+    """
+    keep = {root / m for m in mutated} | {root / f"{m}.meta" for m in mutated}
+    for path in sorted(root.rglob("*"), reverse=True):  # files before their folders
+        if path.is_file() and path not in keep:
+            path.unlink()
+        elif path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+
+
 def run_mutmut(max_children: int | None) -> None:
     """``mutmut run``, then the mutants it did not kill once more by name.
 
@@ -169,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.chdir(ROOT)  # mutmut reads pyproject.toml and mutants/ from the working directory
     if not args.no_run:
+        if (ROOT / "mutants").is_dir():
+            refresh_copies(ROOT / "mutants", configured_modules())
         run_mutmut(args.max_children)
     print(write_page(load_results()))
     return 0
