@@ -34,8 +34,9 @@ every few steps; the switch follows the paper's rule, the EMA of χ_k (0.9 per s
 is 0.9^25 ≈ 0.07 (its horizon in steps stays the paper's): it is nearly the latest
 measurement, and one measurement above the threshold switches, where the paper's EMA over
 every step would average about ten. That is the price of measuring χ_k at 4% of the steps;
-`--check-every 1` is the paper's rule, at 25 times the measurements. From the same point and the same mini-batches, base, Dom (the update
-projected onto the top-k) and Bulk (projected out of it) then run side by side.
+`--check-every 1` is the paper's rule, at 25 times the measurements. From the same point
+and the same mini-batches, base, Dom (the update projected onto the top-k) and Bulk
+(projected out of it) then run side by side.
 
 Where a run diverged or its loss rose, the tables and the panel titles say so; why
 Bulk-Adam can fail where Bulk-SGD trains is studied on its own page, [Bulk-Adam](bulk_adam.md)
