@@ -43,7 +43,7 @@ import subspace_optim as so
 from subspace_optim.experiments import half_sum_mse, load_digits, mlp
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Bulk-SGD under DistributedDataParallel.")
     parser.add_argument("--backend", default="gloo", choices=["gloo", "nccl"])
     parser.add_argument("--steps", type=int, default=150)
@@ -65,32 +65,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.steps, args.switch = min(args.steps, 30), min(args.switch, 20)
+    return args
 
-    dist.init_process_group(args.backend, timeout=datetime.timedelta(minutes=5))
-    rank, world = dist.get_rank(), dist.get_world_size()
-    if args.batch % world:
-        raise SystemExit(f"--batch {args.batch} must be divisible by the {world} ranks")
-    if args.backend == "nccl":
+
+def rank_device(backend: str, world: int) -> torch.device:
+    """One GPU per rank with NCCL; on CPU, the cores shared out among the ranks."""
+    if backend == "nccl":
         local = int(os.environ.get("LOCAL_RANK", 0))
         torch.cuda.set_device(local)
-        device = torch.device("cuda", local)
-    else:
-        device = torch.device("cpu")
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+        return torch.device("cuda", local)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    return torch.device("cpu")
 
-    X, Y, _ = load_digits(1000, device=device)
-    shard = torch.arange(rank, X.shape[0], world, device=device)  # like DistributedSampler
-    model = mlp((64, 64, 64, 10), generator=torch.Generator().manual_seed(0)).to(device)
-    ddp = nn.parallel.DistributedDataParallel(model)
 
+def bulk_sgd(
+    args: argparse.Namespace, ddp: nn.Module, shard: tuple[torch.Tensor, torch.Tensor]
+) -> so.SubspaceProjectedOptimizer:
+    """SGD projected out of the top-k Hessian subspace of the loss over every rank's shard,
+    recomputed every step from ``--switch`` on."""
     # HVPs run on ddp.module over this rank's shard; products are all-reduced over ranks
     budget = None if args.memory_budget is None else int(args.memory_budget * 2**20)
     curvature = so.DistributedHessianOperator(
-        ddp, half_sum_mse, (X[shard], Y[shard]), chunk_size=args.chunk, memory_budget=budget
+        ddp, half_sum_mse, shard, chunk_size=args.chunk, memory_budget=budget
     )
-    if rank == 0 and budget is not None:
+    if dist.get_rank() == 0 and budget is not None:
         print(f"memory budget {args.memory_budget:g} MiB: {curvature.block_size} columns per pass")
-    opt = so.SubspaceProjectedOptimizer(
+    return so.SubspaceProjectedOptimizer(
         torch.optim.SGD(ddp.parameters(), lr=args.lr),
         curvature,
         k=args.k,
@@ -98,18 +98,29 @@ def main(argv: list[str] | None = None) -> None:
         refresh=so.Every(1, start=args.switch),
     )
 
+
+def train(
+    args: argparse.Namespace,
+    ddp: nn.Module,
+    opt: so.SubspaceProjectedOptimizer,
+    data: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    """``--steps`` steps on global batches of ``--batch`` examples, each rank taking its
+    slice; every 25 steps rank 0 prints the full-batch loss (over all shards)."""
+    X, Y = data
+    rank, world = dist.get_rank(), dist.get_world_size()
     order = torch.Generator().manual_seed(1)  # the same batch order on every rank
     per_rank = args.batch // world
     epochs = -(-args.steps * args.batch // X.shape[0])
     perm = torch.cat([torch.randperm(X.shape[0], generator=order) for _ in range(epochs)])
     for step in range(args.steps):
-        batch = perm[step * args.batch : (step + 1) * args.batch].to(device)
+        batch = perm[step * args.batch : (step + 1) * args.batch].to(X.device)
         mine = batch[rank * per_rank : (rank + 1) * per_rank]
         opt.zero_grad()
         half_sum_mse(ddp(X[mine]), Y[mine]).backward()
         opt.step()
         if step % 25 == 0 or step == args.steps - 1:
-            loss, _ = curvature.loss_and_grad()  # collective: every rank calls it
+            loss, _ = opt.curvature.loss_and_grad()  # collective: every rank calls it
             stats = opt.last_stats
             if rank == 0:
                 extra = ""
@@ -120,13 +131,34 @@ def main(argv: list[str] | None = None) -> None:
                     )
                 print(f"step {step:4d}  full-batch loss {float(loss):.4f}{extra}", flush=True)
 
+
+def replicas_identical(model: nn.Module) -> bool:
+    """Whether every rank holds the same parameters, bit for bit (a collective)."""
     flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-    replicas = [torch.empty_like(flat) for _ in range(world)]
+    replicas = [torch.empty_like(flat) for _ in range(dist.get_world_size())]
     dist.all_gather(replicas, flat)
-    same = all(torch.equal(replicas[0], r) for r in replicas)
+    return all(torch.equal(replicas[0], r) for r in replicas)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    dist.init_process_group(args.backend, timeout=datetime.timedelta(minutes=5))
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if args.batch % world:
+        raise SystemExit(f"--batch {args.batch} must be divisible by the {world} ranks")
+    device = rank_device(args.backend, world)
+
+    X, Y, _ = load_digits(1000, device=device)
+    shard = torch.arange(rank, X.shape[0], world, device=device)  # like DistributedSampler
+    model = mlp((64, 64, 64, 10), generator=torch.Generator().manual_seed(0)).to(device)
+    ddp = nn.parallel.DistributedDataParallel(model)
+    opt = bulk_sgd(args, ddp, (X[shard], Y[shard]))
+    train(args, ddp, opt, (X, Y))
+
+    same = replicas_identical(model)
     if rank == 0:
         print(
-            f"{world} ranks, {curvature.last_counts} examples per rank; "
+            f"{world} ranks, {opt.curvature.last_counts} examples per rank; "
             f"{int(opt.counters['refreshes'])} refreshes, {int(opt.counters['matvecs'])} HVPs; "
             f"parameters identical on all ranks: {same}"
         )
@@ -138,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     # finish, drop them, then tear the group down (a reducer outliving its group can abort
     # the process at exit)
     dist.barrier()
-    del ddp, opt, curvature
+    del ddp, opt
     dist.destroy_process_group()
     if not same:
         raise SystemExit("replicas diverged")

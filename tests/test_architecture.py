@@ -15,6 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "subspace_optim"
 #: the studies (one package per study, and the shared harness) follow the same rules
 BENCHMARKS = ROOT / "benchmarks"
+#: the gallery's scripts, which users read and copy, follow them too
+EXAMPLES = ROOT / "examples"
 #: at most this many lines of code in a module, and in a function's body (docstrings,
 #: comments and blank lines excluded), and this many parameters of a function
 MAX_MODULE_CODE = 350
@@ -402,6 +404,11 @@ def test_benchmarks_follow_the_same_rules():
     assert not fixed, f"fixed: remove {sorted(fixed)} from BENCHMARKS_PENDING"
     cycles = find_cycles(import_graph(BENCHMARKS))
     assert not cycles, f"import circles in benchmarks/: {cycles}"
+
+
+def test_examples_follow_the_same_rules():
+    """The gallery's scripts: bounded modules and functions, like the library they teach."""
+    assert complexity_violations(EXAMPLES) == []
 
 
 def test_the_library_imports_no_benchmark():

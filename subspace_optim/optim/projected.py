@@ -27,8 +27,8 @@ from ._blockwise import delta_of, scale_blocks
 from ._config import MODES, ON_FAULT
 from ._flat import FlatParams
 from ._refresh import RefreshOutcome, refresh_basis
+from ._stages import StepFacts, project_existing_grads, projecting_closure, step_record
 from ._state import ProjectionState
-from ._step import StepFacts, project_existing_grads, projecting_closure, step_record
 from ._update import (
     dominant_part,
     moved_eigenvalue,

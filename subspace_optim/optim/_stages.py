@@ -3,7 +3,9 @@
 :class:`~subspace_optim.SubspaceProjectedOptimizer` runs each step as begin → refresh →
 base step → project → record; every fact a stage establishes goes into a
 :class:`StepFacts`, and the next stage reads it from there (nothing travels in attributes
-of the optimizer).
+of the optimizer). The stages' helpers that need no wrapper live here too: the gradient
+projection of ``project="gradient"`` (for ``.grad`` and inside a closure) and the step's
+:class:`~subspace_optim.diagnostics.StepStats`. The math they call is in ``_update``.
 """
 
 from __future__ import annotations
