@@ -225,6 +225,48 @@ def test_not_converged_returns_best_estimate_with_advice(name: str) -> None:
     assert res.relative_residuals().max() > 1e-12
 
 
+@pytest.mark.parametrize("spec", SOLVERS, ids=IDS)
+def test_a_solve_stopped_early_still_returns_ritz_pairs(spec: Spec) -> None:
+    """Whatever the budget, a result's columns are orthonormal, its eigenvalues are their
+    Rayleigh quotients (so they lie in the spectrum's range) and its residuals are theirs:
+    an unconverged result is a worse estimate, never a meaningless one."""
+    lam = spectrum("tiny_gap")
+    op = DenseOperator.from_spectrum(lam, rotation(150, 9))
+    solver = spec.make(tol=1e-13)
+    if hasattr(solver, "max_iter"):
+        solver.max_iter = 2  # far too few for tol=1e-13
+    res = solver.solve(op, 3, generator=torch.Generator().manual_seed(1))
+    V, theta = res.eigenvectors.to(F64), res.eigenvalues.to(F64)
+    torch.testing.assert_close(V.T @ V, torch.eye(3, dtype=F64), atol=1e-8, rtol=0)
+    torch.testing.assert_close(theta, torch.diagonal(V.T @ op.A @ V), atol=1e-10, rtol=1e-10)
+    assert float(lam.min()) - 1e-10 <= float(theta.min()) <= float(theta.max()) <= 5 + 1e-10
+    true_res = (op.A @ V - V * theta).norm(dim=0)
+    if spec.name == "power_deflation":  # the deflated operator's residual: a projection
+        assert bool((res.residual_norms <= true_res + 1e-10).all())
+    else:
+        torch.testing.assert_close(res.residual_norms.to(F64), true_res, atol=1e-8, rtol=1e-6)
+
+
+@pytest.mark.parametrize("variant", ["block", "deflation"])
+def test_power_iteration_spends_its_shift_only_when_it_takes_a_shifted_step(variant) -> None:
+    """The ``which="LA"`` shift's ``shift_steps`` Lanczos products are spent at the first
+    shifted step: a solve that stops at its first product (``max_iter=1``) spends none,
+    and a longer solve gives the same bits as if they had been spent up front."""
+    op = DenseOperator.from_spectrum(spectrum("separated"), rotation(150, 10))
+    width = 6 if variant == "block" else 1  # columns of one iteration's product, per pair
+    for max_iter, expected in [(1, 3 * width if variant == "deflation" else width), (2, None)]:
+        solver = PowerIteration(variant=variant, block_size=6, max_iter=max_iter, tol=1e-13)
+        unshifted = PowerIteration(
+            variant=variant, block_size=6, max_iter=max_iter, tol=1e-13, shift_steps=0
+        )
+        res = solver.solve(op, 3, generator=torch.Generator().manual_seed(2))
+        if expected is not None:
+            assert res.num_matvecs == expected
+        else:  # one shifted step: the estimate's 20 products, then the iterations' own
+            plain = unshifted.solve(op, 3, generator=torch.Generator().manual_seed(2))
+            assert res.num_matvecs == plain.num_matvecs + 20
+
+
 def test_raise_on_failure() -> None:
     op = DenseOperator.from_spectrum(spectrum("tiny_gap"), rotation(150, 7))
     with pytest.raises(EigensolverError, match="not converged"):

@@ -64,8 +64,9 @@ def rayleigh_ritz(X: Tensor, AX: Tensor, which: str) -> tuple[Tensor, Tensor, Te
     return theta, X @ S, AX @ S
 
 
-def lower_end(op: LinearOperator, steps: int, generator: torch.Generator) -> Tensor:
-    """Estimate of the smallest eigenvalue from ``steps`` Lanczos steps (``steps`` matvecs).
+def lower_end(op: LinearOperator, steps: int, start: Tensor) -> Tensor:
+    """Estimate of the smallest eigenvalue from ``steps`` Lanczos steps (``steps`` matvecs)
+    started at the vector ``start`` (``(n,)``, nonzero).
 
     Returns the smallest Ritz value minus its residual norm ``|β_m s_{m,1}|``, a margin that
     makes the estimate fall at or below ``λ_min`` in practice (a Ritz value is within its
@@ -75,8 +76,7 @@ def lower_end(op: LinearOperator, steps: int, generator: torch.Generator) -> Ten
     m = min(n, steps)
     V = torch.zeros(n, m, dtype=op.dtype, device=op.device)
     T = torch.zeros(m, m, dtype=op.dtype, device=op.device)
-    v = random_block(n, 1, op, generator)[:, 0]
-    V[:, 0] = v / v.norm()
+    V[:, 0] = start / start.norm()
     beta = torch.zeros((), dtype=op.dtype, device=op.device)
     for j in range(m):
         w = op.matvec(V[:, j])

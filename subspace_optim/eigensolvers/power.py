@@ -14,6 +14,22 @@ from .base import EigenResult, Eigensolver
 __all__ = ["PowerIteration"]
 
 
+class _Shift:
+    """``σ(θ_b) = -(min(λ̂_min, θ_b) + θ_b) / 2`` with ``λ̂_min`` from ``steps`` Lanczos
+    products started at ``start``, computed at the first call (``steps == 0``: ``σ = 0``)."""
+
+    def __init__(self, op: LinearOperator, steps: int, start: Tensor | None) -> None:
+        self._op, self._steps, self._start = op, steps, start
+        self._low: Tensor | None = None
+
+    def __call__(self, theta_b: Tensor) -> Tensor | float:
+        if self._start is None:
+            return 0.0
+        if self._low is None:
+            self._low = _common.lower_end(self._op, self._steps, self._start)
+        return -(torch.minimum(self._low, theta_b) + theta_b) / 2
+
+
 class PowerIteration(Eigensolver):
     """Power iteration on a block, with Rayleigh–Ritz (subspace iteration).
 
@@ -31,7 +47,11 @@ class PowerIteration(Eigensolver):
     Args:
         block_size: columns of the iterated block, ``>= k`` (default ``k + max(2, k // 2)``).
         variant: ``"block"`` (subspace iteration, default) or ``"deflation"`` (one vector at
-            a time, deflating the converged ones: the form PyHessian uses; slower).
+            a time, deflating the ones found before: the form PyHessian uses; slower). Its
+            vectors are orthonormal and its eigenvalues their Rayleigh quotients, but each
+            residual is that of the deflated operator ``(I - QQᵀ) A (I - QQᵀ)`` (``Q``: the
+            vectors found before): the residual in ``A`` projected off ``Q``, so at most
+            the residual in ``A``, short of it by the earlier vectors' own errors.
         shift_steps: Lanczos steps spent estimating the lower end of the spectrum for the
             ``which="LA"`` shift (default 20; 0 disables the shift).
         tol, max_iter, which, raise_on_failure: see :class:`Eigensolver`.
@@ -47,7 +67,8 @@ class PowerIteration(Eigensolver):
 
         where :math:`\\theta_b` is the block's smallest Ritz value and
         :math:`\\hat\\lambda_{\\min}` a lower-end estimate from ``shift_steps`` Lanczos steps
-        (spent once per solve). Then no eigenvalue outside the block can dominate a wanted
+        (spent once per solve, at its first shifted step: a solve that stops at its first
+        block product, such as ``max_iter=1``, spends none). Then no eigenvalue outside the block can dominate a wanted
         one, even when the negative end of the spectrum is larger in magnitude than the top,
         and for a nearly positive spectrum the (negative) shift speeds convergence up:
         the rate of pair ``i`` is :math:`(\\lambda_{b+1} + \\sigma)/(\\lambda_i + \\sigma)`.
@@ -82,16 +103,15 @@ class PowerIteration(Eigensolver):
         self.variant = choice("variant", variant, ("block", "deflation"))
         self.shift_steps = check_int("shift_steps", shift_steps, low=0)
 
-    def _lower_end(self, op: LinearOperator, generator: torch.Generator) -> Tensor | None:
+    def _shift_rule(self, op: LinearOperator, generator: torch.Generator) -> _Shift:
+        """The shift of this solve. Its start vector is drawn now, so the generator's
+        stream is the same whether or not a shifted step follows; its ``shift_steps``
+        products are spent at the first shifted step, never by a solve that stops first
+        (``max_iter=1``, or converged at the start)."""
         if self.which != "LA" or self.shift_steps == 0:
-            return None
-        return _common.lower_end(op, self.shift_steps, generator)
-
-    @staticmethod
-    def _shift(low: Tensor | None, theta_b: Tensor) -> Tensor | float:
-        if low is None:
-            return 0.0
-        return -(torch.minimum(low, theta_b) + theta_b) / 2
+            return _Shift(op, 0, None)
+        start = _common.random_block(op.shape[0], 1, op, generator)[:, 0]
+        return _Shift(op, self.shift_steps, start)
 
     def _width(self, n: int, k: int) -> int:
         if self.block_size is not None:
@@ -107,7 +127,7 @@ class PowerIteration(Eigensolver):
             return self._deflation(op, k, init, generator)
         n = op.shape[0]
         b = self._width(n, k)
-        low = self._lower_end(op, generator)
+        shift = self._shift_rule(op, generator)
         X = _common.start_block(op, b, init, generator)
         AX = op.matmat(X)
         iterations = 0
@@ -120,8 +140,7 @@ class PowerIteration(Eigensolver):
             target = _common.tolerance(theta[:k], self.tol)
             if bool((res[:k] <= target).all()) or iterations >= self.max_iter:
                 break
-            shift = self._shift(low, theta.min())
-            X = orthonormalize(AX + shift * X, generator=generator)
+            X = orthonormalize(AX + shift(theta.min()) * X, generator=generator)
             AX = op.matmat(X)
         return _common.result(
             "PowerIteration",
@@ -136,7 +155,7 @@ class PowerIteration(Eigensolver):
         self, op: LinearOperator, k: int, init: Tensor | None, generator: torch.Generator
     ) -> EigenResult:
         n = op.shape[0]
-        low = self._lower_end(op, generator)
+        shift = self._shift_rule(op, generator)
         found: list[Tensor] = []
         values: list[Tensor] = []
         residuals: list[Tensor] = []
@@ -149,23 +168,22 @@ class PowerIteration(Eigensolver):
                 v = _common.random_block(n, 1, op, generator)[:, 0]
             theta = torch.zeros((), dtype=op.dtype, device=op.device)
             res = torch.full((), float("inf"), dtype=op.dtype, device=op.device)
-            for _ in range(self.max_iter):
+            for step in range(self.max_iter):
                 iterations += 1
                 if Q is not None:
                     v = v - Q @ (Q.T @ v)
                 v = v / v.norm().clamp_min(torch.finfo(op.dtype).tiny)
-                Av = op.matvec(v)
-                if Q is not None:  # deflate: (I - QQᵀ) A (I - QQᵀ)
-                    Av = Av - Q @ (Q.T @ Av)
-                theta = v @ Av
-                res = (Av - theta * v).norm()
+                Bv = op.matvec(v)
+                if Q is not None:  # deflate: B = (I - QQᵀ) A (I - QQᵀ)
+                    Bv = Bv - Q @ (Q.T @ Bv)
+                theta = v @ Bv
+                res = (Bv - theta * v).norm()
                 scale = max(abs(float(theta)), abs(float(values[0])) if values else 0.0)
                 if not torch.isfinite(theta) or float(res) <= self.tol * scale:
                     break
-                # shifted step: θ estimates the wanted end, so the unwanted interval is
-                # [λ_min, θ] at worst
-                v = Av + self._shift(low, theta) * v
-            found.append(v)
+                if step + 1 < self.max_iter:  # shifted step: θ estimates the wanted end,
+                    v = Bv + shift(theta) * v  # so the unwanted interval is [λ_min, θ] at worst
+            found.append(v)  # the unit vector whose Rayleigh quotient is theta
             values.append(theta)
             residuals.append(res)
         theta = torch.stack(values)
