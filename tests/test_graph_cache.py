@@ -158,16 +158,7 @@ def _mutations():  # type: ignore[no-untyped-def]
             frozen_param,
             marks=(),
         ),
-        pytest.param(
-            "mlp",
-            param_data_in_place,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="library limitation: p.data.mul_() changes neither the version counter "
-                "nor the storage, so the key cannot see it and the cached graph is stale "
-                "(fix: a value fingerprint in the key; state_key's note says to free the graph)",
-            ),
-        ),
+        ("mlp", param_data_in_place),
         ("batchnorm_eval", running_stats),
         ("buffer", buffer_in_place),
         ("buffer", buffer_reassigned),
@@ -253,3 +244,50 @@ def test_a_cold_retry_rebuilds_a_graph_built_on_a_faulty_forward_pass():
     # the warm solve saw Inf everywhere; the retry rebuilt the graph and succeeded
     assert outcome.counters["cold_restarts"] == 1
     assert outcome.counters["faults"] == 0
+
+
+@pytest.mark.parametrize(
+    "dtype",
+    [
+        torch.float64,
+        torch.float32,
+        torch.bfloat16,
+        torch.float16,
+        torch.int64,
+        torch.bool,
+        torch.complex64,
+    ],
+)
+def test_the_bits_sum_changes_with_any_one_element(dtype):
+    """The key's value fingerprint: a change of any one element changes it, for every
+    element width; a non-contiguous tensor reads like its contiguous copy."""
+    from subspace_optim.operators._graph_cache import bits_sum
+
+    g = torch.Generator().manual_seed(0)
+    t = (torch.randn(4, 6, generator=g) * 3).to(dtype)
+    if dtype == torch.bool:
+        t = torch.rand(4, 6, generator=g) > 0.5
+    base = bits_sum(t)
+    assert base.dtype == torch.int64 and base.shape == ()
+    assert torch.equal(bits_sum(t.T), bits_sum(t.T.contiguous()))
+    for i in range(t.numel()):
+        changed = t.clone().reshape(-1)
+        changed[i] = ~changed[i] if dtype == torch.bool else changed[i] + 1
+        assert not torch.equal(bits_sum(changed), base), i
+
+
+def test_the_cache_sees_manual_sgd_through_p_data(generator):
+    """The classic loop ``p.data.add_(-lr * p.grad)`` moves no version counter: products
+    after it still follow the parameters (they were stale before the value fingerprint)."""
+    model, loss_fn, data = make_case("mlp", generator)
+    op = HessianOperator(model, loss_fn, data)
+    V = torch.randn(op.shape[0], 3, generator=generator, dtype=torch.float64)
+    for _ in range(3):
+        before = op @ V
+        model.zero_grad()
+        loss_fn(model(data[0]), data[1]).backward()
+        for p in model.parameters():
+            p.data.add_(p.grad, alpha=-0.5)
+        fresh = HessianOperator(model, loss_fn, data, cache_graph=False) @ V
+        assert not torch.equal(fresh, before)
+        assert torch.equal(op @ V, fresh)

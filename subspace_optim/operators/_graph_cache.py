@@ -6,13 +6,15 @@ VJP through a forward graph) can build each micro-batch's graph once and reuse i
 every later product at that point. The cache is keyed by everything the loss reads that
 can change in place, so it is never stale:
 
-* each parameter's and buffer's version counter and storage (an optimizer step,
-  ``p.data = ...``, a BatchNorm running-statistics update, ``load_state_dict``);
+* each parameter's and buffer's version counter, storage and the integer sum of its bits
+  (an optimizer step, ``p.data = ...``, a change through ``p.data`` such as weight
+  clipping, a BatchNorm running-statistics update, ``load_state_dict``);
 * the operator's ``train`` setting and the train/eval mode of every submodule;
 * the identity, version and storage of every data tensor.
 
 What the key cannot see is state outside tensors (a Python attribute the forward reads, a
-stateful ``loss_fn``); operators over such models must not cache.
+stateful ``loss_fn``), for which operators must not cache, and a change of the data's values
+through ``x.data``.
 """
 
 from __future__ import annotations
@@ -20,32 +22,63 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+import torch
 from torch import Tensor, nn
 
 from ._data import data_tensors, num_micro_batches
 
-__all__ = ["GraphCache", "resolve_cache_graph", "state_key"]
+__all__ = ["GraphCache", "bits_sum", "resolve_cache_graph", "state_key"]
 
 T = TypeVar("T")
+
+
+#: the integer dtype of each element width, to read a tensor's bits
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bits_sum(t: Tensor) -> Tensor:
+    """The sum of ``t``'s elements read as integers of their own width (their bit
+    patterns), in that width (wrapping around on overflow), as a 0-d ``int64`` tensor on
+    ``t``'s device.
+
+    Any change of one element changes it (two bit patterns of one width differ by a
+    nonzero amount modulo ``2**width``), and so does any change of several unless they
+    happen to compensate (a permutation of the values does). It reads ``t`` once, at the
+    speed of a float sum, and needs no memory of ``t``'s size (a non-contiguous ``t`` is
+    copied).
+    """
+    flat = t.detach().reshape(-1)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    if flat.dtype == torch.bool:
+        flat = flat.view(torch.uint8)
+    bits = _BITS[flat.element_size()]
+    return flat.view(bits).sum(dtype=bits).to(torch.int64)
 
 
 def state_key(
     model: nn.Module, params: Sequence[Tensor], data: Any, train: bool | None
 ) -> tuple[Any, ...]:
     """Everything the loss of ``model`` over ``data`` reads that can change in place: the
-    modes, every parameter (the operator's and the frozen ones the forward reads), every
-    buffer and the data, by version counter and storage.
+    modes, every parameter (the operator's and the frozen ones the forward reads) and
+    buffer by version counter, storage and :func:`bits_sum` (which sees a change through
+    ``p.data``, as weight clipping makes, that moves neither of the other two), and the
+    data by identity, version counter and storage.
 
     .. note::
-        A change through ``p.data`` (``p.data.mul_(...)``, as weight clipping does) moves
-        neither the version counter nor the storage: the key cannot see it. Free the cached
-        graph after such a change (``with op.solve_scope(): pass``: a scope frees what was
-        cached when it exits).
+        The data's values are not read (that would cost a pass over the data at every
+        product): a change of the data through ``x.data`` is not seen. Free the cached
+        graph after one (``with op.solve_scope(): pass``: a scope frees what was cached
+        when it exits).
     """
     key: list[Any] = [train]
     key.extend(m.training for m in model.modules())
-    for t in (*params, *model.parameters(), *model.buffers()):
-        key.append((t._version, t.data_ptr()))
+    # the operator's parameters are usually the model's: each tensor once
+    tensors = list({id(t): t for t in (*params, *model.parameters(), *model.buffers())}.values())
+    key.extend((t._version, t.data_ptr()) for t in tensors)
+    if tensors:  # one synchronization for all the sums
+        sums = [bits_sum(t).to(tensors[0].device) for t in tensors]
+        key.append(tuple(torch.stack(sums).tolist()))
     for t in data_tensors(data):
         key.append((id(t), t._version, t.data_ptr()))
     return tuple(key)

@@ -110,12 +110,13 @@ class HessianOperator(ModelOperator):
         the first builds the loss and its gradient graph (``create_graph=True``) and every
         later one only differentiates that graph again. Before each product the operator
         compares a key of everything the loss reads: each parameter's and buffer's
-        version counter and storage (an optimizer step, ``p.data = ...``, a BatchNorm
-        running-statistics update or ``load_state_dict`` all change it), the train/eval
-        mode of every submodule, and the identity, version and storage of every data
-        tensor. A changed key rebuilds the graph. What the key cannot see is state outside
-        tensors (a Python attribute the forward reads, a stateful ``loss_fn``): pass
-        ``cache_graph=False`` for such models. Dropout in train mode draws its masks once
+        version counter, storage and the integer sum of its bits (an optimizer step,
+        ``p.data = ...``, a change through ``p.data``, a BatchNorm running-statistics
+        update or ``load_state_dict`` all change it), the train/eval mode of every
+        submodule, and the identity, version and storage of every data tensor. A changed
+        key rebuilds the graph. What the key cannot see is state outside tensors (a Python
+        attribute the forward reads, a stateful ``loss_fn``), for which you pass
+        ``cache_graph=False``, and a change of the data's values through ``x.data``. Dropout in train mode draws its masks once
         per cached graph, so repeated products at one ``θ`` apply the same (symmetric)
         matrix. The cache lives until the end of the enclosing :meth:`solve_scope` (the
         subspace optimizer and :func:`~subspace_optim.top_k_eigenpairs` run each solve in
