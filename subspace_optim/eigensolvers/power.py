@@ -68,12 +68,13 @@ class PowerIteration(Eigensolver):
         where :math:`\\theta_b` is the block's smallest Ritz value and
         :math:`\\hat\\lambda_{\\min}` a lower-end estimate from ``shift_steps`` Lanczos steps
         (spent once per solve, at its first shifted step: a solve that stops at its first
-        block product, such as ``max_iter=1``, spends none). Then no eigenvalue outside the block can dominate a wanted
-        one, even when the negative end of the spectrum is larger in magnitude than the top,
-        and for a nearly positive spectrum the (negative) shift speeds convergence up:
-        the rate of pair ``i`` is :math:`(\\lambda_{b+1} + \\sigma)/(\\lambda_i + \\sigma)`.
-        The earlier rule :math:`\\sigma = \\max(0, -\\theta_{\\min})` from the block alone
-        cannot see eigenvalues below the block and let them win. ``shift_steps=0`` turns
+        block product, such as ``max_iter=1``, spends none). Then no eigenvalue outside the
+        block can dominate a wanted one, even when the negative end of the spectrum is
+        larger in magnitude than the top, and for a nearly positive spectrum the (negative)
+        shift speeds convergence up: the rate of pair ``i`` is
+        :math:`(\\lambda_{b+1} + \\sigma)/(\\lambda_i + \\sigma)`. A shift read from the
+        block alone, :math:`\\sigma = \\max(0, -\\theta_{\\min})`, cannot see eigenvalues
+        below the block and would let them win. ``shift_steps=0`` turns
         the shift off (plain power iteration, as PyHessian).
 
     Example:

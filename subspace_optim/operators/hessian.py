@@ -116,9 +116,9 @@ class HessianOperator(ModelOperator):
         submodule, and the identity, version and storage of every data tensor. A changed
         key rebuilds the graph. What the key cannot see is state outside tensors (a Python
         attribute the forward reads, a stateful ``loss_fn``), for which you pass
-        ``cache_graph=False``, and a change of the data's values through ``x.data``. Dropout in train mode draws its masks once
-        per cached graph, so repeated products at one ``θ`` apply the same (symmetric)
-        matrix. The cache lives until the end of the enclosing :meth:`solve_scope` (the
+        ``cache_graph=False``, and a change of the data's values through ``x.data``.
+        Dropout in train mode draws its masks once per cached graph, so repeated products
+        at one ``θ`` apply the same (symmetric) matrix. The cache lives until the end of the enclosing :meth:`solve_scope` (the
         subspace optimizer and :func:`~subspace_optim.top_k_eigenpairs` run each solve in
         one).
 
