@@ -11,6 +11,7 @@ from torch import Tensor
 
 from .._utils import check_int
 from ..operators.base import LinearOperator
+from ..subspace import orthonormalize
 from . import _common
 from .base import EigenResult, Eigensolver, EigensolverError
 
@@ -53,6 +54,19 @@ def _residuals(op: LinearOperator, X: Tensor, theta: Tensor) -> Tensor:
     return _common.residual_norms(X, op.matmat(X), theta)
 
 
+def _completed(
+    op: LinearOperator, found: tuple[Tensor, Tensor], k: int, which: str, generator: torch.Generator
+) -> tuple[Tensor, Tensor]:
+    """``found`` pairs (eigenvalues ``(m,)``, orthonormal vectors ``(n, m)``, ``m < k``)
+    completed to ``k`` with the Ritz pairs of a random block orthogonal to them: finite
+    estimates whose residuals say how poor they are (``k - m`` more matvecs)."""
+    theta, X = found
+    R = _common.random_block(op.shape[0], k - theta.shape[0], op, generator)
+    R = orthonormalize(R - X @ (X.T @ R), generator=generator)
+    theta_r, R, _ = _common.rayleigh_ritz(R, op.matmat(R), which)
+    return torch.cat([theta, theta_r]), torch.cat([X, R], dim=1)
+
+
 class ScipyEigsh(Eigensolver):
     """ARPACK's implicitly restarted Lanczos (:func:`scipy.sparse.linalg.eigsh`) on our operator.
 
@@ -67,7 +81,11 @@ class ScipyEigsh(Eigensolver):
 
     .. note::
         Each product crosses to the host and back (ARPACK runs in NumPy), and a warm start
-        ``init`` is folded into one vector (ARPACK accepts one start vector).
+        ``init`` is folded into one vector (ARPACK accepts one start vector). When ARPACK
+        stops at ``max_iter`` with fewer than ``k`` converged pairs, the missing ones are
+        the Ritz pairs of a random block orthogonal to those (``k - m`` more matvecs): the
+        result is then a finite, unconverged estimate (``MAX_ITERATIONS``), as with the
+        other solvers.
 
     Example:
         >>> import torch
@@ -121,14 +139,10 @@ class ScipyEigsh(Eigensolver):
             raise EigensolverError(f"ScipyEigsh: ARPACK stopped ({exc})") from exc
         theta = torch.as_tensor(np.ascontiguousarray(vals), dtype=op.dtype, device=op.device)
         X = torch.as_tensor(np.ascontiguousarray(vecs), dtype=op.dtype, device=op.device)
+        if theta.shape[0] < k:  # ARPACK returned only the converged pairs
+            theta, X = _completed(op, (theta, X), k, self.which, generator)
         idx = _common.order(theta, self.which)
         theta, X = theta[idx], X[:, idx]
-        if theta.shape[0] < k:  # ARPACK returned only the converged pairs
-            pad = k - theta.shape[0]
-            X = torch.cat([X, _common.random_block(n, pad, op, generator)], dim=1)
-            theta = torch.cat(
-                [theta, torch.full((pad,), float("nan"), dtype=op.dtype, device=op.device)]
-            )
         res = _residuals(op, X, theta)
         return _common.result(
             f"ScipyEigsh({status})",
