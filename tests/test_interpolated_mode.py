@@ -204,3 +204,84 @@ def test_the_stability_check_flags_an_amplified_dominant_part():
     for scales in ((1.0, 0.0), (1.0, 1.0)):
         assert _unstable_refreshes(scales, lr, None) == 0, scales
     assert _unstable_refreshes((4.0, 0.0), lr, "λ_1 = .*dominant part") == 1
+
+
+def _grouped(mode, group_modes, *, project="update", momentum=0.0):
+    """The problem with one parameter group per layer, each with its own mode (``None``:
+    none set), and a wrapper in ``mode``."""
+    model, X, Y = problem()
+    layers = [model[0], model[2]]
+    groups = []
+    for layer, gm in zip(layers, group_modes):
+        group = {"params": list(layer.parameters())}
+        if gm is not None:
+            group["subspace_mode"] = gm
+        groups.append(group)
+    base = torch.optim.SGD(groups, lr=0.05, momentum=momentum)
+    op = so.HessianOperator(model, mse, (X, Y))
+    opt = so.SubspaceProjectedOptimizer(
+        base, op, k=2, mode=mode, project=project, eigensolver="eigh"
+    )
+    return model, X, Y, opt
+
+
+@pytest.mark.parametrize("project", ["update", "gradient"])
+def test_a_group_mode_overrides_the_wrapper_mode_in_both_directions(project):
+    """A group's ``"subspace_mode"`` overrides the wrapper's ``mode`` for its parameters,
+    with the update or the gradient projected: a ``"bulk"`` group under ``mode="none"``
+    moves only in the bulk, a ``"none"`` group under ``mode="bulk"`` moves by plain SGD."""
+    sizes = [4 * 6 + 6, 6 * 3 + 3]
+    for mode, group_modes, bulk_layer in [("none", ["bulk", None], 0), ("bulk", [None, "none"], 0)]:
+        model, X, Y, opt = _grouped(mode, group_modes, project=project)
+        train(model, X, Y, opt, 1)
+        before = flat(model)
+        opt.zero_grad()
+        mse(model(X[:10]), Y[:10]).backward()
+        g = torch.cat([p.grad.flatten() for p in model.parameters()])
+        opt.step()
+        assert opt.last_stats.projected
+        U = opt.basis[:, :2]
+        g_dom = U @ (U.T @ g)
+        delta = (flat(model) - before).split(sizes)
+        # plain SGD: the update's bulk part is the step along the gradient's bulk part
+        expected_bulk = (-0.05 * (g - g_dom)).split(sizes)[bulk_layer]
+        torch.testing.assert_close(delta[bulk_layer], expected_bulk, rtol=1e-10, atol=1e-12)
+        plain = 1 - bulk_layer
+        torch.testing.assert_close(
+            delta[plain], (-0.05 * g).split(sizes)[plain], rtol=1e-10, atol=1e-12
+        )
+
+
+def test_the_closure_gradient_is_recorded_not_the_previous_steps():
+    """``project="gradient"`` with a closure and plain SGD: the step's record reads the
+    closure's gradient (what lay in ``.grad`` before is the previous step's, projected)."""
+    model, X, Y = problem()
+    base = torch.optim.SGD(model.parameters(), lr=0.05)
+    op = so.HessianOperator(model, mse, (X, Y))
+    opt = so.SubspaceProjectedOptimizer(
+        base,
+        op,
+        k=2,
+        mode="bulk",
+        project="gradient",
+        eigensolver="eigh",
+        refresh=so.Every(3),
+    )
+    for t in range(4):
+        idx = torch.arange(10) + 3 * t
+
+        def closure():
+            opt.zero_grad()
+            loss = mse(model(X[idx]), Y[idx])
+            loss.backward()
+            return loss
+
+        # the closure's gradient, computed aside: .grad keeps what the last step left
+        grads = torch.autograd.grad(mse(model(X[idx]), Y[idx]), list(model.parameters()))
+        g = torch.cat([x.flatten() for x in grads])
+        opt.step(closure)
+        if t % 3:  # no refresh: the record measures the minibatch gradient against U
+            U = opt.basis[:, :2]
+            expected = float((U.T @ g).norm() / g.norm())
+            assert opt.last_stats.gradient_source == "minibatch"
+            assert opt.last_stats.grad_alignment == pytest.approx(expected, rel=1e-9)

@@ -245,6 +245,29 @@ def test_a_group_mode_scales_its_parameters_and_is_checked_before_the_step():
     assert torch.equal(flat(model), theta)
 
 
+def test_a_bulk_group_projects_under_a_wrapper_in_mode_none():
+    """A group's ``"subspace_mode"`` overrides ``mode="none"`` too: its matrices move only in
+    the bulk of their bases, the other group's by plain SGD."""
+    model = mlp()
+    w0, b0, w2, b2 = model.parameters()
+    base = torch.optim.SGD(
+        [{"params": [w0, b0], "subspace_mode": "bulk"}, {"params": [w2, b2]}], lr=0.05
+    )
+    src = so.UpdateHistory(k=2, window=4, refresh_every=2)
+    opt = so.SubspaceProjectedOptimizer(base, src, mode="none")
+    train(model, opt, 5)
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    loss_of(model, *batch(5)).backward()
+    g2 = w2.grad.clone()
+    opt.step()
+    assert opt.last_stats.projected
+    U = src.bases[0]
+    moved = (w0.detach() - before[0]).reshape(-1)
+    assert float((U.T @ moved).norm()) <= 1e-6 * float(moved.norm())
+    torch.testing.assert_close(w2.detach(), before[2] - 0.05 * g2, rtol=0, atol=1e-15)
+
+
 @pytest.mark.parametrize(
     "make",
     [

@@ -24,7 +24,7 @@ from ..diagnostics import StepStats
 from ._blockwise import BlockCoords, block_statistics
 from ._flat import FlatParams
 from ._refresh import RefreshOutcome
-from ._update import project_gradient, step_statistics
+from ._update import step_statistics
 from .protocol import CompositeOptimizer
 
 __all__ = ["StepFacts", "project_existing_grads", "projecting_closure", "step_record"]
@@ -76,40 +76,44 @@ class StepFacts:
 
 
 def project_existing_grads(
-    vec: FlatParams, base: Optimizer, U: Tensor, scales: tuple[float, float], raw: list[Tensor]
+    vec: FlatParams, base: Optimizer, project: Callable[[Tensor], Tensor], raw: list[Tensor]
 ) -> None:
-    """Before a closure step: project the gradient in ``.grad`` if ``base`` will use it.
+    """Before a closure step: project the gradient in ``.grad`` if ``base`` may use it.
 
     A :class:`~subspace_optim.optim.CompositeOptimizer` says whether it will
-    (``uses_existing_gradient``); any other optimizer uses it whenever one is there. A
-    gradient the base will not use is left alone: projecting it in place would make a stale
-    gradient look fresh. The unprojected gradient is appended to ``raw``.
+    (``uses_existing_gradient``); it is then this step's gradient, appended to ``raw`` for
+    the record. Any other optimizer may use it whenever one is there, so it is projected
+    too, but not recorded: torch's optimizers evaluate the closure first, and what lies in
+    ``.grad`` before it is the previous step's gradient. A gradient a composite base will
+    not use is left alone: projecting it in place would make a stale gradient look fresh.
     """
     if all(vec.frozen()):
         return
-    if isinstance(base, CompositeOptimizer) and not base.uses_existing_gradient():
+    composite = isinstance(base, CompositeOptimizer)
+    if composite and not base.uses_existing_gradient():
         return
     g = vec.grads()
-    raw.append(g)
-    vec.set_grads(project_gradient(g, U, scales))
+    if composite:
+        raw.append(g)
+    vec.set_grads(project(g))
 
 
 def projecting_closure(
     closure: Callable[[], Tensor],
     vec: FlatParams,
-    U: Tensor,
-    scales: tuple[float, float],
+    project: Callable[[Tensor], Tensor],
     raw: list[Tensor],
 ) -> Callable[[], Tensor]:
-    """``closure`` whose gradients come back projected (the first unprojected one is kept
-    in ``raw``, for the step's record)."""
+    """``closure`` whose gradients come back as ``project`` maps them (the first
+    unprojected one is kept in ``raw``, for the step's record, unless ``raw`` holds this
+    step's gradient already)."""
 
     def projecting() -> Tensor:
         loss = closure()
         g = vec.grads()
         if not raw:
             raw.append(g)
-        vec.set_grads(project_gradient(g, U, scales))
+        vec.set_grads(project(g))
         return loss
 
     return projecting

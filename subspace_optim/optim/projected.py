@@ -425,7 +425,7 @@ class SubspaceProjectedOptimizer(Optimizer):
             self._source_stage(facts)
             return
         decision = self.schedule.decide(facts.t)
-        facts.wants_projection = self.mode != "none" and decision.project
+        facts.wants_projection = self._scales_move(facts) and decision.project
         if decision.refresh or (facts.wants_projection and self.basis is None):
             facts.refresh = self._refresh(with_gradient=True)
             self._check_stability(facts.t)
@@ -435,6 +435,13 @@ class SubspaceProjectedOptimizer(Optimizer):
         elif facts.wants_projection and facts.U is None:
             facts.skip = "no usable basis for a projected step"
 
+    def _scales_move(self, facts: StepFacts) -> bool:
+        """Some parameter's ``(a, b)`` is not ``(1, 1)``: the wrapper's mode, or its
+        group's ``"subspace_mode"``, which overrides it (a ``"bulk"`` group projects under
+        ``mode="none"``, a ``"none"`` group does not)."""
+        pairs = facts.group_scales if facts.group_scales is not None else [self.scales]
+        return any(pair != (1.0, 1.0) for pair in pairs)
+
     def _source_stage(self, facts: StepFacts) -> None:
         """Stage 2 with a source: it refreshes itself when due; before its first basis the
         update passes unchanged (the step is not skipped)."""
@@ -442,7 +449,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         seconds = self.source.refresh(facts.t)
         if seconds is not None:
             facts.refresh = RefreshOutcome(seconds=seconds)
-        facts.wants_projection = self.mode != "none"
+        facts.wants_projection = self._scales_move(facts)
         facts.U = self.source.basis()
         if not facts.grad_finite:
             facts.skip = "the gradient holds NaN/Inf"
@@ -477,16 +484,16 @@ class SubspaceProjectedOptimizer(Optimizer):
             closure = _faults.guarded(closure, self._vec.params)
         raw: list[Tensor] = []  # the first unprojected closure gradient, for the record
         if facts.project_now and self.project_target == "gradient":
-            assert facts.U is not None
+            project = self._gradient_projection(facts)
             if closure is None:
                 assert facts.g_mini is not None
-                self._vec.set_grads(project_gradient(facts.g_mini, facts.U, self.scales))
+                self._vec.set_grads(project(facts.g_mini))
             else:
                 # the gradient already in .grad that the base will use (SAM's ascent
                 # direction after the usual loss.backward()) is projected, and so is every
                 # gradient the closure produces, however often the base evaluates it
-                project_existing_grads(self._vec, self.base, facts.U, self.scales, raw)
-                closure = projecting_closure(closure, self._vec, facts.U, self.scales, raw)
+                project_existing_grads(self._vec, self.base, project, raw)
+                closure = projecting_closure(closure, self._vec, project, raw)
         if closure is None:
             return self.base.step()
         with torch.enable_grad():
@@ -494,6 +501,16 @@ class SubspaceProjectedOptimizer(Optimizer):
         if raw and facts.g_mini is None:
             facts.g_mini = raw[0]
         return loss
+
+    def _gradient_projection(self, facts: StepFacts) -> Callable[[Tensor], Tensor]:
+        """``g ↦ a·P_k g + b·(g − P_k g)``, with each parameter's ``(a, b)`` when a group
+        sets its own ``"subspace_mode"``."""
+        U, scales = facts.U, facts.group_scales
+        assert U is not None
+        if scales is None:
+            return lambda g: project_gradient(g, U, self.scales)
+        sizes = self._vec.sizes
+        return lambda g: plan_blockwise(g, dominant_part(U, g), sizes, scales).delta
 
     def _project_stage(self, facts: StepFacts) -> None:
         """Stage 4: the base update ``Δ`` becomes ``a·P_kΔ + b·(Δ − P_kΔ)``; a non-finite
