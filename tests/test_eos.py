@@ -204,6 +204,25 @@ def test_bulk_with_lambda_k_plus_1_above_threshold_warns_once_and_diverges_finit
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def test_a_resume_inside_an_unstable_episode_does_not_warn_again():
+    """The once-per-episode flag is part of the checkpoint: a run resumed inside the
+    episode stays silent, as the uninterrupted run does."""
+    model, loss_fn, data, opt = projected("bulk", k=2)
+    with pytest.warns(so.EdgeOfStabilityWarning):
+        gd_loop(opt, model, loss_fn, data, 2)
+    buf = io.BytesIO()
+    torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buf)
+    buf.seek(0)
+    saved = torch.load(buf, weights_only=True)
+    model2, loss_fn2, data2, opt2 = projected("bulk", k=2)
+    model2.load_state_dict(saved["model"])
+    opt2.load_state_dict(saved["opt"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", so.EdgeOfStabilityWarning)
+        gd_loop(opt2, model2, loss_fn2, data2, 2)
+    assert opt2.counters["unstable_refreshes"] == 4
+
+
 def test_dominant_and_none_modes_do_not_warn():
     for mode in ("dominant", "none"):
         model, loss_fn, data, opt = projected(mode, k=2)

@@ -46,6 +46,7 @@ def subspace_state(opt: Any) -> dict[str, Any]:
         "shapes": _shapes(opt),
         "step": opt.subspace.step,
         "active_k": opt.active_k,
+        "unstable": opt.subspace.unstable,
         "basis": None if opt.basis is None else opt.basis.clone(),
         "eigenvalues": None if opt.eigenvalues is None else opt.eigenvalues.clone(),
         "counters": dict(opt.counters),
@@ -170,7 +171,7 @@ def restored_state(opt: Any, restore: _Restore) -> ProjectionState:
         basis=basis,
         eigenvalues=None if eig is None else eig.to(device=device, dtype=dtype).clone(),
         last_result=opt.subspace.last_result,
-        unstable=opt.subspace.unstable,
+        unstable=bool(sub.get("unstable", False)),
         counters={**opt.subspace.counters, **sub["counters"]},
     )
 
