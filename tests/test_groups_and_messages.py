@@ -72,6 +72,30 @@ def test_the_same_group_through_the_wrapper_is_projected(problem):
     opt.step()
 
 
+def test_unfreezing_a_parameter_is_refused_with_advice_that_works(problem):
+    """Gradual unfreezing: a parameter frozen when the wrapper was built and unfrozen later
+    is in a base group already, so the message must not only point at add_param_group; its
+    advice for this case (wrap the same base again) projects the step."""
+    model, X, Y = problem
+    model[0].weight.requires_grad_(False)
+    base = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt = so.SubspaceProjectedOptimizer(base, so.HessianOperator(model, mse, (X, Y)), k=2)
+    opt.zero_grad()
+    mse(model(X), Y).backward()
+    opt.step()
+    model[0].weight.requires_grad_(True)
+    opt.zero_grad()
+    mse(model(X), Y).backward()
+    before = snapshot(*model.parameters())
+    with pytest.raises(RuntimeError, match=r"unfrozen since.*wrap the same base optimizer"):
+        opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    again = so.SubspaceProjectedOptimizer(base, so.HessianOperator(model, mse, (X, Y)), k=2)
+    again.step()
+    assert again.last_stats.projected
+    assert not torch.equal(before[0], model[0].weight)
+
+
 def test_on_fault_raise_says_nothing_was_kept(problem):
     model, X, Y = problem
     solver = FaultySolver(so.Lanczos(), "linalg_error", fail_on=lambda c: True)

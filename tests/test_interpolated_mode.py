@@ -270,7 +270,7 @@ def test_the_closure_gradient_is_recorded_not_the_previous_steps():
     for t in range(4):
         idx = torch.arange(10) + 3 * t
 
-        def closure():
+        def closure(idx=idx):
             opt.zero_grad()
             loss = mse(model(X[idx]), Y[idx])
             loss.backward()

@@ -432,6 +432,44 @@ def test_add_param_group_binds_the_new_blocks():
         opt.step()
 
 
+def test_a_refused_group_changes_nothing_and_a_wider_dtype_is_recorded_exactly():
+    """``add_param_group`` with a source is all or nothing: a group the base refuses (a
+    parameter it already has) or the source refuses (a block smaller than the window)
+    leaves the optimizer as it was, and a float64 group added to a float32 model is
+    recorded at float64 (the flat vectors widen, as they would at construction)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
+    src = so.UpdateHistory(k=1, window=4, refresh_every=1)
+    opt = so.SubspaceProjectedOptimizer(
+        torch.optim.SGD(model[0].parameters(), lr=0.1), src, mode=(0.5, 2.0)
+    )
+    x = torch.randn(16, 8)
+
+    def step(extra=None):
+        opt.zero_grad()
+        loss = model(x).square().mean()
+        if extra is not None:
+            loss = loss + extra(x.double()).square().mean()
+        loss.backward()
+        opt.step()
+
+    step()
+    tiny = nn.Linear(1, 2, bias=False)  # 2 entries: fewer than the window of 4
+    for refused in ([model[0].weight, model[1].weight], [tiny.weight]):
+        with pytest.raises(ValueError):
+            opt.add_param_group({"params": refused})
+        assert len(src.blocks) == 2 and len(opt.param_groups) == 1
+        step()
+    extra = nn.Linear(8, 8, bias=False).double()
+    opt.add_param_group({"params": extra.parameters(), "lr": 1e-6})
+    before = extra.weight.detach().clone()
+    step(extra)
+    moved = (extra.weight.detach() - before).reshape(-1)
+    rows = src.state_dict()["stores"][2]  # the new block's ring buffer: one row written
+    (written,) = [r for r in rows if bool(r.any())]
+    assert written.dtype == torch.float64 and torch.equal(written, moved)
+
+
 def test_the_sketch_recovers_a_planted_gradient_covariance():
     """Gradients drawn from a covariance with a clear top-2 subspace: the sketch's basis
     is within a small angle of it."""

@@ -131,10 +131,13 @@ def check_step_call(wrapper: Any, closure: Any) -> None:
 def check_groups_in_sync(base: Optimizer, covered: Sequence[Tensor] | None) -> None:
     """Refuse a step when ``base`` trains a parameter the projection does not act on.
 
-    Parameters added with ``base.add_param_group(...)`` behind the wrapper's back would get
-    the plain update, silently; ``wrapper.add_param_group(...)`` extends the curvature
-    operator (or the source) too. A frozen parameter (``requires_grad=False``) is never
-    updated, so it needs no cover. ``covered`` is ``None`` for an operator that is not a
+    Such a parameter would get the plain update, silently. It comes from a group added with
+    ``base.add_param_group(...)`` behind the wrapper's back (``wrapper.add_param_group(...)``
+    extends the curvature operator, or the source, too), or it was frozen
+    (``requires_grad=False``) when the wrapper was built and has been unfrozen since (the
+    cover was chosen then: a new wrapper around the same base, with a curvature operator or
+    source built after the unfreezing, covers it). A frozen parameter is never updated, so
+    it needs no cover. ``covered`` is ``None`` for an operator that is not a
     :class:`~subspace_optim.Curvature` (no ``params``): it is checked at construction only.
 
     Raises:
@@ -152,8 +155,11 @@ def check_groups_in_sync(base: Optimizer, covered: Sequence[Tensor] | None) -> N
     if stray:
         raise RuntimeError(
             f"the base optimizer trains parameters the projection does not act on (shapes "
-            f"{stray[:4]}): they were added with base.add_param_group(...) behind the "
-            "wrapper, and would get the plain, unprojected update. Nothing was changed. Add "
-            "parameter groups through the wrapper, opt.add_param_group(group), which "
-            "extends the curvature operator to them"
+            f"{stray[:4]}), which would get the plain, unprojected update; nothing was "
+            "changed. If they were added with base.add_param_group(...) behind the wrapper, "
+            "add the group through the wrapper instead, opt.add_param_group(group), which "
+            "extends the curvature operator (or source) to them. If they were frozen "
+            "(requires_grad=False) when the wrapper was built and have been unfrozen since, "
+            "the cover was chosen then: wrap the same base optimizer again, with a curvature "
+            "operator or source built after the unfreezing (the base keeps its state)"
         )

@@ -300,19 +300,23 @@ class SubspaceProjectedOptimizer(Optimizer):
             self.subspace.active_k = self.k
 
     def _add_source_group(self, param_group: dict[str, Any], params: list[Tensor]) -> None:
-        """``add_param_group`` with a source: the source learns the new blocks (checked
-        first: a block it refuses raises before any change)."""
+        """``add_param_group`` with a source: the base checks and takes the group, then the
+        source learns the new blocks; a group either refuses leaves nothing changed."""
         group = {**param_group, "params": params}
         _config.group_scales([group], self.scales)
         new = [p for p in params if p.requires_grad]
         assert self.source is not None
-        self.source.bind(
-            [*self._vec.params, *new],
-            [*self._group_ks(), *(group.get("subspace_k") for _ in new)],
-        )
+        ks = [*self._group_ks(), *(group.get("subspace_k") for _ in new)]
         self.base.add_param_group(group)
+        try:
+            self.source.bind([*self._vec.params, *new], ks)
+        except Exception:
+            # torch.optim.Optimizer.add_param_group only appended the group: undone
+            self.base.param_groups.pop()
+            raise
         self.param_groups = self.base.param_groups
-        self._vec = FlatParams([*self._vec.params, *new], self._vec.dtype)
+        params = [*self._vec.params, *new]
+        self._vec = FlatParams(params, _source_dtype(params))
 
     def _group_ks(self) -> list[int | None]:
         ids = {id(p) for p in self._vec.params}
