@@ -201,7 +201,7 @@ def test_a_broken_invariant_is_caught(monkeypatch):
     def no_bulk(self, *args, **kwargs):
         original(self, *args, **kwargs)
         if self.mode == "bulk":
-            self.mode = "none"
+            self.mode, self.scales = "none", (1.0, 1.0)
 
     monkeypatch.setattr(so.SubspaceProjectedOptimizer, "__init__", no_bulk)
     with pytest.raises(AssertionError):

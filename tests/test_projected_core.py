@@ -373,6 +373,36 @@ def test_sparse_gradients_are_refused():
         so.SubspaceProjectedOptimizer(base, so.HessianOperator(emb, loss_fn, data), k=2)
 
 
+@pytest.mark.parametrize("base_kind", ["sgd", "sam"])
+@pytest.mark.parametrize("grad_before", [False, True])
+def test_sparse_gradients_through_a_closure_are_refused_before_any_change(base_kind, grad_before):
+    """A source cannot see a sparse embedding before its first gradient: a closure that
+    produces a sparse gradient (or a sparse gradient already in ``.grad``) gets the same
+    ``TypeError`` as a step without a closure, and nothing moves."""
+    torch.manual_seed(0)
+    emb, head = nn.Embedding(20, 8, sparse=True), nn.Linear(8, 2)
+    params = [*emb.parameters(), *head.parameters()]
+    base = torch.optim.SGD(params, lr=0.1)
+    if base_kind == "sam":
+        base = so.SAM(base, rho=0.5)
+    opt = so.SubspaceProjectedOptimizer(base, so.UpdateHistory(k=1, window=2), mode="bulk")
+    idx, y = torch.randint(0, 20, (16,)), torch.randn(16, 2)
+
+    def closure():
+        opt.zero_grad()
+        loss = (head(emb(idx)) - y).pow(2).mean()
+        loss.backward()
+        return loss
+
+    if grad_before:
+        closure()
+    before = [p.detach().clone() for p in params]
+    with pytest.raises(TypeError, match="sparse gradient"):
+        opt.step(closure)
+    assert all(torch.equal(a, p) for a, p in zip(before, params))
+    assert opt.subspace.step == 0
+
+
 def test_loading_a_state_dict_of_another_shape_or_k_is_refused_untouched():
     model, data, opt = wrapped("sgd", k=3)
     train(opt, model, data, 2)

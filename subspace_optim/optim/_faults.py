@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from ..eigensolvers import EigenResult, EigensolverError, SolveStatus
+from ._flat import FlatParams
 
 #: exceptions a refresh treats as numerical faults (handled by ``on_fault``). Anything else (a
 #: bug, a ``loss_fn`` of the wrong shape, data that ran dry) propagates, parameters untouched.
@@ -120,13 +121,15 @@ def refresh_failed(
     warnings.warn(f"{msg}; keeping the previous basis", RuntimeWarning, stacklevel=4)
 
 
-def guarded(closure: Callable[[], Tensor], params: list[Tensor]) -> Callable[[], Tensor]:
-    """``closure`` that stops the base step (before its update) when the loss or the
-    gradient it produced is not finite."""
+def guarded(closure: Callable[[], Tensor], vec: FlatParams) -> Callable[[], Tensor]:
+    """``closure`` that stops the base step (before its update) when the gradient it
+    produced is sparse (``TypeError``, as a step without a closure refuses it) or when the
+    loss or the gradient is not finite (:class:`NonFiniteGradient`)."""
 
     def guarded_closure() -> Tensor:
         loss = closure()
-        finite = [torch.isfinite(p.grad).all() for p in params if p.grad is not None]
+        vec.check_dense_grads()
+        finite = [torch.isfinite(p.grad).all() for p in vec.params if p.grad is not None]
         if isinstance(loss, Tensor):
             finite.append(torch.isfinite(loss).all())
         if finite and not bool(torch.stack(finite).all()):

@@ -411,8 +411,8 @@ class SubspaceProjectedOptimizer(Optimizer):
             facts.theta_old = self._vec.values()
             if not all_finite(facts.theta_old):
                 _faults.check_finite_params(self._vec.params, when=f"before step {facts.t}")
+            self._vec.check_dense_grads()  # with a closure: what .grad holds now
             if closure is None:
-                self._vec.check_dense_grads()
                 facts.g_mini = self._vec.grads()
                 facts.grad_finite = all_finite(facts.g_mini)
                 if not facts.grad_finite and self.on_fault == "raise":
@@ -485,7 +485,7 @@ class SubspaceProjectedOptimizer(Optimizer):
             with torch.enable_grad():
                 return closure()
         if closure is not None and facts.active:
-            closure = _faults.guarded(closure, self._vec.params)
+            closure = _faults.guarded(closure, self._vec)
         raw: list[Tensor] = []  # the first unprojected closure gradient, for the record
         if facts.project_now and self.project_target == "gradient":
             project = self._gradient_projection(facts)
