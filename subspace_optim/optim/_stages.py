@@ -40,7 +40,9 @@ class StepFacts:
         theta_old: ``(n,)`` parameters before the step (``None`` when inactive).
         g_mini: ``(n,)`` the gradient in ``.grad`` (or the first closure gradient).
         grad_finite: ``g_mini`` is finite.
-        wants_projection: the schedule and mode ask for a projected update.
+        wants_projection: some parameter's ``(a, b)`` is not ``(1, 1)`` (its group's
+            ``"subspace_mode"``, else the mode) and, with a curvature, the schedule asks
+            for a projected update.
         refresh: this step's refresh, or ``None``.
         U: the basis the step projects with (``(n, active_k)``, or a source's
             per-block :class:`~subspace_optim.bases.BlockBasis`), or ``None``.

@@ -250,9 +250,7 @@ class SubspaceProjectedOptimizer(Optimizer):
         self.state = base.state
         self.defaults = base.defaults  # OneCycleLR & co. read momentum/betas support here
         self._ready = True
-        if generator is None:
-            generator = torch.Generator(device=device).manual_seed(0)
-        self.generator = generator
+        self.generator = generator or torch.Generator(device=device).manual_seed(0)
         self.last_stats: StepStats | None = None
         self.grad_scaler = grad_scaler
         _checkpoint.register(self)
@@ -292,7 +290,6 @@ class SubspaceProjectedOptimizer(Optimizer):
         # built first: a bad parameter (not in the model, other dtype) raises before any change
         curvature = _config.covering_curvature(self.curvature, self._vec.params, params)
         self.base.add_param_group({**param_group, "params": params})
-        self.param_groups = self.base.param_groups
         if curvature is not self.curvature:
             self.curvature = curvature
             self._vec = FlatParams(curvature.params, curvature.dtype)
@@ -314,7 +311,6 @@ class SubspaceProjectedOptimizer(Optimizer):
             # torch.optim.Optimizer.add_param_group only appended the group: undone
             self.base.param_groups.pop()
             raise
-        self.param_groups = self.base.param_groups
         params = [*self._vec.params, *new]
         self._vec = FlatParams(params, _source_dtype(params))
 
@@ -405,9 +401,12 @@ class SubspaceProjectedOptimizer(Optimizer):
         """Stage 1: bad input and gradient faults are caught here, before any change."""
         facts = StepFacts(t=self.subspace.step, active=self.k > 0)
         if facts.active:
-            pairs = _config.group_scales(self.base.param_groups, self.scales)
-            if pairs is not None:
-                facts.group_scales = [pairs.get(id(p), self.scales) for p in self._vec.params]
+            by_id = _config.group_scales(self.base.param_groups, self.scales)
+            if by_id is not None:
+                facts.group_scales = [by_id.get(id(p), self.scales) for p in self._vec.params]
+            # a group's "subspace_mode" overrides the mode: "bulk" under "none" projects
+            pairs = facts.group_scales or [self.scales]
+            facts.wants_projection = any(pair != (1.0, 1.0) for pair in pairs)
             facts.theta_old = self._vec.values()
             if not all_finite(facts.theta_old):
                 _faults.check_finite_params(self._vec.params, when=f"before step {facts.t}")
@@ -429,7 +428,7 @@ class SubspaceProjectedOptimizer(Optimizer):
             self._source_stage(facts)
             return
         decision = self.schedule.decide(facts.t)
-        facts.wants_projection = self._scales_move(facts) and decision.project
+        facts.wants_projection = facts.wants_projection and decision.project
         if decision.refresh or (facts.wants_projection and self.basis is None):
             facts.refresh = self._refresh(with_gradient=True)
             self._check_stability(facts.t)
@@ -439,13 +438,6 @@ class SubspaceProjectedOptimizer(Optimizer):
         elif facts.wants_projection and facts.U is None:
             facts.skip = "no usable basis for a projected step"
 
-    def _scales_move(self, facts: StepFacts) -> bool:
-        """Some parameter's ``(a, b)`` is not ``(1, 1)``: the wrapper's mode, or its
-        group's ``"subspace_mode"``, which overrides it (a ``"bulk"`` group projects under
-        ``mode="none"``, a ``"none"`` group does not)."""
-        pairs = facts.group_scales if facts.group_scales is not None else [self.scales]
-        return any(pair != (1.0, 1.0) for pair in pairs)
-
     def _source_stage(self, facts: StepFacts) -> None:
         """Stage 2 with a source: it refreshes itself when due; before its first basis the
         update passes unchanged (the step is not skipped)."""
@@ -453,7 +445,6 @@ class SubspaceProjectedOptimizer(Optimizer):
         seconds = self.source.refresh(facts.t)
         if seconds is not None:
             facts.refresh = RefreshOutcome(seconds=seconds)
-        facts.wants_projection = self._scales_move(facts)
         facts.U = self.source.basis()
         if not facts.grad_finite:
             facts.skip = "the gradient holds NaN/Inf"
@@ -509,12 +500,11 @@ class SubspaceProjectedOptimizer(Optimizer):
     def _gradient_projection(self, facts: StepFacts) -> Callable[[Tensor], Tensor]:
         """``g ↦ a·P_k g + b·(g − P_k g)``, with each parameter's ``(a, b)`` when a group
         sets its own ``"subspace_mode"``."""
-        U, scales = facts.U, facts.group_scales
+        U, pairs, sizes = facts.U, facts.group_scales, self._vec.sizes
         assert U is not None
-        if scales is None:
+        if pairs is None:
             return lambda g: project_gradient(g, U, self.scales)
-        sizes = self._vec.sizes
-        return lambda g: plan_blockwise(g, dominant_part(U, g), sizes, scales).delta
+        return lambda g: plan_blockwise(g, dominant_part(U, g), sizes, pairs).delta
 
     def _project_stage(self, facts: StepFacts) -> None:
         """Stage 4: the base update ``Δ`` becomes ``a·P_kΔ + b·(Δ − P_kΔ)``; a non-finite
@@ -523,8 +513,6 @@ class SubspaceProjectedOptimizer(Optimizer):
         if self.source is not None:
             self._scale_stage(facts)
             return
-        if facts.g_mini is None:  # closure path: the base refreshed .grad at θ_old
-            facts.g_mini = self._vec.grads()
         theta = self._vec.values()
         facts.delta_base = facts.delta = theta - facts.theta_old
         plan = None
