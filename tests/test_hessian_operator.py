@@ -143,6 +143,45 @@ def test_train_flag_overrides_and_restores_mode(generator):
     assert rel(HessianOperator(model, loss_fn, data).to_dense(), ref) > 1e-3  # eval differs
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_the_train_flag_reaches_every_module_and_each_gets_its_own_mode_back(train, generator):
+    """Fine-tuning with a frozen BatchNorm (the model in train mode, the BatchNorm in eval):
+    ``train=`` applies to every submodule during a pass, and afterwards each module is back
+    in its own mode (setting the root's mode on the way back unfroze the BatchNorm)."""
+    model, loss_fn, data = make_case("batchnorm_eval", generator)
+    model.train()
+    model[1].eval()
+    modes = [m.training for m in model.modules()]
+    op = HessianOperator(model, loss_fn, data, train=train)
+    H = op.to_dense()
+    assert [m.training for m in model.modules()] == modes
+    model.train(train)  # the reference: every module in the requested mode
+    ref, _ = dense_references(model, loss_fn, [data], list(model.parameters()))
+    assert rel(H, ref) < 1e-8
+
+
+def test_parameters_outside_the_operator_are_constants_in_every_back_end(generator):
+    """With ``params=`` a subset, the other parameters enter the products as constants:
+    ``method="func"`` returns products without an autograd graph (it built one into the
+    other parameters, which grew with every product a solver kept), equal to the
+    autograd back end's; a half-precision model evaluates the others in float32 too."""
+    from subspace_optim import GGNOperator, top_k_eigenpairs
+
+    model, loss_fn, (X, Y) = make_case("mlp", generator)
+    last = list(model[-1].parameters())
+    V = torch.randn(sum(p.numel() for p in last), 3, generator=generator, dtype=torch.float64)
+    ref = GGNOperator(model, loss_fn, (X, Y), params=last) @ V
+    func = GGNOperator(model, loss_fn, (X, Y), params=last, method="func")
+    out = func @ V
+    assert not out.requires_grad and rel(out, ref) < 1e-12
+    result = top_k_eigenpairs(func, 2, generator=generator)
+    assert not result.eigenvectors.requires_grad and not result.eigenvalues.requires_grad
+    half = model.to(torch.bfloat16)
+    last = list(half[-1].parameters())
+    out = HessianOperator(half, loss_fn, (X.bfloat16(), Y.bfloat16()), params=last) @ V.float()
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
 def test_float32_agrees_with_float64(generator):
     model, loss_fn, (X, Y) = make_case("mlp", generator)
     H64 = HessianOperator(model, loss_fn, (X, Y)).to_dense()

@@ -237,8 +237,10 @@ class ModelOperator(LinearOperator):
         failed call.
         """
         model = self.model
-        previous = model.training
-        if self.train is not None and self.train != previous:
+        # every module's own flag: model.train(flag) would set them all alike on the way
+        # back, unfreezing a BatchNorm the user had put in eval mode
+        modes = [(m, m.training) for m in model.modules()] if self.train is not None else []
+        if self.train is not None:
             model.train(self.train)
         try:
             device_type = self.device.type if self.device.type in ("cuda", "cpu") else "cpu"
@@ -253,8 +255,8 @@ class ModelOperator(LinearOperator):
             self._release_cache()
             raise
         finally:
-            if self.train is not None and self.train != previous:
-                model.train(previous)
+            for module, training in modes:
+                module.training = training
 
     def _outputs(self, tensors: Sequence[Tensor], x: Any) -> Any:
         """The model's outputs on ``x`` with the parameters replaced by ``tensors``.
@@ -262,6 +264,9 @@ class ModelOperator(LinearOperator):
         Buffers are cloned, so BatchNorm running statistics never move.
         """
         state: dict[str, Tensor] = dict(zip(self.param_names, tensors))
+        for name, p in self.model.named_parameters():  # outside the operator's space:
+            if name not in state:  # constants, so no product carries a graph into them
+                state[name] = self._upcast(p.detach()) if self._upcasting else p.detach()
         for name, b in self.model.named_buffers():
             state[name] = self._upcast(b) if self._upcasting else b.clone()
         cast = self._upcast if self._upcasting else (lambda t: t)
