@@ -43,8 +43,9 @@ def orthonormalize(V: Tensor, *, generator: torch.Generator | None = None) -> Te
             the global generator, used only when a column is dependent).
 
     Returns:
-        ``Q`` of shape ``(n, m)`` with ``Qᵀ Q = I``; its first columns span what the
-        independent columns of ``V`` span.
+        ``Q`` of shape ``(n, m)`` with ``Qᵀ Q = I``. Its columns at the positions of
+        ``V``'s independent columns span what those columns span (whatever dependent
+        columns come before them); the others are the random directions.
 
     Raises:
         ValueError: ``V`` is not a 2-D block, or has more columns than rows.
@@ -70,16 +71,17 @@ def orthonormalize(V: Tensor, *, generator: torch.Generator | None = None) -> Te
     scale = V.norm(dim=0).max().clamp_min(torch.finfo(V.dtype).tiny)
     weak = diag <= 1e3 * torch.finfo(V.dtype).eps * scale
     if bool(weak.any()):
+        # the QR above gave each dependent column an arbitrary direction and took it out of
+        # the later columns: the independent columns are factored again on their own
+        keep = ~weak
+        Qk = torch.linalg.qr(torch.linalg.qr(V[:, keep]).Q).Q
         # drawn where the generator lives (a CPU generator may serve a CUDA block)
         device = V.device if generator is None else generator.device
-        fill = torch.randn(n, m, dtype=V.dtype, device=device, generator=generator)
-        fill = fill.to(V.device)
-        keep = ~weak
-        W = torch.where(keep.unsqueeze(0), Q, fill)
+        W = torch.randn(n, m, dtype=V.dtype, device=device, generator=generator).to(V.device)
+        W[:, keep] = Qk
         for _ in range(2):
-            Qk = W[:, keep]
             W[:, weak] -= Qk @ (Qk.T @ W[:, weak])
-            W, _ = torch.linalg.qr(W)
+            W[:, weak] = torch.linalg.qr(W[:, weak]).Q
         Q = W
     return Q
 

@@ -154,6 +154,26 @@ def test_an_angle_near_a_right_angle_comes_from_the_cosine():
     assert abs((math.pi / 2 - float(angle[0])) - gap) < 1e-15
 
 
+@pytest.mark.parametrize("dependent", [0, 1, 2])
+def test_the_independent_columns_stay_in_the_span_whatever_comes_before_them(dependent):
+    """A dependent column (a multiple of column 0, or zero) does not take a direction out
+    of the independent columns after it: each of them lies in the span of the result's
+    columns at the independent positions, and the result is orthonormal."""
+    g = torch.Generator().manual_seed(0)
+    V = torch.randn(30, 5, generator=g, dtype=torch.float64)
+    if dependent == 0:
+        V[:, 0] = 0.0
+    else:
+        V[:, dependent] = 2.0 * V[:, dependent - 1]
+    Q = orthonormalize(V, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(Q.T @ Q, torch.eye(5, dtype=torch.float64), atol=1e-13, rtol=0)
+    keep = [j for j in range(5) if j != dependent]
+    Qk = Q[:, keep]
+    for j in keep:
+        outside = V[:, j] - Qk @ (Qk.T @ V[:, j])
+        assert float(outside.norm()) <= 1e-12 * float(V[:, j].norm()), j
+
+
 def test_a_kept_column_keeps_its_direction_when_a_weak_one_comes_first():
     V = torch.zeros(4, 2, dtype=torch.float64)
     V[2, 1] = 3.0  # column 0 is zero (weak), column 1 is e2
