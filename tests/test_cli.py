@@ -306,3 +306,11 @@ def test_digits_defaults_switch_by_the_rule_and_shorter_runs_still_validate() ->
     args = build_parser().parse_args(["reproduce", "--steps", "60", "--after-switch", "50"])
     with pytest.raises(ValueError, match="need steps >= 70"):
         RunConfig(**_settings(args, dict(DIGITS_DEFAULTS)))
+
+
+def test_lr_all_sets_every_family_and_a_later_name_overrides_it() -> None:
+    args = build_parser().parse_args(["reproduce", "--lr", "all=0.1,adam=1e-3"])
+    from subspace_optim.experiments.families import FAMILIES
+
+    lr = RunConfig(lr=args.lr).lr
+    assert lr == {**dict.fromkeys(FAMILIES, 0.1), "adam": 1e-3}

@@ -269,6 +269,39 @@ def test_power_iteration_spends_its_shift_only_when_it_takes_a_shifted_step(vari
             assert res.num_matvecs == plain.num_matvecs + 20
 
 
+def test_a_cold_solver_too_narrow_for_k_plus_extra_is_refused_at_construction() -> None:
+    """WarmRefresh asks its cold solver for k + extra pairs: a cold block_size between k
+    and k + extra fails when the optimizer is built, not at its first refresh."""
+    model = torch.nn.Linear(6, 4).double()
+    X, Y = torch.randn(8, 6, dtype=F64), torch.randn(8, 4, dtype=F64)
+    op = so.HessianOperator(model, torch.nn.MSELoss(), (X, Y))
+    for cold in (LOBPCG(block_size=12), PowerIteration(block_size=12)):
+        with pytest.raises(ValueError, match=r"k \+ extra = 15 pairs.*lower extra"):
+            so.SubspaceProjectedOptimizer(
+                torch.optim.SGD(model.parameters(), lr=0.1),
+                op,
+                k=10,
+                eigensolver=WarmRefresh(cold=cold),
+            )
+    WarmRefresh(cold=LOBPCG(block_size=15)).check_k(op.shape[0], 10)
+
+
+def test_auto_takes_every_k_up_to_n() -> None:
+    """k = n is within reach: AutoEigensolver hands a k too close to n to Eigh."""
+    op = DenseOperator.from_spectrum(torch.tensor([1.0, 3.0, 2.0], dtype=F64))
+    res = AutoEigensolver().solve(op, 3)
+    assert res.eigenvalues.tolist() == pytest.approx([3.0, 2.0, 1.0])
+    assert top_k_eigenpairs(op, 3).eigenvalues.tolist() == pytest.approx([3.0, 2.0, 1.0])
+
+
+def test_the_scipy_adapters_take_one_pair_of_a_tiny_operator() -> None:
+    """k=1 with n < 10 (scipy's LOBPCG then solves densely and returns arrays of negative
+    stride, which torch refuses without a copy)."""
+    op = DenseOperator.from_spectrum(torch.tensor([2.0, 1.0, 0.5, 3.0], dtype=F64))
+    for solver in (ScipyLOBPCG(tol=1e-8), ScipyEigsh(tol=1e-8)):
+        assert solver.solve(op, 1).eigenvalues.tolist() == pytest.approx([3.0])
+
+
 def test_raise_on_failure() -> None:
     op = DenseOperator.from_spectrum(spectrum("tiny_gap"), rotation(150, 7))
     with pytest.raises(EigensolverError, match="not converged"):

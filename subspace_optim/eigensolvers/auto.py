@@ -39,6 +39,9 @@ class AutoEigensolver(Eigensolver):
         'Lanczos'
     """
 
+    #: any ``k <= n``: a ``k`` too close to ``n`` for the chosen solver is given to Eigh
+    min_gap_to_n = 0
+
     def __init__(
         self,
         *,

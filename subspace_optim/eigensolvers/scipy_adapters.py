@@ -137,8 +137,8 @@ class ScipyEigsh(Eigensolver):
             status = "not converged"
         except spla.ArpackError as exc:  # e.g. -9 on the zero operator: the Krylov space is {0}
             raise EigensolverError(f"ScipyEigsh: ARPACK stopped ({exc})") from exc
-        theta = torch.as_tensor(np.ascontiguousarray(vals), dtype=op.dtype, device=op.device)
-        X = torch.as_tensor(np.ascontiguousarray(vecs), dtype=op.dtype, device=op.device)
+        theta = torch.as_tensor(vals.copy(), dtype=op.dtype, device=op.device)
+        X = torch.as_tensor(vecs.copy(), dtype=op.dtype, device=op.device)
         if theta.shape[0] < k:  # ARPACK returned only the converged pairs
             theta, X = _completed(op, (theta, X), k, self.which, generator)
         idx = _common.order(theta, self.which)
@@ -226,8 +226,8 @@ class ScipyLOBPCG(Eigensolver):
                 maxiter=self.max_iter,
                 largest=True,
             )
-        theta = torch.as_tensor(np.ascontiguousarray(vals), dtype=op.dtype, device=op.device)
-        X = torch.as_tensor(np.ascontiguousarray(vecs), dtype=op.dtype, device=op.device)
+        theta = torch.as_tensor(vals.copy(), dtype=op.dtype, device=op.device)
+        X = torch.as_tensor(vecs.copy(), dtype=op.dtype, device=op.device)
         idx = _common.order(theta, "LA")[:k]
         theta, X = theta[idx], X[:, idx]
         res = _residuals(op, X, theta)

@@ -282,6 +282,26 @@ class WarmRefresh(Eigensolver):
             skip=int(state.get("skip", 0)),
         )
 
+    def check_k(self, n: int, k: int) -> None:
+        """:meth:`Eigensolver.check_k <subspace_optim.Eigensolver.check_k>`, and the cold
+        solver's own check for the ``k + extra`` pairs (at most what ``n`` allows) that a
+        cold solve asks it for.
+
+        Raises:
+            TypeError: ``k`` is not an int.
+            ValueError: ``k`` out of range, or a cold solver that cannot give ``k + extra``
+                pairs (a ``block_size`` narrower than that).
+        """
+        super().check_k(n, k)
+        b = min(n - self.cold.min_gap_to_n, k + self.extra)
+        try:
+            self.cold.check_k(n, b)
+        except ValueError as exc:
+            raise ValueError(
+                f"WarmRefresh asks its cold solver for k + extra = {b} pairs: {exc} "
+                f"(or lower extra, now {self.extra})"
+            ) from None
+
     def _usable_guards(self, op: LinearOperator) -> Tensor | None:
         G = self.warm_state.guards
         if G is None or G.shape[0] != op.shape[0] or G.dtype != op.dtype or G.device != op.device:

@@ -21,9 +21,9 @@ def _parse_lr(lr: object) -> dict[str, float] | float | None:
         return None
     if isinstance(lr, Mapping):
         out: dict[str, float] = {}
-        for name, value in lr.items():
-            (family,) = resolve_families(str(name))
-            out[family.name] = check_positive_float(f"lr of {family.name}", value)
+        for name, value in lr.items():  # "all" (or a list of names) sets each family's
+            for family in resolve_families(str(name)):
+                out[family.name] = check_positive_float(f"lr of {family.name}", value)
         return out
     return check_positive_float("lr", lr)
 
@@ -89,7 +89,8 @@ class RunConfig:
         switch_after: with a threshold, never switch before this step (the EMA starts at
             χ_k of the initialization, which can already be high); default 0.
         k: dimension of the dominant subspace (the paper: the number of classes).
-        lr: one learning rate for every family, a ``{family: lr}`` mapping, or ``None`` for
+        lr: one learning rate for every family, a ``{family: lr}`` mapping (``"all"``
+            names every family; a later entry overrides an earlier one), or ``None`` for
             each family's default (GD at the Edge of Stability: ``0.82 · 2/λ_1(θ_0)``).
         batch_size: minibatch size of the stochastic families.
         solver: eigensolver name or instance for the refreshes (default: the wrapper's).
