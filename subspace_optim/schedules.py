@@ -194,13 +194,13 @@ class AlignmentSwitch(RefreshSchedule):
         every: refresh the basis every this many steps after the switch (the paper: 1).
         min_steps: never project before this step.
         max_steps: force the switch at this step; ``None`` (default): never force.
-        warn_after: warn once after this many consecutive measurements below the
-            threshold (``None``: never warn).
+        warn_after: warn once after this many measurements below the threshold (one
+            that reaches it before ``min_steps`` does not count; ``None``: never warn).
 
     Raises:
-        ValueError: a threshold outside ``(0, 1]``, ``ema`` outside ``[0, 1)``, or a count
+        ValueError: a threshold outside ``(0, 1]``, ``ema`` outside ``[0, 1)``, a count
             below its minimum (``check_every``, ``every``, ``warn_after`` >= 1;
-            ``min_steps``, ``max_steps`` >= 0).
+            ``min_steps``, ``max_steps`` >= 0), or ``max_steps < min_steps``.
 
     Example:
         >>> import warnings
@@ -244,6 +244,11 @@ class AlignmentSwitch(RefreshSchedule):
         self.every = check_int("every", every, low=1)
         self.min_steps = check_int("min_steps", min_steps, low=0)
         self.max_steps = None if max_steps is None else check_int("max_steps", max_steps, low=0)
+        if self.max_steps is not None and self.max_steps < self.min_steps:
+            raise ValueError(
+                f"max_steps={max_steps} is before min_steps={min_steps}: the forced switch "
+                "would project before min_steps; set max_steps >= min_steps"
+            )
         self.warn_after = None if warn_after is None else check_int("warn_after", warn_after, low=1)
         self.value: float | None = None
         self.switched_at: int | None = None
@@ -279,8 +284,9 @@ class AlignmentSwitch(RefreshSchedule):
         self.value = (
             alignment if self.value is None else self.ema * self.value + (1 - self.ema) * alignment
         )
-        if self.value >= self.threshold and step + 1 >= self.min_steps:
-            self.switched_at = step + 1
+        if self.value >= self.threshold:  # reached; held back while before min_steps
+            if step + 1 >= self.min_steps:
+                self.switched_at = step + 1
             return
         self.failed_checks += 1
         if self.warn_after is not None and self.failed_checks == self.warn_after:

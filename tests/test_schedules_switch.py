@@ -271,6 +271,7 @@ def test_load_state_dict_of_an_empty_state_is_the_fresh_schedule() -> None:
         ({"every": 0}, r"^every must be >= 1"),
         ({"min_steps": -1}, r"^min_steps must be >= 0"),
         ({"max_steps": -1}, r"^max_steps must be >= 0"),
+        ({"min_steps": 50, "max_steps": 10}, r"^max_steps=10 is before min_steps=50"),
     ],
 )
 def test_each_refusal_names_its_argument_and_its_bound(kwargs: dict, message: str) -> None:
@@ -348,3 +349,16 @@ def test_every_at_steps_and_resolve_schedule_refusals_and_names() -> None:
             build()
     assert repr(resolve_schedule(None)) == repr(resolve_schedule("every")) == "Every(1, start=0)"
     assert isinstance(resolve_schedule("switch"), AlignmentSwitch)
+
+
+def test_a_threshold_reached_before_min_steps_is_no_failed_check() -> None:
+    """Measurements whose EMA reaches the threshold but come before ``min_steps`` wait for
+    it: they do not count towards ``warn_after``, so no warning tells the user to lower a
+    threshold that was reached; the switch comes at ``min_steps``."""
+    s = AlignmentSwitch(threshold=0.9, ema=0.0, check_every=1, min_steps=5, warn_after=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for t in range(5):
+            s.decide(t)
+            s.observe(t, 0.99)
+    assert s.failed_checks == 0 and s.switched_at == 5

@@ -177,7 +177,7 @@ def schedule_specs() -> st.SearchStrategy[tuple[Any, ...]]:
             st.integers(1, 3),
             st.integers(0, 2),
             st.integers(0, 4),
-        ),
+        ).map(lambda s: (*s[:5], max(s[4], s[5]))),  # max_steps >= min_steps
     )
 
 
