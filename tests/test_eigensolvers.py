@@ -302,6 +302,23 @@ def test_the_scipy_adapters_take_one_pair_of_a_tiny_operator() -> None:
         assert solver.solve(op, 1).eigenvalues.tolist() == pytest.approx([3.0])
 
 
+def test_the_lower_end_estimate_is_tight_and_safe_on_full_and_low_rank_spectra() -> None:
+    """PowerIteration's shift needs λ_min from below, and not far below: 20 Lanczos steps
+    on a full spectrum land within 2% of its width under λ_min (the off-diagonals counted
+    twice put it at -3.96 for λ_min = -1), and an operator of rank 3 is exhausted at step 4
+    and gives its λ_min = 0 (noise fed into the recurrence after that gave -190)."""
+    from subspace_optim.eigensolvers._common import lower_end
+
+    g = torch.Generator().manual_seed(0)
+    full = DenseOperator.from_spectrum(torch.linspace(-1, 5, 60, dtype=F64), rotation(60, 3))
+    est = float(lower_end(full, 20, torch.randn(60, generator=g, dtype=F64)))
+    assert -1.0 - 0.02 * 6 <= est <= -1.0
+    lam = torch.cat([torch.tensor([3.0, 2.0, 1.0], dtype=F64), torch.zeros(37, dtype=F64)])
+    low_rank = DenseOperator.from_spectrum(lam, rotation(40, 4))
+    est = float(lower_end(low_rank, 20, torch.randn(40, generator=g, dtype=F64)))
+    assert abs(est) <= 1e-10
+
+
 def test_raise_on_failure() -> None:
     op = DenseOperator.from_spectrum(spectrum("tiny_gap"), rotation(150, 7))
     with pytest.raises(EigensolverError, match="not converged"):

@@ -217,8 +217,11 @@ def test_effective_learning_rates_table_1(results):
     sgd, mom, adam = (results(name)["eta"] for name in ("sgd", "momentum", "adam"))
     assert sgd["steps"] == mom["steps"] == adam["steps"] == AFTER // 10
     assert 0.6 <= sgd["ratio"] <= 1.4, sgd
-    # measured here (steps 100-200, 10 full-gradient samples): SGD 0.81, momentum 4.97, Adam 2.52
-    assert mom["ratio"] >= 3.0 and mom["ratio"] >= 2.5 * sgd["ratio"], mom
+    # measured here (steps 100-200, 10 full-gradient samples): SGD 0.81, momentum 2.74, Adam
+    # 2.13 (4.97 and 2.52 with the looser basis PowerIteration gave before its lower-end
+    # estimate stopped doubling the Lanczos off-diagonals: 3 iterations now leave a residual
+    # of 0.21 instead of 0.68 on the digits MLP)
+    assert mom["ratio"] >= 2.0 and mom["ratio"] >= 2.5 * sgd["ratio"], mom
     assert adam["ratio"] >= 2.0 and adam["ratio"] >= 2.5 * sgd["ratio"], adam
     # plain SGD's effective learning rates are its learning rate (in expectation)
     assert 0.05 <= sgd["eta_bulk"] <= 0.15, sgd

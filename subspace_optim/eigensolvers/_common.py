@@ -70,7 +70,10 @@ def lower_end(op: LinearOperator, steps: int, start: Tensor) -> Tensor:
 
     Returns the smallest Ritz value minus its residual norm ``|β_m s_{m,1}|``, a margin that
     makes the estimate fall at or below ``λ_min`` in practice (a Ritz value is within its
-    residual of an eigenvalue, and the extreme Ritz value converges first).
+    residual of an eigenvalue, and the extreme Ritz value converges first). When the Krylov
+    space becomes invariant first (``β_j`` at rounding level against the largest ``‖A v‖``
+    so far, as on an operator of low rank), it stops there: its Ritz values are eigenvalues
+    (normalizing the rounding left would feed the recurrence noise).
     """
     n = op.shape[0]
     m = min(n, steps)
@@ -78,8 +81,10 @@ def lower_end(op: LinearOperator, steps: int, start: Tensor) -> Tensor:
     T = torch.zeros(m, m, dtype=op.dtype, device=op.device)
     V[:, 0] = start / start.norm()
     beta = torch.zeros((), dtype=op.dtype, device=op.device)
+    scale = 0.0  # the largest ‖A v_j‖ so far
     for j in range(m):
         w = op.matvec(V[:, j])
+        scale = max(scale, float(w.norm()))
         Vj = V[:, : j + 1]
         for _ in range(2):
             h = Vj.T @ w
@@ -87,9 +92,12 @@ def lower_end(op: LinearOperator, steps: int, start: Tensor) -> Tensor:
             T[: j + 1, j] += h
         T[j, : j + 1] = T[: j + 1, j].clone()
         beta = w.norm()
-        if j + 1 < m:
-            V[:, j + 1] = w / beta.clamp_min(torch.finfo(op.dtype).tiny)
-            T[j + 1, j] = T[j, j + 1] = beta
+        if j + 1 < m and float(beta) <= 1e3 * torch.finfo(op.dtype).eps * scale:
+            m = j + 1  # an invariant subspace
+            T = T[:m, :m]
+            break
+        if j + 1 < m:  # β_j enters T through the next column's h (v_jᵀ A v_{j+1} = β_j)
+            V[:, j + 1] = w / beta
     theta, S = safe_eigh(T)
     return theta[0] - (beta * S[m - 1, 0]).abs()
 

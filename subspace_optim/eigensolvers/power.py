@@ -15,18 +15,22 @@ __all__ = ["PowerIteration"]
 
 
 class _Shift:
-    """``σ(θ_b) = -(min(λ̂_min, θ_b) + θ_b) / 2`` with ``λ̂_min`` from ``steps`` Lanczos
-    products started at ``start``, computed at the first call (``steps == 0``: ``σ = 0``)."""
+    """``σ(θ_b) = -(min(λ̂_min, θ_b) + θ_b) / 2`` for a block whose smallest Ritz value is
+    ``θ_b``, and ``σ = -λ̂_min`` for a single vector (``θ_b`` omitted), with ``λ̂_min`` from
+    ``steps`` Lanczos products started at ``start``, computed at the first call
+    (``steps == 0``: ``σ = 0``)."""
 
     def __init__(self, op: LinearOperator, steps: int, start: Tensor | None) -> None:
         self._op, self._steps, self._start = op, steps, start
         self._low: Tensor | None = None
 
-    def __call__(self, theta_b: Tensor) -> Tensor | float:
+    def __call__(self, theta_b: Tensor | None = None) -> Tensor | float:
         if self._start is None:
             return 0.0
         if self._low is None:
             self._low = _common.lower_end(self._op, self._steps, self._start)
+        if theta_b is None:
+            return -self._low
         return -(torch.minimum(self._low, theta_b) + theta_b) / 2
 
 
@@ -74,8 +78,11 @@ class PowerIteration(Eigensolver):
         shift speeds convergence up: the rate of pair ``i`` is
         :math:`(\\lambda_{b+1} + \\sigma)/(\\lambda_i + \\sigma)`. A shift read from the
         block alone, :math:`\\sigma = \\max(0, -\\theta_{\\min})`, cannot see eigenvalues
-        below the block and would let them win. ``shift_steps=0`` turns
-        the shift off (plain power iteration, as PyHessian).
+        below the block and would let them win. The ``"deflation"`` variant has one vector
+        and no ``θ_b`` below it: it iterates :math:`A - \\hat\\lambda_{\\min} I`, whose
+        top is the wanted end, at the rate
+        :math:`(\\lambda_{i+1} - \\lambda_{\\min})/(\\lambda_i - \\lambda_{\\min})`.
+        ``shift_steps=0`` turns the shift off (plain power iteration, as PyHessian).
 
     Example:
         >>> import torch
@@ -182,8 +189,9 @@ class PowerIteration(Eigensolver):
                 scale = max(abs(float(theta)), abs(float(values[0])) if values else 0.0)
                 if not torch.isfinite(theta) or float(res) <= self.tol * scale:
                     break
-                if step + 1 < self.max_iter:  # shifted step: θ estimates the wanted end,
-                    v = Bv + shift(theta) * v  # so the unwanted interval is [λ_min, θ] at worst
+                if step + 1 < self.max_iter:  # shifted step: A - λ̂_min I has the wanted
+                    v = Bv + shift() * v  # end on top (mapping [λ_min, θ] around 0 stalls
+                    # as θ nears λ_1: λ_min's component decays no faster than λ_1's)
             found.append(v)  # the unit vector whose Rayleigh quotient is theta
             values.append(theta)
             residuals.append(res)
