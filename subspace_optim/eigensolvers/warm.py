@@ -287,6 +287,10 @@ class WarmRefresh(Eigensolver):
         solver's own check for the ``k + extra`` pairs (at most what ``n`` allows) that a
         cold solve asks it for.
 
+        Args:
+            n: the operator's size.
+            k: the number of eigenpairs asked for.
+
         Raises:
             TypeError: ``k`` is not an int.
             ValueError: ``k`` out of range, or a cold solver that cannot give ``k + extra``
