@@ -56,6 +56,16 @@ def train(model, X, Y, opt, steps, start=0):
         opt.step()
 
 
+def step_on_first_batch(model, X, Y, opt):
+    """One step on the first 10 examples: ``(the parameters' change, the gradient)``."""
+    before = flat(model)
+    opt.zero_grad()
+    mse(model(X[:10]), Y[:10]).backward()
+    g = torch.cat([p.grad.flatten() for p in model.parameters()])
+    opt.step()
+    return flat(model) - before, g
+
+
 @pytest.mark.parametrize(("name", "pair"), NAMED)
 @pytest.mark.parametrize("project", ["update", "gradient"])
 def test_named_modes_are_their_pairs_bit_for_bit(name, pair, project):
@@ -77,16 +87,12 @@ def test_a_pair_scales_the_dominant_and_bulk_parts_of_the_update(scales):
     a, b = scales
     model, X, Y, opt = build(scales, momentum=0.0)
     train(model, X, Y, opt, 2)
-    before = flat(model)
-    opt.zero_grad()
-    mse(model(X[:10]), Y[:10]).backward()
-    g = torch.cat([p.grad.flatten() for p in model.parameters()])
-    opt.step()
+    moved, g = step_on_first_batch(model, X, Y, opt)
     U = opt.basis[:, :2]  # refreshed at this step, before the update
     delta = -0.05 * g  # plain SGD's update
     dom = U @ (U.T @ delta)
     expected = a * dom + b * (delta - dom)
-    torch.testing.assert_close(flat(model) - before, expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(moved, expected, rtol=1e-10, atol=1e-12)
     assert opt.last_stats.projected
     assert opt.mode == scales and opt.scales == scales
     assert repr(scales) in repr(opt)
@@ -96,15 +102,11 @@ def test_a_pair_scales_the_gradient_with_project_gradient():
     scales = (0.25, 2.0)
     model, X, Y, opt = build(scales, momentum=0.0, project="gradient")
     train(model, X, Y, opt, 1)
-    before = flat(model)
-    opt.zero_grad()
-    mse(model(X[:10]), Y[:10]).backward()
-    g = torch.cat([p.grad.flatten() for p in model.parameters()])
-    opt.step()
+    moved, g = step_on_first_batch(model, X, Y, opt)
     U = opt.basis[:, :2]
     dom = U @ (U.T @ g)
     torch.testing.assert_close(
-        flat(model) - before, -0.05 * (0.25 * dom + 2.0 * (g - dom)), rtol=1e-10, atol=1e-12
+        moved, -0.05 * (0.25 * dom + 2.0 * (g - dom)), rtol=1e-10, atol=1e-12
     )
 
 
@@ -234,15 +236,11 @@ def test_a_group_mode_overrides_the_wrapper_mode_in_both_directions(project):
     for mode, group_modes, bulk_layer in [("none", ["bulk", None], 0), ("bulk", [None, "none"], 0)]:
         model, X, Y, opt = _grouped(mode, group_modes, project=project)
         train(model, X, Y, opt, 1)
-        before = flat(model)
-        opt.zero_grad()
-        mse(model(X[:10]), Y[:10]).backward()
-        g = torch.cat([p.grad.flatten() for p in model.parameters()])
-        opt.step()
+        moved, g = step_on_first_batch(model, X, Y, opt)
         assert opt.last_stats.projected
         U = opt.basis[:, :2]
         g_dom = U @ (U.T @ g)
-        delta = (flat(model) - before).split(sizes)
+        delta = moved.split(sizes)
         # plain SGD: the update's bulk part is the step along the gradient's bulk part
         expected_bulk = (-0.05 * (g - g_dom)).split(sizes)[bulk_layer]
         torch.testing.assert_close(delta[bulk_layer], expected_bulk, rtol=1e-10, atol=1e-12)
