@@ -132,6 +132,15 @@ def _is_projected(value: Any) -> bool:
     return bool(value) and not (isinstance(value, float) and math.isnan(value))
 
 
+def _number(value: Any) -> float:
+    """A record's term as a float; ``nan`` for what a report writes for a missing or
+    non-finite one (no key, ``None`` in JSON, ``""`` in CSV)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def effective_lr_summary(records: Iterable[StepStats | Mapping[str, Any]]) -> dict[str, float]:
     """Window summary of effective learning rates as ratios of sums.
 
@@ -182,7 +191,7 @@ def effective_lr_summary(records: Iterable[StepStats | Mapping[str, Any]]) -> di
     projected: list[Any] = []
     for r in records:
         get = r.get if isinstance(r, Mapping) else lambda key, _r=r: getattr(_r, key)
-        terms = [float(get(key)) for key in ("dot_dom", "sq_dom", "dot_bulk", "sq_bulk")]
+        terms = [_number(get(key)) for key in ("dot_dom", "sq_dom", "dot_bulk", "sq_bulk")]
         if not all(math.isfinite(x) for x in terms):
             continue
         if _is_projected(get("projected")):

@@ -87,3 +87,39 @@ def test_steps_without_a_full_gradient_are_skipped_not_refused() -> None:
     skipped = so.StepStats(step=9, projected=True, refreshed=False, gradient_source="none")
     summary = so.effective_lr_summary([*_records("none"), skipped])
     assert summary["steps"] == 4
+
+
+def test_a_reports_own_rows_summarise_from_csv_and_json(tmp_path) -> None:
+    """The report writes a missing or non-finite term as "" (CSV) or null (JSON), and its
+    final loss-only row has no terms at all: such rows are skipped, as the docstring says,
+    and every form of the rows gives the in-memory records' summary."""
+    import json
+
+    from subspace_optim.experiments import half_sum_mse, mlp, read_report, run, write_report
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 4, generator=g)
+    Y = torch.nn.functional.one_hot(torch.arange(64) % 3, 3).float()
+    result = run(
+        mlp((4, 8, 3), generator=g),
+        half_sum_mse,
+        (X, Y),
+        optimizers="sgd",
+        steps=12,
+        switch=5,
+        k=2,
+        batch_size=16,
+        progress=False,
+        track_every=2,
+    )
+    path = write_report(result, tmp_path / "run", figures=False)
+    base = [r for r in result.families[0].rows if r["variant"] == "base"]
+    expected = so.effective_lr_summary(base)
+    with open(path / "metrics.csv") as f:
+        from_csv = [r for r in csv.DictReader(f) if r["variant"] == "base"]
+    from_json = [
+        r for r in json.loads((path / "metrics.json").read_text()) if r["variant"] == "base"
+    ]
+    read_back = [r for r in read_report(path).families[0].rows if r["variant"] == "base"]
+    for rows in (from_csv, from_json, read_back):
+        assert so.effective_lr_summary(rows) == pytest.approx(expected)

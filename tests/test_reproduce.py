@@ -454,3 +454,38 @@ def test_default_digits_sgd_switches_by_the_rule_with_high_alignment() -> None:
     assert before[-1]["step"] == fam.switch_step - 10
     first = _after_switch_rows(fam)["base"][0]
     assert first["step"] == fam.switch_step and first["grad_alignment"] == fam.chi_at_switch
+
+
+def test_a_fault_before_the_switch_is_not_counted_in_the_runs_after_it() -> None:
+    """Each run after the switch counts its own faults: one NaN minibatch in the shared
+    prefix shows in the prefix's rows, not as a fault of base, Dom and Bulk each."""
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 4, generator=g)
+    Y = torch.nn.functional.one_hot(torch.arange(64) % 3, 3).float()
+    calls = {"minibatch": 0}
+
+    def loss_fn(out, y):
+        loss = half_sum_mse(out, y)
+        if out.shape[0] == 16:
+            calls["minibatch"] += 1
+            if calls["minibatch"] == 3:  # the prefix's third step only
+                return loss * float("nan")
+        return loss
+
+    result = run(
+        mlp((4, 8, 3), generator=g),
+        loss_fn,
+        (X, Y),
+        optimizers="sgd",
+        steps=12,
+        switch=5,
+        k=2,
+        batch_size=16,
+        progress=False,
+    )
+    fam = result.families[0]
+    assert max(r.get("faults") or 0 for r in fam.rows if r["phase"] == "prefix") == 1
+    assert {v: (r.faults, r.skipped_steps) for v, r in fam.runs.items()} == {
+        v: (0, 0) for v in fam.runs
+    }
+    assert not any("fault" in note for note in fam.notes())

@@ -229,6 +229,7 @@ def _run_variant(
         **ctx.solver_kwargs(),
     )
     opt.load_state_dict(copy.deepcopy(switch.opt_state))  # base state, warm basis, step count
+    opt.counters.update(faults=0, skipped_steps=0)  # this run's own (the prefix's stay in its rows)
     stretch = Stretch(ctx, family, variant, "after switch", model, opt, bar)
     t1 = time.perf_counter()
     end, diverged_at = stretch.train_until(switch.step, lambda t: t >= end_step, start.blowup)
