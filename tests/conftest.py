@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -111,3 +114,39 @@ def spawn_workers(worker, args: tuple, nprocs: int):
             del os.environ["OMP_NUM_THREADS"]
         else:
             os.environ["OMP_NUM_THREADS"] = previous
+
+
+def join_workers(ctx, out: Path, deadline_s: float) -> str | None:
+    """Join the processes of :func:`spawn_workers` (each on its own, so one rank's exit
+    kills no other mid-run; the live ones are killed after ``deadline_s``) and say why they
+    failed, or ``None`` when every rank finished.
+
+    A rank finished when it exited cleanly, or when it wrote ``out/rank{r}.done`` (after
+    ``destroy_process_group``) and then died of SIGABRT: torch 2.13's gloo can abort a
+    process at interpreter exit (``terminate called without an active exception``; about
+    one launch in 60 of a plain two-rank DDP script on a loaded 2-core machine), when every
+    result is already on disk. The failure names the exit code and every
+    ``out/rank*.error`` file.
+    """
+    deadline = time.monotonic() + deadline_s
+    try:
+        for p in ctx.processes:
+            p.join(max(0.0, deadline - time.monotonic()))
+        return worker_failure(out, ctx.processes, deadline_s)
+    finally:
+        for p in ctx.processes:
+            if p.is_alive():
+                p.kill()
+
+
+def worker_failure(out: Path, processes: list, deadline_s: float) -> str | None:
+    """The verdict of :func:`join_workers` on joined (or still live) ``processes``."""
+    for rank, p in enumerate(processes):
+        if p.is_alive():
+            return f"the workers did not finish within {deadline_s} s (hang?)"
+        done = (out / f"rank{rank}.done").exists()
+        if p.exitcode == 0 or (done and p.exitcode == -signal.SIGABRT):
+            continue
+        errors = "\n".join(e.read_text() for e in sorted(out.glob("rank*.error")))
+        return f"distributed worker {rank} exited with code {p.exitcode}:\n{errors}"
+    return None

@@ -5,15 +5,13 @@ data-parallel operator works too (a real 2-process gloo group)."""
 from __future__ import annotations
 
 import datetime
-import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from conftest import spawn_workers
+from conftest import join_workers, spawn_workers
 from torch import nn
 
 import subspace_optim as so
@@ -126,6 +124,7 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
         finally:
             dist.destroy_process_group()
         torch.save(res, out / f"rank{rank}.pt")
+        (out / f"rank{rank}.done").touch()
     except BaseException:
         (out / f"rank{rank}.error").write_text(traceback.format_exc())
         raise
@@ -147,18 +146,9 @@ def test_add_param_group_extends_the_distributed_operator(tmp_path):
     for _ in range(3):
         full_batch_step(opt, model, X, Y)
     theta = torch.cat([p.detach().flatten() for p in model.parameters()])
-    deadline = time.monotonic() + DEADLINE_S
-    try:
-        while not ctx.join(timeout=1):
-            if time.monotonic() > deadline:
-                pytest.fail(f"distributed workers did not finish within {DEADLINE_S} s")
-    except mp.ProcessRaisedException:
-        errors = "\n".join(p.read_text() for p in sorted(tmp_path.glob("rank*.error")))
-        pytest.fail(f"a distributed worker raised:\n{errors}")
-    finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
+    error = join_workers(ctx, tmp_path, DEADLINE_S)
+    if error is not None:
+        pytest.fail(error)
     runs = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
     for res in runs:
         assert res["type"] == "DistributedHessianOperator" and res["group_kept"]

@@ -23,14 +23,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import traceback
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import spawn_workers
+from conftest import join_workers, spawn_workers, worker_failure
 from torch import nn
 from torch.func import functional_call
 
@@ -365,23 +364,6 @@ def _worker(rank: int, store: str, out_dir: str) -> None:
     (out / f"rank{rank}.done").touch()  # every scenario ran and the group is torn down
 
 
-def _worker_failure(out: Path, processes: list) -> str | None:
-    """Why the workers failed, or ``None`` when every rank finished its scenarios. A rank
-    that wrote its done marker and then died of SIGABRT at interpreter exit is not a
-    failure: torch 2.13's gloo can abort a process after ``destroy_process_group``
-    (``terminate called without an active exception``; see
-    :func:`_aborted_at_exit_after_finishing`), and every result is on disk by then."""
-    for rank, p in enumerate(processes):
-        if p.is_alive():
-            return f"the workers did not finish within {DEADLINE_S} s (hang?)"
-        done = (out / f"rank{rank}.done").exists()
-        if p.exitcode == 0 or (done and p.exitcode == -signal.SIGABRT):
-            continue
-        errors = "\n".join(e.read_text() for e in sorted(out.glob("rank?.error")))
-        return f"distributed worker {rank} exited with code {p.exitcode}:\n{errors}"
-    return None
-
-
 class Runs:
     """What the workers measured, by scenario: ``runs[name]`` is the list of the ranks'
     result dicts of one scenario, or fails the calling test with that scenario's own error."""
@@ -408,18 +390,12 @@ class Runs:
 def runs(tmp_path_factory) -> Runs:
     tmp = tmp_path_factory.mktemp("ddp")
     ctx = spawn_workers(_worker, (str(tmp / "store"), str(tmp)), WORLD)
-    deadline = time.monotonic() + DEADLINE_S
     try:
         # the single-process references need no worker output: compute them while the
         # workers import torch and wait on each other's collectives (cached for the tests)
         reference_training_from_start()
-        for p in ctx.processes:  # each joined on its own: one rank's exit kills no other
-            p.join(max(0.0, deadline - time.monotonic()))
-        worker_error = _worker_failure(tmp, ctx.processes)
     finally:
-        for p in ctx.processes:
-            if p.is_alive():
-                p.kill()
+        worker_error = join_workers(ctx, tmp, DEADLINE_S)
     return Runs(tmp, worker_error)
 
 
@@ -711,8 +687,8 @@ def test_only_an_abort_after_the_done_marker_is_forgiven(tmp_path):
 
     (tmp_path / "rank1.done").touch()
     abort = -signal.SIGABRT
-    assert _worker_failure(tmp_path, [Exited(0), Exited(abort)]) is None
-    assert "worker 0 exited with code" in _worker_failure(tmp_path, [Exited(abort), Exited(0)])
+    assert worker_failure(tmp_path, [Exited(0), Exited(abort)], 1) is None
+    assert "worker 0 exited with code" in worker_failure(tmp_path, [Exited(abort), Exited(0)], 1)
     (tmp_path / "rank0.error").write_text("Traceback: init failed")
-    assert "init failed" in _worker_failure(tmp_path, [Exited(1), Exited(0)])
-    assert "hang" in _worker_failure(tmp_path, [Exited(None, alive=True), Exited(0)])
+    assert "init failed" in worker_failure(tmp_path, [Exited(1), Exited(0)], 1)
+    assert "hang" in worker_failure(tmp_path, [Exited(None, alive=True), Exited(0)], 1)

@@ -10,12 +10,12 @@ before any change, with what to do.
 from __future__ import annotations
 
 import os
-import time
+from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-from conftest import spawn_workers
+from conftest import join_workers, spawn_workers
 from torch import nn
 
 import subspace_optim as so
@@ -89,18 +89,16 @@ def _worker(rank: int, store: str, out: str) -> None:
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+    Path(out, f"rank{rank}.done").touch()
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sources_ddp")
     ctx = spawn_workers(_worker, (str(tmp / "store"), str(tmp)), WORLD)
-    deadline = time.monotonic() + DEADLINE_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                p.kill()
-            pytest.fail(f"the workers did not finish within {DEADLINE_S} s")
+    error = join_workers(ctx, tmp, DEADLINE_S)
+    if error is not None:
+        pytest.fail(error)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
