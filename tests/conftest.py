@@ -150,3 +150,16 @@ def worker_failure(out: Path, processes: list, deadline_s: float) -> str | None:
         errors = "\n".join(e.read_text() for e in sorted(out.glob("rank*.error")))
         return f"distributed worker {rank} exited with code {p.exitcode}:\n{errors}"
     return None
+
+
+def tiny_reproduction(loss_fn=None, **settings):
+    """``experiments.run`` of SGD on a 4-8-3 MLP over 64 random points of 3 classes: 12
+    steps, switch at 5, k=2, minibatches of 16 (a few seconds); ``settings`` override."""
+    from subspace_optim.experiments import half_sum_mse, mlp, run
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(64, 4, generator=g)
+    Y = torch.nn.functional.one_hot(torch.arange(64) % 3, 3).float()
+    config = dict(optimizers="sgd", steps=12, switch=5, k=2, batch_size=16, progress=False)
+    model = mlp((4, 8, 3), generator=g)
+    return run(model, loss_fn or half_sum_mse, (X, Y), **{**config, **settings})

@@ -95,23 +95,11 @@ def test_a_reports_own_rows_summarise_from_csv_and_json(tmp_path) -> None:
     and every form of the rows gives the in-memory records' summary."""
     import json
 
-    from subspace_optim.experiments import half_sum_mse, mlp, read_report, run, write_report
+    from conftest import tiny_reproduction
 
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(64, 4, generator=g)
-    Y = torch.nn.functional.one_hot(torch.arange(64) % 3, 3).float()
-    result = run(
-        mlp((4, 8, 3), generator=g),
-        half_sum_mse,
-        (X, Y),
-        optimizers="sgd",
-        steps=12,
-        switch=5,
-        k=2,
-        batch_size=16,
-        progress=False,
-        track_every=2,
-    )
+    from subspace_optim.experiments import read_report, write_report
+
+    result = tiny_reproduction(track_every=2)
     path = write_report(result, tmp_path / "run", figures=False)
     base = [r for r in result.families[0].rows if r["variant"] == "base"]
     expected = so.effective_lr_summary(base)

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import torch
+from conftest import tiny_reproduction
 
 from subspace_optim.__main__ import main
 from subspace_optim.experiments import (
@@ -459,9 +460,6 @@ def test_default_digits_sgd_switches_by_the_rule_with_high_alignment() -> None:
 def test_a_fault_before_the_switch_is_not_counted_in_the_runs_after_it() -> None:
     """Each run after the switch counts its own faults: one NaN minibatch in the shared
     prefix shows in the prefix's rows, not as a fault of base, Dom and Bulk each."""
-    g = torch.Generator().manual_seed(0)
-    X = torch.randn(64, 4, generator=g)
-    Y = torch.nn.functional.one_hot(torch.arange(64) % 3, 3).float()
     calls = {"minibatch": 0}
 
     def loss_fn(out, y):
@@ -472,17 +470,7 @@ def test_a_fault_before_the_switch_is_not_counted_in_the_runs_after_it() -> None
                 return loss * float("nan")
         return loss
 
-    result = run(
-        mlp((4, 8, 3), generator=g),
-        loss_fn,
-        (X, Y),
-        optimizers="sgd",
-        steps=12,
-        switch=5,
-        k=2,
-        batch_size=16,
-        progress=False,
-    )
+    result = tiny_reproduction(loss_fn)
     fam = result.families[0]
     assert max(r.get("faults") or 0 for r in fam.rows if r["phase"] == "prefix") == 1
     assert {v: (r.faults, r.skipped_steps) for v, r in fam.runs.items()} == {
