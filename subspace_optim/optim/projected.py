@@ -298,7 +298,7 @@ class SubspaceProjectedOptimizer(Optimizer):
 
     def _add_source_group(self, param_group: dict[str, Any], params: list[Tensor]) -> None:
         """``add_param_group`` with a source: the base checks and takes the group, then the
-        source learns the new blocks; a group either refuses leaves nothing changed."""
+        source learns the new blocks; a group that either of them refuses changes nothing."""
         group = {**param_group, "params": params}
         _config.group_scales([group], self.scales)
         new = [p for p in params if p.requires_grad]
